@@ -1,0 +1,222 @@
+//! A proxy as the control plane sees it: identity, mode and ports, read from xDS node metadata.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// Node metadata keys. `NAMESPACE` and `LABELS` are Istio's own; the rest are Strait's.
+pub mod keys {
+    pub const NAMESPACE: &str = "NAMESPACE";
+    pub const LABELS: &str = "LABELS";
+    pub const SERVICE_ACCOUNT: &str = "SERVICE_ACCOUNT";
+    pub const MODE: &str = "STRAIT_MODE";
+    pub const OUTBOUND_PORT: &str = "STRAIT_OUTBOUND_PORT";
+    pub const LISTEN_ADDRESS: &str = "STRAIT_LISTEN_ADDRESS";
+    /// `80=18080,443=18443`: where a gateway binds each Gateway server port, as a Kubernetes
+    /// Service's targetPort would map it.
+    pub const GATEWAY_PORTS: &str = "STRAIT_GATEWAY_PORTS";
+}
+
+pub const DEFAULT_OUTBOUND_PORT: u16 = 15001;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyMode {
+    Sidecar,
+    Gateway,
+}
+
+impl std::str::FromStr for ProxyMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "sidecar" => Ok(Self::Sidecar),
+            "gateway" | "router" => Ok(Self::Gateway),
+            other => Err(format!("expected \"sidecar\" or \"gateway\", got {other:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for ProxyMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Sidecar => "sidecar",
+            Self::Gateway => "gateway",
+        })
+    }
+}
+
+/// Everything translation needs to know about one proxy. Two nodes with equal `ProxyNode`s
+/// (ignoring `id`) get identical configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct ProxyNode {
+    pub id: String,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub service_account: Option<String>,
+    pub mode: ProxyMode,
+    pub outbound_port: u16,
+    pub listen_address: IpAddr,
+    pub gateway_ports: BTreeMap<u16, u16>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("node {node:?}: metadata.{key}: {message}")]
+pub struct NodeError {
+    pub node: String,
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl ProxyNode {
+    /// The shape of the configuration this node gets: the node without its id.
+    pub fn shape(&self) -> ProxyNode {
+        ProxyNode {
+            id: String::new(),
+            ..self.clone()
+        }
+    }
+
+    /// Reads a node from its metadata, given as JSON (the xDS edge converts the protobuf
+    /// `Struct`). Missing keys take defaults; present but malformed keys are errors.
+    pub fn from_metadata(
+        id: &str,
+        metadata: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self, NodeError> {
+        let err = |key: &'static str, message: String| NodeError {
+            node: id.to_string(),
+            key,
+            message,
+        };
+        let string = |key: &'static str| -> Result<Option<String>, NodeError> {
+            match metadata.get(key) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+                Some(serde_json::Value::Number(n)) => Ok(Some(n.to_string())),
+                Some(other) => Err(err(key, format!("expected a string, got {other}"))),
+            }
+        };
+        let port = |key: &'static str, value: &str| -> Result<u16, NodeError> {
+            value
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| err(key, format!("expected a port number 1-65535, got {value:?}")))
+        };
+
+        let namespace = string(keys::NAMESPACE)?.unwrap_or_else(|| "default".to_string());
+        if namespace.is_empty() {
+            return Err(err(keys::NAMESPACE, "must not be empty".to_string()));
+        }
+        let mut labels = BTreeMap::new();
+        match metadata.get(keys::LABELS) {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::Object(map)) => {
+                for (k, v) in map {
+                    match v {
+                        serde_json::Value::String(s) => {
+                            labels.insert(k.clone(), s.clone());
+                        }
+                        other => {
+                            return Err(err(
+                                keys::LABELS,
+                                format!("label {k:?}: expected a string, got {other}"),
+                            ));
+                        }
+                    }
+                }
+            }
+            Some(other) => {
+                return Err(err(keys::LABELS, format!("expected a map of strings, got {other}")));
+            }
+        }
+        let mode = match string(keys::MODE)? {
+            None => ProxyMode::Sidecar,
+            Some(m) => m.parse().map_err(|e| err(keys::MODE, e))?,
+        };
+        let outbound_port = match string(keys::OUTBOUND_PORT)? {
+            None => DEFAULT_OUTBOUND_PORT,
+            Some(p) => port(keys::OUTBOUND_PORT, &p)?,
+        };
+        let listen_address = match string(keys::LISTEN_ADDRESS)? {
+            None => match mode {
+                ProxyMode::Sidecar => IpAddr::from([127, 0, 0, 1]),
+                ProxyMode::Gateway => IpAddr::from([0, 0, 0, 0]),
+            },
+            Some(a) => a
+                .parse()
+                .map_err(|_| err(keys::LISTEN_ADDRESS, format!("expected an IP address, got {a:?}")))?,
+        };
+        let mut gateway_ports = BTreeMap::new();
+        if let Some(map) = string(keys::GATEWAY_PORTS)? {
+            for pair in map.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let (from, to) = pair.split_once('=').ok_or_else(|| {
+                    err(keys::GATEWAY_PORTS, format!("expected PORT=PORT pairs, got {pair:?}"))
+                })?;
+                gateway_ports.insert(
+                    port(keys::GATEWAY_PORTS, from.trim())?,
+                    port(keys::GATEWAY_PORTS, to.trim())?,
+                );
+            }
+        }
+        Ok(ProxyNode {
+            id: id.to_string(),
+            namespace,
+            labels,
+            service_account: string(keys::SERVICE_ACCOUNT)?,
+            mode,
+            outbound_port,
+            listen_address,
+            gateway_ports,
+        })
+    }
+
+    /// The port a gateway binds for a Gateway server port.
+    pub fn gateway_bind_port(&self, server_port: u16) -> u16 {
+        self.gateway_ports.get(&server_port).copied().unwrap_or(server_port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn meta(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn defaults_make_a_sidecar_in_default() {
+        let n = ProxyNode::from_metadata("a", &meta(json!({}))).unwrap();
+        assert_eq!(n.namespace, "default");
+        assert_eq!(n.mode, ProxyMode::Sidecar);
+        assert_eq!(n.outbound_port, 15001);
+        assert_eq!(n.listen_address, IpAddr::from([127, 0, 0, 1]));
+    }
+
+    #[test]
+    fn reads_gateway_metadata() {
+        let n = ProxyNode::from_metadata(
+            "gw",
+            &meta(json!({"NAMESPACE": "istio-system", "LABELS": {"istio": "ingressgateway"},
+                "STRAIT_MODE": "gateway", "STRAIT_GATEWAY_PORTS": "80=18080, 443=18443"})),
+        )
+        .unwrap();
+        assert_eq!(n.mode, ProxyMode::Gateway);
+        assert_eq!(n.labels["istio"], "ingressgateway");
+        assert_eq!(n.gateway_bind_port(80), 18080);
+        assert_eq!(n.gateway_bind_port(8080), 8080);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = ProxyNode::from_metadata("x", &meta(json!({"STRAIT_OUTBOUND_PORT": "99999"})))
+            .unwrap_err();
+        assert_eq!(e.key, keys::OUTBOUND_PORT);
+        assert!(e.to_string().contains("metadata.STRAIT_OUTBOUND_PORT"), "{e}");
+        let e = ProxyNode::from_metadata("x", &meta(json!({"STRAIT_MODE": "ambient"}))).unwrap_err();
+        assert!(e.to_string().contains("sidecar"), "{e}");
+        let e = ProxyNode::from_metadata("x", &meta(json!({"LABELS": {"a": 1}}))).unwrap_err();
+        assert!(e.to_string().contains("label \"a\""), "{e}");
+    }
+}

@@ -1,0 +1,2 @@
+//! straitctl: the command-line client.
+fn main() {}

@@ -1,0 +1,2 @@
+//! straitd: the control-plane daemon.
+fn main() {}

@@ -1,0 +1,1 @@
+//! Pure translation: (validated model, proxy node) -> Envoy listeners, routes, clusters, endpoints.
