@@ -31,7 +31,9 @@ impl std::str::FromStr for ProxyMode {
         match s {
             "sidecar" => Ok(Self::Sidecar),
             "gateway" | "router" => Ok(Self::Gateway),
-            other => Err(format!("expected \"sidecar\" or \"gateway\", got {other:?}")),
+            other => Err(format!(
+                "expected \"sidecar\" or \"gateway\", got {other:?}"
+            )),
         }
     }
 }
@@ -100,7 +102,12 @@ impl ProxyNode {
                 .parse::<u16>()
                 .ok()
                 .filter(|p| *p != 0)
-                .ok_or_else(|| err(key, format!("expected a port number 1-65535, got {value:?}")))
+                .ok_or_else(|| {
+                    err(
+                        key,
+                        format!("expected a port number 1-65535, got {value:?}"),
+                    )
+                })
         };
 
         let namespace = string(keys::NAMESPACE)?.unwrap_or_else(|| "default".to_string());
@@ -126,7 +133,10 @@ impl ProxyNode {
                 }
             }
             Some(other) => {
-                return Err(err(keys::LABELS, format!("expected a map of strings, got {other}")));
+                return Err(err(
+                    keys::LABELS,
+                    format!("expected a map of strings, got {other}"),
+                ));
             }
         }
         let mode = match string(keys::MODE)? {
@@ -142,15 +152,21 @@ impl ProxyNode {
                 ProxyMode::Sidecar => IpAddr::from([127, 0, 0, 1]),
                 ProxyMode::Gateway => IpAddr::from([0, 0, 0, 0]),
             },
-            Some(a) => a
-                .parse()
-                .map_err(|_| err(keys::LISTEN_ADDRESS, format!("expected an IP address, got {a:?}")))?,
+            Some(a) => a.parse().map_err(|_| {
+                err(
+                    keys::LISTEN_ADDRESS,
+                    format!("expected an IP address, got {a:?}"),
+                )
+            })?,
         };
         let mut gateway_ports = BTreeMap::new();
         if let Some(map) = string(keys::GATEWAY_PORTS)? {
             for pair in map.split(',').map(str::trim).filter(|p| !p.is_empty()) {
                 let (from, to) = pair.split_once('=').ok_or_else(|| {
-                    err(keys::GATEWAY_PORTS, format!("expected PORT=PORT pairs, got {pair:?}"))
+                    err(
+                        keys::GATEWAY_PORTS,
+                        format!("expected PORT=PORT pairs, got {pair:?}"),
+                    )
                 })?;
                 gateway_ports.insert(
                     port(keys::GATEWAY_PORTS, from.trim())?,
@@ -172,7 +188,10 @@ impl ProxyNode {
 
     /// The port a gateway binds for a Gateway server port.
     pub fn gateway_bind_port(&self, server_port: u16) -> u16 {
-        self.gateway_ports.get(&server_port).copied().unwrap_or(server_port)
+        self.gateway_ports
+            .get(&server_port)
+            .copied()
+            .unwrap_or(server_port)
     }
 }
 
@@ -198,8 +217,10 @@ mod tests {
     fn reads_gateway_metadata() {
         let n = ProxyNode::from_metadata(
             "gw",
-            &meta(json!({"NAMESPACE": "istio-system", "LABELS": {"istio": "ingressgateway"},
-                "STRAIT_MODE": "gateway", "STRAIT_GATEWAY_PORTS": "80=18080, 443=18443"})),
+            &meta(
+                json!({"NAMESPACE": "istio-system", "LABELS": {"istio": "ingressgateway"},
+                "STRAIT_MODE": "gateway", "STRAIT_GATEWAY_PORTS": "80=18080, 443=18443"}),
+            ),
         )
         .unwrap();
         assert_eq!(n.mode, ProxyMode::Gateway);
@@ -213,8 +234,12 @@ mod tests {
         let e = ProxyNode::from_metadata("x", &meta(json!({"STRAIT_OUTBOUND_PORT": "99999"})))
             .unwrap_err();
         assert_eq!(e.key, keys::OUTBOUND_PORT);
-        assert!(e.to_string().contains("metadata.STRAIT_OUTBOUND_PORT"), "{e}");
-        let e = ProxyNode::from_metadata("x", &meta(json!({"STRAIT_MODE": "ambient"}))).unwrap_err();
+        assert!(
+            e.to_string().contains("metadata.STRAIT_OUTBOUND_PORT"),
+            "{e}"
+        );
+        let e =
+            ProxyNode::from_metadata("x", &meta(json!({"STRAIT_MODE": "ambient"}))).unwrap_err();
         assert!(e.to_string().contains("sidecar"), "{e}");
         let e = ProxyNode::from_metadata("x", &meta(json!({"LABELS": {"a": 1}}))).unwrap_err();
         assert!(e.to_string().contains("label \"a\""), "{e}");

@@ -1,0 +1,101 @@
+//! Istio's resources as they appear in YAML: serde types that reject unknown fields.
+//!
+//! These are the wire form only. Nothing here is validated beyond its shape; `crate::model`
+//! turns them into policy (the one validator).
+
+pub mod networking;
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The kinds Strait reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum Kind {
+    VirtualService,
+    DestinationRule,
+    Gateway,
+    ServiceEntry,
+    WorkloadEntry,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::VirtualService,
+        Kind::DestinationRule,
+        Kind::Gateway,
+        Kind::ServiceEntry,
+        Kind::WorkloadEntry,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::VirtualService => "VirtualService",
+            Kind::DestinationRule => "DestinationRule",
+            Kind::Gateway => "Gateway",
+            Kind::ServiceEntry => "ServiceEntry",
+            Kind::WorkloadEntry => "WorkloadEntry",
+        }
+    }
+
+    /// The API group a kind belongs to.
+    pub fn group(self) -> &'static str {
+        "networking.istio.io"
+    }
+
+    /// Accepts the kind name in any case, plural and short forms (`vs`, `dr`, `gw`, `se`, `we`).
+    pub fn parse_loose(s: &str) -> Option<Kind> {
+        let lower = s.to_ascii_lowercase();
+        let k = match lower.trim_end_matches('s') {
+            "virtualservice" | "v" => Kind::VirtualService,
+            "destinationrule" | "dr" => Kind::DestinationRule,
+            "gateway" | "gw" => Kind::Gateway,
+            "serviceentry" | "serviceentrie" | "se" => Kind::ServiceEntry,
+            "workloadentry" | "workloadentrie" | "we" => Kind::WorkloadEntry,
+            _ => return None,
+        };
+        Some(k)
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Istio API versions accepted for `networking.istio.io`.
+pub const NETWORKING_VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
+
+/// Kubernetes object metadata. Server-populated fields are tolerated so that
+/// `kubectl get -o yaml` output loads as it is; they carry no meaning here.
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ObjectMeta {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing)]
+    pub uid: Option<serde_json::Value>,
+    #[serde(default, skip_serializing)]
+    pub resource_version: Option<serde_json::Value>,
+    #[serde(default, skip_serializing)]
+    pub generation: Option<serde_json::Value>,
+    #[serde(default, skip_serializing)]
+    pub creation_timestamp: Option<serde_json::Value>,
+    #[serde(default, skip_serializing)]
+    pub managed_fields: Option<serde_json::Value>,
+    #[serde(default, skip_serializing)]
+    pub owner_references: Option<serde_json::Value>,
+    #[serde(default, skip_serializing)]
+    pub finalizers: Option<serde_json::Value>,
+    #[serde(default, skip_serializing)]
+    pub generate_name: Option<serde_json::Value>,
+    #[serde(default, skip_serializing)]
+    pub deletion_timestamp: Option<serde_json::Value>,
+}

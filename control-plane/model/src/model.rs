@@ -1,0 +1,550 @@
+//! The validated policy model. `Model::build` is the one validator: the file loader, the admin
+//! API, `straitctl analyze` and any future admission webhook all call it.
+
+mod destination_rule;
+mod gateway;
+mod registry;
+mod virtual_service;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::error::{ObjectId, ValidationError, ValidationErrors};
+use crate::loader::{Object, Spec};
+
+pub use destination_rule::ResolvedPolicy;
+
+// === The model ===
+
+/// A whole, consistent configuration. Immutable once built.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Model {
+    /// Services by host name (from ServiceEntries).
+    pub services: BTreeMap<String, Service>,
+    /// DestinationRules by the host they name (exact or wildcard).
+    pub destination_rules: BTreeMap<String, DestinationRule>,
+    /// VirtualServices in a stable order (namespace, name).
+    pub virtual_services: Vec<VirtualService>,
+    /// Gateways by id.
+    pub gateways: BTreeMap<ObjectId, Gateway>,
+    /// Problems that do not make the configuration unsafe but deserve a look.
+    pub warnings: Vec<ValidationError>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Http,
+    Http2,
+    Grpc,
+    GrpcWeb,
+    Https,
+    Tls,
+    Tcp,
+    Mongo,
+    /// Neither declared nor inferable from the port name; carried as HTTP/1.1 by the HTTP proxy.
+    Unknown,
+}
+
+impl Protocol {
+    /// Whether requests for this port are routed by the HTTP listeners.
+    pub fn is_http(self) -> bool {
+        matches!(
+            self,
+            Protocol::Http
+                | Protocol::Http2
+                | Protocol::Grpc
+                | Protocol::GrpcWeb
+                | Protocol::Unknown
+        )
+    }
+
+    /// Whether the upstream speaks HTTP/2.
+    pub fn is_http2(self) -> bool {
+        matches!(self, Protocol::Http2 | Protocol::Grpc)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub number: u16,
+    pub name: String,
+    pub protocol: Protocol,
+    pub target_port: Option<u16>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    Static,
+    Dns,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// An IP address (STATIC) or a DNS name (DNS).
+    pub address: String,
+    /// Port name -> target port, from the WorkloadEntry's `ports`.
+    pub ports: BTreeMap<String, u16>,
+    pub labels: BTreeMap<String, String>,
+    pub weight: u32,
+    /// The WorkloadEntry or ServiceEntry that declared it.
+    pub source: ObjectId,
+}
+
+impl Endpoint {
+    /// The port this endpoint listens on for a service port.
+    pub fn port_for(&self, port: &ServicePort) -> u16 {
+        self.ports
+            .get(&port.name)
+            .copied()
+            .or(port.target_port)
+            .unwrap_or(port.number)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub hostname: String,
+    pub namespace: String,
+    pub ports: Vec<ServicePort>,
+    pub resolution: Resolution,
+    pub mesh_external: bool,
+    pub endpoints: Vec<Endpoint>,
+    pub source: ObjectId,
+}
+
+impl Service {
+    pub fn port(&self, number: u16) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.number == number)
+    }
+}
+
+/// Names a cluster as Istio does: `outbound|9080|v1|reviews.default.svc.cluster.local`.
+pub fn cluster_name(host: &str, port: u16, subset: Option<&str>) -> String {
+    format!("outbound|{port}|{}|{host}", subset.unwrap_or(""))
+}
+
+// --- DestinationRule ---
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DestinationRule {
+    pub id: ObjectId,
+    pub host: String,
+    pub policy: TrafficPolicy,
+    pub subsets: Vec<Subset>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Subset {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub policy: TrafficPolicy,
+}
+
+/// A traffic policy; each part, when present, replaces the same part of an outer policy.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TrafficPolicy {
+    pub load_balancer: Option<LoadBalancer>,
+    pub connection_pool: Option<ConnectionPool>,
+    pub outlier_detection: Option<OutlierDetection>,
+    pub port_level: BTreeMap<u16, TrafficPolicy>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LoadBalancer {
+    RoundRobin,
+    LeastRequest,
+    Random,
+    Passthrough,
+    ConsistentHash { key: HashKey, ring: HashRing },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashKey {
+    Header(String),
+    Cookie {
+        name: String,
+        path: Option<String>,
+        ttl: Option<Duration>,
+    },
+    SourceIp,
+    QueryParameter(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashRing {
+    RingHash { minimum_ring_size: Option<u64> },
+    Maglev { table_size: Option<u64> },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionPool {
+    pub max_connections: Option<u32>,
+    pub connect_timeout: Option<Duration>,
+    pub tcp_keepalive: Option<TcpKeepalive>,
+    pub max_connection_duration: Option<Duration>,
+    pub http1_max_pending_requests: Option<u32>,
+    pub http2_max_requests: Option<u32>,
+    pub max_requests_per_connection: Option<u32>,
+    pub max_retries: Option<u32>,
+    pub idle_timeout: Option<Duration>,
+    pub h2_upgrade: bool,
+    pub max_concurrent_streams: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TcpKeepalive {
+    pub probes: Option<u32>,
+    pub time: Option<Duration>,
+    pub interval: Option<Duration>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// `None`: Envoy's default (5); `Some(0)`: disabled.
+    pub consecutive_5xx: Option<u32>,
+    pub consecutive_gateway_errors: Option<u32>,
+    pub consecutive_local_origin_failures: Option<u32>,
+    pub split_external_local_origin_errors: bool,
+    pub interval: Option<Duration>,
+    pub base_ejection_time: Option<Duration>,
+    pub max_ejection_percent: Option<u32>,
+    pub min_health_percent: Option<u32>,
+}
+
+// --- VirtualService ---
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct VirtualService {
+    pub id: ObjectId,
+    /// Resolved hosts (FQDNs, wildcards or `*`).
+    pub hosts: Vec<String>,
+    /// Where the routes apply; `[Mesh]` when the spec names none.
+    pub gateways: Vec<GatewayRef>,
+    pub http: Vec<HttpRoute>,
+}
+
+impl VirtualService {
+    pub fn applies_to_mesh(&self) -> bool {
+        self.gateways.contains(&GatewayRef::Mesh)
+    }
+
+    pub fn applies_to_gateway(&self, gateway: &ObjectId) -> bool {
+        self.gateways
+            .iter()
+            .any(|g| matches!(g, GatewayRef::Gateway(id) if id == gateway))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GatewayRef {
+    /// The reserved name `mesh`: every sidecar.
+    Mesh,
+    Gateway(ObjectId),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpRoute {
+    pub name: Option<String>,
+    /// OR'ed; empty matches everything.
+    pub matches: Vec<RouteMatch>,
+    pub action: RouteAction,
+    pub rewrite: Option<Rewrite>,
+    /// `None`: no timeout (Istio's default). `Some(ZERO)` likewise disables it.
+    pub timeout: Option<Duration>,
+    pub retries: Option<RetryPolicy>,
+    pub fault: Option<Fault>,
+    pub mirrors: Vec<Mirror>,
+    pub headers: HeaderOps,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RouteMatch {
+    pub name: Option<String>,
+    pub uri: Option<StringMatch>,
+    pub ignore_uri_case: bool,
+    pub scheme: Option<StringMatch>,
+    pub method: Option<StringMatch>,
+    pub authority: Option<StringMatch>,
+    pub headers: Vec<(String, HeaderMatch)>,
+    pub without_headers: Vec<(String, HeaderMatch)>,
+    pub query_params: Vec<(String, StringMatch)>,
+    pub port: Option<u16>,
+    /// Empty: every gateway the VirtualService is bound to.
+    pub gateways: Vec<GatewayRef>,
+    pub source_labels: BTreeMap<String, String>,
+    pub source_namespace: Option<String>,
+}
+
+impl RouteMatch {
+    /// Whether this match can apply at `context` (the mesh or a gateway).
+    pub fn applies_to(&self, context: &GatewayRef) -> bool {
+        self.gateways.is_empty() || self.gateways.contains(context)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderMatch {
+    Present,
+    Value(StringMatch),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RouteAction {
+    Route(Vec<WeightedDestination>),
+    Redirect(Redirect),
+    DirectResponse { status: u16, body: Option<String> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Destination {
+    pub host: String,
+    pub subset: Option<String>,
+    /// Resolved: the port given, or the service's only port.
+    pub port: u16,
+}
+
+impl Destination {
+    pub fn cluster_name(&self) -> String {
+        cluster_name(&self.host, self.port, self.subset.as_deref())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct WeightedDestination {
+    pub destination: Destination,
+    pub weight: u32,
+    pub headers: HeaderOps,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeaderOps {
+    pub request: HeaderOp,
+    pub response: HeaderOp,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeaderOp {
+    pub set: BTreeMap<String, String>,
+    pub add: BTreeMap<String, String>,
+    pub remove: Vec<String>,
+}
+
+impl HeaderOp {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Redirect {
+    pub uri: Option<String>,
+    pub authority: Option<String>,
+    pub port: Option<u16>,
+    pub derive_port_from_request: bool,
+    pub scheme: Option<String>,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rewrite {
+    pub uri: Option<String>,
+    pub authority: Option<String>,
+    pub uri_regex: Option<(String, String)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first try (Istio's `attempts`); 0 disables retries.
+    pub attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    /// Envoy retry_on conditions.
+    pub retry_on: Vec<String>,
+    pub retriable_status_codes: Vec<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fault {
+    pub delay: Option<FaultDelay>,
+    pub abort: Option<FaultAbort>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaultDelay {
+    pub fixed: Duration,
+    pub percent: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaultAbort {
+    pub status: FaultStatus,
+    pub percent: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FaultStatus {
+    Http(u16),
+    Grpc(u32),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mirror {
+    pub destination: Destination,
+    pub percent: f64,
+}
+
+// --- Gateway ---
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gateway {
+    pub id: ObjectId,
+    pub selector: BTreeMap<String, String>,
+    pub servers: Vec<GatewayServer>,
+}
+
+impl Gateway {
+    /// Istio's rule: a gateway applies to proxies whose labels include its whole selector.
+    pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayServer {
+    pub port: u16,
+    pub port_name: String,
+    pub protocol: Protocol,
+    pub hosts: Vec<GatewayHost>,
+    pub tls: Option<ServerTls>,
+    pub name: Option<String>,
+}
+
+/// `namespace/host` from a Gateway server: which VirtualServices may bind to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayHost {
+    /// `None` is any namespace (`*/` or no prefix).
+    pub namespace: Option<String>,
+    pub host: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerTls {
+    /// Plain HTTP that answers with a redirect to HTTPS.
+    HttpsRedirect,
+    Simple {
+        certificate: String,
+        private_key: String,
+    },
+}
+
+// === Building ===
+
+impl Model {
+    /// Validates a whole batch of objects and builds the model: the one validator.
+    pub fn build<'a>(
+        objects: impl IntoIterator<Item = &'a Object>,
+    ) -> Result<Model, ValidationErrors> {
+        let objects: Vec<&Object> = objects.into_iter().collect();
+        let mut errors = Vec::new();
+        let mut warnings = Vec::new();
+
+        // One object per kind/namespace/name.
+        let mut seen: BTreeMap<&ObjectId, &str> = BTreeMap::new();
+        for o in &objects {
+            if let Some(first) = seen.insert(&o.id, &o.origin) {
+                errors.push(ValidationError {
+                    origin: o.origin.clone(),
+                    object: Some(o.id.clone()),
+                    path: "metadata.name".into(),
+                    message: format!("defined twice: also in {first}"),
+                });
+            }
+        }
+
+        let by_kind = |kind: crate::Kind| {
+            let mut v: Vec<&Object> = objects
+                .iter()
+                .copied()
+                .filter(|o| o.id.kind == kind)
+                .collect();
+            v.sort_by(|a, b| a.id.cmp(&b.id));
+            v
+        };
+
+        let services = registry::build(
+            &by_kind(crate::Kind::ServiceEntry),
+            &by_kind(crate::Kind::WorkloadEntry),
+            &mut errors,
+            &mut warnings,
+        );
+        let destination_rules = destination_rule::build(
+            &by_kind(crate::Kind::DestinationRule),
+            &services,
+            &mut errors,
+            &mut warnings,
+        );
+        let gateways = gateway::build(&by_kind(crate::Kind::Gateway), &mut errors);
+        let virtual_services = virtual_service::build(
+            &by_kind(crate::Kind::VirtualService),
+            &services,
+            &destination_rules,
+            &gateways,
+            &mut errors,
+            &mut warnings,
+        );
+
+        if errors.is_empty() {
+            Ok(Model {
+                services,
+                destination_rules,
+                virtual_services,
+                gateways,
+                warnings,
+            })
+        } else {
+            Err(ValidationErrors(errors))
+        }
+    }
+
+    /// The DestinationRule for a host: exact first, then the most specific wildcard.
+    pub fn destination_rule_for(&self, host: &str) -> Option<&DestinationRule> {
+        destination_rule::lookup(&self.destination_rules, host)
+    }
+
+    /// The policy in force for one cluster: the DestinationRule's top level, overridden by its
+    /// port-level settings, then by the subset's policy and its port-level settings.
+    pub fn policy_for(&self, host: &str, port: u16, subset: Option<&str>) -> ResolvedPolicy {
+        match self.destination_rule_for(host) {
+            Some(dr) => dr.resolve(port, subset),
+            None => ResolvedPolicy::default(),
+        }
+    }
+
+    /// The subsets defined for a host.
+    pub fn subsets_for(&self, host: &str) -> &[Subset] {
+        self.destination_rule_for(host)
+            .map(|dr| dr.subsets.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// Kinds and names present, for listings.
+    pub fn summary(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        out.extend(self.services.keys().map(|h| format!("service {h}")));
+        out.extend(self.destination_rules.values().map(|d| d.id.to_string()));
+        out.extend(self.virtual_services.iter().map(|v| v.id.to_string()));
+        out.extend(self.gateways.keys().map(|g| g.to_string()));
+        out
+    }
+}
+
+/// Parses a `Spec` variant out of an object, for the per-kind builders.
+pub(crate) fn spec_of<'a, T>(object: &'a Object, pick: fn(&'a Spec) -> Option<&'a T>) -> &'a T {
+    pick(&object.spec).expect("objects are grouped by kind before building")
+}

@@ -1,0 +1,1062 @@
+//! VirtualServices: matches, routes and their policies, checked against services, subsets and
+//! gateways.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::{
+    Destination, DestinationRule, Fault, FaultAbort, FaultDelay, FaultStatus, Gateway, GatewayRef,
+    HeaderMatch, HeaderOp, HeaderOps, HttpRoute, Mirror, Redirect, RetryPolicy, Rewrite,
+    RouteAction, RouteMatch, Service, StringMatch, VirtualService, WeightedDestination, spec_of,
+};
+use crate::error::{ObjectId, Report, ValidationError};
+use crate::istio::networking as wire;
+use crate::loader::{Object, Spec};
+use crate::{Kind, duration, host};
+
+/// Envoy's retry_on conditions that Istio passes through.
+const RETRY_ON: [&str; 16] = [
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "envoy-ratelimited",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "retriable-headers",
+    "http3-post-connect-failure",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+];
+
+/// What Istio retries on when `retries` is given without `retryOn`.
+const DEFAULT_RETRY_ON: [&str; 5] = [
+    "connect-failure",
+    "refused-stream",
+    "unavailable",
+    "cancelled",
+    "retriable-status-codes",
+];
+
+/// What a validated VirtualService can refer to.
+struct Refs<'a> {
+    services: &'a BTreeMap<String, Service>,
+    rules: &'a BTreeMap<String, DestinationRule>,
+    gateways: &'a BTreeMap<ObjectId, Gateway>,
+    namespace: &'a str,
+}
+
+pub(super) fn build(
+    objects: &[&Object],
+    services: &BTreeMap<String, Service>,
+    rules: &BTreeMap<String, DestinationRule>,
+    gateways: &BTreeMap<ObjectId, Gateway>,
+    errors: &mut Vec<ValidationError>,
+    warnings: &mut Vec<ValidationError>,
+) -> Vec<VirtualService> {
+    let mut out = Vec::new();
+    // (context, host) -> the VirtualService that routes it.
+    let mut claims: BTreeMap<(GatewayRef, String), ObjectId> = BTreeMap::new();
+    for o in objects {
+        let spec = spec_of(o, |s| match s {
+            Spec::VirtualService(v) => Some(v),
+            _ => None,
+        });
+        let refs = Refs {
+            services,
+            rules,
+            gateways,
+            namespace: &o.id.namespace,
+        };
+        let mut r = Report {
+            origin: &o.origin,
+            object: Some(&o.id),
+            errors,
+        };
+        let mut w = Vec::new();
+        let Some(vs) = virtual_service(spec, o, &refs, &mut r, &mut w) else {
+            continue;
+        };
+        let before = r.count();
+        for context in &vs.gateways {
+            for (i, h) in vs.hosts.iter().enumerate() {
+                if let Some(owner) = claims.get(&(context.clone(), h.clone())) {
+                    let scope = match context {
+                        GatewayRef::Mesh => "the mesh".to_string(),
+                        GatewayRef::Gateway(g) => format!("gateway {}/{}", g.namespace, g.name),
+                    };
+                    r.error(
+                        format!("spec.hosts[{i}]"),
+                        format!("host {h:?} for {scope} is already routed by {owner}"),
+                    );
+                }
+            }
+        }
+        if r.count() > before {
+            continue;
+        }
+        for context in &vs.gateways {
+            for h in &vs.hosts {
+                claims.insert((context.clone(), h.clone()), o.id.clone());
+            }
+        }
+        warnings.extend(w);
+        out.push(vs);
+    }
+    out
+}
+
+fn virtual_service(
+    spec: &wire::VirtualServiceSpec,
+    o: &Object,
+    refs: &Refs<'_>,
+    r: &mut Report<'_>,
+    warnings: &mut Vec<ValidationError>,
+) -> Option<VirtualService> {
+    let before = r.count();
+    let mut warn = |path: String, message: String| {
+        warnings.push(ValidationError {
+            origin: o.origin.clone(),
+            object: Some(o.id.clone()),
+            path,
+            message,
+        });
+    };
+    if spec.tcp.is_some() {
+        r.unsupported("spec.tcp", "tcp routing");
+    }
+    if spec.tls.is_some() {
+        r.unsupported("spec.tls", "tls routing");
+    }
+    if spec.export_to.iter().any(|e| e != "*") {
+        r.unsupported("spec.exportTo", "exportTo other than \"*\"");
+    }
+    if spec.http.is_empty() && spec.tcp.is_none() && spec.tls.is_none() {
+        r.error("spec.http", "at least one http route is required");
+    }
+
+    let gateways: Vec<GatewayRef> = if spec.gateways.is_empty() {
+        vec![GatewayRef::Mesh]
+    } else {
+        spec.gateways
+            .iter()
+            .enumerate()
+            .filter_map(|(i, g)| gateway_ref(g, &format!("spec.gateways[{i}]"), refs, r))
+            .collect()
+    };
+
+    if spec.hosts.is_empty() {
+        r.error("spec.hosts", "at least one host is required");
+    }
+    let mut hosts = Vec::new();
+    for (i, h) in spec.hosts.iter().enumerate() {
+        let path = format!("spec.hosts[{i}]");
+        if let Err(m) = host::check(h) {
+            r.error(&path, m);
+            continue;
+        }
+        let resolved = host::resolve(h, &o.id.namespace);
+        if resolved == "*" && gateways.contains(&GatewayRef::Mesh) {
+            r.error(&path, "the wildcard host \"*\" is not allowed for the mesh; bind the VirtualService to a gateway");
+            continue;
+        }
+        if hosts.contains(&resolved) {
+            r.error(&path, format!("host {resolved:?} is listed twice"));
+            continue;
+        }
+        if gateways.contains(&GatewayRef::Mesh)
+            && !refs.services.keys().any(|s| host::covers(&resolved, s))
+        {
+            warn(
+                path.clone(),
+                format!(
+                    "host {resolved:?} matches no service; sidecars route it on a virtual host of its own"
+                ),
+            );
+        }
+        for g in &gateways {
+            if let GatewayRef::Gateway(id) = g {
+                let served = refs.gateways.get(id).is_some_and(|gw| {
+                    gw.servers.iter().flat_map(|s| &s.hosts).any(|gh| {
+                        gh.namespace.as_ref().is_none_or(|ns| ns == &o.id.namespace)
+                            && host::intersect(&gh.host, &resolved)
+                    })
+                });
+                if !served {
+                    warn(
+                        path.clone(),
+                        format!(
+                            "host {resolved:?} matches no server of Gateway {}/{}",
+                            id.namespace, id.name
+                        ),
+                    );
+                }
+            }
+        }
+        hosts.push(resolved);
+    }
+
+    let mut http = Vec::new();
+    for (i, route) in spec.http.iter().enumerate() {
+        if let Some(hr) = http_route(
+            route,
+            &format!("spec.http[{i}]"),
+            refs,
+            &gateways,
+            r,
+            &mut warn,
+        ) {
+            http.push(hr);
+        }
+    }
+    if r.count() > before {
+        return None;
+    }
+    Some(VirtualService {
+        id: o.id.clone(),
+        hosts,
+        gateways,
+        http,
+    })
+}
+
+fn gateway_ref(name: &str, path: &str, refs: &Refs<'_>, r: &mut Report<'_>) -> Option<GatewayRef> {
+    if name == "mesh" {
+        return Some(GatewayRef::Mesh);
+    }
+    let (ns, gw) = match name.split_once('/') {
+        Some((ns, gw)) => (ns, gw),
+        None => (refs.namespace, name),
+    };
+    if gw.contains('.') {
+        r.error(
+            path,
+            format!("gateway {name:?}: use namespace/name, not a dotted name"),
+        );
+        return None;
+    }
+    let id = ObjectId {
+        kind: Kind::Gateway,
+        namespace: ns.to_string(),
+        name: gw.to_string(),
+    };
+    if !refs.gateways.contains_key(&id) {
+        r.error(
+            path,
+            format!("Gateway {ns}/{gw} does not exist (or was rejected)"),
+        );
+        return None;
+    }
+    Some(GatewayRef::Gateway(id))
+}
+
+fn http_route(
+    route: &wire::HttpRoute,
+    path: &str,
+    refs: &Refs<'_>,
+    vs_gateways: &[GatewayRef],
+    r: &mut Report<'_>,
+    warn: &mut impl FnMut(String, String),
+) -> Option<HttpRoute> {
+    let before = r.count();
+    if route.delegate.is_some() {
+        r.unsupported(format!("{path}.delegate"), "delegate");
+    }
+    if route.cors_policy.is_some() {
+        r.unsupported(format!("{path}.corsPolicy"), "corsPolicy");
+    }
+
+    let mut matches = Vec::new();
+    for (i, m) in route.r#match.iter().enumerate() {
+        if let Some(rm) = route_match(m, &format!("{path}.match[{i}]"), refs, vs_gateways, r, warn)
+        {
+            matches.push(rm);
+        }
+    }
+
+    let actions = [
+        !route.route.is_empty(),
+        route.redirect.is_some(),
+        route.direct_response.is_some(),
+    ];
+    let action = match actions.iter().filter(|a| **a).count() {
+        0 => {
+            r.error(path, "one of route, redirect or directResponse is required");
+            None
+        }
+        1 if !route.route.is_empty() => {
+            weighted(&route.route, &format!("{path}.route"), refs, r).map(RouteAction::Route)
+        }
+        1 if route.redirect.is_some() => route
+            .redirect
+            .as_ref()
+            .and_then(|rd| redirect(rd, &format!("{path}.redirect"), r))
+            .map(RouteAction::Redirect),
+        1 => route
+            .direct_response
+            .as_ref()
+            .and_then(|d| direct_response(d, &format!("{path}.directResponse"), r)),
+        _ => {
+            r.error(path, "set only one of route, redirect or directResponse");
+            None
+        }
+    };
+
+    let rewrite = route.rewrite.as_ref().map(|rw| {
+        let rp = format!("{path}.rewrite");
+        if route.redirect.is_some() {
+            r.error(&rp, "rewrite cannot be combined with redirect");
+        }
+        if rw.uri.is_some() && rw.uri_regex_rewrite.is_some() {
+            r.error(&rp, "set either uri or uriRegexRewrite, not both");
+        }
+        if rw.uri.is_some() && matches.iter().any(|m| matches!(m.uri, Some(StringMatch::Regex(_)))) {
+            r.error(format!("{rp}.uri"), "a uri rewrite replaces a matched prefix; with a regex uri match use uriRegexRewrite");
+        }
+        if let Some(a) = &rw.authority
+            && a.is_empty() {
+                r.error(format!("{rp}.authority"), "must not be empty");
+            }
+        let uri_regex = rw.uri_regex_rewrite.as_ref().map(|rr| {
+            check_regex(&rr.r#match, &format!("{rp}.uriRegexRewrite.match"), r);
+            (rr.r#match.clone(), rr.rewrite.clone())
+        });
+        Rewrite { uri: rw.uri.clone(), authority: rw.authority.clone(), uri_regex }
+    });
+
+    let timeout = route
+        .timeout
+        .as_deref()
+        .and_then(|t| dur(t, &format!("{path}.timeout"), r));
+    let retries = route
+        .retries
+        .as_ref()
+        .and_then(|rt| retry(rt, &format!("{path}.retries"), r));
+    let fault = route
+        .fault
+        .as_ref()
+        .and_then(|f| fault(f, &format!("{path}.fault"), r));
+
+    let mut mirrors = Vec::new();
+    if route.mirror.is_some() && !route.mirrors.is_empty() {
+        r.error(
+            format!("{path}.mirrors"),
+            "set either mirror or mirrors, not both",
+        );
+    }
+    if let Some(m) = &route.mirror {
+        if route.mirror_percent.is_some() && route.mirror_percentage.is_some() {
+            r.error(
+                format!("{path}.mirrorPercent"),
+                "deprecated; set only mirrorPercentage",
+            );
+        }
+        let percent = match (&route.mirror_percentage, route.mirror_percent) {
+            (Some(p), _) => percentage(p.value, &format!("{path}.mirrorPercentage.value"), r),
+            (None, Some(p)) => percentage(f64::from(p), &format!("{path}.mirrorPercent"), r),
+            (None, None) => Some(100.0),
+        };
+        if let (Some(destination), Some(percent)) =
+            (destination(m, &format!("{path}.mirror"), refs, r), percent)
+        {
+            mirrors.push(Mirror {
+                destination,
+                percent,
+            });
+        }
+    } else if route.mirror_percentage.is_some() || route.mirror_percent.is_some() {
+        r.error(
+            format!("{path}.mirrorPercentage"),
+            "needs a mirror destination",
+        );
+    }
+    for (i, m) in route.mirrors.iter().enumerate() {
+        let mp = format!("{path}.mirrors[{i}]");
+        let Some(d) = &m.destination else {
+            r.error(format!("{mp}.destination"), "a destination is required");
+            continue;
+        };
+        let percent = match &m.percentage {
+            Some(p) => percentage(p.value, &format!("{mp}.percentage.value"), r),
+            None => Some(100.0),
+        };
+        if let (Some(destination), Some(percent)) = (
+            destination(d, &format!("{mp}.destination"), refs, r),
+            percent,
+        ) {
+            mirrors.push(Mirror {
+                destination,
+                percent,
+            });
+        }
+    }
+
+    let headers = route
+        .headers
+        .as_ref()
+        .map(|h| header_ops(h, &format!("{path}.headers"), r))
+        .unwrap_or_default();
+    if r.count() > before {
+        return None;
+    }
+    Some(HttpRoute {
+        name: route.name.clone(),
+        matches,
+        action: action?,
+        rewrite,
+        timeout,
+        retries,
+        fault,
+        mirrors,
+        headers,
+    })
+}
+
+fn route_match(
+    m: &wire::HttpMatchRequest,
+    path: &str,
+    refs: &Refs<'_>,
+    vs_gateways: &[GatewayRef],
+    r: &mut Report<'_>,
+    warn: &mut impl FnMut(String, String),
+) -> Option<RouteMatch> {
+    let before = r.count();
+    if m.stat_prefix.is_some() {
+        r.unsupported(format!("{path}.statPrefix"), "statPrefix");
+    }
+    let uri = m
+        .uri
+        .as_ref()
+        .and_then(|s| string_match(s, &format!("{path}.uri"), false, r));
+    if let Some(StringMatch::Exact(u) | StringMatch::Prefix(u)) = &uri
+        && !u.starts_with('/')
+    {
+        warn(
+            format!("{path}.uri"),
+            format!("{u:?} does not start with '/' and can never match a request path"),
+        );
+    }
+    let mut headers = Vec::new();
+    for (name, sm) in &m.headers {
+        if let Some(hm) = header_match(name, sm, &format!("{path}.headers.{name}"), r) {
+            headers.push((name.clone(), hm));
+        }
+    }
+    let mut without_headers = Vec::new();
+    for (name, sm) in &m.without_headers {
+        if let Some(hm) = header_match(name, sm, &format!("{path}.withoutHeaders.{name}"), r) {
+            without_headers.push((name.clone(), hm));
+        }
+    }
+    let mut query_params = Vec::new();
+    for (name, sm) in &m.query_params {
+        let qp = format!("{path}.queryParams.{name}");
+        if sm.prefix.is_some() {
+            r.error(
+                &qp,
+                "query parameters match only exact or regex (as in Istio)",
+            );
+            continue;
+        }
+        let matcher = if sm.exact.is_none() && sm.regex.is_none() {
+            StringMatch::Regex(".*".to_string())
+        } else {
+            match string_match(sm, &qp, false, r) {
+                Some(s) => s,
+                None => continue,
+            }
+        };
+        query_params.push((name.clone(), matcher));
+    }
+    let port = match m.port {
+        None => None,
+        Some(p) => super::registry::port_number(Some(p), &format!("{path}.port"), r),
+    };
+    let mut gateways = Vec::new();
+    for (i, g) in m.gateways.iter().enumerate() {
+        let gp = format!("{path}.gateways[{i}]");
+        if let Some(gr) = gateway_ref(g, &gp, refs, r) {
+            if !vs_gateways.contains(&gr) {
+                r.error(
+                    &gp,
+                    format!("{g:?} is not one of the VirtualService's gateways"),
+                );
+            }
+            gateways.push(gr);
+        }
+    }
+    if let Some(ns) = &m.source_namespace
+        && let Err(e) = crate::loader::check_dns_name(ns)
+    {
+        r.error(format!("{path}.sourceNamespace"), e);
+    }
+    let scheme = m
+        .scheme
+        .as_ref()
+        .and_then(|s| string_match(s, &format!("{path}.scheme"), false, r));
+    let method = m
+        .method
+        .as_ref()
+        .and_then(|s| string_match(s, &format!("{path}.method"), false, r));
+    let authority = m
+        .authority
+        .as_ref()
+        .and_then(|s| string_match(s, &format!("{path}.authority"), false, r));
+    if r.count() > before {
+        return None;
+    }
+    Some(RouteMatch {
+        name: m.name.clone(),
+        uri,
+        ignore_uri_case: m.ignore_uri_case,
+        scheme,
+        method,
+        authority,
+        headers,
+        without_headers,
+        query_params,
+        port,
+        gateways,
+        source_labels: m.source_labels.clone(),
+        source_namespace: m.source_namespace.clone(),
+    })
+}
+
+fn string_match(
+    s: &wire::StringMatch,
+    path: &str,
+    allow_empty: bool,
+    r: &mut Report<'_>,
+) -> Option<StringMatch> {
+    let set: Vec<(&str, &String)> = [
+        ("exact", &s.exact),
+        ("prefix", &s.prefix),
+        ("regex", &s.regex),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+    .collect();
+    match set.as_slice() {
+        [] if allow_empty => None,
+        [] => {
+            r.error(path, "one of exact, prefix or regex is required");
+            None
+        }
+        [(kind, value)] => {
+            if value.is_empty() && *kind != "exact" {
+                r.error(format!("{path}.{kind}"), "must not be empty");
+                return None;
+            }
+            Some(match *kind {
+                "exact" => StringMatch::Exact((*value).clone()),
+                "prefix" => StringMatch::Prefix((*value).clone()),
+                _ => {
+                    check_regex(value, &format!("{path}.regex"), r);
+                    StringMatch::Regex((*value).clone())
+                }
+            })
+        }
+        _ => {
+            r.error(path, "set only one of exact, prefix or regex");
+            None
+        }
+    }
+}
+
+fn header_match(
+    name: &str,
+    sm: &wire::StringMatch,
+    path: &str,
+    r: &mut Report<'_>,
+) -> Option<HeaderMatch> {
+    check_header_name(name, path, true, r);
+    if sm.exact.is_none() && sm.prefix.is_none() && sm.regex.is_none() {
+        return Some(HeaderMatch::Present);
+    }
+    string_match(sm, path, false, r).map(HeaderMatch::Value)
+}
+
+fn check_header_name(name: &str, path: &str, matching: bool, r: &mut Report<'_>) {
+    let valid = !name.is_empty()
+        && name.chars().all(|c| {
+            c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c) || (matching && c == ':')
+        });
+    if !valid {
+        r.error(path, format!("{name:?} is not a valid header name"));
+    } else if name.chars().any(|c| c.is_ascii_uppercase()) {
+        r.error(
+            path,
+            format!("header name {name:?} must be lowercase (as Istio requires)"),
+        );
+    }
+}
+
+fn check_regex(re: &str, path: &str, r: &mut Report<'_>) {
+    if let Err(e) = regex::Regex::new(re) {
+        let first = e
+            .to_string()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        r.error(path, format!("invalid regular expression {re:?}: {first}"));
+    }
+}
+
+fn weighted(
+    dests: &[wire::HttpRouteDestination],
+    path: &str,
+    refs: &Refs<'_>,
+    r: &mut Report<'_>,
+) -> Option<Vec<WeightedDestination>> {
+    let before = r.count();
+    let mut out = Vec::new();
+    let mut total: u64 = 0;
+    for (i, d) in dests.iter().enumerate() {
+        let dp = format!("{path}[{i}]");
+        let weight = match d.weight {
+            None => u32::from(dests.len() == 1) * 100,
+            Some(w) if w < 0 => {
+                r.error(
+                    format!("{dp}.weight"),
+                    format!("weight must not be negative, got {w}"),
+                );
+                0
+            }
+            Some(w) => u32::try_from(w).unwrap_or_else(|_| {
+                r.error(format!("{dp}.weight"), format!("weight {w} is too large"));
+                0
+            }),
+        };
+        total += u64::from(weight);
+        let Some(dst) = &d.destination else {
+            r.error(format!("{dp}.destination"), "a destination is required");
+            continue;
+        };
+        let headers = d
+            .headers
+            .as_ref()
+            .map(|h| header_ops(h, &format!("{dp}.headers"), r))
+            .unwrap_or_default();
+        if let Some(destination) = destination(dst, &format!("{dp}.destination"), refs, r) {
+            out.push(WeightedDestination {
+                destination,
+                weight,
+                headers,
+            });
+        }
+    }
+    if dests.len() > 1 && total == 0 {
+        r.error(
+            path,
+            "the destinations' weights add up to 0; give at least one a positive weight",
+        );
+    }
+    // A lone destination takes all traffic whatever its weight, as in Istio.
+    if let [only] = out.as_mut_slice() {
+        only.weight = 100;
+    }
+    (r.count() == before).then_some(out)
+}
+
+fn destination(
+    d: &wire::Destination,
+    path: &str,
+    refs: &Refs<'_>,
+    r: &mut Report<'_>,
+) -> Option<Destination> {
+    if d.host.is_empty() {
+        r.error(format!("{path}.host"), "a host is required");
+        return None;
+    }
+    if let Err(m) = host::check(&d.host) {
+        r.error(format!("{path}.host"), m);
+        return None;
+    }
+    let hostname = host::resolve(&d.host, refs.namespace);
+    let Some(service) = refs.services.get(&hostname) else {
+        r.error(
+            format!("{path}.host"),
+            format!("{hostname:?} is not a known service (no ServiceEntry defines it)"),
+        );
+        return None;
+    };
+    let port = match d.port.as_ref().and_then(|p| p.number) {
+        Some(n) => {
+            let p = u16::try_from(n).ok().filter(|p| service.port(*p).is_some());
+            if p.is_none() {
+                let known: Vec<u16> = service.ports.iter().map(|p| p.number).collect();
+                r.error(
+                    format!("{path}.port.number"),
+                    format!("service {hostname:?} has no port {n}; it has {known:?}"),
+                );
+            }
+            p?
+        }
+        None => match service.ports.as_slice() {
+            [only] => only.number,
+            ports => {
+                let known: Vec<u16> = ports.iter().map(|p| p.number).collect();
+                r.error(
+                    format!("{path}.port"),
+                    format!("service {hostname:?} has several ports {known:?}; name one"),
+                );
+                return None;
+            }
+        },
+    };
+    if let Some(subset) = &d.subset {
+        let defined = super::destination_rule::lookup(refs.rules, &hostname)
+            .is_some_and(|dr| dr.subsets.iter().any(|s| &s.name == subset));
+        if !defined {
+            r.error(
+                format!("{path}.subset"),
+                format!("subset {subset:?} of {hostname:?} is not defined by any DestinationRule"),
+            );
+            return None;
+        }
+    }
+    Some(Destination {
+        host: hostname,
+        subset: d.subset.clone(),
+        port,
+    })
+}
+
+fn redirect(rd: &wire::HttpRedirect, path: &str, r: &mut Report<'_>) -> Option<Redirect> {
+    let code = rd.redirect_code.unwrap_or(301);
+    if ![301, 302, 303, 307, 308].contains(&code) {
+        r.error(
+            format!("{path}.redirectCode"),
+            format!("expected 301, 302, 303, 307 or 308, got {code}"),
+        );
+    }
+    if let Some(s) = &rd.scheme
+        && s != "http"
+        && s != "https"
+    {
+        r.error(
+            format!("{path}.scheme"),
+            format!("expected http or https, got {s:?}"),
+        );
+    }
+    let port = match rd.port {
+        None => None,
+        Some(p) => super::registry::port_number(Some(p), &format!("{path}.port"), r),
+    };
+    let derive = match rd.derive_port.as_deref() {
+        None | Some("FROM_PROTOCOL_DEFAULT") => false,
+        Some("FROM_REQUEST_PORT") => true,
+        Some(other) => {
+            r.error(
+                format!("{path}.derivePort"),
+                format!("expected FROM_PROTOCOL_DEFAULT or FROM_REQUEST_PORT, got {other:?}"),
+            );
+            false
+        }
+    };
+    if derive && port.is_some() {
+        r.error(path, "set either port or derivePort, not both");
+    }
+    Some(Redirect {
+        uri: rd.uri.clone(),
+        authority: rd.authority.clone(),
+        port,
+        derive_port_from_request: derive,
+        scheme: rd.scheme.clone(),
+        code: code as u16,
+    })
+}
+
+fn direct_response(
+    d: &wire::HttpDirectResponse,
+    path: &str,
+    r: &mut Report<'_>,
+) -> Option<RouteAction> {
+    let status = match d.status {
+        Some(s @ 200..=599) => s as u16,
+        Some(s) => {
+            r.error(
+                format!("{path}.status"),
+                format!("expected an HTTP status 200-599, got {s}"),
+            );
+            return None;
+        }
+        None => {
+            r.error(format!("{path}.status"), "a status is required");
+            return None;
+        }
+    };
+    let body = match &d.body {
+        None => None,
+        Some(b) if b.bytes.is_some() => {
+            r.unsupported(format!("{path}.body.bytes"), "a bytes body (use string)");
+            None
+        }
+        Some(b) => b.string.clone(),
+    };
+    Some(RouteAction::DirectResponse { status, body })
+}
+
+fn retry(rt: &wire::HttpRetry, path: &str, r: &mut Report<'_>) -> Option<RetryPolicy> {
+    if rt.retry_remote_localities == Some(true) {
+        r.unsupported(
+            format!("{path}.retryRemoteLocalities"),
+            "retryRemoteLocalities",
+        );
+    }
+    if rt.backoff.is_some() {
+        r.unsupported(format!("{path}.backoff"), "backoff");
+    }
+    if rt.retry_ignore_previous_hosts == Some(false) {
+        r.unsupported(
+            format!("{path}.retryIgnorePreviousHosts"),
+            "retryIgnorePreviousHosts: false",
+        );
+    }
+    let attempts = match rt.attempts {
+        None => {
+            r.error(
+                format!("{path}.attempts"),
+                "attempts is required (0 disables retries)",
+            );
+            return None;
+        }
+        Some(a) => match u32::try_from(a) {
+            Ok(a) => a,
+            Err(_) => {
+                r.error(
+                    format!("{path}.attempts"),
+                    format!("expected a non-negative count, got {a}"),
+                );
+                return None;
+            }
+        },
+    };
+    let per_try_timeout = rt.per_try_timeout.as_deref().and_then(|t| {
+        let d = dur(t, &format!("{path}.perTryTimeout"), r)?;
+        if d < Duration::from_millis(1) {
+            r.error(format!("{path}.perTryTimeout"), "must be at least 1ms");
+        }
+        Some(d)
+    });
+    let mut retry_on = Vec::new();
+    let mut codes = Vec::new();
+    match rt
+        .retry_on
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        None => {
+            retry_on.extend(DEFAULT_RETRY_ON.iter().map(|s| s.to_string()));
+            codes.push(503);
+        }
+        Some(list) => {
+            for token in list.split(',').map(str::trim) {
+                if let Ok(code) = token.parse::<u16>() {
+                    if !(100..=599).contains(&code) {
+                        r.error(
+                            format!("{path}.retryOn"),
+                            format!("status code {code} is not an HTTP status"),
+                        );
+                    }
+                    codes.push(code);
+                } else if RETRY_ON.contains(&token) {
+                    if !retry_on.iter().any(|t| t == token) {
+                        retry_on.push(token.to_string());
+                    }
+                } else {
+                    r.error(
+                        format!("{path}.retryOn"),
+                        format!("unknown retry condition {token:?}; expected HTTP status codes or one of {}", RETRY_ON.join(", ")),
+                    );
+                }
+            }
+            if !codes.is_empty() && !retry_on.iter().any(|t| t == "retriable-status-codes") {
+                retry_on.push("retriable-status-codes".to_string());
+            }
+        }
+    }
+    Some(RetryPolicy {
+        attempts,
+        per_try_timeout,
+        retry_on,
+        retriable_status_codes: codes,
+    })
+}
+
+fn fault(f: &wire::HttpFaultInjection, path: &str, r: &mut Report<'_>) -> Option<Fault> {
+    if f.delay.is_none() && f.abort.is_none() {
+        r.error(path, "a fault needs delay or abort");
+        return None;
+    }
+    let fault_percent = |percentage: &Option<wire::Percent>,
+                         percent: Option<i64>,
+                         p: &str,
+                         r: &mut Report<'_>| match (percentage, percent) {
+        (Some(_), Some(_)) => {
+            r.error(format!("{p}.percent"), "deprecated; set only percentage");
+            None
+        }
+        (Some(pc), None) => percentage_value(pc.value, &format!("{p}.percentage.value"), r),
+        (None, Some(pc)) => percentage_value(pc as f64, &format!("{p}.percent"), r),
+        (None, None) => Some(100.0),
+    };
+    let delay = f.delay.as_ref().and_then(|d| {
+        let p = format!("{path}.delay");
+        if d.exponential_delay.is_some() {
+            r.unsupported(format!("{p}.exponentialDelay"), "exponentialDelay");
+            return None;
+        }
+        let Some(fixed) = &d.fixed_delay else {
+            r.error(format!("{p}.fixedDelay"), "fixedDelay is required");
+            return None;
+        };
+        let fixed = dur(fixed, &format!("{p}.fixedDelay"), r)?;
+        if fixed < Duration::from_millis(1) {
+            r.error(format!("{p}.fixedDelay"), "must be at least 1ms");
+        }
+        Some(FaultDelay {
+            fixed,
+            percent: fault_percent(&d.percentage, d.percent, &p, r)?,
+        })
+    });
+    let abort = f.abort.as_ref().and_then(|a| {
+        let p = format!("{path}.abort");
+        if a.http2_error.is_some() {
+            r.unsupported(format!("{p}.http2Error"), "http2Error");
+            return None;
+        }
+        let status = match (a.http_status, &a.grpc_status) {
+            (Some(_), Some(_)) => {
+                r.error(&p, "set either httpStatus or grpcStatus, not both");
+                return None;
+            }
+            (Some(s), None) if (200..=599).contains(&s) => FaultStatus::Http(s as u16),
+            (Some(s), None) => {
+                r.error(
+                    format!("{p}.httpStatus"),
+                    format!("expected an HTTP status 200-599, got {s}"),
+                );
+                return None;
+            }
+            (None, Some(g)) => match grpc_code(g) {
+                Some(c) => FaultStatus::Grpc(c),
+                None => {
+                    r.error(
+                        format!("{p}.grpcStatus"),
+                        format!("unknown gRPC status {g:?}; expected a name like UNAVAILABLE"),
+                    );
+                    return None;
+                }
+            },
+            (None, None) => {
+                r.error(&p, "httpStatus or grpcStatus is required");
+                return None;
+            }
+        };
+        Some(FaultAbort {
+            status,
+            percent: fault_percent(&a.percentage, a.percent, &p, r)?,
+        })
+    });
+    Some(Fault { delay, abort })
+}
+
+fn grpc_code(name: &str) -> Option<u32> {
+    const CODES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    CODES.iter().position(|c| *c == name).map(|i| i as u32)
+}
+
+fn percentage_value(v: f64, path: &str, r: &mut Report<'_>) -> Option<f64> {
+    percentage(v, path, r)
+}
+
+fn percentage(v: f64, path: &str, r: &mut Report<'_>) -> Option<f64> {
+    if (0.0..=100.0).contains(&v) {
+        Some(v)
+    } else {
+        r.error(path, format!("expected a percentage 0-100, got {v}"));
+        None
+    }
+}
+
+fn header_ops(h: &wire::Headers, path: &str, r: &mut Report<'_>) -> HeaderOps {
+    let op = |o: &Option<wire::HeaderOperations>, p: &str, r: &mut Report<'_>| -> HeaderOp {
+        let Some(o) = o else {
+            return HeaderOp::default();
+        };
+        for (what, names) in [
+            ("set", o.set.keys().collect::<Vec<_>>()),
+            ("add", o.add.keys().collect()),
+            ("remove", o.remove.iter().collect()),
+        ] {
+            for name in names {
+                let hp = format!("{p}.{what}.{name}");
+                let lower = name.to_ascii_lowercase();
+                if lower.starts_with(':') || lower == "host" {
+                    r.error(
+                        &hp,
+                        format!(
+                            "{name:?} cannot be changed here; use rewrite.authority for the host"
+                        ),
+                    );
+                } else {
+                    check_header_name(&lower, &hp, false, r);
+                }
+            }
+        }
+        HeaderOp {
+            set: o
+                .set
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect(),
+            add: o
+                .add
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect(),
+            remove: o.remove.iter().map(|k| k.to_ascii_lowercase()).collect(),
+        }
+    };
+    HeaderOps {
+        request: op(&h.request, &format!("{path}.request"), r),
+        response: op(&h.response, &format!("{path}.response"), r),
+    }
+}
+
+fn dur(s: &str, path: &str, r: &mut Report<'_>) -> Option<Duration> {
+    match duration::parse(s) {
+        Ok(d) => Some(d),
+        Err(m) => {
+            r.error(path, m);
+            None
+        }
+    }
+}
