@@ -752,7 +752,10 @@ fn redirect(rd: &wire::HttpRedirect, path: &str, r: &mut Report<'_>) -> Option<R
     };
     let derive = match rd.derive_port.as_deref() {
         None | Some("FROM_PROTOCOL_DEFAULT") => false,
-        Some("FROM_REQUEST_PORT") => true,
+        Some("FROM_REQUEST_PORT") => {
+            r.unsupported(format!("{path}.derivePort"), "derivePort FROM_REQUEST_PORT");
+            false
+        }
         Some(other) => {
             r.error(
                 format!("{path}.derivePort"),

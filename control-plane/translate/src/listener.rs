@@ -1,0 +1,185 @@
+//! LDS: the sidecar's outbound HTTP listener and a gateway's listeners per server port.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::core::v3::TransportSocket;
+use envoy_types::pb::envoy::config::core::v3::transport_socket;
+use envoy_types::pb::envoy::config::core::v3::{
+    DataSource, TrafficDirection, data_source::Specifier,
+};
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
+};
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds,
+    http_connection_manager::{CodecType, RouteSpecifier, StripPortMode, UpgradeConfig},
+    http_filter,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CommonTlsContext, DownstreamTlsContext, TlsCertificate,
+};
+use strait_model::{Gateway, GatewayServer, Model, Protocol, ProxyNode, ServerTls};
+
+use crate::cluster::socket;
+use crate::proto::{ads, any};
+use crate::route::{FAULT_FILTER, gateway_virtual_hosts};
+
+/// The route config the sidecar's outbound listener serves.
+pub const OUTBOUND_ROUTE_NAME: &str = "outbound";
+const HCM: &str = "envoy.filters.network.http_connection_manager";
+
+pub fn sidecar_outbound(node: &ProxyNode) -> Listener {
+    Listener {
+        name: format!("outbound_{}", node.outbound_port),
+        address: Some(socket(&node.listen_address.to_string(), node.outbound_port)),
+        filter_chains: vec![FilterChain {
+            filters: vec![hcm("outbound", OUTBOUND_ROUTE_NAME, false)],
+            ..Default::default()
+        }],
+        traffic_direction: TrafficDirection::Outbound as i32,
+        ..Default::default()
+    }
+}
+
+/// An HTTP connection manager that takes its routes over RDS and can inject faults. Gateways
+/// ignore the Host header's port, as clients reach them on mapped or defaulted ports.
+fn hcm(stat_prefix: &str, route_config: &str, strip_port: bool) -> Filter {
+    let manager = HttpConnectionManager {
+        stat_prefix: stat_prefix.to_string(),
+        codec_type: CodecType::Auto as i32,
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: route_config.to_string(),
+        })),
+        http_filters: vec![
+            HttpFilter {
+                name: FAULT_FILTER.to_string(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(any(
+                    &HttpFault::default(),
+                ))),
+                ..Default::default()
+            },
+            HttpFilter {
+                name: "envoy.filters.http.router".to_string(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(
+                    any(&Router::default()),
+                )),
+                ..Default::default()
+            },
+        ],
+        upgrade_configs: vec![UpgradeConfig {
+            upgrade_type: "websocket".to_string(),
+            ..Default::default()
+        }],
+        strip_port_mode: strip_port.then_some(StripPortMode::StripAnyHostPort(true)),
+        ..Default::default()
+    };
+    Filter {
+        name: HCM.to_string(),
+        config_type: Some(filter::ConfigType::TypedConfig(any(&manager))),
+    }
+}
+
+/// A gateway's listeners (one per server port of the Gateways that select it) and their routes.
+pub fn gateway(model: &Model, node: &ProxyNode) -> (Vec<Listener>, Vec<RouteConfiguration>) {
+    let mut by_port: BTreeMap<u16, Vec<(&Gateway, &GatewayServer)>> = BTreeMap::new();
+    for gw in model.gateways.values().filter(|g| g.selects(&node.labels)) {
+        for server in &gw.servers {
+            by_port.entry(server.port).or_default().push((gw, server));
+        }
+    }
+    let mut listeners = Vec::new();
+    let mut routes = Vec::new();
+    for (port, servers) in by_port {
+        let bind = node.gateway_bind_port(port);
+        let address = node.listen_address.to_string();
+        let tls = servers.iter().any(|(_, s)| s.protocol == Protocol::Https);
+        let mut listener = Listener {
+            name: format!("{address}_{bind}"),
+            address: Some(socket(&address, bind)),
+            traffic_direction: TrafficDirection::Inbound as i32,
+            ..Default::default()
+        };
+        if !tls {
+            let name = format!("http.{port}");
+            routes.push(RouteConfiguration {
+                name: name.clone(),
+                virtual_hosts: gateway_virtual_hosts(model, node, &servers, port),
+                ..Default::default()
+            });
+            listener.filter_chains.push(FilterChain {
+                filters: vec![hcm(&name, &name, true)],
+                ..Default::default()
+            });
+        } else {
+            // One filter chain per HTTPS server, chosen by SNI.
+            listener.listener_filters.push(ListenerFilter {
+                name: "envoy.filters.listener.tls_inspector".to_string(),
+                config_type: Some(listener_filter::ConfigType::TypedConfig(any(
+                    &TlsInspector::default(),
+                ))),
+                ..Default::default()
+            });
+            for (i, (gw, server)) in servers.iter().enumerate() {
+                let label = server.name.clone().unwrap_or_else(|| i.to_string());
+                let name = format!("https.{port}.{label}.{}.{}", gw.id.name, gw.id.namespace);
+                routes.push(RouteConfiguration {
+                    name: name.clone(),
+                    virtual_hosts: gateway_virtual_hosts(model, node, &[(gw, server)], port),
+                    ..Default::default()
+                });
+                let server_names: Vec<String> = server
+                    .hosts
+                    .iter()
+                    .map(|h| h.host.clone())
+                    .filter(|h| h != "*")
+                    .collect();
+                listener.filter_chains.push(FilterChain {
+                    filter_chain_match: Some(FilterChainMatch {
+                        server_names,
+                        ..Default::default()
+                    }),
+                    filters: vec![hcm(&name, &name, true)],
+                    transport_socket: server.tls.as_ref().and_then(tls_socket),
+                    ..Default::default()
+                });
+            }
+        }
+        listeners.push(listener);
+    }
+    (listeners, routes)
+}
+
+fn tls_socket(tls: &ServerTls) -> Option<TransportSocket> {
+    let ServerTls::Simple {
+        certificate,
+        private_key,
+    } = tls
+    else {
+        return None;
+    };
+    let file = |f: &str| DataSource {
+        specifier: Some(Specifier::Filename(f.to_string())),
+        ..Default::default()
+    };
+    let context = DownstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificates: vec![TlsCertificate {
+                certificate_chain: Some(file(certificate)),
+                private_key: Some(file(private_key)),
+                ..Default::default()
+            }],
+            alpn_protocols: vec!["h2".to_string(), "http/1.1".to_string()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Some(TransportSocket {
+        name: "envoy.transport_sockets.tls".to_string(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(&context))),
+    })
+}
