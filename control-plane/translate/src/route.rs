@@ -437,7 +437,6 @@ fn fault(f: &Fault) -> HttpFault {
             fault_delay_secifier: Some(fault_delay::FaultDelaySecifier::FixedDelay(duration(
                 d.fixed,
             ))),
-            ..Default::default()
         }),
         abort: f.abort.as_ref().map(|a| PbAbort {
             percentage: Some(percent(a.percent)),
@@ -445,6 +444,7 @@ fn fault(f: &Fault) -> HttpFault {
                 FaultStatus::Http(s) => fault_abort::ErrorType::HttpStatus(u32::from(s)),
                 FaultStatus::Grpc(s) => fault_abort::ErrorType::GrpcStatus(s),
             }),
+            ..Default::default()
         }),
         ..Default::default()
     }
