@@ -1,3 +1,9 @@
 //! The control plane's runtime: config sources and store, the push loop, the admin API, bootstrap.
 
+pub mod admin;
 pub mod bootstrap;
+pub mod controller;
+pub mod ctl;
+pub mod store;
+pub mod telemetry;
+pub mod watch;

@@ -1,2 +1,238 @@
 //! straitctl: the command-line client.
-fn main() {}
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{CommandFactory, Parser, Subcommand, error::ErrorKind};
+use strait_control_plane::bootstrap::{BootstrapParams, XdsProtocol, envoy_bootstrap};
+use strait_model::ProxyMode;
+use strait_model::node::DEFAULT_OUTBOUND_PORT;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "straitctl",
+    version,
+    about = "Command-line client for the Strait service mesh"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a stock Envoy bootstrap that connects a proxy to straitd over ADS.
+    Bootstrap(BootstrapArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BootstrapArgs {
+    /// The proxy's xDS node id; unique per proxy.
+    #[arg(long)]
+    node_id: String,
+    /// Envoy's service cluster name [default: the `app` label, else the node id].
+    #[arg(long)]
+    cluster: Option<String>,
+    /// The workload's namespace.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// The workload's labels, as k=v,k2=v2.
+    #[arg(long, value_parser = parse_labels, default_value = "")]
+    labels: Labels,
+    /// The workload's service account.
+    #[arg(long)]
+    service_account: Option<String>,
+    /// sidecar or gateway.
+    #[arg(long, default_value = "sidecar")]
+    mode: ProxyMode,
+    /// straitd's xDS address, as HOST:PORT (IPv6 in brackets).
+    #[arg(long, value_parser = parse_host_port)]
+    xds: HostPort,
+    /// delta (incremental) or sotw (state of the world).
+    #[arg(long, default_value = "delta")]
+    xds_protocol: XdsProtocol,
+    /// The port of the sidecar's outbound listener.
+    #[arg(long, value_parser = parse_port, default_value_t = DEFAULT_OUTBOUND_PORT)]
+    outbound_port: u16,
+    /// The port of Envoy's admin API (always on 127.0.0.1).
+    #[arg(long, value_parser = parse_port, default_value_t = 15000)]
+    admin_port: u16,
+    /// The address the proxy's listeners bind [default: 127.0.0.1 for sidecars, 0.0.0.0 for
+    /// gateways, chosen by straitd].
+    #[arg(long)]
+    listen_address: Option<IpAddr>,
+    /// Where a gateway binds each Gateway server port, as 80=18080,443=18443.
+    #[arg(long, value_parser = parse_gateway_ports, default_value = "")]
+    gateway_ports: GatewayPorts,
+    /// Write the bootstrap here instead of stdout.
+    #[arg(short = 'o', long = "output")]
+    output: Option<PathBuf>,
+}
+
+// Newtypes: clap treats a bare `BTreeMap`/`Vec` field as a multi-value argument.
+#[derive(Clone, Debug)]
+struct Labels(BTreeMap<String, String>);
+#[derive(Clone, Debug)]
+struct GatewayPorts(BTreeMap<u16, u16>);
+#[derive(Clone, Debug)]
+struct HostPort {
+    host: String,
+    port: u16,
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    s.trim()
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("expected a port number 1-65535, got {s:?}"))
+}
+
+fn parse_labels(s: &str) -> Result<Labels, String> {
+    let mut labels = BTreeMap::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("expected k=v pairs separated by commas, got {pair:?}"))?;
+        let (k, v) = (k.trim(), v.trim());
+        if k.is_empty() || k.chars().any(char::is_whitespace) {
+            return Err(format!("invalid label key {k:?} in {pair:?}"));
+        }
+        if labels.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(format!("label {k:?} given twice"));
+        }
+    }
+    Ok(Labels(labels))
+}
+
+fn parse_gateway_ports(s: &str) -> Result<GatewayPorts, String> {
+    let mut ports = BTreeMap::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (from, to) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("expected SERVER_PORT=BIND_PORT pairs, got {pair:?}"))?;
+        let from = parse_port(from)?;
+        if ports.insert(from, parse_port(to)?).is_some() {
+            return Err(format!("server port {from} given twice"));
+        }
+    }
+    Ok(GatewayPorts(ports))
+}
+
+fn parse_host_port(s: &str) -> Result<HostPort, String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("expected HOST:PORT, got {s:?}"))?;
+    let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => {
+            v6.parse::<std::net::Ipv6Addr>()
+                .map_err(|_| format!("invalid IPv6 address {v6:?}"))?;
+            v6
+        }
+        None if host.contains(':') => {
+            return Err(format!(
+                "put an IPv6 address in brackets, as [{host}]:{port}"
+            ));
+        }
+        None if host.is_empty() => return Err(format!("expected HOST:PORT, got {s:?}")),
+        None => host,
+    };
+    Ok(HostPort {
+        host: host.to_string(),
+        port: parse_port(port)?,
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Bootstrap(args) => bootstrap(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("straitctl: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
+    if args.outbound_port == args.admin_port {
+        // A usage error like the parsers' ones, so it exits 2 as well.
+        Cli::command()
+            .error(
+                ErrorKind::ArgumentConflict,
+                format!(
+                    "--outbound-port and --admin-port are both {}; they must differ",
+                    args.admin_port
+                ),
+            )
+            .exit();
+    }
+    let cluster = args
+        .cluster
+        .or_else(|| args.labels.0.get("app").cloned())
+        .unwrap_or_else(|| args.node_id.clone());
+    let params = BootstrapParams {
+        node_id: args.node_id,
+        cluster,
+        namespace: args.namespace,
+        labels: args.labels.0,
+        service_account: args.service_account,
+        mode: args.mode,
+        xds_host: args.xds.host,
+        xds_port: args.xds.port,
+        xds_protocol: args.xds_protocol,
+        outbound_port: args.outbound_port,
+        admin_port: args.admin_port,
+        listen_address: args.listen_address,
+        gateway_ports: args.gateway_ports.0,
+    };
+    let mut text = serde_json::to_string_pretty(&envoy_bootstrap(&params))
+        .context("serializing the bootstrap")?;
+    text.push('\n');
+    match args.output {
+        Some(path) => {
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => std::io::stdout()
+            .lock()
+            .write_all(text.as_bytes())
+            .context("writing to stdout")?,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parsers_accept_good_and_reject_bad_input() {
+        assert_eq!(parse_labels("app=a, version=v1").unwrap().0.len(), 2);
+        assert!(parse_labels("").unwrap().0.is_empty());
+        assert!(parse_labels("app").is_err());
+        assert!(parse_labels("=x").is_err());
+        assert!(parse_labels("a=1,a=2").is_err());
+        assert_eq!(parse_gateway_ports("80=18080").unwrap().0[&80], 18080);
+        assert!(parse_gateway_ports("80=0").is_err());
+        assert!(parse_gateway_ports("80:18080").is_err());
+        let hp = parse_host_port("[::1]:15010").unwrap();
+        assert_eq!((hp.host.as_str(), hp.port), ("::1", 15010));
+        assert_eq!(parse_host_port("localhost:1").unwrap().host, "localhost");
+        assert!(parse_host_port("::1:15010").is_err());
+        assert!(parse_host_port("127.0.0.1").is_err());
+        assert!(parse_host_port(":80").is_err());
+        assert!(parse_port("65536").is_err());
+    }
+}

@@ -1,2 +1,160 @@
-//! straitd: the control-plane daemon.
-fn main() {}
+//! straitd: the control-plane daemon. Parses flags, binds the xDS and admin ports, runs until a
+//! signal, then drains.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use clap::Parser;
+use prometheus_client::registry::Registry;
+use strait_control_plane::admin::{self, AdminState};
+use strait_control_plane::controller::Controller;
+use strait_control_plane::store::ConfigStore;
+use strait_control_plane::telemetry::{self, LogFormat, TelemetryOptions};
+use strait_control_plane::watch;
+use strait_xds::cache::SnapshotCache;
+use strait_xds::metrics::XdsMetrics;
+use strait_xds::server::AdsServer;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "straitd",
+    version,
+    about = "Strait control plane: Istio YAML in, Envoy xDS out"
+)]
+struct Args {
+    /// Directory of Istio YAML to load and watch (every *.yaml, *.yml, *.json below it).
+    #[arg(long, env = "STRAIT_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
+    /// Plaintext xDS (ADS over gRPC) address. For local development: nothing authenticates here.
+    #[arg(long, env = "STRAIT_XDS_ADDR", default_value = "127.0.0.1:15010")]
+    xds_addr: SocketAddr,
+    /// Admin HTTP API address (health, apply, objects, debug, metrics).
+    #[arg(long, env = "STRAIT_ADMIN_ADDR", default_value = "127.0.0.1:15014")]
+    admin_addr: SocketAddr,
+    /// Log output format.
+    #[arg(long, env = "STRAIT_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    /// OTLP/gRPC collector for spans, e.g. http://127.0.0.1:4317.
+    #[arg(long, env = "STRAIT_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _telemetry = telemetry::init(TelemetryOptions {
+        log_format: args.log_format,
+        otlp_endpoint: args.otlp_endpoint.clone(),
+        service_name: "straitd",
+    })?;
+
+    let mut registry = Registry::default();
+    let store = ConfigStore::new(&mut registry);
+    let cache = SnapshotCache::new();
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let ads = AdsServer::new(cache.clone(), events_tx, XdsMetrics::new(&mut registry));
+    let controller = Controller::new(cache, &mut registry);
+
+    // The first configuration is in force before any proxy can connect.
+    let _watcher = match &args.config_dir {
+        Some(dir) => {
+            anyhow::ensure!(
+                dir.is_dir(),
+                "--config-dir {}: not a directory",
+                dir.display()
+            );
+            Some(watch::spawn_watcher(dir.clone(), store.clone()))
+        }
+        None => {
+            store
+                .replace_files(Vec::new())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            None
+        }
+    };
+    tokio::spawn(controller.run(store.subscribe(), events_rx));
+
+    let xds_listener = tokio::net::TcpListener::bind(args.xds_addr)
+        .await
+        .with_context(|| format!("binding the xDS address {}", args.xds_addr))?;
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("binding the admin address {}", args.admin_addr))?;
+    tracing::warn!(addr = %args.xds_addr, "serving plaintext xDS: unauthenticated, for local development only");
+    tracing::info!(addr = %args.admin_addr, "serving the admin API");
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let proxies = {
+        let ads = ads.clone();
+        Arc::new(move || serde_json::to_value(ads.proxies()).unwrap_or_default())
+    };
+    let app = admin::router(AdminState {
+        store: store.clone(),
+        registry: Arc::new(registry),
+        proxies,
+        ready: ready.clone(),
+    });
+
+    let shutdown = shutdown_signal();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let xds = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .add_service(ads.service())
+        .serve_with_incoming_shutdown(
+            tokio_stream_incoming(xds_listener),
+            wait_for(stop_rx.clone()),
+        );
+    let admin = axum::serve(admin_listener, app).with_graceful_shutdown(wait_for(stop_rx));
+    ready.store(true, Ordering::Release);
+
+    let xds_task = tokio::spawn(xds);
+    let admin_task = tokio::spawn(async move { admin.await });
+    shutdown.await;
+    tracing::info!("shutting down");
+    ready.store(false, Ordering::Release);
+    let _ = stop_tx.send(true);
+    xds_task
+        .await
+        .context("xDS server task")?
+        .context("xDS server")?;
+    admin_task
+        .await
+        .context("admin server task")?
+        .context("admin server")?;
+    Ok(())
+}
+
+fn tokio_stream_incoming(
+    listener: tokio::net::TcpListener,
+) -> tokio_stream::wrappers::TcpListenerStream {
+    tokio_stream::wrappers::TcpListenerStream::new(listener)
+}
+
+async fn wait_for(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops straitd");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

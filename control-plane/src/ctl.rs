@@ -1,0 +1,1 @@
+//! straitctl subcommands: apply, delete, get, analyze, proxy-status.

@@ -1,0 +1,794 @@
+//! The config store: sources in layers, validated as one batch, published as versioned models.
+//!
+//! Two layers feed the store: the file layer (the config directory, replaced whole on every
+//! reload) and the API layer (objects applied through the admin API, keyed by id; an API
+//! object overrides the file object with the same id while it exists). Every change builds the
+//! union of both layers and runs it through `Model::build`, the one validator. A change that
+//! fails is rejected whole: the last good configuration stays in force and the failure becomes
+//! the store's status.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use strait_model::{Kind, Model, Object, ObjectId, ValidationError, ValidationErrors};
+use tokio::sync::watch;
+
+/// One accepted configuration, as subscribers see it.
+#[derive(Debug)]
+pub struct Published {
+    /// Increments with every accepted change; 0 is the empty model before the first load.
+    pub generation: u64,
+    pub model: Arc<Model>,
+    /// The accepted union of both layers, sorted by id.
+    pub objects: Vec<Object>,
+}
+
+/// Where a change came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The config directory.
+    Files,
+    /// The admin API (`/apply`, `/delete`).
+    Api,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Files => "files",
+            Source::Api => "api",
+        }
+    }
+}
+
+/// A rejected change: what was wrong and when.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ErrorRecord {
+    pub source: Source,
+    pub errors: Vec<ValidationError>,
+    pub at_unix_ms: u64,
+}
+
+/// The store's state for `/config/status` and `/readyz`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StoreStatus {
+    pub generation: u64,
+    /// Objects in force.
+    pub objects: usize,
+    /// Whether a configuration from the config directory has been accepted.
+    pub loaded: bool,
+    /// The most recent rejection still outstanding; a later success from the same source
+    /// clears it.
+    pub last_error: Option<ErrorRecord>,
+    /// Non-fatal findings about the configuration in force.
+    pub warnings: Vec<ValidationError>,
+}
+
+/// What an apply did, object by object (kubectl's created/configured/unchanged).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ApplyOutcome {
+    /// The generation in force afterwards (for a dry run: the current one).
+    pub generation: u64,
+    pub dry_run: bool,
+    pub created: Vec<ObjectId>,
+    pub configured: Vec<ObjectId>,
+    pub unchanged: Vec<ObjectId>,
+    /// Warnings about the resulting configuration.
+    pub warnings: Vec<ValidationError>,
+}
+
+/// What a delete did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct DeleteOutcome {
+    pub generation: u64,
+    pub deleted: Vec<ObjectId>,
+    /// Deleted API objects that had overridden a file object: the file's version is back in force.
+    pub restored: Vec<ObjectId>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(ObjectId),
+    #[error(
+        "{id} comes from {origin} in the config directory; edit or remove it there (the admin API can only delete objects it applied)"
+    )]
+    FileOwned { id: ObjectId, origin: String },
+    #[error("{0}")]
+    Invalid(#[from] ValidationErrors),
+}
+
+/// The layers behind the published configuration. Only accepted states are stored here.
+#[derive(Default)]
+struct Layers {
+    files: Vec<Object>,
+    api: BTreeMap<ObjectId, Object>,
+    loaded: bool,
+    /// Outstanding rejections, one per source.
+    errors: BTreeMap<Source, ErrorRecord>,
+}
+
+struct Inner {
+    // Held across validate-and-publish so that publications happen in generation order.
+    layers: Mutex<Layers>,
+    tx: watch::Sender<Arc<Published>>,
+    errors_total: Counter,
+    generation: Gauge,
+}
+
+/// The config store. Clones share the same store.
+#[derive(Clone)]
+pub struct ConfigStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ConfigStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigStore")
+            .field("generation", &self.current().generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConfigStore {
+    /// An empty store (generation 0); registers `strait_config_errors_total` and
+    /// `strait_config_generation`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let errors_total = Counter::default();
+        let generation = Gauge::default();
+        // prometheus-client appends `_total` to counters.
+        registry.register(
+            "strait_config_errors",
+            "Configuration changes rejected (from files or the admin API)",
+            errors_total.clone(),
+        );
+        registry.register(
+            "strait_config_generation",
+            "Generation of the configuration in force",
+            generation.clone(),
+        );
+        let (tx, _) = watch::channel(Arc::new(Published {
+            generation: 0,
+            model: Arc::new(Model::default()),
+            objects: Vec::new(),
+        }));
+        Self {
+            inner: Arc::new(Inner {
+                layers: Mutex::new(Layers::default()),
+                tx,
+                errors_total,
+                generation,
+            }),
+        }
+    }
+
+    /// The read path: the configuration in force now and every later one.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Published>> {
+        self.inner.tx.subscribe()
+    }
+
+    /// The configuration in force.
+    pub fn current(&self) -> Arc<Published> {
+        self.inner.tx.borrow().clone()
+    }
+
+    /// Whether a configuration from the config directory has been accepted.
+    pub fn loaded(&self) -> bool {
+        self.lock().loaded
+    }
+
+    /// Replaces the file layer with a freshly loaded directory.
+    pub fn replace_files(&self, objects: Vec<Object>) -> Result<Arc<Published>, ValidationErrors> {
+        let mut layers = self.lock();
+        let candidate = union(&objects, &layers.api, &[]);
+        let model = match Model::build(candidate.iter().copied()) {
+            Ok(model) => model,
+            Err(errors) => {
+                self.reject(&mut layers, Source::Files, &errors);
+                return Err(errors);
+            }
+        };
+        let accepted = sorted(candidate);
+        let first_load = !layers.loaded;
+        layers.files = objects;
+        layers.loaded = true;
+        layers.errors.remove(&Source::Files);
+        // A reload that changes nothing (an editor touching a file) is not a new generation,
+        // except the first load, which subscribers wait for.
+        let published = if first_load || accepted != self.current().objects {
+            self.publish(Source::Files, model, accepted)
+        } else {
+            self.current()
+        };
+        Ok(published)
+    }
+
+    /// Records a config directory that could not be read or parsed. Nothing changes: the last
+    /// good configuration stays in force.
+    pub fn record_file_error(&self, errors: Vec<ValidationError>) {
+        let mut layers = self.lock();
+        self.reject(&mut layers, Source::Files, &ValidationErrors(errors));
+    }
+
+    /// Applies objects through the API layer, as one batch.
+    pub fn apply(&self, objects: Vec<Object>) -> Result<ApplyOutcome, ValidationErrors> {
+        self.apply_batch(objects, false)
+    }
+
+    /// Validates an apply without changing anything (`?dry_run=true`).
+    pub fn dry_run(&self, objects: Vec<Object>) -> Result<ApplyOutcome, ValidationErrors> {
+        self.apply_batch(objects, true)
+    }
+
+    fn apply_batch(
+        &self,
+        objects: Vec<Object>,
+        dry_run: bool,
+    ) -> Result<ApplyOutcome, ValidationErrors> {
+        let mut layers = self.lock();
+        let mut outcome = ApplyOutcome {
+            dry_run,
+            ..ApplyOutcome::default()
+        };
+        let mut changed = Vec::new();
+        for object in &objects {
+            let current = layers
+                .api
+                .get(&object.id)
+                .or_else(|| layers.files.iter().find(|f| f.id == object.id));
+            match current {
+                None => outcome.created.push(object.id.clone()),
+                Some(c) if c.raw == object.raw => outcome.unchanged.push(object.id.clone()),
+                Some(_) => outcome.configured.push(object.id.clone()),
+            }
+            if current.is_none_or(|c| c.raw != object.raw) {
+                changed.push(object.clone());
+            }
+        }
+        // Validate the whole batch, unchanged objects included, so that an object given twice
+        // is reported; unchanged objects are identical to what is stored, so the model is the
+        // same as the one of what gets stored.
+        let model = match Model::build(union(&layers.files, &layers.api, &objects)) {
+            Ok(model) => model,
+            Err(errors) => {
+                if !dry_run {
+                    self.reject(&mut layers, Source::Api, &errors);
+                }
+                return Err(errors);
+            }
+        };
+        outcome.warnings = model.warnings.clone();
+        if dry_run {
+            outcome.generation = self.current().generation;
+            return Ok(outcome);
+        }
+        layers.errors.remove(&Source::Api);
+        if changed.is_empty() {
+            outcome.generation = self.current().generation;
+            return Ok(outcome);
+        }
+        for object in changed {
+            layers.api.insert(object.id.clone(), object);
+        }
+        let accepted = sorted(union(&layers.files, &layers.api, &[]));
+        outcome.generation = self.publish(Source::Api, model, accepted).generation;
+        Ok(outcome)
+    }
+
+    /// Deletes objects from the API layer, as one batch. Objects from the config directory
+    /// cannot be deleted here; an API object that overrode one is deleted and the file's
+    /// version comes back.
+    pub fn delete(&self, ids: &[ObjectId]) -> Result<DeleteOutcome, StoreError> {
+        let mut layers = self.lock();
+        let ids: BTreeSet<&ObjectId> = ids.iter().collect();
+        for &id in &ids {
+            if layers.api.contains_key(id) {
+                continue;
+            }
+            return Err(match layers.files.iter().find(|f| &f.id == id) {
+                Some(file) => StoreError::FileOwned {
+                    id: id.clone(),
+                    origin: file.origin.clone(),
+                },
+                None => StoreError::NotFound(id.clone()),
+            });
+        }
+        let mut api = layers.api.clone();
+        for &id in &ids {
+            api.remove(id);
+        }
+        let candidate = union(&layers.files, &api, &[]);
+        let model = match Model::build(candidate.iter().copied()) {
+            Ok(model) => model,
+            Err(errors) => {
+                self.reject(&mut layers, Source::Api, &errors);
+                return Err(errors.into());
+            }
+        };
+        let accepted = sorted(candidate);
+        let restored = ids
+            .iter()
+            .filter(|&&id| layers.files.iter().any(|f| &f.id == id))
+            .map(|&id| id.clone())
+            .collect();
+        layers.api = api;
+        layers.errors.remove(&Source::Api);
+        let generation = self.publish(Source::Api, model, accepted).generation;
+        Ok(DeleteOutcome {
+            generation,
+            deleted: ids.into_iter().cloned().collect(),
+            restored,
+        })
+    }
+
+    /// Objects in force, filtered by kind, namespace and name.
+    pub fn get(
+        &self,
+        kind: Option<Kind>,
+        namespace: Option<&str>,
+        name: Option<&str>,
+    ) -> Vec<Object> {
+        self.current()
+            .objects
+            .iter()
+            .filter(|o| kind.is_none_or(|k| o.id.kind == k))
+            .filter(|o| namespace.is_none_or(|n| o.id.namespace == n))
+            .filter(|o| name.is_none_or(|n| o.id.name == n))
+            .cloned()
+            .collect()
+    }
+
+    pub fn status(&self) -> StoreStatus {
+        let layers = self.lock();
+        let current = self.current();
+        StoreStatus {
+            generation: current.generation,
+            objects: current.objects.len(),
+            loaded: layers.loaded,
+            last_error: layers.errors.values().max_by_key(|e| e.at_unix_ms).cloned(),
+            warnings: current.model.warnings.clone(),
+        }
+    }
+
+    /// The outstanding rejection of one source, if any.
+    pub fn error(&self, source: Source) -> Option<ErrorRecord> {
+        self.lock().errors.get(&source).cloned()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Layers> {
+        // Layers are only written after validation succeeds, so a panic elsewhere cannot leave
+        // them half-updated.
+        self.inner
+            .layers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn reject(&self, layers: &mut Layers, source: Source, errors: &ValidationErrors) {
+        self.inner.errors_total.inc();
+        let repeated = layers
+            .errors
+            .get(&source)
+            .is_some_and(|e| e.errors == errors.0);
+        if repeated {
+            // The watcher reloads on every touch of a broken file; say it once.
+            tracing::debug!(source = source.as_str(), "configuration still rejected");
+            return;
+        }
+        tracing::error!(
+            source = source.as_str(),
+            errors = errors.0.len(),
+            error = %errors,
+            "configuration rejected; the last good configuration stays in force"
+        );
+        layers.errors.insert(
+            source,
+            ErrorRecord {
+                source,
+                errors: errors.0.clone(),
+                at_unix_ms: unix_ms_now(),
+            },
+        );
+    }
+
+    fn publish(&self, source: Source, model: Model, objects: Vec<Object>) -> Arc<Published> {
+        let previous = self.current();
+        let published = Arc::new(Published {
+            generation: previous.generation + 1,
+            model: Arc::new(model),
+            objects,
+        });
+        if published.model.warnings != previous.model.warnings {
+            for warning in &published.model.warnings {
+                tracing::warn!(warning = %warning, "configuration warning");
+            }
+        }
+        tracing::info!(
+            source = source.as_str(),
+            generation = published.generation,
+            objects = published.objects.len(),
+            "configuration accepted"
+        );
+        self.inner
+            .generation
+            .set(i64::try_from(published.generation).unwrap_or(i64::MAX));
+        self.inner.tx.send_replace(published.clone());
+        published
+    }
+}
+
+/// The objects in force for a set of layers: files, overridden by the API layer, overridden by
+/// `batch` (kept whole, duplicates included, so that `Model::build` can report them).
+fn union<'a>(
+    files: &'a [Object],
+    api: &'a BTreeMap<ObjectId, Object>,
+    batch: &'a [Object],
+) -> Vec<&'a Object> {
+    let in_batch: BTreeSet<&ObjectId> = batch.iter().map(|o| &o.id).collect();
+    files
+        .iter()
+        .filter(|o| !api.contains_key(&o.id) && !in_batch.contains(&o.id))
+        .chain(api.values().filter(|o| !in_batch.contains(&o.id)))
+        .chain(batch)
+        .collect()
+}
+
+fn sorted(objects: Vec<&Object>) -> Vec<Object> {
+    let mut objects: Vec<Object> = objects.into_iter().cloned().collect();
+    objects.sort_by(|a, b| a.id.cmp(&b.id));
+    objects
+}
+
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use pretty_assertions::assert_eq;
+    use strait_model::loader;
+
+    pub(crate) const SERVICES: &str = "\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings}
+spec:
+  hosts: [ratings.default.svc.cluster.local]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1}]
+";
+
+    /// A VirtualService `name` routing to `host`.
+    pub(crate) fn vs(name: &str, host: &str) -> String {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}}}\nspec:\n  hosts: [{name}]\n  http:\n  - route:\n    - destination: {{host: {host}}}\n"
+        )
+    }
+
+    pub(crate) fn parse(text: &str, origin: &str) -> Vec<Object> {
+        loader::parse(text, origin).expect("test YAML parses")
+    }
+
+    fn id(kind: Kind, name: &str) -> ObjectId {
+        ObjectId {
+            kind,
+            namespace: "default".into(),
+            name: name.into(),
+        }
+    }
+
+    fn store() -> (ConfigStore, Registry) {
+        let mut registry = Registry::default();
+        (ConfigStore::new(&mut registry), registry)
+    }
+
+    fn names(store: &ConfigStore) -> Vec<String> {
+        store
+            .current()
+            .objects
+            .iter()
+            .map(|o| o.id.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn starts_empty_at_generation_zero() {
+        let (store, _) = store();
+        let status = store.status();
+        assert_eq!(status.generation, 0);
+        assert!(!status.loaded);
+        assert_eq!(status.last_error, None);
+        assert!(store.current().objects.is_empty());
+    }
+
+    #[test]
+    fn accepts_files_and_publishes_sorted_objects() {
+        let (store, _) = store();
+        let mut rx = store.subscribe();
+        let mut objects = parse(&vs("reviews", "reviews"), "vs.yaml");
+        objects.extend(parse(SERVICES, "services.yaml"));
+        let published = store.replace_files(objects).unwrap();
+        assert_eq!(published.generation, 1);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(rx.borrow_and_update().generation, 1);
+        assert_eq!(
+            names(&store),
+            [
+                "VirtualService default/reviews",
+                "ServiceEntry default/ratings",
+                "ServiceEntry default/reviews"
+            ]
+        );
+        assert_eq!(published.model.virtual_services.len(), 1);
+        assert!(store.loaded());
+    }
+
+    #[test]
+    fn the_first_load_publishes_even_when_empty_and_identical_reloads_do_not() {
+        let (store, _) = store();
+        assert_eq!(store.replace_files(vec![]).unwrap().generation, 1);
+        assert_eq!(store.replace_files(vec![]).unwrap().generation, 1);
+        assert_eq!(
+            store
+                .replace_files(parse(SERVICES, "s.yaml"))
+                .unwrap()
+                .generation,
+            2
+        );
+        assert_eq!(
+            store
+                .replace_files(parse(SERVICES, "s.yaml"))
+                .unwrap()
+                .generation,
+            2
+        );
+    }
+
+    #[test]
+    fn a_bad_file_batch_is_rejected_whole_and_the_last_good_config_stays() {
+        let (store, registry) = store();
+        store
+            .replace_files(parse(SERVICES, "services.yaml"))
+            .unwrap();
+        let mut bad = parse(SERVICES, "services.yaml");
+        bad.extend(parse(&vs("reviews", "nowhere"), "vs.yaml"));
+        // A valid object in the same batch is not half-applied either.
+        bad.extend(parse(&vs("ratings", "ratings"), "ok.yaml"));
+        let errors = store.replace_files(bad).unwrap_err();
+        assert_eq!(errors.0.len(), 1);
+        assert_eq!(errors.0[0].origin, "vs.yaml (document 1)");
+
+        assert_eq!(store.current().generation, 1);
+        assert_eq!(names(&store).len(), 2);
+        let status = store.status();
+        let record = status.last_error.expect("the rejection is recorded");
+        assert_eq!(record.source, Source::Files);
+        assert!(record.errors[0].message.contains("not a known service"));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("strait_config_errors_total 1"), "{text}");
+        assert!(text.contains("strait_config_generation 1"), "{text}");
+
+        // A later success clears the error.
+        store
+            .replace_files(parse(SERVICES, "services.yaml"))
+            .unwrap();
+        assert_eq!(store.status().last_error, None);
+    }
+
+    #[test]
+    fn parse_errors_from_the_watcher_are_recorded_and_keep_the_store_unloaded() {
+        let (store, _) = store();
+        let errors = loader::parse("kind: [", "bad.yaml").unwrap_err();
+        store.record_file_error(errors);
+        let status = store.status();
+        assert!(!status.loaded);
+        assert_eq!(
+            status.last_error.unwrap().errors[0].origin,
+            "bad.yaml (document 1)"
+        );
+    }
+
+    #[test]
+    fn apply_reports_created_configured_and_unchanged() {
+        let (store, _) = store();
+        store
+            .replace_files(parse(SERVICES, "services.yaml"))
+            .unwrap();
+        let outcome = store
+            .apply(parse(&vs("reviews", "reviews"), "admin API"))
+            .unwrap();
+        assert_eq!(outcome.created, [id(Kind::VirtualService, "reviews")]);
+        assert_eq!(outcome.generation, 2);
+
+        let mut batch = parse(&vs("reviews", "ratings"), "admin API");
+        batch.extend(parse(&vs("ratings", "ratings"), "admin API"));
+        let outcome = store.apply(batch).unwrap();
+        assert_eq!(outcome.configured, [id(Kind::VirtualService, "reviews")]);
+        assert_eq!(outcome.created, [id(Kind::VirtualService, "ratings")]);
+        assert_eq!(outcome.generation, 3);
+
+        let outcome = store
+            .apply(parse(&vs("ratings", "ratings"), "admin API"))
+            .unwrap();
+        assert_eq!(outcome.unchanged, [id(Kind::VirtualService, "ratings")]);
+        assert_eq!(
+            outcome.generation, 3,
+            "a no-op apply is not a new generation"
+        );
+    }
+
+    #[test]
+    fn a_rejected_apply_keeps_the_previous_api_layer() {
+        let (store, _) = store();
+        store
+            .replace_files(parse(SERVICES, "services.yaml"))
+            .unwrap();
+        store
+            .apply(parse(&vs("reviews", "reviews"), "admin API"))
+            .unwrap();
+        let mut batch = parse(&vs("ratings", "ratings"), "admin API");
+        batch.extend(parse(&vs("reviews", "nowhere"), "admin API"));
+        let errors = store.apply(batch).unwrap_err();
+        assert_eq!(errors.0.len(), 1);
+        assert_eq!(
+            errors.0[0].object,
+            Some(id(Kind::VirtualService, "reviews"))
+        );
+        assert_eq!(store.current().generation, 2);
+        assert_eq!(store.get(Some(Kind::VirtualService), None, None).len(), 1);
+        assert_eq!(store.status().last_error.unwrap().source, Source::Api);
+        // The next good apply clears it.
+        store
+            .apply(parse(&vs("ratings", "ratings"), "admin API"))
+            .unwrap();
+        assert_eq!(store.status().last_error, None);
+    }
+
+    #[test]
+    fn an_object_given_twice_in_one_apply_is_an_error() {
+        let (store, _) = store();
+        store
+            .replace_files(parse(SERVICES, "services.yaml"))
+            .unwrap();
+        let text = format!(
+            "{}---\n{}",
+            vs("reviews", "reviews"),
+            vs("reviews", "reviews")
+        );
+        let errors = store.apply(parse(&text, "admin API")).unwrap_err();
+        assert!(errors.0[0].message.contains("defined twice"), "{errors}");
+    }
+
+    #[test]
+    fn dry_run_changes_nothing() {
+        let (store, _) = store();
+        store
+            .replace_files(parse(SERVICES, "services.yaml"))
+            .unwrap();
+        let outcome = store
+            .dry_run(parse(&vs("reviews", "reviews"), "admin API"))
+            .unwrap();
+        assert!(outcome.dry_run);
+        assert_eq!(outcome.created.len(), 1);
+        assert_eq!(store.current().generation, 1);
+        assert!(
+            store
+                .dry_run(parse(&vs("reviews", "nowhere"), "admin API"))
+                .is_err()
+        );
+        assert_eq!(store.status().last_error, None);
+    }
+
+    #[test]
+    fn api_objects_override_file_objects_until_deleted() {
+        let (store, _) = store();
+        let mut files = parse(SERVICES, "services.yaml");
+        files.extend(parse(&vs("reviews", "reviews"), "vs.yaml"));
+        store.replace_files(files.clone()).unwrap();
+
+        let outcome = store
+            .apply(parse(&vs("reviews", "ratings"), "admin API"))
+            .unwrap();
+        assert_eq!(outcome.configured, [id(Kind::VirtualService, "reviews")]);
+        let get = |s: &ConfigStore| {
+            s.get(Some(Kind::VirtualService), Some("default"), Some("reviews"))[0]
+                .origin
+                .clone()
+        };
+        assert_eq!(get(&store), "admin API (document 1)");
+        // A file reload keeps the override in force.
+        store.replace_files(files).unwrap();
+        assert_eq!(get(&store), "admin API (document 1)");
+
+        let outcome = store
+            .delete(&[id(Kind::VirtualService, "reviews")])
+            .unwrap();
+        assert_eq!(outcome.restored, [id(Kind::VirtualService, "reviews")]);
+        assert_eq!(get(&store), "vs.yaml (document 1)");
+    }
+
+    #[test]
+    fn deleting_file_objects_or_unknown_objects_is_an_error() {
+        let (store, _) = store();
+        store
+            .replace_files(parse(SERVICES, "services.yaml"))
+            .unwrap();
+        let err = store
+            .delete(&[id(Kind::ServiceEntry, "reviews")])
+            .unwrap_err();
+        assert!(matches!(err, StoreError::FileOwned { .. }));
+        assert!(
+            err.to_string().contains("services.yaml (document 1)"),
+            "{err}"
+        );
+        let err = store.delete(&[id(Kind::Gateway, "nope")]).unwrap_err();
+        assert_eq!(err.to_string(), "Gateway default/nope not found");
+        assert_eq!(store.current().generation, 1);
+    }
+
+    #[test]
+    fn a_delete_that_breaks_a_reference_is_rejected() {
+        let (store, _) = store();
+        store.apply(parse(SERVICES, "admin API")).unwrap();
+        store
+            .apply(parse(&vs("reviews", "reviews"), "admin API"))
+            .unwrap();
+        let err = store
+            .delete(&[id(Kind::ServiceEntry, "reviews")])
+            .unwrap_err();
+        let StoreError::Invalid(errors) = err else {
+            panic!("expected a validation error, got {err}")
+        };
+        assert!(
+            errors.0[0].message.contains("not a known service"),
+            "{errors}"
+        );
+        assert_eq!(store.get(Some(Kind::ServiceEntry), None, None).len(), 2);
+
+        let outcome = store
+            .delete(&[
+                id(Kind::ServiceEntry, "reviews"),
+                id(Kind::VirtualService, "reviews"),
+            ])
+            .unwrap();
+        assert_eq!(outcome.deleted.len(), 2);
+        assert!(outcome.restored.is_empty());
+        assert_eq!(names(&store), ["ServiceEntry default/ratings"]);
+    }
+
+    #[test]
+    fn status_serializes_for_the_admin_api() {
+        let (store, _) = store();
+        store.record_file_error(vec![ValidationError {
+            origin: "x.yaml (document 1)".into(),
+            object: None,
+            path: "kind".into(),
+            message: "required field is missing".into(),
+        }]);
+        let json = serde_json::to_value(store.status()).unwrap();
+        assert_eq!(json["last_error"]["source"], "files");
+        assert_eq!(json["last_error"]["errors"][0]["path"], "kind");
+        assert_eq!(json["loaded"], false);
+    }
+}

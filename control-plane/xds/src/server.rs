@@ -1,0 +1,353 @@
+//! The ADS gRPC service: one task per stream serving the node's snapshot from the cache.
+
+mod delta;
+mod ledger;
+mod sotw;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::cache::{NodeState, SnapshotCache};
+use crate::metrics::XdsMetrics;
+use crate::snapshot::{CLUSTER_TYPE, LISTENER_TYPE, PUSH_ORDER, ROUTE_TYPE, Snapshot};
+use crate::status::ProxyStatus;
+use delta::Delta;
+use ledger::{Ledger, lock};
+use sotw::Sotw;
+
+/// Responses queued per stream before the stream task waits for the client to read. Small:
+/// a client that does not read only holds up its own task.
+const RESPONSE_BUFFER: usize = 8;
+
+/// Subscribing to this name means "everything of the type".
+const WILDCARD: &str = "*";
+
+/// What the controller hears about proxies coming and going.
+#[derive(Clone, Debug)]
+// Events are rare (one per connect/disconnect) and the controller wants the node by value.
+#[allow(clippy::large_enum_variant)]
+pub enum NodeEvent {
+    /// The first stream of this node id opened; the controller should `set` or `reject` it.
+    Connected { node: Node },
+    /// The last stream of this node id closed.
+    Disconnected { node_id: String },
+}
+
+/// Why a stream ends with an error status.
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("the first request must carry the node field")]
+    MissingNode,
+    #[error("the first request must carry a non-empty node.id")]
+    MissingNodeId,
+}
+
+impl From<StreamError> for Status {
+    fn from(error: StreamError) -> Self {
+        Status::invalid_argument(error.to_string())
+    }
+}
+
+/// The ADS server. Clones share streams and status.
+#[derive(Clone)]
+pub struct AdsServer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cache: SnapshotCache,
+    events: mpsc::UnboundedSender<NodeEvent>,
+    metrics: XdsMetrics,
+    next_stream: AtomicU64,
+    next_nonce: AtomicU64,
+    streams: Mutex<BTreeMap<u64, Arc<Mutex<ProxyStatus>>>>,
+    /// Open streams per node id.
+    nodes: Mutex<HashMap<String, usize>>,
+}
+
+impl AdsServer {
+    pub fn new(
+        cache: SnapshotCache,
+        events: mpsc::UnboundedSender<NodeEvent>,
+        metrics: XdsMetrics,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                cache,
+                events,
+                metrics,
+                next_stream: AtomicU64::new(1),
+                next_nonce: AtomicU64::new(1),
+                streams: Mutex::new(BTreeMap::new()),
+                nodes: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The tonic service to add to a `tonic::transport::Server`.
+    pub fn service(&self) -> AggregatedDiscoveryServiceServer<Self> {
+        AggregatedDiscoveryServiceServer::new(self.clone())
+    }
+
+    /// Every open stream, by stream id.
+    pub fn proxies(&self) -> Vec<ProxyStatus> {
+        lock(&self.inner.streams)
+            .values()
+            .map(|status| lock(status).clone())
+            .collect()
+    }
+
+    fn start<P: Protocol>(
+        &self,
+        requests: Streaming<P::Request>,
+    ) -> ReceiverStream<Result<P::Response, Status>> {
+        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+        tokio::spawn(serve_stream::<P>(self.inner.clone(), requests, tx));
+        ReceiverStream::new(rx)
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        Ok(Response::new(self.start::<Sotw>(request.into_inner())))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Ok(Response::new(self.start::<Delta>(request.into_inner())))
+    }
+}
+
+/// A response ready to go, with the type it is for and when it became due.
+struct Outgoing<R> {
+    type_url: &'static str,
+    start: Instant,
+    response: R,
+}
+
+/// The protocol-specific half of a stream: requests in, responses out, no I/O.
+trait Protocol: Send + Sized + 'static {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+    const NAME: &'static str;
+
+    fn new(ledger: Ledger) -> Self;
+    fn node(request: &Self::Request) -> Option<&Node>;
+    fn on_request(&mut self, request: Self::Request, now: Instant);
+    /// The next response due for `snapshot`, in push order and respecting warming; `None`
+    /// when nothing more is due.
+    fn next_response(
+        &mut self,
+        snapshot: &Snapshot,
+        published_at: Instant,
+        nonce: &mut dyn FnMut() -> String,
+    ) -> Option<Outgoing<Self::Response>>;
+}
+
+/// Whether listeners and routes must wait so that they never name a cluster Envoy is still
+/// warming. A NACK settles a response, so it releases the hold instead of deadlocking.
+struct Warming {
+    cds_unacked: bool,
+    eds_unacked: bool,
+    /// CDS is current on the client, which has not yet asked for the endpoints of some
+    /// EDS cluster of the snapshot.
+    eds_missing: bool,
+}
+
+impl Warming {
+    fn holds(type_url: &str) -> bool {
+        type_url == LISTENER_TYPE || type_url == ROUTE_TYPE
+    }
+
+    fn hold(&self) -> bool {
+        self.cds_unacked || self.eds_unacked || self.eds_missing
+    }
+}
+
+fn is_known_type(type_url: &str) -> bool {
+    PUSH_ORDER.contains(&type_url)
+}
+
+/// LDS and CDS subscribe to everything when they name nothing.
+fn is_wildcard_type(type_url: &str) -> bool {
+    type_url == LISTENER_TYPE || type_url == CLUSTER_TYPE
+}
+
+/// A SotW subscription: (wildcard, explicit names).
+fn subscription(type_url: &str, names: &[String]) -> (bool, BTreeSet<String>) {
+    let wildcard =
+        names.iter().any(|n| n == WILDCARD) || (names.is_empty() && is_wildcard_type(type_url));
+    let names = names.iter().filter(|n| *n != WILDCARD).cloned().collect();
+    (wildcard, names)
+}
+
+/// Keeps a stream's status entry and its node's stream count; dropping it (however the
+/// stream task ends) cleans both up.
+struct Registration {
+    inner: Arc<Inner>,
+    stream_id: u64,
+    node_id: String,
+}
+
+impl Registration {
+    fn new(inner: &Arc<Inner>, node: &Node, protocol: &'static str) -> (Self, Ledger) {
+        let stream_id = inner.next_stream.fetch_add(1, Ordering::Relaxed);
+        let status = Arc::new(Mutex::new(ProxyStatus::new(stream_id, node, protocol)));
+        lock(&inner.streams).insert(stream_id, status.clone());
+        {
+            // Events are sent under the lock so Connected and Disconnected of one node id
+            // reach the controller in the order the streams opened and closed.
+            let mut nodes = lock(&inner.nodes);
+            let count = nodes.entry(node.id.clone()).or_insert(0);
+            *count += 1;
+            if *count == 1 {
+                inner.cache.clear_rejection(&node.id);
+                if inner
+                    .events
+                    .send(NodeEvent::Connected { node: node.clone() })
+                    .is_err()
+                {
+                    tracing::debug!(node = %node.id, "no controller listening for node events");
+                }
+            }
+        }
+        inner.metrics.stream_opened();
+        tracing::info!(node = %node.id, stream = stream_id, protocol, "proxy connected");
+        let registration = Self {
+            inner: inner.clone(),
+            stream_id,
+            node_id: node.id.clone(),
+        };
+        (registration, Ledger::new(status, inner.metrics.clone()))
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        lock(&self.inner.streams).remove(&self.stream_id);
+        {
+            let mut nodes = lock(&self.inner.nodes);
+            let last = match nodes.get_mut(&self.node_id) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    false
+                }
+                _ => true,
+            };
+            if last {
+                nodes.remove(&self.node_id);
+                let event = NodeEvent::Disconnected {
+                    node_id: self.node_id.clone(),
+                };
+                if self.inner.events.send(event).is_err() {
+                    tracing::debug!(node = %self.node_id, "no controller listening for node events");
+                }
+            }
+        }
+        self.inner.metrics.stream_closed();
+        tracing::info!(node = %self.node_id, stream = self.stream_id, "proxy disconnected");
+    }
+}
+
+/// Runs one stream to its end: waits for the node's snapshot, answers requests and pushes
+/// snapshot changes, until the client goes away or the node is rejected.
+async fn serve_stream<P: Protocol>(
+    inner: Arc<Inner>,
+    mut requests: Streaming<P::Request>,
+    tx: mpsc::Sender<Result<P::Response, Status>>,
+) {
+    let first = match requests.next().await {
+        Some(Ok(request)) => request,
+        Some(Err(status)) => {
+            tracing::debug!(%status, "stream failed before its first request");
+            return;
+        }
+        None => return,
+    };
+    let node = match P::node(&first) {
+        Some(node) if !node.id.is_empty() => node.clone(),
+        missing => {
+            let error = match missing {
+                None => StreamError::MissingNode,
+                Some(_) => StreamError::MissingNodeId,
+            };
+            tracing::warn!(%error, "refusing stream");
+            // The client may already be gone; nothing more to do either way.
+            let _ = tx.send(Err(error.into())).await;
+            return;
+        }
+    };
+
+    let (registration, ledger) = Registration::new(&inner, &node, P::NAME);
+    let mut state = inner.cache.subscribe(&node.id);
+    let mut protocol = P::new(ledger);
+    protocol.on_request(first, Instant::now());
+    let mut next_nonce = || format!("{:x}", inner.next_nonce.fetch_add(1, Ordering::Relaxed));
+
+    loop {
+        let current = state.borrow_and_update().clone();
+        match current {
+            NodeState::Pending => {}
+            NodeState::Rejected(reason) => {
+                tracing::info!(node = %node.id, stream = registration.stream_id, %reason, "ending stream of rejected node");
+                let _ = tx.send(Err(Status::invalid_argument(reason))).await;
+                return;
+            }
+            NodeState::Ready(snapshot) => {
+                let published_at = inner
+                    .cache
+                    .published_at(&node.id)
+                    .unwrap_or_else(Instant::now);
+                while let Some(out) =
+                    protocol.next_response(&snapshot, published_at, &mut next_nonce)
+                {
+                    if tx.send(Ok(out.response)).await.is_err() {
+                        return;
+                    }
+                    inner.metrics.pushed(out.type_url, out.start.elapsed());
+                }
+            }
+        }
+
+        tokio::select! {
+            request = requests.next() => match request {
+                Some(Ok(request)) => protocol.on_request(request, Instant::now()),
+                Some(Err(status)) => {
+                    tracing::debug!(node = %node.id, stream = registration.stream_id, %status, "stream ended with error");
+                    return;
+                }
+                None => return,
+            },
+            changed = state.changed() => {
+                if changed.is_err() {
+                    // The entry went away under us; watch a fresh one so a later `set` still
+                    // reaches this stream.
+                    state = inner.cache.subscribe(&node.id);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! State-of-the-world ADS: per-type subscriptions, ACK/NACK bookkeeping and what to send next.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+
+use super::ledger::Ledger;
+use super::{Outgoing, Protocol, Warming, is_known_type, subscription};
+use crate::snapshot::{CLUSTER_TYPE, ENDPOINT_TYPE, PUSH_ORDER, Snapshot};
+
+struct Sent {
+    version: String,
+    nonce: String,
+}
+
+struct TypeState {
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// Set when a request calls for an answer whatever the versions (first request, new
+    /// subscription); the instant it did so.
+    due: Option<Instant>,
+    sent: Option<Sent>,
+    awaiting_ack: bool,
+    acked_version: Option<String>,
+    /// A version the client rejected: not sent again unless the subscription changes.
+    rejected_version: Option<String>,
+}
+
+/// One SotW stream's protocol state.
+pub(crate) struct Sotw {
+    ledger: Ledger,
+    types: BTreeMap<String, TypeState>,
+}
+
+impl Protocol for Sotw {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const NAME: &'static str = "sotw";
+
+    fn new(ledger: Ledger) -> Self {
+        Self {
+            ledger,
+            types: BTreeMap::new(),
+        }
+    }
+
+    fn node(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    fn on_request(&mut self, request: DiscoveryRequest, now: Instant) {
+        let type_url = request.type_url.as_str();
+        if !is_known_type(type_url) {
+            tracing::debug!(
+                stream = self.ledger.stream_id(),
+                type_url,
+                "ignoring request for unsupported type"
+            );
+            return;
+        }
+        let (wildcard, names) = subscription(type_url, &request.resource_names);
+        let Some(state) = self.types.get_mut(type_url) else {
+            // The client's first request opens the type; any nonce in it is from an earlier
+            // stream and means nothing here.
+            self.ledger.opened(type_url);
+            self.types.insert(
+                type_url.to_string(),
+                TypeState {
+                    wildcard,
+                    names,
+                    due: Some(now),
+                    sent: None,
+                    awaiting_ack: false,
+                    acked_version: None,
+                    rejected_version: None,
+                },
+            );
+            return;
+        };
+
+        match (&state.sent, request.response_nonce.as_str()) {
+            // A nonce before any answer on this stream comes from an earlier stream: it neither
+            // ACKs nor makes the request stale.
+            (None, _) => {}
+            (Some(_), "") => {
+                // An empty nonce after answers means the client lost track (or re-opens the
+                // type): answer it again.
+                state.due.get_or_insert(now);
+            }
+            (Some(sent), nonce) if sent.nonce != nonce => {
+                tracing::debug!(
+                    stream = self.ledger.stream_id(),
+                    type_url,
+                    nonce,
+                    "ignoring request with stale nonce"
+                );
+                return;
+            }
+            (Some(sent), _) => {
+                // Later requests may repeat the nonce (e.g. a new EDS subscription): only the
+                // first one after a response settles it.
+                if state.awaiting_ack {
+                    state.awaiting_ack = false;
+                    match &request.error_detail {
+                        Some(error) => {
+                            self.ledger.nacked(type_url, &sent.version, error);
+                            state.rejected_version = Some(sent.version.clone());
+                        }
+                        None => {
+                            self.ledger.acked(type_url, &sent.version);
+                            state.acked_version = Some(sent.version.clone());
+                            state.rejected_version = None;
+                        }
+                    }
+                }
+            }
+        }
+
+        if state.wildcard != wildcard || state.names != names {
+            state.wildcard = wildcard;
+            state.names = names;
+            state.due.get_or_insert(now);
+        }
+    }
+
+    fn next_response(
+        &mut self,
+        snapshot: &Snapshot,
+        published_at: Instant,
+        nonce: &mut dyn FnMut() -> String,
+    ) -> Option<Outgoing<DiscoveryResponse>> {
+        for type_url in PUSH_ORDER {
+            let Some(state) = self.types.get(type_url) else {
+                continue;
+            };
+            let version = snapshot.version(type_url).unwrap_or_default();
+            let new_version = state.sent.as_ref().is_none_or(|s| s.version != version)
+                && state.rejected_version.as_deref() != Some(version);
+            if state.due.is_none() && !new_version {
+                continue;
+            }
+            if Warming::holds(type_url) && self.warming(snapshot).hold() {
+                continue;
+            }
+
+            // Envoy re-warms every cluster whose definition changed and finishes only on an
+            // EDS response, even one identical to what it has: follow a CDS change with EDS.
+            let clusters_changed = type_url == CLUSTER_TYPE
+                && state.sent.as_ref().is_some_and(|s| s.version != version);
+            if clusters_changed
+                && let Some(eds) = self.types.get_mut(ENDPOINT_TYPE)
+                && eds.sent.is_some()
+            {
+                eds.due.get_or_insert(published_at);
+            }
+
+            let state = self
+                .types
+                .get_mut(type_url)
+                .expect("type state looked up above");
+            let resources: Vec<_> = if state.wildcard {
+                snapshot
+                    .resources(type_url)
+                    .map(|(_, _, any)| any.clone())
+                    .collect()
+            } else {
+                state
+                    .names
+                    .iter()
+                    .filter_map(|name| snapshot.get(type_url, name).cloned())
+                    .collect()
+            };
+            let nonce = nonce();
+            self.ledger.sent(type_url, version, &nonce, resources.len());
+            let start = state
+                .due
+                .take()
+                .map_or(published_at, |due| due.max(published_at));
+            state.sent = Some(Sent {
+                version: version.to_string(),
+                nonce: nonce.clone(),
+            });
+            state.awaiting_ack = true;
+            return Some(Outgoing {
+                type_url,
+                start,
+                response: DiscoveryResponse {
+                    version_info: version.to_string(),
+                    resources,
+                    type_url: type_url.to_string(),
+                    nonce,
+                    ..Default::default()
+                },
+            });
+        }
+        None
+    }
+}
+
+impl Sotw {
+    fn warming(&self, snapshot: &Snapshot) -> Warming {
+        let cds = self.types.get(CLUSTER_TYPE);
+        let eds = self.types.get(ENDPOINT_TYPE);
+        let cds_current = cds.is_some_and(|c| {
+            c.acked_version.as_deref() == snapshot.version(CLUSTER_TYPE) && !c.awaiting_ack
+        });
+        Warming {
+            cds_unacked: cds.is_some_and(|c| c.awaiting_ack),
+            eds_unacked: eds.is_some_and(|e| e.awaiting_ack),
+            // Envoy asks for the endpoints of clusters it accepted; until it has, a listener or
+            // route naming one of them would point at a cluster still warming.
+            eds_missing: cds_current
+                && eds.is_some_and(|e| {
+                    !e.wildcard
+                        && snapshot
+                            .eds_service_names()
+                            .iter()
+                            .any(|name| !e.names.contains(name))
+                }),
+        }
+    }
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The one command that runs every check and test, from a fresh clone.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "scripts/install-tools.sh"
+STRAIT_ENVOY="$(scripts/install-tools.sh)"
+export STRAIT_ENVOY
+"$STRAIT_ENVOY" --version
+
+step "cargo fmt --all --check"
+cargo fmt --all --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+# Scenario tests run straitd and straitctl as processes; cargo builds another package's
+# binaries only when asked.
+step "cargo build --workspace --bins"
+cargo build --workspace --bins
+
+step "cargo test --workspace (STRAIT_ENVOY=$STRAIT_ENVOY)"
+cargo test --workspace

@@ -1,0 +1,151 @@
+//! The data plane under test, behind a trait, so every scenario runs against each of them.
+//!
+//! `STRAIT_DATA_PLANE` picks it: `envoy` (stock Envoy, the default). Strait's own proxy will
+//! implement the same traits and be added to [`data_plane`].
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use strait_model::ProxyMode;
+
+use crate::ports::free_port;
+use crate::straitd::Straitd;
+
+/// Which ADS variant a proxy speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XdsProtocol {
+    #[default]
+    Delta,
+    Sotw,
+}
+
+impl XdsProtocol {
+    /// The value of `straitctl bootstrap --xds-protocol`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delta => "delta",
+            Self::Sotw => "sotw",
+        }
+    }
+}
+
+/// Who a proxy is, as its node metadata tells straitd. Ports the data plane picks itself
+/// (outbound, admin) are not part of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxySpec {
+    pub node_id: String,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub mode: ProxyMode,
+    pub xds_protocol: XdsProtocol,
+    /// Gateway server port -> the port actually bound.
+    pub gateway_ports: BTreeMap<u16, u16>,
+    /// `None`: straitd's default for the mode.
+    pub listen_address: Option<IpAddr>,
+}
+
+impl ProxySpec {
+    pub fn sidecar(node_id: &str, namespace: &str, labels: &[(&str, &str)]) -> ProxySpec {
+        ProxySpec {
+            node_id: node_id.to_string(),
+            namespace: namespace.to_string(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            mode: ProxyMode::Sidecar,
+            xds_protocol: XdsProtocol::default(),
+            gateway_ports: BTreeMap::new(),
+            listen_address: None,
+        }
+    }
+
+    /// A gateway on loopback that binds each Gateway server port in `server_ports` to a free
+    /// port (read it back with [`Proxy::gateway_addr`]).
+    pub fn gateway(
+        node_id: &str,
+        namespace: &str,
+        labels: &[(&str, &str)],
+        server_ports: &[u16],
+    ) -> ProxySpec {
+        ProxySpec {
+            mode: ProxyMode::Gateway,
+            gateway_ports: server_ports.iter().map(|p| (*p, free_port())).collect(),
+            // Gateways default to 0.0.0.0; tests keep everything on loopback.
+            listen_address: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            ..ProxySpec::sidecar(node_id, namespace, labels)
+        }
+    }
+
+    pub fn with_xds_protocol(mut self, protocol: XdsProtocol) -> ProxySpec {
+        self.xds_protocol = protocol;
+        self
+    }
+
+    /// `k=v,k2=v2`, as `straitctl bootstrap --labels` takes them.
+    pub fn labels_arg(&self) -> String {
+        self.labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// `80=18080,443=18443`, as `straitctl bootstrap --gateway-ports` takes them.
+    pub fn gateway_ports_arg(&self) -> String {
+        self.gateway_ports
+            .iter()
+            .map(|(s, b)| format!("{s}={b}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The address to connect to for something the proxy binds on `port`.
+    pub fn connect_addr(&self, port: u16) -> SocketAddr {
+        let ip = match self.listen_address {
+            Some(ip) if !ip.is_unspecified() => ip,
+            _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        };
+        SocketAddr::new(ip, port)
+    }
+
+    /// Where a gateway listens for a Gateway server port.
+    pub fn gateway_addr(&self, server_port: u16) -> SocketAddr {
+        self.connect_addr(
+            self.gateway_ports
+                .get(&server_port)
+                .copied()
+                .unwrap_or(server_port),
+        )
+    }
+}
+
+/// A running proxy. Dropping it stops it.
+pub trait Proxy: Send {
+    /// Where the app sends outbound traffic (a sidecar's outbound listener).
+    fn outbound_addr(&self) -> SocketAddr;
+    /// Where a gateway listens for a Gateway server port.
+    fn gateway_addr(&self, server_port: u16) -> SocketAddr;
+    /// The admin API, `http://127.0.0.1:PORT`.
+    fn admin_url(&self) -> String;
+    /// The proxy's view of its configuration.
+    fn config_dump(&self) -> anyhow::Result<serde_json::Value>;
+    /// Everything the proxy has logged so far.
+    fn log(&self) -> String;
+}
+
+/// A kind of proxy that can be started against a straitd.
+pub trait DataPlane: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Starts a proxy connected to `straitd` and returns once it has its initial configuration.
+    fn start(&self, straitd: &Straitd, spec: &ProxySpec) -> anyhow::Result<Box<dyn Proxy>>;
+}
+
+/// The data plane chosen by `STRAIT_DATA_PLANE` (default `envoy`).
+pub fn data_plane() -> Box<dyn DataPlane> {
+    let name = std::env::var("STRAIT_DATA_PLANE").unwrap_or_default();
+    match name.as_str() {
+        "" | "envoy" => Box::new(crate::envoy::Envoy),
+        other => panic!("STRAIT_DATA_PLANE={other:?}: known data planes are \"envoy\""),
+    }
+}

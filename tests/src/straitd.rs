@@ -1,0 +1,189 @@
+//! A real straitd process on loopback ports, started per test and killed when dropped.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tempfile::TempDir;
+
+use crate::client::{get_blocking, post_blocking};
+use crate::eventually::POLL_INTERVAL;
+use crate::ports::free_port;
+use crate::process::{ManagedChild, workdir};
+
+/// How long straitd may take to answer `/readyz` with 200.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Clone, Debug)]
+pub struct StraitdOptions {
+    /// The `--config-dir` straitd watches (see `ConfigDir`).
+    pub config_dir: PathBuf,
+    /// Appended to the command line after the harness's own flags.
+    pub extra_args: Vec<String>,
+}
+
+impl StraitdOptions {
+    pub fn new(config_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            config_dir: config_dir.into(),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+pub struct Straitd {
+    process: ManagedChild,
+    binary: PathBuf,
+    options: StraitdOptions,
+    xds_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    /// Holds the log file; dropped after the process (field order).
+    _workdir: TempDir,
+}
+
+impl Straitd {
+    /// Starts the workspace's straitd and waits until it is ready.
+    pub fn start(options: StraitdOptions) -> anyhow::Result<Straitd> {
+        Self::start_binary(&crate::bins::straitd(), options)
+    }
+
+    /// Starts some straitd-compatible binary (same flags, same admin API).
+    pub fn start_binary(binary: &Path, options: StraitdOptions) -> anyhow::Result<Straitd> {
+        let workdir = workdir("straitd-")?;
+        let xds_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let log_path = workdir.path().join("straitd.log");
+        let process = spawn(binary, &options, xds_addr, admin_addr, &log_path)?;
+        let mut straitd = Straitd {
+            process,
+            binary: binary.to_path_buf(),
+            options,
+            xds_addr,
+            admin_addr,
+            _workdir: workdir,
+        };
+        straitd.wait_ready()?;
+        Ok(straitd)
+    }
+
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let url = format!("{}/readyz", self.admin_url());
+        let start = Instant::now();
+        let mut last = String::from("no answer yet");
+        loop {
+            if self.process.exited().is_some() {
+                return Err(self
+                    .process
+                    .failure(&format!("straitd never became ready ({last})")));
+            }
+            match get_blocking(&url) {
+                Ok((200, _)) => return Ok(()),
+                Ok((status, body)) => last = format!("/readyz said {status} {}", body.trim()),
+                Err(e) => last = format!("{e:#}"),
+            }
+            if start.elapsed() > READY_TIMEOUT {
+                return Err(self.process.failure(&format!(
+                    "straitd not ready after {READY_TIMEOUT:?} ({last})"
+                )));
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Kills straitd (SIGKILL, no goodbye to its proxies), as a crash would.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Kills straitd and starts it again on the same addresses, appending to the same log;
+    /// returns once it is ready. Proxies reconnect to the same xDS address.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.process.kill();
+        let log_path = self.process.log_path().to_path_buf();
+        self.process = spawn(
+            &self.binary,
+            &self.options,
+            self.xds_addr,
+            self.admin_addr,
+            &log_path,
+        )?;
+        self.wait_ready()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    pub fn xds_addr(&self) -> SocketAddr {
+        self.xds_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// `http://127.0.0.1:PORT`, without a trailing slash.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr)
+    }
+
+    pub fn config_dir(&self) -> &Path {
+        &self.options.config_dir
+    }
+
+    /// Everything straitd has logged so far.
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+
+    /// `GET` on the admin API; `path` starts with `/`.
+    pub fn admin_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        get_blocking(&format!("{}{path}", self.admin_url()))
+    }
+
+    /// `POST` on the admin API, e.g. `admin_post("/apply", yaml)`.
+    pub fn admin_post(&self, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
+        post_blocking(
+            &format!("{}{path}", self.admin_url()),
+            "application/yaml",
+            body,
+        )
+    }
+
+    /// `/debug/proxies`: one status object per connected proxy (`node_id`, `types`, ...).
+    pub fn proxies(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let (status, body) = self.admin_get("/debug/proxies")?;
+        anyhow::ensure!(status == 200, "/debug/proxies said {status}: {body}");
+        serde_json::from_str(&body)
+            .with_context(|| format!("/debug/proxies is not a JSON array: {body}"))
+    }
+
+    /// The `/debug/proxies` entry of one proxy, if it is connected.
+    pub fn proxy_status(&self, node_id: &str) -> anyhow::Result<Option<serde_json::Value>> {
+        Ok(self
+            .proxies()?
+            .into_iter()
+            .find(|p| p.get("node_id").and_then(|v| v.as_str()) == Some(node_id)))
+    }
+}
+
+fn spawn(
+    binary: &Path,
+    options: &StraitdOptions,
+    xds_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    log_path: &Path,
+) -> anyhow::Result<ManagedChild> {
+    let mut cmd = Command::new(binary);
+    cmd.arg("--config-dir")
+        .arg(&options.config_dir)
+        .arg("--xds-addr")
+        .arg(xds_addr.to_string())
+        .arg("--admin-addr")
+        .arg(admin_addr.to_string())
+        .args(["--log-format", "text"])
+        .args(&options.extra_args);
+    ManagedChild::spawn("straitd", cmd, log_path)
+}
