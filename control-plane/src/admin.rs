@@ -446,7 +446,7 @@ mod tests {
             .json(
                 Method::POST,
                 "/delete",
-                &SERVICES.split("---").next().unwrap().to_string(),
+                SERVICES.split("---").next().unwrap(),
             )
             .await;
         assert_eq!(status, StatusCode::OK, "{outcome}");

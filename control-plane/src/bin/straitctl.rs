@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand, error::ErrorKind};
 use strait_control_plane::bootstrap::{BootstrapParams, XdsProtocol, envoy_bootstrap};
+use strait_control_plane::ctl;
 use strait_model::ProxyMode;
 use strait_model::node::DEFAULT_OUTBOUND_PORT;
 
@@ -25,6 +26,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Apply Istio YAML through straitd's admin API, as one batch.
+    Apply(ctl::ApplyArgs),
+    /// Delete objects applied through the admin API.
+    Delete(ctl::DeleteArgs),
+    /// List the objects in force.
+    Get(ctl::GetArgs),
+    /// Check files offline with straitd's own validator (exit 1 on errors).
+    Analyze(ctl::AnalyzeArgs),
+    /// Each connected proxy's xDS sync state, with NACK reasons.
+    ProxyStatus(ctl::ProxyStatusArgs),
     /// Print a stock Envoy bootstrap that connects a proxy to straitd over ADS.
     Bootstrap(BootstrapArgs),
 }
@@ -150,10 +161,15 @@ fn parse_host_port(s: &str) -> Result<HostPort, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Bootstrap(args) => bootstrap(args),
+        Command::Apply(a) => ctl::run_apply(&a),
+        Command::Delete(a) => ctl::run_delete(&a),
+        Command::Get(a) => ctl::run_get(&a),
+        Command::Analyze(a) => ctl::run_analyze(&a),
+        Command::ProxyStatus(a) => ctl::run_proxy_status(&a),
+        Command::Bootstrap(args) => bootstrap(args).map(|()| 0),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
             eprintln!("straitctl: error: {e:#}");
             ExitCode::FAILURE

@@ -28,6 +28,10 @@ struct TypeState {
     held: BTreeMap<String, String>,
     /// Resource versions the client rejected: not sent again until the snapshot changes them.
     rejected: BTreeMap<String, String>,
+    /// The type version whose response was rejected. Once the type changes, rejected resources
+    /// are offered again with the change, as state-of-the-world resends the whole set (a
+    /// rejection may have had a cause outside the resource, such as a port in use).
+    rejected_at: Option<String>,
     in_flight: Vec<InFlight>,
     /// The first request is always answered, even with nothing in it: Envoy's initial fetch
     /// of the type waits for a response.
@@ -158,6 +162,7 @@ impl Protocol for Delta {
                     }
                     state.rejected.insert(name, version);
                 }
+                state.rejected_at = Some(settled.system_version.clone());
                 self.ledger.nacked(type_url, &settled.system_version, error);
                 self.ledger.set_resources(type_url, state.held.len());
             }
@@ -178,9 +183,16 @@ impl Protocol for Delta {
         nonce: &mut dyn FnMut() -> String,
     ) -> Option<Outgoing<DeltaDiscoveryResponse>> {
         for type_url in PUSH_ORDER {
-            let Some(state) = self.types.get(type_url) else {
+            let Some(state) = self.types.get_mut(type_url) else {
                 continue;
             };
+            if state.rejected_at.is_some()
+                && state.rejected_at.as_deref() != snapshot.version(type_url)
+            {
+                state.rejected.clear();
+                state.rejected_at = None;
+            }
+            let state = &*state;
             let (resources, removed) = diff(state, snapshot, type_url);
             if resources.is_empty() && removed.is_empty() && !state.answer_first {
                 continue;

@@ -1,0 +1,9 @@
+//! End-to-end scenarios: real straitd, a real data plane (stock Envoy by default, chosen by
+//! `STRAIT_DATA_PLANE`), real HTTP backends, all on 127.0.0.1. Every scenario ends by checking
+//! that no proxy NACKed anything, except the one that provokes a NACK on purpose.
+
+mod common;
+mod config_changes;
+mod gateway;
+mod resilience;
+mod samples;
