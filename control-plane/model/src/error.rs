@@ -90,4 +90,11 @@ impl Report<'_> {
     pub fn count(&self) -> usize {
         self.errors.len()
     }
+
+    /// Parses a duration, reporting a bad one at `path`.
+    pub fn duration(&mut self, s: &str, path: impl fmt::Display) -> Option<std::time::Duration> {
+        crate::duration::parse(s)
+            .map_err(|m| self.error(path, m))
+            .ok()
+    }
 }

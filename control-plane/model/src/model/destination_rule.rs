@@ -8,9 +8,9 @@ use super::{
     Subset, TcpKeepalive, TrafficPolicy, spec_of,
 };
 use crate::error::{Report, ValidationError};
+use crate::host;
 use crate::istio::networking as wire;
 use crate::loader::{Object, Spec};
-use crate::{duration, host};
 
 /// The policy in force for one cluster after DestinationRule, port and subset overrides.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -310,7 +310,7 @@ fn consistent_hash(
         let ttl = c
             .ttl
             .as_deref()
-            .and_then(|t| dur(t, &format!("{path}.httpCookie.ttl"), r));
+            .and_then(|t| r.duration(t, &format!("{path}.httpCookie.ttl")));
         keys.push(HashKey::Cookie {
             name: c.name.clone(),
             path: c.path.clone(),
@@ -524,19 +524,9 @@ fn count(v: Option<i64>, path: &str, r: &mut Report<'_>) -> Option<u32> {
     }
 }
 
-fn dur(s: &str, path: &str, r: &mut Report<'_>) -> Option<Duration> {
-    match duration::parse(s) {
-        Ok(d) => Some(d),
-        Err(m) => {
-            r.error(path, m);
-            None
-        }
-    }
-}
-
 /// A duration that must be at least 1ms, as Istio requires of timeouts and intervals.
 pub(super) fn positive(s: &str, path: &str, r: &mut Report<'_>) -> Option<Duration> {
-    let d = dur(s, path, r)?;
+    let d = r.duration(s, path)?;
     if d < Duration::from_millis(1) {
         r.error(path, format!("must be at least 1ms, got {s:?}"));
         return None;

@@ -12,7 +12,7 @@ use super::{
 use crate::error::{ObjectId, Report, ValidationError};
 use crate::istio::networking as wire;
 use crate::loader::{Object, Spec};
-use crate::{Kind, duration, host};
+use crate::{Kind, host};
 
 /// Envoy's retry_on conditions that Istio passes through.
 const RETRY_ON: [&str; 16] = [
@@ -332,7 +332,7 @@ fn http_route(
     let timeout = route
         .timeout
         .as_deref()
-        .and_then(|t| dur(t, &format!("{path}.timeout"), r));
+        .and_then(|t| r.duration(t, &format!("{path}.timeout")));
     let retries = route
         .retries
         .as_ref()
@@ -843,7 +843,7 @@ fn retry(rt: &wire::HttpRetry, path: &str, r: &mut Report<'_>) -> Option<RetryPo
         },
     };
     let per_try_timeout = rt.per_try_timeout.as_deref().and_then(|t| {
-        let d = dur(t, &format!("{path}.perTryTimeout"), r)?;
+        let d = r.duration(t, &format!("{path}.perTryTimeout"))?;
         if d < Duration::from_millis(1) {
             r.error(format!("{path}.perTryTimeout"), "must be at least 1ms");
         }
@@ -900,16 +900,16 @@ fn fault(f: &wire::HttpFaultInjection, path: &str, r: &mut Report<'_>) -> Option
         r.error(path, "a fault needs delay or abort");
         return None;
     }
-    let fault_percent = |percentage: &Option<wire::Percent>,
+    let fault_percent = |given: &Option<wire::Percent>,
                          percent: Option<i64>,
                          p: &str,
-                         r: &mut Report<'_>| match (percentage, percent) {
+                         r: &mut Report<'_>| match (given, percent) {
         (Some(_), Some(_)) => {
             r.error(format!("{p}.percent"), "deprecated; set only percentage");
             None
         }
-        (Some(pc), None) => percentage_value(pc.value, &format!("{p}.percentage.value"), r),
-        (None, Some(pc)) => percentage_value(pc as f64, &format!("{p}.percent"), r),
+        (Some(pc), None) => percentage(pc.value, &format!("{p}.percentage.value"), r),
+        (None, Some(pc)) => percentage(pc as f64, &format!("{p}.percent"), r),
         (None, None) => Some(100.0),
     };
     let delay = f.delay.as_ref().and_then(|d| {
@@ -922,7 +922,7 @@ fn fault(f: &wire::HttpFaultInjection, path: &str, r: &mut Report<'_>) -> Option
             r.error(format!("{p}.fixedDelay"), "fixedDelay is required");
             return None;
         };
-        let fixed = dur(fixed, &format!("{p}.fixedDelay"), r)?;
+        let fixed = r.duration(fixed, &format!("{p}.fixedDelay"))?;
         if fixed < Duration::from_millis(1) {
             r.error(format!("{p}.fixedDelay"), "must be at least 1ms");
         }
@@ -996,10 +996,6 @@ fn grpc_code(name: &str) -> Option<u32> {
     CODES.iter().position(|c| *c == name).map(|i| i as u32)
 }
 
-fn percentage_value(v: f64, path: &str, r: &mut Report<'_>) -> Option<f64> {
-    percentage(v, path, r)
-}
-
 fn percentage(v: f64, path: &str, r: &mut Report<'_>) -> Option<f64> {
     if (0.0..=100.0).contains(&v) {
         Some(v)
@@ -1051,15 +1047,5 @@ fn header_ops(h: &wire::Headers, path: &str, r: &mut Report<'_>) -> HeaderOps {
     HeaderOps {
         request: op(&h.request, &format!("{path}.request"), r),
         response: op(&h.response, &format!("{path}.response"), r),
-    }
-}
-
-fn dur(s: &str, path: &str, r: &mut Report<'_>) -> Option<Duration> {
-    match duration::parse(s) {
-        Ok(d) => Some(d),
-        Err(m) => {
-            r.error(path, m);
-            None
-        }
     }
 }
