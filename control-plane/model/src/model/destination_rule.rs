@@ -310,7 +310,7 @@ fn consistent_hash(
         let ttl = c
             .ttl
             .as_deref()
-            .and_then(|t| r.duration(t, &format!("{path}.httpCookie.ttl")));
+            .and_then(|t| r.duration(t, format!("{path}.httpCookie.ttl")));
         keys.push(HashKey::Cookie {
             name: c.name.clone(),
             path: c.path.clone(),

@@ -332,7 +332,7 @@ fn http_route(
     let timeout = route
         .timeout
         .as_deref()
-        .and_then(|t| r.duration(t, &format!("{path}.timeout")));
+        .and_then(|t| r.duration(t, format!("{path}.timeout")));
     let retries = route
         .retries
         .as_ref()
@@ -843,7 +843,7 @@ fn retry(rt: &wire::HttpRetry, path: &str, r: &mut Report<'_>) -> Option<RetryPo
         },
     };
     let per_try_timeout = rt.per_try_timeout.as_deref().and_then(|t| {
-        let d = r.duration(t, &format!("{path}.perTryTimeout"))?;
+        let d = r.duration(t, format!("{path}.perTryTimeout"))?;
         if d < Duration::from_millis(1) {
             r.error(format!("{path}.perTryTimeout"), "must be at least 1ms");
         }
@@ -922,7 +922,7 @@ fn fault(f: &wire::HttpFaultInjection, path: &str, r: &mut Report<'_>) -> Option
             r.error(format!("{p}.fixedDelay"), "fixedDelay is required");
             return None;
         };
-        let fixed = r.duration(fixed, &format!("{p}.fixedDelay"))?;
+        let fixed = r.duration(fixed, format!("{p}.fixedDelay"))?;
         if fixed < Duration::from_millis(1) {
             r.error(format!("{p}.fixedDelay"), "must be at least 1ms");
         }
