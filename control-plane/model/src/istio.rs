@@ -4,6 +4,7 @@
 //! turns them into policy (the one validator).
 
 pub mod networking;
+pub mod security;
 
 use std::collections::BTreeMap;
 
@@ -17,15 +18,19 @@ pub enum Kind {
     Gateway,
     ServiceEntry,
     WorkloadEntry,
+    PeerAuthentication,
+    AuthorizationPolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 7] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Gateway,
         Kind::ServiceEntry,
         Kind::WorkloadEntry,
+        Kind::PeerAuthentication,
+        Kind::AuthorizationPolicy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -35,12 +40,25 @@ impl Kind {
             Kind::Gateway => "Gateway",
             Kind::ServiceEntry => "ServiceEntry",
             Kind::WorkloadEntry => "WorkloadEntry",
+            Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
         }
     }
 
     /// The API group a kind belongs to.
     pub fn group(self) -> &'static str {
-        "networking.istio.io"
+        match self {
+            Kind::PeerAuthentication | Kind::AuthorizationPolicy => "security.istio.io",
+            _ => "networking.istio.io",
+        }
+    }
+
+    /// The API versions accepted for the kind's group.
+    pub fn versions(self) -> &'static [&'static str] {
+        match self {
+            Kind::PeerAuthentication | Kind::AuthorizationPolicy => &SECURITY_VERSIONS,
+            _ => &NETWORKING_VERSIONS,
+        }
     }
 
     /// Accepts the kind name in any case, plural and short forms (`vs`, `dr`, `gw`, `se`, `we`).
@@ -52,6 +70,8 @@ impl Kind {
             "gateway" | "gw" => Kind::Gateway,
             "serviceentry" | "serviceentrie" | "se" => Kind::ServiceEntry,
             "workloadentry" | "workloadentrie" | "we" => Kind::WorkloadEntry,
+            "peerauthentication" | "pa" => Kind::PeerAuthentication,
+            "authorizationpolicy" | "authorizationpolicie" | "ap" => Kind::AuthorizationPolicy,
             _ => return None,
         };
         Some(k)
@@ -66,6 +86,9 @@ impl std::fmt::Display for Kind {
 
 /// Istio API versions accepted for `networking.istio.io`.
 pub const NETWORKING_VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
+
+/// Istio API versions accepted for `security.istio.io`.
+pub const SECURITY_VERSIONS: [&str; 2] = ["v1", "v1beta1"];
 
 /// Kubernetes object metadata. Server-populated fields are tolerated so that
 /// `kubectl get -o yaml` output loads as it is; they carry no meaning here.

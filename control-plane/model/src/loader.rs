@@ -9,7 +9,8 @@ use crate::error::{ObjectId, ValidationError};
 use crate::istio::networking::{
     DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec,
 };
-use crate::istio::{Kind, NETWORKING_VERSIONS, ObjectMeta};
+use crate::istio::security::{AuthorizationPolicySpec, PeerAuthenticationSpec};
+use crate::istio::{Kind, ObjectMeta};
 
 /// The spec of one object, by kind.
 #[derive(Clone, Debug, PartialEq)]
@@ -19,6 +20,8 @@ pub enum Spec {
     Gateway(GatewaySpec),
     ServiceEntry(ServiceEntrySpec),
     WorkloadEntry(WorkloadEntrySpec),
+    PeerAuthentication(PeerAuthenticationSpec),
+    AuthorizationPolicy(AuthorizationPolicySpec),
 }
 
 /// One object as read, with where it came from.
@@ -34,11 +37,14 @@ pub struct Object {
     pub raw: serde_json::Value,
 }
 
-/// The security kinds that arrive with Strait's CA; named so users get a precise answer.
-const SECURITY_KINDS: [&str; 3] = [
-    "PeerAuthentication",
-    "AuthorizationPolicy",
+/// Istio kinds Strait does not implement yet; named so users get a precise answer.
+const UNSUPPORTED_KINDS: [&str; 6] = [
     "RequestAuthentication",
+    "Sidecar",
+    "EnvoyFilter",
+    "ProxyConfig",
+    "Telemetry",
+    "WasmPlugin",
 ];
 
 /// Parses every document in `text`. `origin` names the source (usually a file path).
@@ -122,14 +128,12 @@ pub fn parse_value(
     let (group, version) = api_version
         .split_once('/')
         .unwrap_or(("", api_version.as_str()));
-    if SECURITY_KINDS.contains(&kind_name.as_str()) && group == "security.istio.io" {
+    if UNSUPPORTED_KINDS.contains(&kind_name.as_str()) && group.ends_with(".istio.io") {
         return Err(error(
             origin,
             None,
             "kind",
-            format!(
-                "{kind_name} is not supported by Strait yet (it arrives with Strait's CA and mTLS)"
-            ),
+            format!("{kind_name} is not supported by Strait yet"),
         ));
     }
     let kind = Kind::ALL
@@ -141,17 +145,19 @@ pub fn parse_value(
                 None,
                 "kind",
                 format!(
-                    "unsupported kind {kind_name:?}; expected one of VirtualService, DestinationRule, Gateway, ServiceEntry, WorkloadEntry"
+                    "unsupported kind {kind_name:?}; expected one of VirtualService, DestinationRule, Gateway, ServiceEntry, WorkloadEntry, PeerAuthentication, AuthorizationPolicy"
                 ),
             )
         })?;
-    if group != kind.group() || !NETWORKING_VERSIONS.contains(&version) {
+    if group != kind.group() || !kind.versions().contains(&version) {
         return Err(error(
             origin,
             None,
             "apiVersion",
             format!(
-                "unsupported apiVersion {api_version:?} for {kind}; expected networking.istio.io/v1, v1beta1 or v1alpha3"
+                "unsupported apiVersion {api_version:?} for {kind}; expected {}/{}",
+                kind.group(),
+                kind.versions().join(" or ")
             ),
         ));
     }
@@ -240,6 +246,8 @@ fn deserialize_spec(kind: Kind, value: serde_json::Value) -> Result<Spec, (Strin
         Kind::Gateway => Spec::Gateway(de(value)?),
         Kind::ServiceEntry => Spec::ServiceEntry(de(value)?),
         Kind::WorkloadEntry => Spec::WorkloadEntry(de(value)?),
+        Kind::PeerAuthentication => Spec::PeerAuthentication(de(value)?),
+        Kind::AuthorizationPolicy => Spec::AuthorizationPolicy(de(value)?),
     })
 }
 
@@ -355,7 +363,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.path, "apiVersion");
         let e = one(
-            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: s}\n",
+            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: s}\n",
         )
         .unwrap_err();
         assert!(

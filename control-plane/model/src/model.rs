@@ -4,6 +4,7 @@
 mod destination_rule;
 mod gateway;
 mod registry;
+mod security;
 mod virtual_service;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,6 +14,10 @@ use crate::error::{ObjectId, ValidationError, ValidationErrors};
 use crate::loader::{Object, Spec};
 
 pub use destination_rule::ResolvedPolicy;
+pub use security::{
+    AuthorizationPolicy, AuthzAction, AuthzRule, ConditionKey, ConditionMatch, MtlsMode,
+    OperationMatch, PeerAuthentication, ROOT_NAMESPACE, SourceMatch,
+};
 
 // === The model ===
 
@@ -27,6 +32,8 @@ pub struct Model {
     pub virtual_services: Vec<VirtualService>,
     /// Gateways by id.
     pub gateways: BTreeMap<ObjectId, Gateway>,
+    pub peer_authentications: Vec<PeerAuthentication>,
+    pub authorization_policies: Vec<AuthorizationPolicy>,
     /// Problems that do not make the configuration unsafe but deserve a look.
     pub warnings: Vec<ValidationError>,
 }
@@ -86,8 +93,22 @@ pub struct Endpoint {
     pub ports: BTreeMap<String, u16>,
     pub labels: BTreeMap<String, String>,
     pub weight: u32,
+    /// The workload's identity (`default` when not given, as in Kubernetes).
+    pub service_account: String,
     /// The WorkloadEntry or ServiceEntry that declared it.
     pub source: ObjectId,
+}
+
+/// Istio's label for endpoints whose sidecar accepts Istio mTLS (`istio`) or not (`disabled`).
+pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+
+impl Endpoint {
+    /// Whether this endpoint runs a sidecar that accepts mesh mTLS (auto mTLS uses it).
+    pub fn mesh_tls(&self) -> bool {
+        self.labels
+            .get(TLS_MODE_LABEL)
+            .is_some_and(|m| m == "istio")
+    }
 }
 
 impl Endpoint {
@@ -146,7 +167,28 @@ pub struct TrafficPolicy {
     pub load_balancer: Option<LoadBalancer>,
     pub connection_pool: Option<ConnectionPool>,
     pub outlier_detection: Option<OutlierDetection>,
+    pub tls: Option<ClientTls>,
     pub port_level: BTreeMap<u16, TrafficPolicy>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientTlsMode {
+    Disable,
+    Simple,
+    Mutual,
+    /// mTLS with the mesh's certificates (SDS `default` and `ROOTCA`).
+    IstioMutual,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientTls {
+    pub mode: ClientTlsMode,
+    pub client_certificate: Option<String>,
+    pub private_key: Option<String>,
+    pub ca_certificates: Option<String>,
+    pub sni: Option<String>,
+    pub subject_alt_names: Vec<String>,
+    pub insecure_skip_verify: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -490,6 +532,12 @@ impl Model {
             &mut warnings,
         );
         let gateways = gateway::build(&by_kind(crate::Kind::Gateway), &mut errors);
+        let peer_authentications =
+            security::peer_authentications(&by_kind(crate::Kind::PeerAuthentication), &mut errors);
+        let authorization_policies = security::authorization_policies(
+            &by_kind(crate::Kind::AuthorizationPolicy),
+            &mut errors,
+        );
         let virtual_services = virtual_service::build(
             &by_kind(crate::Kind::VirtualService),
             &services,
@@ -505,6 +553,8 @@ impl Model {
                 destination_rules,
                 virtual_services,
                 gateways,
+                peer_authentications,
+                authorization_policies,
                 warnings,
             })
         } else {
@@ -524,6 +574,25 @@ impl Model {
             Some(dr) => dr.resolve(port, subset),
             None => ResolvedPolicy::default(),
         }
+    }
+
+    /// The mTLS mode a workload's sidecar enforces on an inbound port (PeerAuthentication).
+    pub fn mtls_mode(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        port: u16,
+    ) -> MtlsMode {
+        security::mtls_mode(&self.peer_authentications, namespace, labels, port)
+    }
+
+    /// The AuthorizationPolicies that apply to a workload, in a stable order.
+    pub fn authorization_for(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<&AuthorizationPolicy> {
+        security::authorization_for(&self.authorization_policies, namespace, labels)
     }
 
     /// The subsets defined for a host.

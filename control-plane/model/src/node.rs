@@ -14,6 +14,10 @@ pub mod keys {
     /// `80=18080,443=18443`: where a gateway binds each Gateway server port, as a Kubernetes
     /// Service's targetPort would map it.
     pub const GATEWAY_PORTS: &str = "STRAIT_GATEWAY_PORTS";
+    /// Where a sidecar accepts traffic for its workload (mTLS per PeerAuthentication).
+    pub const INBOUND_PORT: &str = "STRAIT_INBOUND_PORT";
+    /// The workload's own port on 127.0.0.1, where inbound traffic is forwarded.
+    pub const APP_PORT: &str = "STRAIT_APP_PORT";
 }
 
 pub const DEFAULT_OUTBOUND_PORT: u16 = 15001;
@@ -59,6 +63,8 @@ pub struct ProxyNode {
     pub outbound_port: u16,
     pub listen_address: IpAddr,
     pub gateway_ports: BTreeMap<u16, u16>,
+    /// The sidecar's inbound side, when it serves a workload: (inbound port, app port).
+    pub inbound: Option<(u16, u16)>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -174,7 +180,30 @@ impl ProxyNode {
                 );
             }
         }
+        let inbound = match (string(keys::INBOUND_PORT)?, string(keys::APP_PORT)?) {
+            (None, None) => None,
+            (Some(i), Some(a)) => Some((port(keys::INBOUND_PORT, &i)?, port(keys::APP_PORT, &a)?)),
+            (Some(_), None) => {
+                return Err(err(
+                    keys::APP_PORT,
+                    "required with STRAIT_INBOUND_PORT".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    keys::INBOUND_PORT,
+                    "required with STRAIT_APP_PORT".into(),
+                ));
+            }
+        };
+        if inbound.is_some() && mode == ProxyMode::Gateway {
+            return Err(err(
+                keys::INBOUND_PORT,
+                "gateways have no inbound side".into(),
+            ));
+        }
         Ok(ProxyNode {
+            inbound,
             id: id.to_string(),
             namespace,
             labels,
@@ -184,6 +213,14 @@ impl ProxyNode {
             listen_address,
             gateway_ports,
         })
+    }
+
+    /// The identity the workload holds: its namespace and service account (`default` if none).
+    pub fn service_account_or_default(&self) -> &str {
+        self.service_account
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default")
     }
 
     /// The port a gateway binds for a Gateway server port.

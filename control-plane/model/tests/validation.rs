@@ -414,10 +414,6 @@ fn destination_rules_are_checked() {
         &["spec.trafficPolicy.connectionPool.tcp.maxConnections"],
     );
     rejects(
-        &dr("  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n"),
-        &["spec.trafficPolicy.tls.mode", "not supported by Strait yet"],
-    );
-    rejects(
         &dr("  subsets: [{name: v1}, {name: v1}]\n"),
         &["spec.subsets[1].name", "defined twice"],
     );
@@ -585,11 +581,214 @@ fn istio_samples_load_as_they_are() {
         }
         batch.extend(objects);
         let result = Model::build(&batch);
+        let model = result.unwrap_or_else(|e| panic!("{name} should load: {e}"));
         if name == "destination-rule-all-mtls.yaml" {
-            let e = result.unwrap_err().to_string();
-            assert!(e.contains("spec.trafficPolicy.tls.mode: TLS mode ISTIO_MUTUAL is not supported by Strait yet"), "{e}");
-        } else {
-            result.unwrap_or_else(|e| panic!("{name} should load: {e}"));
+            let tls = model
+                .policy_for("reviews.default.svc.cluster.local", 9080, Some("v2"))
+                .tls;
+            assert_eq!(
+                tls.map(|t| t.mode),
+                Some(strait_model::ClientTlsMode::IstioMutual)
+            );
         }
     }
+}
+
+fn security(kind: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: {kind}\nmetadata: {{name: p, namespace: default}}\nspec:\n{spec}"
+    )
+}
+
+#[test]
+fn peer_authentication_scopes_resolve_as_in_istio() {
+    let mesh = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: mesh, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n---\n";
+    let workload = security(
+        "PeerAuthentication",
+        "  selector: {matchLabels: {app: reviews}}\n  mtls: {mode: UNSET}\n  portLevelMtls:\n    9080: {mode: DISABLE}\n",
+    );
+    let m = build(&format!("{mesh}{workload}")).unwrap();
+    let labels = |app: &str| std::iter::once(("app".to_string(), app.to_string())).collect();
+    use strait_model::MtlsMode::*;
+    assert_eq!(
+        m.mtls_mode("default", &labels("reviews"), 9080),
+        Disable,
+        "port level wins"
+    );
+    assert_eq!(
+        m.mtls_mode("default", &labels("reviews"), 9090),
+        Strict,
+        "UNSET inherits the mesh"
+    );
+    assert_eq!(m.mtls_mode("other", &labels("x"), 80), Strict);
+    assert_eq!(
+        build("").unwrap().mtls_mode("default", &labels("x"), 80),
+        Permissive,
+        "Istio's default"
+    );
+
+    rejects(
+        &security("PeerAuthentication", "  mtls: {mode: SOMETIMES}\n"),
+        &[
+            "PeerAuthentication default/p",
+            "spec.mtls.mode",
+            "SOMETIMES",
+        ],
+    );
+    rejects(
+        &security(
+            "PeerAuthentication",
+            "  portLevelMtls:\n    80: {mode: STRICT}\n",
+        ),
+        &["spec.portLevelMtls.80", "needs a selector"],
+    );
+    rejects(
+        &security("PeerAuthentication", "  selector: {matchLabels: {}}\n"),
+        &["spec.selector.matchLabels"],
+    );
+    let two = format!(
+        "{}---\n{}",
+        security("PeerAuthentication", "  mtls: {mode: STRICT}\n"),
+        security("PeerAuthentication", "  mtls: {mode: STRICT}\n").replace("name: p,", "name: q,")
+    );
+    rejects(
+        &two,
+        &[
+            "PeerAuthentication default/q",
+            "already sets mTLS for the namespace",
+        ],
+    );
+}
+
+#[test]
+fn authorization_policies_are_checked() {
+    let ok = security(
+        "AuthorizationPolicy",
+        "  selector: {matchLabels: {app: ratings}}\n  action: ALLOW\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/default/sa/productpage], namespaces: ['prod*'], ipBlocks: [10.0.0.0/8]}}]\n    to: [{operation: {methods: [GET], paths: ['/ratings/*'], ports: ['9080']}}]\n    when: [{key: 'request.headers[x-user]', values: [jason]}, {key: source.principal, notValues: ['*/sa/bad']}]\n",
+    );
+    let m = build(&ok).unwrap();
+    let labels = std::iter::once(("app".to_string(), "ratings".to_string())).collect();
+    let p = m.authorization_for("default", &labels);
+    assert_eq!(p.len(), 1);
+    assert_eq!(
+        p[0].rules[0].when[0].key,
+        strait_model::ConditionKey::RequestHeader("x-user".into())
+    );
+    assert!(m.authorization_for("other", &labels).is_empty());
+
+    rejects(
+        &security("AuthorizationPolicy", "  action: CUSTOM\n"),
+        &[
+            "AuthorizationPolicy default/p",
+            "spec.action",
+            "not supported",
+        ],
+    );
+    rejects(
+        &security("AuthorizationPolicy", "  action: MAYBE\n"),
+        &["spec.action", "MAYBE"],
+    );
+    rejects(
+        &security(
+            "AuthorizationPolicy",
+            "  rules: [{from: [{source: {requestPrincipals: ['*']}}]}]\n",
+        ),
+        &[
+            "spec.rules[0].from[0].source.requestPrincipals",
+            "not supported",
+        ],
+    );
+    rejects(
+        &security(
+            "AuthorizationPolicy",
+            "  rules: [{from: [{source: {ipBlocks: [10.0.0.0/99]}}]}]\n",
+        ),
+        &["spec.rules[0].from[0].source.ipBlocks[0]", "CIDR"],
+    );
+    rejects(
+        &security(
+            "AuthorizationPolicy",
+            "  rules: [{to: [{operation: {ports: [http]}}]}]\n",
+        ),
+        &["spec.rules[0].to[0].operation.ports[0]", "port number"],
+    );
+    rejects(
+        &security(
+            "AuthorizationPolicy",
+            "  rules: [{to: [{operation: {paths: ['/a*b']}}]}]\n",
+        ),
+        &[
+            "spec.rules[0].to[0].operation.paths[0]",
+            "prefix or a suffix",
+        ],
+    );
+    rejects(
+        &security(
+            "AuthorizationPolicy",
+            "  rules: [{when: [{key: 'request.auth.claims[iss]', values: [x]}]}]\n",
+        ),
+        &["spec.rules[0].when[0].key", "not supported"],
+    );
+    rejects(
+        &security(
+            "AuthorizationPolicy",
+            "  rules: [{when: [{key: source.ip}]}]\n",
+        ),
+        &["spec.rules[0].when[0]", "values or notValues"],
+    );
+    rejects(
+        &security(
+            "AuthorizationPolicy",
+            "  rules: [{to: [{operation: {methods: [GET]}}], from: [{source: {principals: [a]}}], wen: []}]\n",
+        ),
+        &["spec.rules[0].wen", "unknown field"],
+    );
+}
+
+#[test]
+fn destination_rule_tls_modes_are_checked() {
+    let dr = |tls: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: ratings}}\nspec:\n  host: ratings\n  trafficPolicy:\n    tls: {tls}\n"
+        )
+    };
+    assert!(build(&dr("{mode: ISTIO_MUTUAL}")).is_ok());
+    assert!(
+        build(&dr(
+            "{mode: SIMPLE, caCertificates: /etc/ca.pem, sni: ratings.example.com}"
+        ))
+        .is_ok()
+    );
+    assert!(
+        build(&dr(
+            "{mode: MUTUAL, clientCertificate: /c.pem, privateKey: /k.pem, caCertificates: /ca.pem}"
+        ))
+        .is_ok()
+    );
+    rejects(
+        &dr("{mode: MUTUAL, caCertificates: /ca.pem}"),
+        &[
+            "spec.trafficPolicy.tls.clientCertificate",
+            "required for mode MUTUAL",
+        ],
+    );
+    rejects(
+        &dr("{mode: SIMPLE}"),
+        &[
+            "spec.trafficPolicy.tls.caCertificates",
+            "insecureSkipVerify",
+        ],
+    );
+    rejects(
+        &dr("{mode: ISTIO_MUTUAL, caCertificates: /ca.pem}"),
+        &["spec.trafficPolicy.tls.caCertificates", "not allowed"],
+    );
+    rejects(
+        &dr("{mode: SIMPLE, credentialName: s, insecureSkipVerify: true}"),
+        &["spec.trafficPolicy.tls.credentialName", "not supported"],
+    );
+    rejects(
+        &dr("{mode: WHATEVER}"),
+        &["spec.trafficPolicy.tls.mode", "WHATEVER"],
+    );
 }

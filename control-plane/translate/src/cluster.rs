@@ -29,6 +29,11 @@ use strait_model::{
 };
 
 use crate::proto::{any, duration, u32v};
+use crate::{MeshSettings, security};
+use envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch;
+use envoy_types::pb::envoy::config::core::v3::Metadata;
+use envoy_types::pb::google::protobuf::{Struct, Value, value};
+use strait_model::ClientTlsMode;
 
 type Labels = BTreeMap<String, String>;
 
@@ -37,7 +42,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 /// Every cluster of the mesh and the assignments of its EDS clusters.
-pub fn clusters(model: &Model) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
+pub fn clusters(
+    model: &Model,
+    settings: &MeshSettings,
+) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
     let mut clusters = Vec::new();
     let mut assignments = Vec::new();
     for service in model.services.values() {
@@ -53,7 +61,15 @@ pub fn clusters(model: &Model) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
                 let name = cluster_name(&service.hostname, port.number, subset);
                 let policy = model.policy_for(&service.hostname, port.number, subset);
                 let endpoints = endpoints(service, port, labels);
-                let (cluster, assignment) = cluster(&name, service, port, &policy, endpoints);
+                let (mut cluster, assignment) = cluster(&name, service, port, &policy, endpoints);
+                transport(
+                    &mut cluster,
+                    service,
+                    port.number,
+                    subset,
+                    &policy,
+                    settings,
+                );
                 clusters.push(cluster);
                 assignments.extend(assignment);
             }
@@ -77,9 +93,76 @@ fn endpoints(
                 ..Default::default()
             })),
             load_balancing_weight: Some(u32v(e.weight)),
+            // Auto mTLS: endpoints whose sidecar accepts mesh mTLS say so, as in Istio.
+            metadata: e.mesh_tls().then(|| Metadata {
+                filter_metadata: std::iter::once((
+                    security::TLS_MODE_MATCH.to_string(),
+                    tls_mode_struct(),
+                ))
+                .collect(),
+                ..Default::default()
+            }),
             ..Default::default()
         })
         .collect()
+}
+
+fn tls_mode_struct() -> Struct {
+    Struct {
+        fields: std::iter::once((
+            "tlsMode".to_string(),
+            Value {
+                kind: Some(value::Kind::StringValue("istio".to_string())),
+            },
+        ))
+        .collect(),
+    }
+}
+
+/// TLS to the upstream: what the DestinationRule says, else mesh mTLS to the endpoints that
+/// have a sidecar (auto mTLS) and plaintext to the others.
+fn transport(
+    c: &mut Cluster,
+    service: &Service,
+    port: u16,
+    subset: Option<&str>,
+    policy: &ResolvedPolicy,
+    settings: &MeshSettings,
+) {
+    let sni = format!(
+        "outbound_.{port}_.{}_.{}",
+        subset.unwrap_or(""),
+        service.hostname
+    );
+    // The identities the server may present: every endpoint's, or (auto mTLS) those with sidecars.
+    let identities = |only_mesh: bool| -> Vec<String> {
+        let set: std::collections::BTreeSet<String> = service
+            .endpoints
+            .iter()
+            .filter(|e| !only_mesh || e.mesh_tls())
+            .map(|e| security::spiffe(settings, &e.source.namespace, &e.service_account))
+            .collect();
+        set.into_iter().collect()
+    };
+    match &policy.tls {
+        Some(tls) => match tls.mode {
+            ClientTlsMode::Disable => {}
+            ClientTlsMode::IstioMutual => {
+                c.transport_socket = Some(security::istio_mutual(&identities(false), &sni))
+            }
+            ClientTlsMode::Simple | ClientTlsMode::Mutual => {
+                c.transport_socket = Some(security::file_tls(tls, &service.hostname));
+            }
+        },
+        None if service.endpoints.iter().any(|e| e.mesh_tls()) => {
+            c.transport_socket_matches = vec![TransportSocketMatch {
+                name: "tlsMode-istio".to_string(),
+                r#match: Some(tls_mode_struct()),
+                transport_socket: Some(security::istio_mutual(&identities(true), &sni)),
+            }];
+        }
+        None => {}
+    }
 }
 
 pub(crate) fn socket(host: &str, port: u16) -> Address {

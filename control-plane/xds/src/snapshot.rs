@@ -12,6 +12,7 @@ use envoy_types::pb::envoy::config::route::v3::route_action::{
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
@@ -22,9 +23,19 @@ pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Clus
 pub const ENDPOINT_TYPE: &str =
     "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 
+/// SDS: workload certificates and trust bundles. Never logged: a secret may hold a private key.
+pub const SECRET_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
 /// The types a snapshot carries, in the order ADS pushes them: a cluster must exist before its
 /// endpoints, and both before a listener or route can point at it.
-pub const PUSH_ORDER: [&str; 4] = [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE];
+pub const PUSH_ORDER: [&str; 5] = [
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    SECRET_TYPE,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+];
 
 /// What translation produced for one node, before versioning.
 #[derive(Default, Clone, Debug)]
@@ -33,6 +44,7 @@ pub struct Resources {
     pub routes: Vec<RouteConfiguration>,
     pub clusters: Vec<Cluster>,
     pub endpoints: Vec<ClusterLoadAssignment>,
+    pub secrets: Vec<Secret>,
 }
 
 /// Why a set of resources cannot be served: Envoy would reject it or route to nowhere.
@@ -120,6 +132,7 @@ pub struct Snapshot {
     routes: TypeResources,
     clusters: TypeResources,
     endpoints: TypeResources,
+    secrets: TypeResources,
     /// `ClusterLoadAssignment` names that EDS clusters of this snapshot will ask for.
     eds_service_names: BTreeSet<String>,
     /// EDS cluster name -> the assignment name it asks for.
@@ -139,6 +152,7 @@ impl Snapshot {
             TypeResources::build("cluster load assignment", &resources.endpoints, |e| {
                 e.cluster_name.as_str()
             })?;
+        let secrets = TypeResources::build("secret", &resources.secrets, |s| s.name.as_str())?;
 
         let cluster_names: BTreeSet<&str> =
             resources.clusters.iter().map(|c| c.name.as_str()).collect();
@@ -188,6 +202,7 @@ impl Snapshot {
             routes,
             clusters,
             endpoints,
+            secrets,
             eds_service_names: eds_clusters.values().cloned().collect(),
             eds_clusters,
         })
@@ -199,6 +214,7 @@ impl Snapshot {
             ROUTE_TYPE => Some(&self.routes),
             CLUSTER_TYPE => Some(&self.clusters),
             ENDPOINT_TYPE => Some(&self.endpoints),
+            SECRET_TYPE => Some(&self.secrets),
             _ => None,
         }
     }

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::{
-    ConnectionPool, DestinationRule, HashKey, HashRing, LoadBalancer, OutlierDetection, Service,
-    Subset, TcpKeepalive, TrafficPolicy, spec_of,
+    ClientTls, ClientTlsMode, ConnectionPool, DestinationRule, HashKey, HashRing, LoadBalancer,
+    OutlierDetection, Service, Subset, TcpKeepalive, TrafficPolicy, spec_of,
 };
 use crate::error::{Report, ValidationError};
 use crate::host;
@@ -18,6 +18,7 @@ pub struct ResolvedPolicy {
     pub load_balancer: Option<LoadBalancer>,
     pub connection_pool: Option<ConnectionPool>,
     pub outlier_detection: Option<OutlierDetection>,
+    pub tls: Option<ClientTls>,
 }
 
 impl ResolvedPolicy {
@@ -30,6 +31,9 @@ impl ResolvedPolicy {
         }
         if p.outlier_detection.is_some() {
             self.outlier_detection.clone_from(&p.outlier_detection);
+        }
+        if p.tls.is_some() {
+            self.tls.clone_from(&p.tls);
         }
     }
 
@@ -169,9 +173,6 @@ fn traffic_policy(
     allow_ports: bool,
     r: &mut Report<'_>,
 ) -> TrafficPolicy {
-    if let Some(tls) = &p.tls {
-        client_tls(tls, &format!("{path}.tls"), r);
-    }
     if p.tunnel.is_some() {
         r.unsupported(format!("{path}.tunnel"), "tunnel");
     }
@@ -191,9 +192,6 @@ fn traffic_policy(
         ) else {
             continue;
         };
-        if let Some(tls) = &pl.tls {
-            client_tls(tls, &format!("{pp}.tls"), r);
-        }
         let policy = TrafficPolicy {
             load_balancer: pl
                 .load_balancer
@@ -207,6 +205,10 @@ fn traffic_policy(
                 .outlier_detection
                 .as_ref()
                 .map(|o| outlier_detection(o, &format!("{pp}.outlierDetection"), r)),
+            tls: pl
+                .tls
+                .as_ref()
+                .and_then(|t| client_tls(t, &format!("{pp}.tls"), r)),
             port_level: BTreeMap::new(),
         };
         if port_level.insert(port, policy).is_some() {
@@ -229,22 +231,86 @@ fn traffic_policy(
             .outlier_detection
             .as_ref()
             .map(|o| outlier_detection(o, &format!("{path}.outlierDetection"), r)),
+        tls: p
+            .tls
+            .as_ref()
+            .and_then(|t| client_tls(t, &format!("{path}.tls"), r)),
         port_level,
     }
 }
 
-fn client_tls(tls: &wire::ClientTlsSettings, path: &str, r: &mut Report<'_>) {
-    match tls.mode.as_deref() {
-        None | Some("DISABLE") => {}
-        Some(mode @ ("ISTIO_MUTUAL" | "SIMPLE" | "MUTUAL")) => r.error(
-            format!("{path}.mode"),
-            format!("TLS mode {mode} is not supported by Strait yet (it arrives with Strait's CA and mTLS)"),
-        ),
-        Some(other) => r.error(
-            format!("{path}.mode"),
-            format!("unknown TLS mode {other:?}; expected DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL"),
-        ),
+fn client_tls(tls: &wire::ClientTlsSettings, path: &str, r: &mut Report<'_>) -> Option<ClientTls> {
+    let mode = match tls.mode.as_deref() {
+        None | Some("DISABLE") => ClientTlsMode::Disable,
+        Some("SIMPLE") => ClientTlsMode::Simple,
+        Some("MUTUAL") => ClientTlsMode::Mutual,
+        Some("ISTIO_MUTUAL") => ClientTlsMode::IstioMutual,
+        Some(other) => {
+            r.error(
+                format!("{path}.mode"),
+                format!(
+                    "unknown TLS mode {other:?}; expected DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL"
+                ),
+            );
+            return None;
+        }
+    };
+    if tls.credential_name.is_some() {
+        r.unsupported(
+            format!("{path}.credentialName"),
+            "credentialName (Kubernetes secrets); use file paths",
+        );
     }
+    if tls.ca_crl.is_some() {
+        r.unsupported(format!("{path}.caCrl"), "caCrl");
+    }
+    let files = [
+        ("clientCertificate", &tls.client_certificate),
+        ("privateKey", &tls.private_key),
+        ("caCertificates", &tls.ca_certificates),
+    ];
+    match mode {
+        ClientTlsMode::IstioMutual | ClientTlsMode::Disable => {
+            for (field, value) in files {
+                if value.is_some() {
+                    r.error(
+                        format!("{path}.{field}"),
+                        "not allowed with this mode: the mesh's own certificates are used",
+                    );
+                }
+            }
+        }
+        ClientTlsMode::Mutual => {
+            for (field, value) in &files[..2] {
+                if value.as_deref().is_none_or(str::is_empty) {
+                    r.error(format!("{path}.{field}"), "required for mode MUTUAL");
+                }
+            }
+        }
+        ClientTlsMode::Simple => {
+            for (field, value) in &files[..2] {
+                if value.is_some() {
+                    r.error(format!("{path}.{field}"), "only for mode MUTUAL");
+                }
+            }
+        }
+    }
+    let verifies = matches!(mode, ClientTlsMode::Simple | ClientTlsMode::Mutual);
+    if verifies && tls.ca_certificates.is_none() && tls.insecure_skip_verify != Some(true) {
+        r.error(
+            format!("{path}.caCertificates"),
+            "required to verify the server; set insecureSkipVerify: true to skip verification explicitly",
+        );
+    }
+    Some(ClientTls {
+        mode,
+        client_certificate: tls.client_certificate.clone(),
+        private_key: tls.private_key.clone(),
+        ca_certificates: tls.ca_certificates.clone(),
+        sni: tls.sni.clone(),
+        subject_alt_names: tls.subject_alt_names.clone(),
+        insecure_skip_verify: tls.insecure_skip_verify.unwrap_or(false),
+    })
 }
 
 fn load_balancer(

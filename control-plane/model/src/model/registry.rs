@@ -213,6 +213,7 @@ fn service_entry(
                 ports: BTreeMap::new(),
                 labels: BTreeMap::new(),
                 weight: 1,
+                service_account: "default".to_string(),
                 source: o.id.clone(),
             });
         }
@@ -364,6 +365,11 @@ fn endpoint(
         ports,
         labels: spec.labels.clone(),
         weight: spec.weight.unwrap_or(1),
+        service_account: spec
+            .service_account
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".to_string()),
         source: o.id.clone(),
     })
 }

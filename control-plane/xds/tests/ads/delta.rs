@@ -271,7 +271,7 @@ async fn unknown_types_get_nothing() {
     let mut c = h.delta().await;
     c.send(delta_first(
         "n1",
-        "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+        "type.googleapis.com/envoy.service.runtime.v3.Runtime",
         &["cert"],
         &[],
     ))

@@ -172,6 +172,7 @@ pub fn basic() -> Resources {
         routes: vec![route_config(ROUTE, vec![route_to(single(CLUSTER))])],
         clusters: vec![cluster(CLUSTER, 1)],
         endpoints: vec![load_assignment(CLUSTER, 8080)],
+        secrets: Vec::new(),
     }
 }
 

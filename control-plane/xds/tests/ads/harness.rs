@@ -301,6 +301,11 @@ pub fn any_name(any: &Any) -> String {
         ENDPOINT_TYPE => ClusterLoadAssignment::decode(bytes).unwrap().cluster_name,
         LISTENER_TYPE => Listener::decode(bytes).unwrap().name,
         ROUTE_TYPE => RouteConfiguration::decode(bytes).unwrap().name,
+        strait_xds::snapshot::SECRET_TYPE => {
+            envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret::decode(bytes)
+                .unwrap()
+                .name
+        }
         other => panic!("unexpected type {other}"),
     }
 }

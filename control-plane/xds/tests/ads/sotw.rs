@@ -334,7 +334,7 @@ async fn unknown_types_are_not_answered() {
     let mut c = h.sotw().await;
     c.send(first(
         "n1",
-        "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+        "type.googleapis.com/envoy.service.runtime.v3.Runtime",
         &["cert"],
     ))
     .await;
@@ -362,4 +362,24 @@ async fn cluster_change_resends_unchanged_endpoints() {
     c.send(ack(&cds, &[])).await;
     c.send(ack(&eds, &[CLUSTER])).await;
     c.quiet().await;
+}
+
+#[tokio::test]
+async fn secrets_are_served_by_name() {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+    use strait_xds::snapshot::SECRET_TYPE;
+    let h = Harness::start().await;
+    let mut resources = fixtures::basic();
+    resources.secrets = ["default", "ROOTCA"]
+        .map(|name| Secret {
+            name: name.to_string(),
+            ..Default::default()
+        })
+        .to_vec();
+    h.set("n1", resources);
+    let mut c = h.sotw().await;
+    c.send(first("n1", SECRET_TYPE, &["ROOTCA"])).await;
+    let sds = c.recv().await;
+    assert_eq!(sds.type_url, SECRET_TYPE);
+    assert_eq!(names(&sds), vec!["ROOTCA"], "only the named secret");
 }
