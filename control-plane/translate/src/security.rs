@@ -126,14 +126,14 @@ pub fn file_tls(tls: &ClientTls, default_sni: &str) -> TransportSocket {
         ..Default::default()
     };
     let mut common = CommonTlsContext::default();
-    if tls.mode == ClientTlsMode::Mutual {
-        if let (Some(cert), Some(key)) = (&tls.client_certificate, &tls.private_key) {
-            common.tls_certificates.push(TlsCertificate {
-                certificate_chain: Some(file(cert)),
-                private_key: Some(file(key)),
-                ..Default::default()
-            });
-        }
+    if tls.mode == ClientTlsMode::Mutual
+        && let (Some(cert), Some(key)) = (&tls.client_certificate, &tls.private_key)
+    {
+        common.tls_certificates.push(TlsCertificate {
+            certificate_chain: Some(file(cert)),
+            private_key: Some(file(key)),
+            ..Default::default()
+        });
     }
     if !tls.insecure_skip_verify {
         let sans = tls
