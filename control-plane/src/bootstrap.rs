@@ -71,6 +71,21 @@ pub struct BootstrapParams {
     pub listen_address: Option<IpAddr>,
     /// Gateway server port -> the port the gateway actually binds.
     pub gateway_ports: BTreeMap<u16, u16>,
+    /// The workload side of a sidecar: (inbound port, app port).
+    pub inbound: Option<(u16, u16)>,
+    /// Connect over TLS (straitd's secure port): required for mTLS, whose keys come over SDS.
+    pub tls: Option<XdsTls>,
+}
+
+/// How Envoy reaches straitd's TLS port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XdsTls {
+    /// The mesh root certificate (PEM file) that straitd's serving certificate chains to.
+    pub ca_cert: std::path::PathBuf,
+    /// A bootstrap token (`straitctl token create`) proving the workload's identity.
+    pub token: String,
+    /// The name to verify on straitd's certificate.
+    pub server_name: String,
 }
 
 /// Formats gateway ports the way `ProxyNode::from_metadata` reads them: `80=18080,443=18443`.
@@ -112,6 +127,13 @@ pub fn node_metadata(p: &BootstrapParams) -> Map<String, Value> {
             keys::GATEWAY_PORTS.into(),
             Value::String(format_gateway_ports(&p.gateway_ports)),
         );
+    }
+    if let Some((inbound, app)) = p.inbound {
+        m.insert(
+            keys::INBOUND_PORT.into(),
+            Value::String(inbound.to_string()),
+        );
+        m.insert(keys::APP_PORT.into(), Value::String(app.to_string()));
     }
     m
 }
@@ -159,6 +181,28 @@ pub fn envoy_bootstrap(p: &BootstrapParams) -> Value {
         // "localhost" resolves to ::1 first under AUTO, while straitd usually binds IPv4.
         xds_cluster["dns_lookup_family"] = json!("V4_PREFERRED");
     }
+    let mut grpc_service = json!({ "envoy_grpc": { "cluster_name": XDS_CLUSTER } });
+    if let Some(tls) = &p.tls {
+        xds_cluster["transport_socket"] = json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": tls.server_name,
+                "common_tls_context": {
+                    "alpn_protocols": ["h2"],
+                    "validation_context": {
+                        "trusted_ca": { "filename": tls.ca_cert.to_string_lossy() },
+                        "match_typed_subject_alt_names": [
+                            { "san_type": "DNS", "matcher": { "exact": tls.server_name } },
+                            { "san_type": "IP_ADDRESS", "matcher": { "exact": tls.server_name } }
+                        ]
+                    }
+                }
+            }
+        });
+        grpc_service["initial_metadata"] =
+            json!([{ "key": "authorization", "value": format!("Bearer {}", tls.token) }]);
+    }
 
     json!({
         "node": {
@@ -175,7 +219,7 @@ pub fn envoy_bootstrap(p: &BootstrapParams) -> Value {
             "ads_config": {
                 "api_type": p.xds_protocol.api_type(),
                 "transport_api_version": "V3",
-                "grpc_services": [{ "envoy_grpc": { "cluster_name": XDS_CLUSTER } }],
+                "grpc_services": [grpc_service],
                 "set_node_on_first_message_only": true
             },
             "cds_config": { "ads": {}, "resource_api_version": "V3" },
@@ -210,6 +254,8 @@ mod tests {
             admin_port: 16000,
             listen_address: Some(IpAddr::from([127, 0, 0, 2])),
             gateway_ports: BTreeMap::new(),
+            inbound: None,
+            tls: None,
         }
     }
 

@@ -2,22 +2,26 @@
 //!
 //! Nodes with the same shape (mode, namespace, labels, ports) share one translation. A model
 //! change is debounced so a burst of edits gives a few pushes, and the cache only wakes the
-//! streams whose node's resources actually changed.
+//! streams whose node's resources actually changed. Workload certificates ride along as SDS
+//! secrets and are renewed at half their lifetime by a push of their own.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use strait_model::{Model, ProxyNode};
+use strait_translate::MeshSettings;
 use strait_xds::cache::SnapshotCache;
 use strait_xds::server::NodeEvent;
-use strait_xds::snapshot::{Resources, Snapshot};
+use strait_xds::snapshot::{InconsistentSnapshot, Resources, Snapshot};
 use strait_xds::status::struct_to_json;
 use tokio::sync::{mpsc, watch};
 
+use crate::certs::WorkloadCertificates;
 use crate::store::Published;
 
 /// Quiet time after a model change before pushing, and the longest a burst can delay a push.
@@ -34,11 +38,26 @@ struct Metrics {
 pub struct Controller {
     cache: SnapshotCache,
     metrics: Metrics,
-    nodes: HashMap<String, ProxyNode>,
+    settings: MeshSettings,
+    /// The mesh CA's certificates, when straitd runs one.
+    certs: Option<WorkloadCertificates>,
+    nodes: HashMap<String, Connected>,
+}
+
+/// A connected proxy and whether a stream proved it holds the identity it claims.
+#[derive(Clone)]
+struct Connected {
+    proxy: ProxyNode,
+    authenticated: bool,
 }
 
 impl Controller {
-    pub fn new(cache: SnapshotCache, registry: &mut Registry) -> Self {
+    pub fn new(
+        cache: SnapshotCache,
+        registry: &mut Registry,
+        settings: MeshSettings,
+        certs: Option<WorkloadCertificates>,
+    ) -> Self {
         let metrics = Metrics {
             translations: Counter::default(),
             translation_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
@@ -62,6 +81,8 @@ impl Controller {
         Controller {
             cache,
             metrics,
+            settings,
+            certs,
             nodes: HashMap::new(),
         }
     }
@@ -75,6 +96,11 @@ impl Controller {
         let mut burst_started: Option<Instant> = None;
         let mut fire_at = tokio::time::Instant::now();
         loop {
+            let renewal = self
+                .certs
+                .as_ref()
+                .and_then(WorkloadCertificates::next_renewal);
+            let renew_at = tokio::time::Instant::from_std(renewal.unwrap_or_else(Instant::now));
             tokio::select! {
                 event = events.recv() => match event {
                     Some(event) => {
@@ -98,28 +124,47 @@ impl Controller {
                     tracing::info!(generation = published.generation, nodes = self.nodes.len(), "pushing configuration");
                     self.push(&published.model, self.nodes.values().cloned().collect());
                 }
+                () = tokio::time::sleep_until(renew_at), if renewal.is_some() => {
+                    // Certificates past half their lifetime are reissued by this push.
+                    let model = models.borrow().model.clone();
+                    tracing::info!("renewing workload certificates");
+                    self.push(&model, self.nodes.values().cloned().collect());
+                }
             }
         }
     }
 
     fn on_event(&mut self, event: NodeEvent, model: &Model) {
         match event {
-            NodeEvent::Connected { node } => {
+            NodeEvent::Connected { node, identity } => {
                 let metadata = node
                     .metadata
                     .as_ref()
                     .map(struct_to_json)
                     .unwrap_or_default();
                 let metadata = metadata.as_object().cloned().unwrap_or_default();
-                match ProxyNode::from_metadata(&node.id, &metadata) {
-                    Ok(proxy) => {
-                        tracing::info!(node = %proxy.id, mode = %proxy.mode, namespace = %proxy.namespace, "proxy connected");
-                        self.nodes.insert(proxy.id.clone(), proxy.clone());
-                        self.push(model, vec![proxy]);
+                let connected = ProxyNode::from_metadata(&node.id, &metadata)
+                    .map_err(|e| e.to_string())
+                    .and_then(|proxy| {
+                        let claimed = self.identity_of(&proxy);
+                        match &identity {
+                            Some(proven) if *proven != claimed => Err(format!(
+                                "node {:?} authenticated as {proven} but its metadata claims {claimed}",
+                                node.id
+                            )),
+                            _ => Ok(Connected { proxy, authenticated: identity.is_some() }),
+                        }
+                    });
+                match connected {
+                    Ok(connected) => {
+                        let proxy = &connected.proxy;
+                        tracing::info!(node = %proxy.id, mode = %proxy.mode, namespace = %proxy.namespace, authenticated = connected.authenticated, "proxy connected");
+                        self.nodes.insert(proxy.id.clone(), connected.clone());
+                        self.push(model, vec![connected]);
                     }
                     Err(error) => {
-                        tracing::warn!(node = %node.id, %error, "rejecting proxy with invalid metadata");
-                        self.cache.reject(&node.id, error.to_string());
+                        tracing::warn!(node = %node.id, %error, "rejecting proxy");
+                        self.cache.reject(&node.id, error);
                     }
                 }
             }
@@ -131,22 +176,62 @@ impl Controller {
         }
     }
 
-    /// Translates once per node shape, checks each snapshot, and publishes it to its nodes.
-    fn push(&self, model: &Model, nodes: Vec<ProxyNode>) {
-        let started = Instant::now();
-        let mut by_shape: BTreeMap<String, (ProxyNode, Vec<String>)> = BTreeMap::new();
-        for node in nodes {
-            let shape = node.shape();
-            let key = format!("{shape:?}");
-            by_shape
-                .entry(key)
-                .or_insert_with(|| (shape, Vec::new()))
-                .1
-                .push(node.id);
+    /// The SPIFFE identity a node claims: its namespace and service account.
+    fn identity_of(&self, node: &ProxyNode) -> String {
+        format!(
+            "spiffe://{}/ns/{}/sa/{}",
+            self.settings.trust_domain,
+            node.namespace,
+            node.service_account_or_default()
+        )
+    }
+
+    /// The SDS secrets for a shape: the trust bundle always, the workload key only when a
+    /// proxy of that shape proved it holds the identity.
+    fn secrets(&self, shape: &ProxyNode, authenticated: bool) -> (Vec<Secret>, Option<String>) {
+        let Some(certs) = &self.certs else {
+            return (Vec::new(), None);
+        };
+        let mut secrets = vec![certs.root_secret()];
+        if !authenticated {
+            return (secrets, None);
         }
-        for (shape, ids) in by_shape.into_values() {
+        let issued = strait_ca::Identity::new(
+            self.settings.trust_domain.clone(),
+            shape.namespace.clone(),
+            shape.service_account_or_default().to_string(),
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|id| certs.workload_secret(&id).map_err(|e| e.to_string()));
+        match issued {
+            Ok(secret) => {
+                secrets.push(secret);
+                (secrets, Some(self.identity_of(shape)))
+            }
+            Err(error) => {
+                tracing::error!(%error, namespace = %shape.namespace, "cannot issue a workload certificate");
+                (secrets, None)
+            }
+        }
+    }
+
+    /// Translates once per node shape, checks each snapshot, and publishes it to its nodes.
+    fn push(&self, model: &Model, nodes: Vec<Connected>) {
+        let started = Instant::now();
+        let mut by_shape: BTreeMap<String, (ProxyNode, bool, Vec<String>)> = BTreeMap::new();
+        for node in nodes {
+            let shape = node.proxy.shape();
+            let key = format!("{shape:?}");
+            let entry = by_shape
+                .entry(key)
+                .or_insert_with(|| (shape, false, Vec::new()));
+            entry.1 |= node.authenticated;
+            entry.2.push(node.proxy.id);
+        }
+        for (shape, authenticated, ids) in by_shape.into_values() {
             self.metrics.translations.inc();
-            match snapshot(model, &shape) {
+            let (secrets, secret_owner) = self.secrets(&shape, authenticated);
+            match snapshot(model, &shape, &self.settings, secrets, secret_owner) {
                 Ok(snapshot) => {
                     let snapshot = Arc::new(snapshot);
                     for id in ids {
@@ -172,12 +257,17 @@ impl Controller {
 pub fn snapshot(
     model: &Model,
     node: &ProxyNode,
-) -> Result<Snapshot, strait_xds::snapshot::InconsistentSnapshot> {
-    let out = strait_translate::translate(model, node);
+    settings: &MeshSettings,
+    secrets: Vec<Secret>,
+    secret_owner: Option<String>,
+) -> Result<Snapshot, InconsistentSnapshot> {
+    let out = strait_translate::translate_with(model, node, settings);
     Snapshot::build(Resources {
         listeners: out.listeners,
         routes: out.routes,
         clusters: out.clusters,
         endpoints: out.endpoints,
+        secrets,
+        secret_owner,
     })
 }

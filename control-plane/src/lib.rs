@@ -1,7 +1,9 @@
 //! The control plane's runtime: config sources and store, the push loop, the admin API, bootstrap.
 
 pub mod admin;
+pub mod auth;
 pub mod bootstrap;
+pub mod certs;
 pub mod controller;
 pub mod ctl;
 pub mod store;

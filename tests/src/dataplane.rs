@@ -42,6 +42,12 @@ pub struct ProxySpec {
     pub gateway_ports: BTreeMap<u16, u16>,
     /// `None`: straitd's default for the mode.
     pub listen_address: Option<IpAddr>,
+    /// The workload's service account (its identity), `default` when `None`.
+    pub service_account: Option<String>,
+    /// The sidecar's inbound side: (inbound port, the app's port on 127.0.0.1).
+    pub inbound: Option<(u16, u16)>,
+    /// Connect to straitd's TLS port with a bootstrap token (needed for mTLS keys).
+    pub secure: bool,
 }
 
 impl ProxySpec {
@@ -57,6 +63,9 @@ impl ProxySpec {
             xds_protocol: XdsProtocol::default(),
             gateway_ports: BTreeMap::new(),
             listen_address: None,
+            service_account: None,
+            inbound: None,
+            secure: false,
         }
     }
 
@@ -75,6 +84,27 @@ impl ProxySpec {
             listen_address: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             ..ProxySpec::sidecar(node_id, namespace, labels)
         }
+    }
+
+    /// A workload with an identity, an inbound side in front of `app_port` (a free inbound port is
+    /// picked), connected over straitd's TLS port.
+    pub fn workload(mut self, service_account: &str, app_port: u16) -> ProxySpec {
+        self.service_account = Some(service_account.to_string());
+        self.inbound = Some((free_port(), app_port));
+        self.secure = true;
+        self
+    }
+
+    /// Connects over straitd's TLS port with a token for the spec's identity.
+    pub fn secure(mut self, service_account: &str) -> ProxySpec {
+        self.service_account = Some(service_account.to_string());
+        self.secure = true;
+        self
+    }
+
+    /// The port a sidecar accepts its workload's traffic on.
+    pub fn inbound_port(&self) -> Option<u16> {
+        self.inbound.map(|(port, _)| port)
     }
 
     pub fn with_xds_protocol(mut self, protocol: XdsProtocol) -> ProxySpec {
@@ -124,6 +154,8 @@ impl ProxySpec {
 pub trait Proxy: Send {
     /// Where the app sends outbound traffic (a sidecar's outbound listener).
     fn outbound_addr(&self) -> SocketAddr;
+    /// Where the sidecar accepts its workload's traffic, when it has an inbound side.
+    fn inbound_port(&self) -> Option<u16>;
     /// Where a gateway listens for a Gateway server port.
     fn gateway_addr(&self, server_port: u16) -> SocketAddr;
     /// The admin API, `http://127.0.0.1:PORT`.

@@ -28,7 +28,8 @@ impl DataPlane for Envoy {
     }
 
     fn start(&self, straitd: &Straitd, spec: &ProxySpec) -> anyhow::Result<Box<dyn Proxy>> {
-        let mut proxy = Envoy::launch(straitd.xds_addr(), spec)?;
+        let target = XdsTarget::for_spec(straitd, spec)?;
+        let mut proxy = Envoy::launch(&target, spec)?;
         proxy.process.wait_configured(READY_TIMEOUT)?;
         Ok(Box::new(proxy))
     }
@@ -38,7 +39,7 @@ impl Envoy {
     /// Bootstraps and spawns Envoy for `spec` against the xDS server at `xds`, and returns once
     /// its admin API answers, without waiting for configuration (see
     /// [`EnvoyProcess::wait_configured`]).
-    pub fn launch(xds: SocketAddr, spec: &ProxySpec) -> anyhow::Result<EnvoyProxy> {
+    pub fn launch(xds: &XdsTarget, spec: &ProxySpec) -> anyhow::Result<EnvoyProxy> {
         let workdir = workdir(&format!("envoy-{}-", spec.node_id))?;
         let outbound_port = free_port();
         let admin_port = free_port();
@@ -59,8 +60,33 @@ impl Envoy {
 }
 
 /// Runs `straitctl bootstrap` for `spec`, writing the bootstrap to `out`.
+/// Where a proxy finds straitd: the plaintext port, or the TLS port with a root and a token.
+#[derive(Clone, Debug)]
+pub struct XdsTarget {
+    pub addr: SocketAddr,
+    pub tls: Option<(std::path::PathBuf, String)>,
+}
+
+impl XdsTarget {
+    pub fn plaintext(addr: SocketAddr) -> XdsTarget {
+        XdsTarget { addr, tls: None }
+    }
+
+    /// The TLS port with a token for the spec's identity when the spec is secure.
+    pub fn for_spec(straitd: &crate::Straitd, spec: &ProxySpec) -> anyhow::Result<XdsTarget> {
+        if !spec.secure {
+            return Ok(XdsTarget::plaintext(straitd.xds_addr()));
+        }
+        let sa = spec.service_account.as_deref().unwrap_or("default");
+        Ok(XdsTarget {
+            addr: straitd.tls_addr(),
+            tls: Some((straitd.root_cert(), straitd.token(&spec.namespace, sa)?)),
+        })
+    }
+}
+
 pub fn straitctl_bootstrap(
-    xds: SocketAddr,
+    xds: &XdsTarget,
     spec: &ProxySpec,
     outbound_port: u16,
     admin_port: u16,
@@ -72,7 +98,7 @@ pub fn straitctl_bootstrap(
         .args(["--namespace", &spec.namespace])
         .args(["--labels", &spec.labels_arg()])
         .args(["--mode", &spec.mode.to_string()])
-        .args(["--xds", &xds.to_string()])
+        .args(["--xds", &xds.addr.to_string()])
         .args(["--xds-protocol", spec.xds_protocol.as_str()])
         .args(["--outbound-port", &outbound_port.to_string()])
         .args(["--admin-port", &admin_port.to_string()])
@@ -83,6 +109,22 @@ pub fn straitctl_bootstrap(
     }
     if !spec.gateway_ports.is_empty() {
         cmd.args(["--gateway-ports", &spec.gateway_ports_arg()]);
+    }
+    if let Some(sa) = &spec.service_account {
+        cmd.args(["--service-account", sa]);
+    }
+    if let Some((inbound, app)) = spec.inbound {
+        cmd.args([
+            "--inbound-port",
+            &inbound.to_string(),
+            "--app-port",
+            &app.to_string(),
+        ]);
+    }
+    if let Some((ca, token)) = &xds.tls {
+        cmd.arg("--xds-ca-cert")
+            .arg(ca)
+            .args(["--token", token, "--xds-server-name", "localhost"]);
     }
     let output = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     anyhow::ensure!(
@@ -319,6 +361,10 @@ impl Proxy for EnvoyProxy {
 
     fn config_dump(&self) -> anyhow::Result<serde_json::Value> {
         self.process.config_dump()
+    }
+
+    fn inbound_port(&self) -> Option<u16> {
+        self.spec.inbound_port()
     }
 
     fn log(&self) -> String {

@@ -39,8 +39,9 @@ pub struct Straitd {
     options: StraitdOptions,
     xds_addr: SocketAddr,
     admin_addr: SocketAddr,
-    /// Holds the log file; dropped after the process (field order).
-    _workdir: TempDir,
+    tls_addr: SocketAddr,
+    /// Holds the log file and the data dir (kept across restarts); dropped after the process.
+    workdir: TempDir,
 }
 
 impl Straitd {
@@ -54,15 +55,28 @@ impl Straitd {
         let workdir = workdir("straitd-")?;
         let xds_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let tls_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log_path = workdir.path().join("straitd.log");
-        let process = spawn(binary, &options, xds_addr, admin_addr, &log_path)?;
+        let addrs = Addrs {
+            xds: xds_addr,
+            admin: admin_addr,
+            tls: tls_addr,
+        };
+        let process = spawn(
+            binary,
+            &options,
+            addrs,
+            &workdir.path().join("data"),
+            &log_path,
+        )?;
         let mut straitd = Straitd {
             process,
             binary: binary.to_path_buf(),
             options,
             xds_addr,
             admin_addr,
-            _workdir: workdir,
+            tls_addr,
+            workdir,
         };
         straitd.wait_ready()?;
         Ok(straitd)
@@ -102,11 +116,16 @@ impl Straitd {
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.process.kill();
         let log_path = self.process.log_path().to_path_buf();
+        let addrs = Addrs {
+            xds: self.xds_addr,
+            admin: self.admin_addr,
+            tls: self.tls_addr,
+        };
         self.process = spawn(
             &self.binary,
             &self.options,
-            self.xds_addr,
-            self.admin_addr,
+            addrs,
+            &self.data_dir(),
             &log_path,
         )?;
         self.wait_ready()
@@ -118,6 +137,44 @@ impl Straitd {
 
     pub fn xds_addr(&self) -> SocketAddr {
         self.xds_addr
+    }
+
+    /// straitd's TLS port: xDS with SDS keys, and the certificate API.
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.tls_addr
+    }
+
+    /// `--data-dir`: the CA root and the token key live here, and survive `restart`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.workdir.path().join("data")
+    }
+
+    /// The mesh root certificate, for verifying straitd and workload certificates.
+    pub fn root_cert(&self) -> PathBuf {
+        self.data_dir().join("root-cert.pem")
+    }
+
+    /// A bootstrap token for an identity, from `straitctl token create`.
+    pub fn token(&self, namespace: &str, service_account: &str) -> anyhow::Result<String> {
+        let output = Command::new(crate::bins::straitctl())
+            .args([
+                "token",
+                "create",
+                "--namespace",
+                namespace,
+                "--service-account",
+                service_account,
+            ])
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .output()
+            .context("running straitctl token create")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "straitctl token create failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -169,20 +226,31 @@ impl Straitd {
     }
 }
 
+#[derive(Clone, Copy)]
+struct Addrs {
+    xds: SocketAddr,
+    admin: SocketAddr,
+    tls: SocketAddr,
+}
+
 fn spawn(
     binary: &Path,
     options: &StraitdOptions,
-    xds_addr: SocketAddr,
-    admin_addr: SocketAddr,
+    addrs: Addrs,
+    data_dir: &Path,
     log_path: &Path,
 ) -> anyhow::Result<ManagedChild> {
     let mut cmd = Command::new(binary);
     cmd.arg("--config-dir")
         .arg(&options.config_dir)
         .arg("--xds-addr")
-        .arg(xds_addr.to_string())
+        .arg(addrs.xds.to_string())
         .arg("--admin-addr")
-        .arg(admin_addr.to_string())
+        .arg(addrs.admin.to_string())
+        .arg("--xds-tls-addr")
+        .arg(addrs.tls.to_string())
+        .arg("--data-dir")
+        .arg(data_dir)
         .args(["--log-format", "text"])
         .args(&options.extra_args);
     ManagedChild::spawn("straitd", cmd, log_path)

@@ -98,7 +98,7 @@ fn without_a_control_plane_envoy_answers_but_is_not_configured() {
     // Nobody listens on this xDS port.
     let xds = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let spec = ProxySpec::sidecar("lonely", "default", &[("app", "lonely")]);
-    let mut proxy = Envoy::launch(xds, &spec).unwrap();
+    let mut proxy = Envoy::launch(&strait_tests::envoy::XdsTarget::plaintext(xds), &spec).unwrap();
     let admin = proxy.admin_url();
     assert!(proxy.outbound_addr().ip().is_loopback());
     assert!(proxy.config_dump().unwrap()["configs"].is_array());

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand, error::ErrorKind};
-use strait_control_plane::bootstrap::{BootstrapParams, XdsProtocol, envoy_bootstrap};
+use strait_control_plane::bootstrap::{BootstrapParams, XdsProtocol, XdsTls, envoy_bootstrap};
 use strait_control_plane::ctl;
 use strait_model::ProxyMode;
 use strait_model::node::DEFAULT_OUTBOUND_PORT;
@@ -38,6 +38,39 @@ enum Command {
     ProxyStatus(ctl::ProxyStatusArgs),
     /// Print a stock Envoy bootstrap that connects a proxy to straitd over ADS.
     Bootstrap(BootstrapArgs),
+    /// Bootstrap tokens that let a workload prove its identity to straitd.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Mint a token with straitd's signing key (read from its data dir: file access is the
+    /// authorization, as kubectl access is for Kubernetes tokens).
+    Create(TokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    #[arg(long, env = "STRAIT_DATA_DIR", default_value = "strait-data")]
+    data_dir: PathBuf,
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    #[arg(long, default_value = "default")]
+    service_account: String,
+    /// How long the token is valid, e.g. 1h or 30m.
+    #[arg(long, default_value = "24h", value_parser = strait_model::duration::parse)]
+    ttl: std::time::Duration,
+}
+
+fn token_create(args: TokenArgs) -> anyhow::Result<i32> {
+    let tokens = strait_ca::TokenIssuer::load_or_create(&args.data_dir)
+        .with_context(|| format!("loading the token key from {}", args.data_dir.display()))?;
+    let token = tokens
+        .create(&args.namespace, &args.service_account, args.ttl)
+        .context("creating the token")?;
+    println!("{token}");
+    Ok(0)
 }
 
 #[derive(Debug, clap::Args)]
@@ -80,6 +113,21 @@ struct BootstrapArgs {
     #[arg(long, value_parser = parse_gateway_ports, default_value = "")]
     gateway_ports: GatewayPorts,
     /// Write the bootstrap here instead of stdout.
+    /// The sidecar's inbound port for its workload (mTLS and authorization happen there).
+    #[arg(long, value_parser = parse_port, requires = "app_port")]
+    inbound_port: Option<u16>,
+    /// The workload's own port on 127.0.0.1, where inbound traffic goes.
+    #[arg(long, value_parser = parse_port, requires = "inbound_port")]
+    app_port: Option<u16>,
+    /// Connect to straitd's TLS port, verifying it against this mesh root (PEM).
+    #[arg(long, requires = "token")]
+    xds_ca_cert: Option<PathBuf>,
+    /// Bootstrap token proving the workload's identity (`straitctl token create`).
+    #[arg(long, requires = "xds_ca_cert")]
+    token: Option<String>,
+    /// The name on straitd's certificate (default: the --xds host).
+    #[arg(long)]
+    xds_server_name: Option<String>,
     #[arg(short = 'o', long = "output")]
     output: Option<PathBuf>,
 }
@@ -167,6 +215,7 @@ fn main() -> ExitCode {
         Command::Analyze(a) => ctl::run_analyze(&a),
         Command::ProxyStatus(a) => ctl::run_proxy_status(&a),
         Command::Bootstrap(args) => bootstrap(args).map(|()| 0),
+        Command::Token(TokenCommand::Create(args)) => token_create(args),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
@@ -194,6 +243,7 @@ fn bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
         .cluster
         .or_else(|| args.labels.0.get("app").cloned())
         .unwrap_or_else(|| args.node_id.clone());
+    let xds_host = args.xds.host.clone();
     let params = BootstrapParams {
         node_id: args.node_id,
         cluster,
@@ -208,6 +258,18 @@ fn bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
         admin_port: args.admin_port,
         listen_address: args.listen_address,
         gateway_ports: args.gateway_ports.0,
+        inbound: args.inbound_port.zip(args.app_port),
+        tls: match (args.xds_ca_cert, args.token) {
+            (Some(ca_cert), Some(token)) => Some(XdsTls {
+                ca_cert,
+                token,
+                server_name: args
+                    .xds_server_name
+                    .clone()
+                    .unwrap_or_else(|| xds_host.clone()),
+            }),
+            _ => None,
+        },
     };
     let mut text = serde_json::to_string_pretty(&envoy_bootstrap(&params))
         .context("serializing the bootstrap")?;

@@ -9,11 +9,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use clap::Parser;
 use prometheus_client::registry::Registry;
+use strait_ca::{
+    CaOptions, CaSource, CertificateAuthority, CertificateService, ServiceOptions, TokenIssuer,
+};
 use strait_control_plane::admin::{self, AdminState};
+use strait_control_plane::certs::WorkloadCertificates;
 use strait_control_plane::controller::Controller;
 use strait_control_plane::store::ConfigStore;
 use strait_control_plane::telemetry::{self, LogFormat, TelemetryOptions};
 use strait_control_plane::watch;
+use strait_translate::MeshSettings;
 use strait_xds::cache::SnapshotCache;
 use strait_xds::metrics::XdsMetrics;
 use strait_xds::server::AdsServer;
@@ -40,6 +45,35 @@ struct Args {
     /// OTLP/gRPC collector for spans, e.g. http://127.0.0.1:4317.
     #[arg(long, env = "STRAIT_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// Where the mesh CA keeps its root (key file mode 0600) and the token signing key.
+    #[arg(long, env = "STRAIT_DATA_DIR", default_value = "strait-data")]
+    data_dir: PathBuf,
+    /// Sign with an organisation's intermediate instead: a directory laid out as Istio's
+    /// cacerts (root-cert.pem, ca-cert.pem, ca-key.pem, cert-chain.pem).
+    #[arg(long, env = "STRAIT_PLUGIN_CA_DIR")]
+    plugin_ca_dir: Option<PathBuf>,
+    /// SPIFFE trust domain of workload identities.
+    #[arg(long, env = "STRAIT_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// Lifetime of workload certificates (renewed at half of it), e.g. 24h or 30s.
+    #[arg(long, env = "STRAIT_WORKLOAD_CERT_TTL", default_value = "24h", value_parser = parse_duration)]
+    workload_cert_ttl: std::time::Duration,
+    /// TLS port for xDS (with SDS private keys) and the certificate API; callers authenticate
+    /// with a bootstrap token or a mesh client certificate.
+    #[arg(long, env = "STRAIT_XDS_TLS_ADDR", default_value = "127.0.0.1:15012")]
+    xds_tls_addr: SocketAddr,
+    /// Names on straitd's own serving certificate (IP addresses become IP SANs).
+    #[arg(
+        long,
+        env = "STRAIT_SERVER_NAMES",
+        value_delimiter = ',',
+        default_value = "localhost,127.0.0.1,straitd"
+    )]
+    server_names: Vec<String>,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    strait_model::duration::parse(s)
 }
 
 #[tokio::main]
@@ -56,7 +90,31 @@ async fn main() -> anyhow::Result<()> {
     let cache = SnapshotCache::new();
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let ads = AdsServer::new(cache.clone(), events_tx, XdsMetrics::new(&mut registry));
-    let controller = Controller::new(cache, &mut registry);
+
+    // The mesh CA: its root survives restarts in --data-dir (or comes from --plugin-ca-dir).
+    let options = CaOptions {
+        trust_domain: args.trust_domain.clone(),
+        workload_ttl: args.workload_cert_ttl,
+        ..CaOptions::default()
+    };
+    let source = match &args.plugin_ca_dir {
+        Some(dir) => CaSource::plugin_dir(dir),
+        None => CaSource::SelfSigned {
+            data_dir: args.data_dir.clone(),
+        },
+    };
+    let ca = CertificateAuthority::load(source, options).context("loading the mesh CA")?;
+    let tokens =
+        TokenIssuer::load_or_create(&args.data_dir).context("loading the token signing key")?;
+    let settings = MeshSettings {
+        trust_domain: args.trust_domain.clone(),
+    };
+    let controller = Controller::new(
+        cache,
+        &mut registry,
+        settings,
+        Some(WorkloadCertificates::new(ca.clone())),
+    );
 
     // The first configuration is in force before any proxy can connect.
     let _watcher = match &args.config_dir {
@@ -83,6 +141,28 @@ async fn main() -> anyhow::Result<()> {
     let admin_listener = tokio::net::TcpListener::bind(args.admin_addr)
         .await
         .with_context(|| format!("binding the admin address {}", args.admin_addr))?;
+    let tls_listener = tokio::net::TcpListener::bind(args.xds_tls_addr)
+        .await
+        .with_context(|| format!("binding the TLS xDS address {}", args.xds_tls_addr))?;
+    // A year: straitd's own certificate is reissued on restart.
+    let serving = ca
+        .issue_server(
+            &args.server_names,
+            std::time::Duration::from_secs(365 * 24 * 3600),
+        )
+        .context("issuing straitd's serving certificate")?;
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(
+            serving.cert.chain_pem.concat(),
+            serving.key_pem.as_bytes(),
+        ))
+        .client_ca_root(tonic::transport::Certificate::from_pem(ca.roots_pem()))
+        .client_auth_optional(true);
+    let authenticator = Arc::new(strait_control_plane::auth::XdsAuthenticator::new(
+        tokens.clone(),
+        ca.trust_domain().to_string(),
+    ));
+    tracing::info!(addr = %args.xds_tls_addr, "serving xDS and the certificate API over TLS");
     tracing::warn!(addr = %args.xds_addr, "serving plaintext xDS: unauthenticated, for local development only");
     tracing::info!(addr = %args.admin_addr, "serving the admin API");
 
@@ -100,6 +180,7 @@ async fn main() -> anyhow::Result<()> {
 
     let shutdown = shutdown_signal();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_rx_tls = stop_rx.clone();
     let xds = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(ads.service())
@@ -110,7 +191,15 @@ async fn main() -> anyhow::Result<()> {
     let admin = axum::serve(admin_listener, app).with_graceful_shutdown(wait_for(stop_rx));
     ready.store(true, Ordering::Release);
 
+    let secure = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .context("configuring TLS")?
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .add_service(ads.authenticated(authenticator).service())
+        .add_service(CertificateService::new(ca, tokens, ServiceOptions::default()).server())
+        .serve_with_incoming_shutdown(tokio_stream_incoming(tls_listener), wait_for(stop_rx_tls));
     let xds_task = tokio::spawn(xds);
+    let secure_task = tokio::spawn(secure);
     let admin_task = tokio::spawn(async move { admin.await });
     shutdown.await;
     tracing::info!("shutting down");
@@ -124,6 +213,10 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("admin server task")?
         .context("admin server")?;
+    secure_task
+        .await
+        .context("TLS server task")?
+        .context("TLS server")?;
     Ok(())
 }
 

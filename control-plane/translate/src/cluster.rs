@@ -60,7 +60,7 @@ pub fn clusters(
             for (subset, labels) in subsets {
                 let name = cluster_name(&service.hostname, port.number, subset);
                 let policy = model.policy_for(&service.hostname, port.number, subset);
-                let endpoints = endpoints(service, port, labels);
+                let endpoints = endpoints(model, service, port, labels);
                 let (mut cluster, assignment) = cluster(&name, service, port, &policy, endpoints);
                 transport(
                     &mut cluster,
@@ -79,6 +79,7 @@ pub fn clusters(
 }
 
 fn endpoints(
+    model: &Model,
     service: &Service,
     port: &ServicePort,
     labels: Option<&BTreeMap<String, String>>,
@@ -94,7 +95,7 @@ fn endpoints(
             })),
             load_balancing_weight: Some(u32v(e.weight)),
             // Auto mTLS: endpoints whose sidecar accepts mesh mTLS say so, as in Istio.
-            metadata: e.mesh_tls().then(|| Metadata {
+            metadata: auto_mtls(model, e, port).then(|| Metadata {
                 filter_metadata: std::iter::once((
                     security::TLS_MODE_MATCH.to_string(),
                     tls_mode_struct(),
@@ -105,6 +106,14 @@ fn endpoints(
             ..Default::default()
         })
         .collect()
+}
+
+/// Auto mTLS to an endpoint: it runs a sidecar, and its PeerAuthentication does not turn mTLS
+/// off (as Istio decides per endpoint).
+fn auto_mtls(model: &Model, e: &strait_model::Endpoint, port: &ServicePort) -> bool {
+    e.mesh_tls()
+        && model.mtls_mode(&e.source.namespace, &e.labels, e.port_for(port))
+            != strait_model::MtlsMode::Disable
 }
 
 fn tls_mode_struct() -> Struct {

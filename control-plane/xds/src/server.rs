@@ -42,7 +42,11 @@ const WILDCARD: &str = "*";
 #[allow(clippy::large_enum_variant)]
 pub enum NodeEvent {
     /// The first stream of this node id opened; the controller should `set` or `reject` it.
-    Connected { node: Node },
+    /// `identity` is the SPIFFE identity the stream authenticated as (TLS port only).
+    Connected {
+        node: Node,
+        identity: Option<String>,
+    },
     /// The last stream of this node id closed.
     Disconnected { node_id: String },
 }
@@ -62,10 +66,23 @@ impl From<StreamError> for Status {
     }
 }
 
+/// Decides who a stream's client is, from its request metadata (a bearer token) and the
+/// certificates it presented on the TLS connection (DER, leaf first).
+pub trait Authenticator: Send + Sync + 'static {
+    /// The caller's SPIFFE identity, or a status that ends the stream.
+    fn authenticate(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        peer_certificates: Option<&[Vec<u8>]>,
+    ) -> Result<String, Status>;
+}
+
 /// The ADS server. Clones share streams and status.
 #[derive(Clone)]
 pub struct AdsServer {
     inner: Arc<Inner>,
+    /// Set for the TLS port: every stream must authenticate.
+    authenticator: Option<Arc<dyn Authenticator>>,
 }
 
 struct Inner {
@@ -95,6 +112,16 @@ impl AdsServer {
                 streams: Mutex::new(BTreeMap::new()),
                 nodes: Mutex::new(HashMap::new()),
             }),
+            authenticator: None,
+        }
+    }
+
+    /// The same server (shared cache, streams and status) for a port where every stream must
+    /// authenticate; only such streams can receive private keys.
+    pub fn authenticated(&self, authenticator: Arc<dyn Authenticator>) -> AdsServer {
+        AdsServer {
+            inner: self.inner.clone(),
+            authenticator: Some(authenticator),
         }
     }
 
@@ -113,11 +140,31 @@ impl AdsServer {
 
     fn start<P: Protocol>(
         &self,
-        requests: Streaming<P::Request>,
-    ) -> ReceiverStream<Result<P::Response, Status>> {
+        request: Request<Streaming<P::Request>>,
+    ) -> Result<ReceiverStream<Result<P::Response, Status>>, Status> {
+        let identity = match &self.authenticator {
+            None => None,
+            Some(authenticator) => {
+                let certificates: Option<Vec<Vec<u8>>> = request
+                    .peer_certs()
+                    .map(|certs| certs.iter().map(|c| c.as_ref().to_vec()).collect());
+                match authenticator.authenticate(request.metadata(), certificates.as_deref()) {
+                    Ok(identity) => Some(identity),
+                    Err(status) => {
+                        tracing::warn!(%status, remote = ?request.remote_addr(), "refusing unauthenticated xDS stream");
+                        return Err(status);
+                    }
+                }
+            }
+        };
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(serve_stream::<P>(self.inner.clone(), requests, tx));
-        ReceiverStream::new(rx)
+        tokio::spawn(serve_stream::<P>(
+            self.inner.clone(),
+            request.into_inner(),
+            identity,
+            tx,
+        ));
+        Ok(ReceiverStream::new(rx))
     }
 }
 
@@ -130,14 +177,14 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Ok(Response::new(self.start::<Sotw>(request.into_inner())))
+        Ok(Response::new(self.start::<Sotw>(request)?))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Ok(Response::new(self.start::<Delta>(request.into_inner())))
+        Ok(Response::new(self.start::<Delta>(request)?))
     }
 }
 
@@ -213,9 +260,19 @@ struct Registration {
 }
 
 impl Registration {
-    fn new(inner: &Arc<Inner>, node: &Node, protocol: &'static str) -> (Self, Ledger) {
+    fn new(
+        inner: &Arc<Inner>,
+        node: &Node,
+        protocol: &'static str,
+        identity: Option<String>,
+    ) -> (Self, Ledger) {
         let stream_id = inner.next_stream.fetch_add(1, Ordering::Relaxed);
-        let status = Arc::new(Mutex::new(ProxyStatus::new(stream_id, node, protocol)));
+        let status = Arc::new(Mutex::new(ProxyStatus::new(
+            stream_id,
+            node,
+            protocol,
+            identity.clone(),
+        )));
         lock(&inner.streams).insert(stream_id, status.clone());
         {
             // Events are sent under the lock so Connected and Disconnected of one node id
@@ -227,7 +284,10 @@ impl Registration {
                 inner.cache.clear_rejection(&node.id);
                 if inner
                     .events
-                    .send(NodeEvent::Connected { node: node.clone() })
+                    .send(NodeEvent::Connected {
+                        node: node.clone(),
+                        identity,
+                    })
                     .is_err()
                 {
                     tracing::debug!(node = %node.id, "no controller listening for node events");
@@ -277,6 +337,7 @@ impl Drop for Registration {
 async fn serve_stream<P: Protocol>(
     inner: Arc<Inner>,
     mut requests: Streaming<P::Request>,
+    identity: Option<String>,
     tx: mpsc::Sender<Result<P::Response, Status>>,
 ) {
     let first = match requests.next().await {
@@ -301,7 +362,7 @@ async fn serve_stream<P: Protocol>(
         }
     };
 
-    let (registration, ledger) = Registration::new(&inner, &node, P::NAME);
+    let (registration, ledger) = Registration::new(&inner, &node, P::NAME, identity.clone());
     let mut state = inner.cache.subscribe(&node.id);
     let mut protocol = P::new(ledger);
     protocol.on_request(first, Instant::now());
@@ -317,6 +378,8 @@ async fn serve_stream<P: Protocol>(
                 return;
             }
             NodeState::Ready(snapshot) => {
+                // Private keys only ever go to a stream authenticated as their owner.
+                let snapshot = snapshot.for_identity(identity.as_deref());
                 let published_at = inner
                     .cache
                     .published_at(&node.id)

@@ -1,6 +1,7 @@
 //! Immutable, versioned sets of xDS resources, checked for internal consistency when built.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
@@ -12,7 +13,7 @@ use envoy_types::pb::envoy::config::route::v3::route_action::{
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
@@ -45,6 +46,8 @@ pub struct Resources {
     pub clusters: Vec<Cluster>,
     pub endpoints: Vec<ClusterLoadAssignment>,
     pub secrets: Vec<Secret>,
+    /// The only SPIFFE identity allowed to receive the secrets that hold a private key.
+    pub secret_owner: Option<String>,
 }
 
 /// Why a set of resources cannot be served: Envoy would reject it or route to nowhere.
@@ -78,7 +81,7 @@ pub enum InconsistentSnapshot {
 }
 
 /// One type's resources: the type version and each resource's own version and packed form.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct TypeResources {
     version: String,
     resources: BTreeMap<String, (String, Any)>,
@@ -126,13 +129,16 @@ impl TypeResources {
 }
 
 /// An immutable, internally consistent set of listeners, routes, clusters and endpoints.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Snapshot {
     listeners: TypeResources,
     routes: TypeResources,
     clusters: TypeResources,
     endpoints: TypeResources,
     secrets: TypeResources,
+    secret_owner: Option<String>,
+    /// Secrets holding a private key.
+    private_secrets: BTreeSet<String>,
     /// `ClusterLoadAssignment` names that EDS clusters of this snapshot will ask for.
     eds_service_names: BTreeSet<String>,
     /// EDS cluster name -> the assignment name it asks for.
@@ -153,6 +159,12 @@ impl Snapshot {
                 e.cluster_name.as_str()
             })?;
         let secrets = TypeResources::build("secret", &resources.secrets, |s| s.name.as_str())?;
+        let private_secrets = resources
+            .secrets
+            .iter()
+            .filter(|s| matches!(s.r#type, Some(secret::Type::TlsCertificate(_))))
+            .map(|s| s.name.clone())
+            .collect();
 
         let cluster_names: BTreeSet<&str> =
             resources.clusters.iter().map(|c| c.name.as_str()).collect();
@@ -203,9 +215,26 @@ impl Snapshot {
             clusters,
             endpoints,
             secrets,
+            secret_owner: resources.secret_owner,
+            private_secrets,
             eds_service_names: eds_clusters.values().cloned().collect(),
             eds_clusters,
         })
+    }
+
+    /// What a stream authenticated as `identity` may see: the whole snapshot for the secrets'
+    /// owner, else the snapshot without any private key.
+    pub fn for_identity(self: &Arc<Self>, identity: Option<&str>) -> Arc<Snapshot> {
+        let owner = self.secret_owner.as_deref();
+        if self.private_secrets.is_empty() || (identity.is_some() && identity == owner) {
+            return self.clone();
+        }
+        let mut visible = (**self).clone();
+        visible
+            .secrets
+            .resources
+            .retain(|name, _| !self.private_secrets.contains(name));
+        Arc::new(visible)
     }
 
     fn of_type(&self, type_url: &str) -> Option<&TypeResources> {

@@ -20,6 +20,8 @@ pub struct ProxyStatus {
     pub user_agent: String,
     /// `"sotw"` or `"delta"`.
     pub protocol: &'static str,
+    /// The SPIFFE identity the stream authenticated as (TLS port only).
+    pub identity: Option<String>,
     pub connected_at_unix_ms: u64,
     /// Keyed by type URL; a type appears once the client has asked for it.
     pub types: BTreeMap<String, TypeStatus>,
@@ -51,7 +53,12 @@ pub struct NackStatus {
 }
 
 impl ProxyStatus {
-    pub(crate) fn new(stream_id: u64, node: &Node, protocol: &'static str) -> Self {
+    pub(crate) fn new(
+        stream_id: u64,
+        node: &Node,
+        protocol: &'static str,
+        identity: Option<String>,
+    ) -> Self {
         Self {
             stream_id,
             node_id: node.id.clone(),
@@ -63,6 +70,7 @@ impl ProxyStatus {
                 .unwrap_or(serde_json::Value::Object(serde_json::Map::new())),
             user_agent: user_agent(node),
             protocol,
+            identity,
             connected_at_unix_ms: unix_ms_now(),
             types: BTreeMap::new(),
         }

@@ -5,5 +5,6 @@
 mod common;
 mod config_changes;
 mod gateway;
+mod mtls;
 mod resilience;
 mod samples;

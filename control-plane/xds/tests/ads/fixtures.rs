@@ -173,6 +173,7 @@ pub fn basic() -> Resources {
         clusters: vec![cluster(CLUSTER, 1)],
         endpoints: vec![load_assignment(CLUSTER, 8080)],
         secrets: Vec::new(),
+        secret_owner: None,
     }
 }
 

@@ -11,7 +11,7 @@ use crate::harness::{Harness, first, request};
 
 fn connected(event: NodeEvent) -> String {
     match event {
-        NodeEvent::Connected { node } => node.id,
+        NodeEvent::Connected { node, .. } => node.id,
         other => panic!("expected Connected, got {other:?}"),
     }
 }

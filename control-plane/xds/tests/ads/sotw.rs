@@ -60,7 +60,7 @@ async fn handshake_answers_each_type_and_records_acks() {
     assert_eq!(nonces.len(), 4, "nonces are unique");
 
     match h.event().await {
-        strait_xds::NodeEvent::Connected { node } => assert_eq!(node.id, "n1"),
+        strait_xds::NodeEvent::Connected { node, .. } => assert_eq!(node.id, "n1"),
         other => panic!("expected Connected, got {other:?}"),
     }
     let status = h.status("n1");
@@ -382,4 +382,36 @@ async fn secrets_are_served_by_name() {
     let sds = c.recv().await;
     assert_eq!(sds.type_url, SECRET_TYPE);
     assert_eq!(names(&sds), vec!["ROOTCA"], "only the named secret");
+}
+
+#[tokio::test]
+async fn private_keys_never_reach_an_unauthenticated_stream() {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        Secret, TlsCertificate, secret,
+    };
+    use strait_xds::snapshot::SECRET_TYPE;
+    let h = Harness::start().await;
+    let mut resources = fixtures::basic();
+    resources.secrets = vec![
+        Secret {
+            name: "default".to_string(),
+            r#type: Some(secret::Type::TlsCertificate(TlsCertificate::default())),
+        },
+        Secret {
+            name: "ROOTCA".to_string(),
+            ..Default::default()
+        },
+    ];
+    resources.secret_owner = Some("spiffe://cluster.local/ns/default/sa/web".to_string());
+    h.set("n1", resources);
+    // The harness serves plaintext: no identity, so the workload key is withheld.
+    let mut c = h.sotw().await;
+    c.send(first("n1", SECRET_TYPE, &["default", "ROOTCA"]))
+        .await;
+    let sds = c.recv().await;
+    assert_eq!(
+        names(&sds),
+        vec!["ROOTCA"],
+        "the private key must be withheld"
+    );
 }
