@@ -158,6 +158,9 @@ impl Controller {
                 match connected {
                     Ok(connected) => {
                         let proxy = &connected.proxy;
+                        if proxy.inbound.is_some() && !connected.authenticated {
+                            tracing::warn!(node = %proxy.id, "proxy serves a workload but connected without authentication: it gets no workload certificate, so mTLS to and from it cannot work; connect to the TLS xDS port with a bootstrap token");
+                        }
                         tracing::info!(node = %proxy.id, mode = %proxy.mode, namespace = %proxy.namespace, authenticated = connected.authenticated, "proxy connected");
                         self.nodes.insert(proxy.id.clone(), connected.clone());
                         self.push(model, vec![connected]);

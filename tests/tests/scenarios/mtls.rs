@@ -124,7 +124,9 @@ fn caller_identity(resp: &strait_tests::Resp) -> anyhow::Result<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_mtls_carries_the_client_identity_and_refuses_plaintext() -> anyhow::Result<()> {
-    let mesh = Mesh::start(&[("pa.yaml", &peer_authentication("STRICT"))], &[])?;
+    // Istio's own sample, as it is: ISTIO_MUTUAL for every bookinfo service (explicit, not auto).
+    let rules = crate::common::istio_sample("destination-rule-all-mtls.yaml");
+    let mesh = Mesh::start(&[("pa.yaml", &peer_authentication("STRICT")), ("dr.yaml", &rules)], &[])?;
     let resp = eventually(CONVERGE, || async {
         let resp = mesh.via_client("/").await?;
         anyhow::ensure!(resp.status == 200, "{resp:?}");
@@ -142,6 +144,16 @@ async fn strict_mtls_carries_the_client_identity_and_refuses_plaintext() -> anyh
         "STRICT must refuse plaintext: {refused:?}"
     );
     anyhow::ensure!(mesh.app.requests() >= 1);
+    if strait_tests::data_plane().name() == "envoy" {
+        // The client's ratings cluster uses mesh mTLS because the DestinationRule says so.
+        let dump = mesh.client.config_dump()?;
+        let text = dump.to_string();
+        anyhow::ensure!(
+            text.contains("outbound_.9080_.v1_.ratings.default.svc.cluster.local")
+                && text.contains("spiffe://cluster.local/ns/default/sa/bookinfo-ratings"),
+            "ISTIO_MUTUAL with the server's identity expected in the client's clusters"
+        );
+    }
     assert_no_nacks(&mesh.straitd)
 }
 
