@@ -126,7 +126,13 @@ fn caller_identity(resp: &strait_tests::Resp) -> anyhow::Result<String> {
 async fn strict_mtls_carries_the_client_identity_and_refuses_plaintext() -> anyhow::Result<()> {
     // Istio's own sample, as it is: ISTIO_MUTUAL for every bookinfo service (explicit, not auto).
     let rules = crate::common::istio_sample("destination-rule-all-mtls.yaml");
-    let mesh = Mesh::start(&[("pa.yaml", &peer_authentication("STRICT")), ("dr.yaml", &rules)], &[])?;
+    let mesh = Mesh::start(
+        &[
+            ("pa.yaml", &peer_authentication("STRICT")),
+            ("dr.yaml", &rules),
+        ],
+        &[],
+    )?;
     let resp = eventually(CONVERGE, || async {
         let resp = mesh.via_client("/").await?;
         anyhow::ensure!(resp.status == 200, "{resp:?}");
