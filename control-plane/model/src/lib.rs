@@ -7,6 +7,7 @@ pub mod istio;
 pub mod loader;
 pub mod model;
 pub mod node;
+pub mod re2;
 
 pub use error::{ObjectId, ValidationError, ValidationErrors};
 pub use istio::Kind;

@@ -204,6 +204,11 @@ fn matches_are_checked() {
             "invalid regular expression",
         ],
     );
+    // Valid for Rust's regex, refused by Envoy's RE2: caught here instead of as a NACK.
+    rejects(
+        &with_match("{uri: {regex: '(?x) /a # b'}}"),
+        &["spec.http[0].match[0].uri.regex", "RE2", "(x) flag"],
+    );
     rejects(
         &with_match("{headers: {End-User: {exact: jason}}}"),
         &["spec.http[0].match[0].headers.End-User", "lowercase"],

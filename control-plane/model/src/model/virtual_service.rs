@@ -606,6 +606,8 @@ fn check_regex(re: &str, path: &str, r: &mut Report<'_>) {
             .trim()
             .to_string();
         r.error(path, format!("invalid regular expression {re:?}: {first}"));
+    } else if let Err(e) = crate::re2::check(re) {
+        r.error(path, format!("regular expression {re:?}: {e}"));
     }
 }
 
