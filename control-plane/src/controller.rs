@@ -220,6 +220,7 @@ impl Controller {
 
     /// Translates once per node shape, checks each snapshot, and publishes it to its nodes.
     fn push(&self, model: &Model, nodes: Vec<Connected>) {
+        let _span = tracing::info_span!("xds.push", nodes = nodes.len()).entered();
         let started = Instant::now();
         let mut by_shape: BTreeMap<String, (ProxyNode, bool, Vec<String>)> = BTreeMap::new();
         for node in nodes {

@@ -185,6 +185,8 @@ impl ConfigStore {
 
     /// Replaces the file layer with a freshly loaded directory.
     pub fn replace_files(&self, objects: Vec<Object>) -> Result<Arc<Published>, ValidationErrors> {
+        let _span = tracing::info_span!("config.apply", source = "files", objects = objects.len())
+            .entered();
         let mut layers = self.lock();
         let candidate = union(&objects, &layers.api, &[]);
         let model = match Model::build(candidate.iter().copied()) {
@@ -218,6 +220,8 @@ impl ConfigStore {
 
     /// Applies objects through the API layer, as one batch.
     pub fn apply(&self, objects: Vec<Object>) -> Result<ApplyOutcome, ValidationErrors> {
+        let _span =
+            tracing::info_span!("config.apply", source = "api", objects = objects.len()).entered();
         self.apply_batch(objects, false)
     }
 
@@ -285,6 +289,7 @@ impl ConfigStore {
     /// cannot be deleted here; an API object that overrode one is deleted and the file's
     /// version comes back.
     pub fn delete(&self, ids: &[ObjectId]) -> Result<DeleteOutcome, StoreError> {
+        let _span = tracing::info_span!("config.delete", objects = ids.len()).entered();
         let mut layers = self.lock();
         let ids: BTreeSet<&ObjectId> = ids.iter().collect();
         for &id in &ids {
