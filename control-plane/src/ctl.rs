@@ -523,7 +523,7 @@ pub fn run_proxy_status(args: &ProxyStatusArgs) -> anyhow::Result<i32> {
 }
 
 /// The xDS types shown, by column.
-const XDS_TYPES: [(&str, &str); 4] = [
+const XDS_TYPES: [(&str, &str); 5] = [
     ("CDS", "type.googleapis.com/envoy.config.cluster.v3.Cluster"),
     (
         "LDS",
@@ -536,6 +536,10 @@ const XDS_TYPES: [(&str, &str); 4] = [
     (
         "RDS",
         "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+    ),
+    (
+        "SDS",
+        "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
     ),
 ];
 
@@ -567,7 +571,7 @@ pub fn render_proxy_status(proxies: &Value) -> String {
             p["stream_id"].as_u64(),
         )
     });
-    let mut header = vec!["NODE", "TYPE", "PROTOCOL"];
+    let mut header = vec!["NODE", "TYPE", "PROTOCOL", "IDENTITY"];
     header.extend(XDS_TYPES.iter().map(|(column, _)| *column));
     let mut rows = Vec::new();
     let mut nacks = String::new();
@@ -580,6 +584,8 @@ pub fn render_proxy_status(proxies: &Value) -> String {
             node.to_string(),
             mode.to_string(),
             p["protocol"].as_str().unwrap_or("-").to_string(),
+            // Only streams on the TLS port prove an identity.
+            p["identity"].as_str().unwrap_or("-").to_string(),
         ];
         for (column, type_url) in XDS_TYPES {
             let status = p["types"].get(type_url);
@@ -861,6 +867,7 @@ mod tests {
             {
                 "stream_id": 2, "node_id": "web-1", "cluster": "web",
                 "metadata": {"STRAIT_MODE": "sidecar"}, "protocol": "delta",
+                "identity": "spiffe://cluster.local/ns/default/sa/web",
                 "types": {
                     cds: {"sent_version": "3", "acked_version": "3", "nack": null},
                     lds: {"sent_version": "3", "acked_version": "2",
@@ -876,9 +883,9 @@ mod tests {
         assert_eq!(
             render_proxy_status(&proxies),
             "\
-NODE    TYPE      PROTOCOL   CDS      LDS    EDS     RDS
-gw      gateway   sotw       -        -      -       -
-web-1   sidecar   delta      SYNCED   NACK   STALE   -
+NODE    TYPE      PROTOCOL   IDENTITY                                   CDS      LDS    EDS     RDS   SDS
+gw      gateway   sotw       -                                          -        -      -       -     -
+web-1   sidecar   delta      spiffe://cluster.local/ns/default/sa/web   SYNCED   NACK   STALE   -     -
 
 web-1 LDS rejected version 3 (2 times): bad listener
 "
