@@ -1,5 +1,6 @@
 //! straitd exports its spans over OTLP/gRPC: a real collector endpoint on 127.0.0.1 receives
 //! them.
+#![allow(clippy::unwrap_used)]
 
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
