@@ -1,7 +1,7 @@
 //! The data plane under test, behind a trait, so every scenario runs against each of them.
 //!
-//! `STRAIT_DATA_PLANE` picks it: `envoy` (stock Envoy, the default). Strait's own proxy will
-//! implement the same traits and be added to [`data_plane`].
+//! `STRAIT_DATA_PLANE` picks it: `envoy` (stock Envoy, the default) or `strait-proxy`
+//! (Strait's own proxy).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -173,11 +173,14 @@ pub trait DataPlane: Send + Sync {
     fn start(&self, straitd: &Straitd, spec: &ProxySpec) -> anyhow::Result<Box<dyn Proxy>>;
 }
 
-/// The data plane chosen by `STRAIT_DATA_PLANE` (default `envoy`).
+/// The data plane chosen by `STRAIT_DATA_PLANE` (`envoy`, the default, or `strait-proxy`).
 pub fn data_plane() -> Box<dyn DataPlane> {
     let name = std::env::var("STRAIT_DATA_PLANE").unwrap_or_default();
     match name.as_str() {
         "" | "envoy" => Box::new(crate::envoy::Envoy),
-        other => panic!("STRAIT_DATA_PLANE={other:?}: known data planes are \"envoy\""),
+        "strait-proxy" => Box::new(crate::strait_proxy::StraitProxy),
+        other => panic!(
+            "STRAIT_DATA_PLANE={other:?}: known data planes are \"envoy\" and \"strait-proxy\""
+        ),
     }
 }

@@ -14,6 +14,7 @@ pub mod envoy;
 pub mod eventually;
 pub mod ports;
 pub mod process;
+pub mod strait_proxy;
 pub mod straitd;
 
 pub use backend::Backend;

@@ -1,0 +1,66 @@
+//! Wires the pieces together: xDS client -> published config -> listeners, plus the admin API.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::proxy::Shared;
+use crate::xds::XdsSettings;
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub xds: XdsSettings,
+    pub admin: SocketAddr,
+}
+
+/// A running proxy: stop it with [`Running::shutdown`].
+pub struct Running {
+    pub shared: Arc<Shared>,
+    pub admin_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Binds the admin port and starts the xDS client and the data plane.
+pub async fn start(settings: Settings) -> std::io::Result<Running> {
+    let shared = Arc::new(Shared::default());
+    let admin = TcpListener::bind(settings.admin).await?;
+    let admin_addr = admin.local_addr()?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (publish, configs) = watch::channel(None);
+    let stats = shared.stats.clone();
+    let sockets = shared.sockets.clone();
+    let xds_shutdown = shutdown_rx.clone();
+    let xds = tokio::spawn(async move {
+        if let Err(error) =
+            crate::xds::run(settings.xds, publish, stats, sockets, xds_shutdown).await
+        {
+            tracing::error!(%error, "xds client stopped");
+        }
+    });
+    let data = tokio::spawn(crate::proxy::run(
+        shared.clone(),
+        configs,
+        shutdown_rx.clone(),
+    ));
+    let admin_task = tokio::spawn(crate::admin::serve(shared.clone(), admin, shutdown_rx));
+    tracing::info!(admin = %admin_addr, "strait-proxy started");
+    Ok(Running {
+        shared,
+        admin_addr,
+        shutdown,
+        tasks: vec![xds, data, admin_task],
+    })
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish, and returns when everything has stopped.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Upstream clusters and their endpoints.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Cluster {
+    pub name: Arc<str>,
+    pub discovery: Discovery,
+    pub lb_policy: LbPolicy,
+    pub connect_timeout: Duration,
+    pub limits: Limits,
+    pub outlier: Option<OutlierDetection>,
+    /// Below this share of healthy (non-ejected) endpoints, all endpoints are used (Envoy's
+    /// panic mode); 0 turns panic mode off.
+    pub healthy_panic_threshold: f64,
+    /// Speak HTTP/2 (prior knowledge) to the endpoints.
+    pub http2: bool,
+    /// Close pooled connections idle this long (Envoy's default: 1h).
+    pub idle_timeout: Option<Duration>,
+    /// From the load assignment (STATIC, STRICT_DNS) or from EDS.
+    pub endpoints: Arc<[Endpoint]>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Discovery {
+    /// Endpoints come over EDS under this name.
+    Eds {
+        service_name: Arc<str>,
+    },
+    Static,
+    /// Endpoint hosts are names, resolved when connecting.
+    StrictDns,
+}
+
+/// Consecutive-error ejection (Envoy's outlier detection without the success-rate detectors).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OutlierDetection {
+    /// Consecutive 5xx (and, unless split, local failures) before ejection; `None`: off.
+    pub consecutive_5xx: Option<u32>,
+    /// Consecutive 502/503/504 (and, unless split, local failures); `None`: off.
+    pub consecutive_gateway_failure: Option<u32>,
+    /// With split external/local errors: consecutive connect failures and timeouts.
+    pub consecutive_local_origin_failure: Option<u32>,
+    pub split_local_origin: bool,
+    /// Ejection lasts this times the number of times the endpoint was ejected.
+    pub base_ejection_time: Duration,
+    pub max_ejection_percent: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    RoundRobin,
+    LeastRequest,
+    Random,
+    /// Consistent hashing on the route's hash policy (Envoy's RING_HASH and MAGLEV both map
+    /// here: the same keys stick to the same endpoints, though not to Envoy's choices).
+    ConsistentHash {
+        ring_size: u64,
+    },
+}
+
+/// Circuit-breaker thresholds (default priority).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    pub max_connections: u32,
+    pub max_pending_requests: u32,
+    pub max_requests: u32,
+    pub max_retries: u32,
+}
+
+impl Default for Limits {
+    /// Envoy's defaults.
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    /// An IP literal, or a DNS name for STRICT_DNS clusters.
+    pub host: Arc<str>,
+    pub port: u16,
+    pub weight: u32,
+}
+
+impl Cluster {
+    /// The EDS name this cluster's endpoints arrive under, if it is an EDS cluster.
+    pub fn eds_name(&self) -> Option<&Arc<str>> {
+        match &self.discovery {
+            Discovery::Eds { service_name } => Some(service_name),
+            Discovery::Static | Discovery::StrictDns => None,
+        }
+    }
+}

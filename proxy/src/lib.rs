@@ -1,0 +1,12 @@
+//! strait-proxy: a small sidecar and gateway that takes straitd's xDS and carries HTTP traffic.
+
+pub mod admin;
+pub mod app;
+pub mod balance;
+pub mod config;
+pub mod convert;
+pub mod proxy;
+pub mod routing;
+pub mod sockets;
+pub mod stats;
+pub mod xds;

@@ -1,0 +1,158 @@
+//! strait-proxy: parse flags, start the proxy, run until SIGTERM or Ctrl-C, drain.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::Context;
+use clap::Parser;
+use serde_json::{Map, Value};
+use strait_proxy::app::{self, Settings};
+use strait_proxy::xds::{NodeInfo, Protocol, XdsSettings};
+
+#[derive(Parser, Debug)]
+#[command(name = "strait-proxy", about = "Strait's sidecar and gateway proxy")]
+struct Args {
+    /// straitd's plaintext xDS address.
+    #[arg(long, env = "STRAIT_XDS", default_value = "http://127.0.0.1:15010")]
+    xds: String,
+    #[arg(long, env = "STRAIT_XDS_PROTOCOL", value_enum, default_value = "delta")]
+    xds_protocol: Protocol,
+    #[arg(long, env = "STRAIT_NODE_ID")]
+    node_id: String,
+    /// Envoy's service cluster [default: the `app` label, else the node id].
+    #[arg(long, env = "STRAIT_CLUSTER")]
+    cluster: Option<String>,
+    #[arg(long, env = "STRAIT_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// `k=v,k2=v2`.
+    #[arg(long, env = "STRAIT_LABELS", default_value = "")]
+    labels: String,
+    #[arg(long, env = "STRAIT_MODE", default_value = "sidecar")]
+    mode: String,
+    #[arg(long, env = "STRAIT_OUTBOUND_PORT", default_value_t = 15001)]
+    outbound_port: u16,
+    #[arg(long, env = "STRAIT_INBOUND_PORT", requires = "app_port")]
+    inbound_port: Option<u16>,
+    #[arg(long, env = "STRAIT_APP_PORT", requires = "inbound_port")]
+    app_port: Option<u16>,
+    #[arg(long, env = "STRAIT_SERVICE_ACCOUNT")]
+    service_account: Option<String>,
+    #[arg(long, env = "STRAIT_LISTEN_ADDRESS")]
+    listen_address: Option<IpAddr>,
+    /// `80=18080,443=18443`: where a gateway binds each Gateway server port.
+    #[arg(long, env = "STRAIT_GATEWAY_PORTS", default_value = "")]
+    gateway_ports: String,
+    #[arg(long, env = "STRAIT_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
+    admin_addr: SocketAddr,
+}
+
+fn pairs(arg: &str, what: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    arg.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .with_context(|| format!("--{what}: expected k=v, got {kv:?}"))
+        })
+        .collect()
+}
+
+/// The node metadata straitd reads, built as `straitctl bootstrap` builds it.
+fn metadata(args: &Args) -> anyhow::Result<Map<String, Value>> {
+    let mode = match args.mode.as_str() {
+        "sidecar" | "gateway" => args.mode.clone(),
+        "router" => "gateway".to_string(),
+        other => anyhow::bail!("--mode: expected sidecar or gateway, got {other:?}"),
+    };
+    let labels = pairs(&args.labels, "labels")?;
+    let gateway_ports = pairs(&args.gateway_ports, "gateway-ports")?;
+    for (server, bind) in &gateway_ports {
+        server
+            .parse::<u16>()
+            .ok()
+            .zip(bind.parse::<u16>().ok())
+            .with_context(|| format!("--gateway-ports: {server}={bind} is not PORT=PORT"))?;
+    }
+    let mut m = Map::new();
+    m.insert("NAMESPACE".into(), Value::String(args.namespace.clone()));
+    m.insert(
+        "LABELS".into(),
+        Value::Object(
+            labels
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect(),
+        ),
+    );
+    if let Some(sa) = &args.service_account {
+        m.insert("SERVICE_ACCOUNT".into(), Value::String(sa.clone()));
+    }
+    m.insert("STRAIT_MODE".into(), Value::String(mode));
+    m.insert(
+        "STRAIT_OUTBOUND_PORT".into(),
+        Value::String(args.outbound_port.to_string()),
+    );
+    if let Some(ip) = args.listen_address {
+        m.insert(
+            "STRAIT_LISTEN_ADDRESS".into(),
+            Value::String(ip.to_string()),
+        );
+    }
+    if !gateway_ports.is_empty() {
+        let joined = gateway_ports
+            .iter()
+            .map(|(s, b)| format!("{s}={b}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        m.insert("STRAIT_GATEWAY_PORTS".into(), Value::String(joined));
+    }
+    if let (Some(inbound), Some(app)) = (args.inbound_port, args.app_port) {
+        m.insert(
+            "STRAIT_INBOUND_PORT".into(),
+            Value::String(inbound.to_string()),
+        );
+        m.insert("STRAIT_APP_PORT".into(), Value::String(app.to_string()));
+    }
+    Ok(m)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let labels = pairs(&args.labels, "labels")?;
+    let cluster = args
+        .cluster
+        .clone()
+        .or_else(|| labels.get("app").cloned())
+        .unwrap_or_else(|| args.node_id.clone());
+    let settings = Settings {
+        xds: XdsSettings {
+            server: args.xds.clone(),
+            protocol: args.xds_protocol,
+            node: NodeInfo {
+                id: args.node_id.clone(),
+                cluster,
+                metadata: metadata(&args)?,
+            },
+        },
+        admin: args.admin_addr,
+    };
+    let running = app::start(settings)
+        .await
+        .with_context(|| format!("binding the admin API on {}", args.admin_addr))?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: draining"),
+    }
+    running.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,1008 @@
+//! The data path: a hyper server per listener; route, balance, retry and forward, bodies streamed.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::{Body, Bytes, Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::balance::{Balancer, Outcome, Pick};
+use crate::config::{
+    Action, Cluster, ClusterChoice, Config, Forward, HeaderChanges, Redirect, RetryPolicy, Route,
+};
+use crate::routing::{self, RequestView};
+use crate::stats::Stats;
+
+/// Errors of streamed bodies: the peer's, or the route timeout cutting a response short.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+type UpstreamClient = Client<HttpConnector, ProxyBody>;
+
+/// How long a removed listener or a draining proxy waits for in-flight requests.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Headers that describe one hop and are never forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// A config with what the data path builds beside it: balancers and connection pools.
+pub struct Runtime {
+    pub config: Arc<Config>,
+    upstreams: HashMap<Arc<str>, Arc<Upstream>>,
+}
+
+/// A cluster's balancer, connection pool and in-flight count.
+pub struct Upstream {
+    cluster: Arc<Cluster>,
+    balancer: Arc<Balancer>,
+    client: UpstreamClient,
+    active: Arc<AtomicUsize>,
+}
+
+impl Runtime {
+    /// Builds a runtime for `config`, keeping pools and counters of unchanged clusters.
+    pub fn build(config: Arc<Config>, previous: Option<&Runtime>) -> Runtime {
+        let upstreams = config
+            .clusters
+            .iter()
+            .map(|(name, cluster)| {
+                let old = previous.and_then(|p| p.upstreams.get(name));
+                let upstream = match old {
+                    Some(u) if u.cluster == *cluster => u.clone(),
+                    _ => Arc::new(Upstream {
+                        cluster: cluster.clone(),
+                        balancer: match old {
+                            Some(u) if u.balancer.fits(cluster) => u.balancer.clone(),
+                            _ => Arc::new(Balancer::new(cluster)),
+                        },
+                        client: match old {
+                            Some(u)
+                                if u.cluster.connect_timeout == cluster.connect_timeout
+                                    && u.cluster.http2 == cluster.http2
+                                    && u.cluster.idle_timeout == cluster.idle_timeout =>
+                            {
+                                u.client.clone()
+                            }
+                            _ => client(cluster),
+                        },
+                        active: old.map(|u| u.active.clone()).unwrap_or_default(),
+                    }),
+                };
+                (name.clone(), upstream)
+            })
+            .collect();
+        Runtime { config, upstreams }
+    }
+}
+
+fn client(cluster: &Cluster) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(cluster.connect_timeout));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(cluster.idle_timeout.unwrap_or(Duration::from_secs(3600)))
+        .http2_only(cluster.http2)
+        .build(connector)
+}
+
+/// What every listener and the admin API share.
+#[derive(Default)]
+pub struct Shared {
+    pub runtime: ArcSwapOption<Runtime>,
+    pub stats: Arc<Stats>,
+    /// Set once the first complete config is in force with its listeners bound.
+    pub ready: AtomicBool,
+    /// Listener sockets bound by the xDS client before it ACKed them.
+    pub sockets: Arc<crate::sockets::Sockets>,
+}
+
+struct ListenerHandle {
+    address: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// Applies each published config: swaps the runtime, binds new listeners, closes removed ones.
+/// Returns when `shutdown` fires, after draining every listener.
+pub async fn run(
+    shared: Arc<Shared>,
+    mut configs: watch::Receiver<Option<Arc<Config>>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut listeners: HashMap<Arc<str>, ListenerHandle> = HashMap::new();
+    loop {
+        let config = configs.borrow_and_update().clone();
+        if let Some(config) = config {
+            let previous = shared.runtime.load_full();
+            let runtime = Runtime::build(config.clone(), previous.as_deref());
+            shared.runtime.store(Some(Arc::new(runtime)));
+            reconcile(&shared, &config, &mut listeners).await;
+            if listeners.len() == config.listeners.len() {
+                shared.ready.store(true, Ordering::Relaxed);
+            }
+        }
+        tokio::select! {
+            changed = configs.changed() => if changed.is_err() { break },
+            _ = shutdown.changed() => break,
+        }
+    }
+    tracing::info!(listeners = listeners.len(), "draining");
+    for handle in listeners.values() {
+        let _ = handle.stop.send(true);
+    }
+    for (_, handle) in listeners {
+        let _ = handle.task.await;
+    }
+}
+
+async fn reconcile(
+    shared: &Arc<Shared>,
+    config: &Config,
+    listeners: &mut HashMap<Arc<str>, ListenerHandle>,
+) {
+    listeners.retain(|name, handle| {
+        let keep = config
+            .listeners
+            .get(name)
+            .is_some_and(|l| l.address == handle.address);
+        if !keep {
+            tracing::info!(listener = %name, address = %handle.address, "closing listener");
+            let _ = handle.stop.send(true);
+            shared.sockets.set_active(handle.address, false);
+        }
+        keep
+    });
+    for (name, l) in &config.listeners {
+        if listeners.contains_key(name) {
+            continue;
+        }
+        let mut bound =
+            shared
+                .sockets
+                .take(l.address)
+                .and_then(|s| match TcpListener::from_std(s) {
+                    Ok(s) => Some(s),
+                    Err(error) => {
+                        tracing::warn!(listener = %name, %error, "cannot use the reserved socket");
+                        None
+                    }
+                });
+        // A closing listener may still hold the address for a moment.
+        for _ in 0..20 {
+            if bound.is_some() {
+                break;
+            }
+            match TcpListener::bind(l.address).await {
+                Ok(socket) => {
+                    bound = Some(socket);
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(listener = %name, address = %l.address, %error, "cannot bind listener yet");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        let Some(socket) = bound else {
+            tracing::error!(listener = %name, address = %l.address, "giving up binding listener until the next update");
+            continue;
+        };
+        tracing::info!(listener = %name, address = %l.address, "listening");
+        shared.sockets.set_active(l.address, true);
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(serve(shared.clone(), name.clone(), socket, stop_rx));
+        listeners.insert(
+            name.clone(),
+            ListenerHandle {
+                address: l.address,
+                stop,
+                task,
+            },
+        );
+    }
+}
+
+/// Accepts connections until `stop`, then lets open connections finish (up to the drain timeout).
+async fn serve(
+    shared: Arc<Shared>,
+    name: Arc<str>,
+    socket: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        tokio::select! {
+            accepted = socket.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(error) => {
+                        tracing::warn!(listener = %name, %error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                let listener = name.clone();
+                let service = service_fn(move |req| {
+                    let shared = shared.clone();
+                    let listener = listener.clone();
+                    async move { Ok::<_, Infallible>(handle(&shared, &listener, peer, req).await) }
+                });
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(error) = conn.await {
+                        tracing::debug!(%peer, %error, "connection ended with an error");
+                    }
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    drop(socket);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(listener = %name, "drain timed out; closing remaining connections");
+    }
+}
+
+fn local(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    if !body.is_empty() {
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    resp
+}
+
+fn full(body: impl Into<Bytes>) -> ProxyBody {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// One request, start to finish. Loads the runtime once.
+pub async fn handle(
+    shared: &Shared,
+    listener: &str,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let no_cluster: Arc<str> = Arc::from("");
+    let Some(runtime) = shared.runtime.load_full() else {
+        return local(StatusCode::SERVICE_UNAVAILABLE, "no configuration");
+    };
+    let (resp, cluster) = route_and_forward(&runtime, listener, peer, req).await;
+    shared.stats.request(
+        cluster.as_ref().unwrap_or(&no_cluster),
+        resp.status().as_u16(),
+    );
+    resp
+}
+
+async fn route_and_forward(
+    runtime: &Runtime,
+    listener: &str,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> (Response<ProxyBody>, Option<Arc<str>>) {
+    let config = &runtime.config;
+    let Some(l) = config.listeners.get(listener) else {
+        return (local(StatusCode::NOT_FOUND, ""), None);
+    };
+    let Some(rc) = config.route_config(l) else {
+        return (local(StatusCode::NOT_FOUND, ""), None);
+    };
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    let host = if l.http.strip_any_host_port {
+        routing::strip_port(&authority)
+    } else {
+        &authority
+    };
+    let Some(vh) = routing::virtual_host(rc, host) else {
+        return (local(StatusCode::NOT_FOUND, ""), None);
+    };
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let upgrade = wants_websocket(req.headers());
+    if upgrade && !l.http.websocket {
+        return (local(StatusCode::FORBIDDEN, "upgrade failed"), None);
+    }
+    if vh.require_tls {
+        let location = format!(
+            "https://{authority}{}",
+            req.uri().path_and_query().map_or("/", |p| p.as_str())
+        );
+        return (
+            redirect_response(StatusCode::MOVED_PERMANENTLY, &location),
+            None,
+        );
+    }
+    let view = RequestView {
+        method: req.method().as_str(),
+        authority: &authority,
+        scheme: "http",
+        path: &path,
+        query: query.as_deref(),
+        headers: req.headers(),
+    };
+    let Some(route) = routing::route(vh, &view) else {
+        return (local(StatusCode::NOT_FOUND, ""), None);
+    };
+    if let Some(fault) = &route.fault {
+        let hit = |per_million: u32| fastrand::u32(..1_000_000) < per_million;
+        if let Some(delay) = &fault.delay
+            && hit(delay.per_million)
+        {
+            tokio::time::sleep(delay.fixed).await;
+        }
+        if let Some(abort) = &fault.abort
+            && hit(abort.per_million)
+        {
+            let status =
+                StatusCode::from_u16(abort.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return (local(status, "fault filter abort"), None);
+        }
+    }
+    match &route.action {
+        Action::Direct { status, body } => {
+            let mut resp = Response::new(full(body.as_deref().unwrap_or("").to_string()));
+            *resp.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+            apply_response_headers(resp.headers_mut(), &route.headers);
+            (resp, None)
+        }
+        Action::Redirect(rd) => {
+            let location = redirect_location(rd, &authority, req.uri());
+            let status = StatusCode::from_u16(rd.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+            let mut resp = redirect_response(status, &location);
+            apply_response_headers(resp.headers_mut(), &route.headers);
+            (resp, None)
+        }
+        Action::Forward(fwd) => {
+            let (cluster, extra) = choose_cluster(fwd);
+            let resp = forward(
+                runtime, route, fwd, &cluster, extra, &authority, peer, upgrade, req,
+            )
+            .await;
+            (resp, Some(cluster))
+        }
+    }
+}
+
+fn redirect_response(status: StatusCode, location: &str) -> Response<ProxyBody> {
+    let mut resp = local(status, "");
+    if let Ok(v) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+fn redirect_location(rd: &Redirect, authority: &str, uri: &Uri) -> String {
+    let scheme = rd.scheme.as_deref().unwrap_or("http");
+    let original_host = routing::strip_port(authority);
+    let host = rd.host.as_deref().unwrap_or(original_host);
+    let port = match (rd.port, rd.host.is_some()) {
+        (Some(p), _) => format!(":{p}"),
+        // A new host drops the original port; otherwise it stays.
+        (None, true) => String::new(),
+        (None, false) => authority[original_host.len()..].to_string(),
+    };
+    let path = match &rd.path {
+        Some(p) => p.to_string(),
+        None => uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
+    };
+    format!("{scheme}://{host}{port}{path}")
+}
+
+/// The cluster for this request and, for a weighted choice, that entry's header changes.
+fn choose_cluster(fwd: &Forward) -> (Arc<str>, Option<&HeaderChanges>) {
+    match &fwd.clusters {
+        ClusterChoice::Single(name) => (name.clone(), None),
+        ClusterChoice::Weighted { clusters, total } => {
+            let mut n = fastrand::u32(..*total);
+            for c in clusters.iter() {
+                if n < c.weight {
+                    return (c.name.clone(), Some(&c.headers));
+                }
+                n -= c.weight;
+            }
+            // Unreachable: total is the sum of the weights.
+            let last = clusters.last().expect("a weighted choice has clusters");
+            (last.name.clone(), Some(&last.headers))
+        }
+    }
+}
+
+/// Counts a request against the cluster's `max_requests` until dropped.
+struct Active(Arc<AtomicUsize>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Response(Response<Incoming>, Pick),
+    /// The per-try timeout fired.
+    TimedOut,
+    ConnectFailed(hyper_util::client::legacy::Error),
+    Reset(hyper_util::client::legacy::Error),
+}
+
+/// Whether `retry` says to try again after `attempt`.
+fn retriable(retry: &RetryPolicy, attempt: &Attempt) -> bool {
+    let on = &retry.retry_on;
+    match attempt {
+        Attempt::TimedOut => on.server_error || on.gateway_error,
+        Attempt::ConnectFailed(_) => on.server_error || on.gateway_error || on.connect_failure,
+        Attempt::Reset(_) => on.server_error || on.gateway_error || on.reset,
+        Attempt::Response(resp, _) => {
+            let status = resp.status().as_u16();
+            (on.server_error && status >= 500)
+                || (on.gateway_error && matches!(status, 502..=504))
+                || (on.retriable_4xx && status == 409)
+                || (on.retriable_status_codes && retry.retriable_status_codes.contains(&status))
+                || grpc_retriable(&on.grpc, resp.headers())
+        }
+    }
+}
+
+fn grpc_retriable(on: &crate::config::GrpcRetryOn, headers: &HeaderMap) -> bool {
+    let Some(code) = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    match code {
+        1 => on.cancelled,
+        4 => on.deadline_exceeded,
+        8 => on.resource_exhausted,
+        13 => on.internal,
+        14 => on.unavailable,
+        _ => false,
+    }
+}
+
+/// An endpoint for the next attempt: with `other_host`, one not tried yet when there is one.
+fn pick_for_attempt(
+    balancer: &Arc<Balancer>,
+    hash: Option<u64>,
+    retry: Option<&RetryPolicy>,
+    tried: &[(Arc<str>, u16)],
+) -> Option<Pick> {
+    let tries = match retry {
+        Some(r) if r.other_host && !tried.is_empty() => r.host_selection_attempts.max(1),
+        _ => 1,
+    };
+    let mut pick = balancer.pick(hash)?;
+    for _ in 1..tries {
+        let e = pick.endpoint();
+        if !tried.iter().any(|(h, p)| *h == e.host && *p == e.port) {
+            break;
+        }
+        // Another host: the hash would only find the same one again.
+        pick = balancer.pick(None)?;
+    }
+    Some(pick)
+}
+
+fn empty() -> ProxyBody {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    runtime: &Runtime,
+    route: &Route,
+    fwd: &Forward,
+    cluster: &Arc<str>,
+    extra: Option<&HeaderChanges>,
+    authority: &str,
+    peer: SocketAddr,
+    upgrade: bool,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let Some(upstream) = runtime.upstreams.get(cluster) else {
+        // Assembly guarantees every route's clusters exist; keep failing closed anyway.
+        return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+    };
+    let in_flight = upstream.active.fetch_add(1, Ordering::Relaxed);
+    let active = Active(upstream.active.clone());
+    if in_flight >= upstream.cluster.limits.max_requests as usize {
+        let mut resp = local(StatusCode::SERVICE_UNAVAILABLE, "upstream overflow");
+        resp.headers_mut()
+            .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+        return resp;
+    }
+    let deadline = fwd.timeout.map(|t| tokio::time::Instant::now() + t);
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let hash = request_hash(&fwd.hash_policy, &parts.headers, parts.uri.query(), peer);
+    // A streamed body cannot be sent twice: only requests without one are retried or mirrored.
+    let bodiless = body.is_end_stream();
+    let retry = fwd.retry.as_ref().filter(|_| bodiless && !upgrade);
+    let path_and_query = rewrite_path(route, fwd, &parts.uri);
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers);
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    let host = fwd.host_rewrite.as_deref().unwrap_or(authority);
+    if let Ok(v) = HeaderValue::from_str(host) {
+        headers.insert(header::HOST, v);
+    }
+    append_forwarded_for(headers, peer);
+    headers
+        .entry("x-forwarded-proto")
+        .or_insert(HeaderValue::from_static("http"));
+    apply_request_headers(headers, &route.headers);
+    if let Some(extra) = extra {
+        apply_request_headers(headers, extra);
+    }
+    if let Some(timeout) = fwd.timeout
+        && let Ok(v) = HeaderValue::from_str(&timeout.as_millis().to_string())
+    {
+        headers.insert("x-envoy-expected-rq-timeout-ms", v);
+    }
+    if bodiless {
+        for m in fwd.mirrors.iter() {
+            if fastrand::u32(..1_000_000) < m.per_million
+                && let Some(target) = runtime.upstreams.get(&m.cluster)
+            {
+                mirror(target.clone(), &parts, &path_and_query, host, fwd.timeout);
+            }
+        }
+    }
+    let attempts = 1 + retry.map_or(0, |r| r.num_retries);
+    let mut body = Some(body.map_err(BoxError::from).boxed());
+    let mut tried: Vec<(Arc<str>, u16)> = Vec::new();
+    let mut outcome = None;
+    for n in 0..attempts {
+        let Some(pick) = pick_for_attempt(&upstream.balancer, hash, retry, &tried) else {
+            return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+        };
+        let endpoint = pick.endpoint();
+        tried.push((endpoint.host.clone(), endpoint.port));
+        let uri = match Uri::builder()
+            .scheme("http")
+            .authority(format!("{}:{}", endpoint.host, endpoint.port))
+            .path_and_query(path_and_query.as_str())
+            .build()
+        {
+            Ok(uri) => uri,
+            Err(error) => {
+                tracing::warn!(%error, "cannot build upstream uri");
+                return local(StatusCode::BAD_REQUEST, "");
+            }
+        };
+        let mut attempt_req = Request::new(body.take().unwrap_or_else(empty));
+        *attempt_req.method_mut() = parts.method.clone();
+        *attempt_req.uri_mut() = uri;
+        *attempt_req.headers_mut() = parts.headers.clone();
+        *attempt_req.version_mut() = if upstream.cluster.http2 {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        };
+        let call = upstream.client.request(attempt_req);
+        let now = tokio::time::Instant::now();
+        let per_try = retry.and_then(|r| r.per_try_timeout).map(|t| now + t);
+        let limit = match (per_try, deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let result = match limit {
+            Some(at) => tokio::time::timeout_at(at, call).await,
+            None => Ok(call.await),
+        };
+        pick.report(match &result {
+            Ok(Ok(resp)) => Outcome::Status(resp.status().as_u16()),
+            _ => Outcome::LocalFailure,
+        });
+        let attempt = match result {
+            Err(_) if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) => {
+                return local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
+            }
+            Err(_) => Attempt::TimedOut,
+            Ok(Ok(resp)) => Attempt::Response(resp, pick),
+            Ok(Err(error)) if error.is_connect() => Attempt::ConnectFailed(error),
+            Ok(Err(error)) => Attempt::Reset(error),
+        };
+        let again = n + 1 < attempts && retry.is_some_and(|r| retriable(r, &attempt));
+        if !again {
+            outcome = Some(attempt);
+            break;
+        }
+        tracing::debug!(cluster = %cluster, attempt = n + 1, "retrying");
+        // Envoy's default back-off: 25ms base, jittered, doubling.
+        let backoff = Duration::from_millis(25 * (1 << n.min(3))).mul_f64(fastrand::f64());
+        if deadline.is_some_and(|d| tokio::time::Instant::now() + backoff >= d) {
+            return local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
+        }
+        tokio::time::sleep(backoff).await;
+    }
+    let (mut resp, pick) = match outcome {
+        Some(Attempt::Response(resp, pick)) => (resp, pick),
+        Some(Attempt::TimedOut) => {
+            return local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
+        }
+        Some(Attempt::ConnectFailed(error) | Attempt::Reset(error)) => {
+            tracing::debug!(cluster = %cluster, %error, "upstream request failed");
+            return local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers",
+            );
+        }
+        None => return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+    };
+    if let Some(downstream) = downstream_upgrade
+        && resp.status() == StatusCode::SWITCHING_PROTOCOLS
+    {
+        let upstream_io = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            let (Ok(down), Ok(up)) = tokio::join!(downstream, upstream_io) else {
+                tracing::debug!("websocket upgrade did not complete");
+                return;
+            };
+            let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+            if let Err(error) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                tracing::debug!(%error, "websocket tunnel ended with an error");
+            }
+            // In flight until the tunnel closes.
+            drop((pick, active));
+        });
+        let (mut parts, _) = resp.into_parts();
+        apply_response_headers(&mut parts.headers, &route.headers);
+        return Response::from_parts(parts, empty());
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    apply_response_headers(&mut parts.headers, &route.headers);
+    if let Some(extra) = extra {
+        apply_response_headers(&mut parts.headers, extra);
+    }
+    // The route timeout covers the whole response, as Envoy's does.
+    let body = Guarded {
+        inner: body.map_err(BoxError::from).boxed(),
+        deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+        _pick: pick,
+        _active: active,
+    };
+    Response::from_parts(parts, body.boxed())
+}
+
+/// Sends a copy of a bodiless request to `target`, with `-shadow` added to the host (as Envoy
+/// does), and ignores the answer.
+fn mirror(
+    target: Arc<Upstream>,
+    parts: &http::request::Parts,
+    path_and_query: &str,
+    host: &str,
+    timeout: Option<Duration>,
+) {
+    let Some(pick) = target.balancer.pick(None) else {
+        return;
+    };
+    let shadow = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => format!("{h}-shadow:{port}"),
+        _ => format!("{host}-shadow"),
+    };
+    let e = pick.endpoint();
+    let Ok(uri) = Uri::builder()
+        .scheme("http")
+        .authority(format!("{}:{}", e.host, e.port))
+        .path_and_query(path_and_query)
+        .build()
+    else {
+        return;
+    };
+    let mut req = Request::new(empty());
+    if target.cluster.http2 {
+        *req.version_mut() = http::Version::HTTP_2;
+    }
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = parts.headers.clone();
+    if let Ok(v) = HeaderValue::from_str(&shadow) {
+        req.headers_mut().insert(header::HOST, v);
+    }
+    let call = target.client.request(req);
+    let limit = timeout.unwrap_or(Duration::from_secs(15));
+    tokio::spawn(async move {
+        let result = tokio::time::timeout(limit, async {
+            let resp = call.await?;
+            // Read the answer so the connection can be reused.
+            let _ = resp.into_body().collect().await;
+            Ok::<_, hyper_util::client::legacy::Error>(())
+        })
+        .await;
+        if let Ok(Err(error)) = result {
+            tracing::debug!(cluster = %target.cluster.name, %error, "mirrored request failed");
+        }
+        drop(pick);
+    });
+}
+
+/// The request's hash for consistent-hash clusters: each policy that finds its key adds to it.
+fn request_hash(
+    policies: &[crate::config::HashPolicy],
+    headers: &HeaderMap,
+    query: Option<&str>,
+    peer: SocketAddr,
+) -> Option<u64> {
+    use crate::config::HashKey;
+    let mut hash: Option<u64> = None;
+    for p in policies {
+        let value: Option<String> = match &p.key {
+            HashKey::Header(name) => {
+                let values: Vec<&str> = headers
+                    .get_all(&**name)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                (!values.is_empty()).then(|| values.join(","))
+            }
+            HashKey::Cookie(name) => headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .find_map(|kv| {
+                    let (k, v) = kv.trim().split_once('=')?;
+                    (k == &**name).then(|| v.to_string())
+                }),
+            HashKey::SourceIp => Some(peer.ip().to_string()),
+            HashKey::QueryParameter(name) => query.and_then(|q| {
+                q.split('&').find_map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    (k == &**name).then(|| v.to_string())
+                })
+            }),
+        };
+        if let Some(v) = value {
+            let h = crate::balance::hash_of(v.as_str());
+            hash = Some(hash.map_or(h, |acc| acc.rotate_left(1) ^ h));
+            if p.terminal {
+                break;
+            }
+        }
+    }
+    hash
+}
+
+/// An HTTP/1.1 WebSocket upgrade request.
+fn wants_websocket(headers: &HeaderMap) -> bool {
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    connection_upgrade
+        && headers
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// The path to send upstream: the route's prefix rewrite applied to the matched part.
+fn rewrite_path(route: &Route, fwd: &Forward, uri: &Uri) -> String {
+    let path = uri.path();
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    if let Some(rw) = &fwd.regex_rewrite {
+        let path = rw.pattern.regex.replace_all(path, &*rw.substitution);
+        return format!("{path}{query}");
+    }
+    let Some(rewrite) = &fwd.prefix_rewrite else {
+        return format!("{path}{query}");
+    };
+    let matched = match &route.matcher.path {
+        crate::config::PathMatch::Prefix(p) => p.len(),
+        crate::config::PathMatch::Exact(p) => p.len(),
+        crate::config::PathMatch::Regex(_) => 0,
+    };
+    let rest = path.get(matched.min(path.len())..).unwrap_or("");
+    format!("{rewrite}{rest}{query}")
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    // `upgrade` goes too; a WebSocket upgrade puts it back.
+    headers.remove(header::UPGRADE);
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    let ip = peer.ip().to_string();
+    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(existing) => format!("{existing}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert("x-forwarded-for", v);
+    }
+}
+
+fn apply(headers: &mut HeaderMap, add: &[crate::config::HeaderAdd], remove: &[Arc<str>]) {
+    for name in remove {
+        headers.remove(&**name);
+    }
+    for h in add {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_str(&h.value),
+        ) else {
+            continue;
+        };
+        if h.append {
+            headers.append(name, value);
+        } else {
+            headers.insert(name, value);
+        }
+    }
+}
+
+fn apply_request_headers(headers: &mut HeaderMap, changes: &HeaderChanges) {
+    apply(headers, &changes.request_add, &changes.request_remove);
+}
+
+fn apply_response_headers(headers: &mut HeaderMap, changes: &HeaderChanges) {
+    apply(headers, &changes.response_add, &changes.response_remove);
+}
+
+/// An upstream response body that keeps its endpoint counted as busy until it is done, and is
+/// cut off (the stream reset) if the route timeout passes before it ends.
+struct Guarded {
+    inner: ProxyBody,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    _pick: Pick,
+    _active: Active,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response not complete within the route timeout")]
+struct ResponseTimeout;
+
+impl Body for Guarded {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        if let Some(deadline) = self.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            self.deadline = None;
+            return Poll::Ready(Some(Err(Box::new(ResponseTimeout))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects_keep_what_they_do_not_change() {
+        let uri: Uri = "/a?b=1".parse().expect("valid");
+        let rd = Redirect {
+            scheme: None,
+            host: Some("new.example".into()),
+            port: None,
+            path: None,
+            status: 301,
+        };
+        assert_eq!(
+            redirect_location(&rd, "old.example:8080", &uri),
+            "http://new.example/a?b=1"
+        );
+        let rd = Redirect {
+            scheme: Some("https".into()),
+            host: None,
+            port: None,
+            path: Some("/v2".into()),
+            status: 302,
+        };
+        assert_eq!(
+            redirect_location(&rd, "old.example:8080", &uri),
+            "https://old.example:8080/v2"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = HeaderMap::new();
+        let peer: SocketAddr = "10.0.0.1:5555".parse().expect("valid");
+        append_forwarded_for(&mut h, peer);
+        append_forwarded_for(&mut h, peer);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.1");
+    }
+}

@@ -1,0 +1,321 @@
+//! Conversion of what straitd emits (the translate golden cases), accepted or rejected with the reason.
+
+use std::path::PathBuf;
+
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use strait_model::{Model, ProxyNode, loader};
+use strait_proxy::config::Cluster;
+use strait_proxy::config::{
+    Action, ClusterChoice, Discovery, HeaderMatch, LbPolicy, Listener, RouteConfig, RouteSource,
+    StringMatch,
+};
+use strait_proxy::convert::eds_endpoints;
+use strait_translate::Output;
+
+fn golden(case: &str) -> Output {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../control-plane/translate/tests/golden")
+        .join(case);
+    let config = std::fs::read_to_string(dir.join("config.yaml")).expect("config.yaml");
+    let objects = loader::parse(&config, "config.yaml").expect("parse");
+    let model = Model::build(&objects).expect("model");
+    let node: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("node.json")).expect("node.json"))
+            .expect("node json");
+    let node = ProxyNode::from_metadata(
+        node["id"].as_str().unwrap_or("test"),
+        node["metadata"].as_object().expect("metadata"),
+    )
+    .expect("node");
+    strait_translate::translate(&model, &node)
+}
+
+fn has_fault(rc: &RouteConfiguration) -> bool {
+    rc.virtual_hosts
+        .iter()
+        .flat_map(|vh| &vh.routes)
+        .any(|r| !r.typed_per_filter_config.is_empty())
+}
+
+#[test]
+fn sidecar_bookinfo_converts_with_its_faults() {
+    let out = golden("sidecar-bookinfo");
+    for c in &out.clusters {
+        let cluster = Cluster::try_from(c).expect("cluster converts");
+        assert_eq!(cluster.lb_policy, LbPolicy::LeastRequest, "{}", c.name);
+        assert!(
+            matches!(cluster.discovery, Discovery::Eds { .. }),
+            "{}",
+            c.name
+        );
+        assert_eq!(cluster.limits.max_requests, u32::MAX);
+    }
+    let v3 = out
+        .endpoints
+        .iter()
+        .find(|e| e.cluster_name == "outbound|9080|v3|reviews.default.svc.cluster.local")
+        .expect("v3 assignment");
+    let endpoints = eds_endpoints(v3).expect("endpoints convert");
+    assert_eq!(endpoints.len(), 1);
+    assert_eq!((endpoints[0].port, endpoints[0].weight), (19083, 2));
+
+    let [listener] = out.listeners.as_slice() else {
+        panic!("one listener: {:?}", out.listeners)
+    };
+    let listener = Listener::try_from(listener).expect("listener converts");
+    assert_eq!(listener.address.to_string(), "127.0.0.1:15001");
+    assert!(matches!(&listener.http.routes, RouteSource::Rds(n) if &**n == "outbound"));
+    assert!(!listener.http.strip_any_host_port);
+
+    let [rc] = out.routes.as_slice() else {
+        panic!("one route config")
+    };
+    let converted = RouteConfig::try_from(rc).expect("routes convert, faults included");
+    assert!(has_fault(rc));
+    let fault = converted
+        .virtual_hosts
+        .iter()
+        .flat_map(|vh| vh.routes.iter())
+        .find_map(|r| r.fault.clone())
+        .expect("the fault rule converted");
+    assert!(fault.delay.is_some() || fault.abort.is_some(), "{fault:?}");
+    let reviews = converted
+        .virtual_hosts
+        .iter()
+        .find(|vh| &*vh.name == "reviews.default.svc.cluster.local:9080")
+        .expect("reviews virtual host");
+    for domain in [
+        "reviews",
+        "reviews:9080",
+        "reviews.default.svc.cluster.local",
+    ] {
+        assert!(
+            reviews.domains.iter().any(|d| &**d == domain),
+            "{domain} in {:?}",
+            reviews.domains
+        );
+    }
+    // Every forward has a cluster that exists and a timeout of none (Istio's default).
+    let names: Vec<&str> = out.clusters.iter().map(|c| c.name.as_str()).collect();
+    for vh in converted.virtual_hosts.iter() {
+        for r in vh.routes.iter() {
+            if let Action::Forward(f) = &r.action {
+                assert_eq!(f.timeout, None, "{}", r.name);
+                for c in f.clusters.names() {
+                    assert!(names.contains(&&**c), "{c}");
+                }
+            }
+        }
+    }
+    // The jason rule: an exact header match on end-user.
+    let jason = reviews
+        .routes
+        .iter()
+        .flat_map(|r| r.matcher.headers.iter())
+        .any(|h| {
+            &*h.name == "end-user"
+                && matches!(&h.matches, HeaderMatch::Value(StringMatch::Exact { value, .. }) if &**value == "jason")
+        });
+    let weighted = converted.virtual_hosts.iter().flat_map(|vh| vh.routes.iter()).any(|r| {
+        matches!(&r.action, Action::Forward(f) if matches!(f.clusters, ClusterChoice::Weighted { .. }))
+    });
+    assert!(
+        jason || weighted,
+        "the sample rules are visible: {converted:?}"
+    );
+}
+
+#[test]
+fn sidecar_policies_convert_except_pool_limits() {
+    let out = golden("sidecar-policies");
+    // Per-connection request limits are the one thing here not implemented: rejected, named.
+    let mut errors = Vec::new();
+    let mut clusters = Vec::new();
+    for c in &out.clusters {
+        match Cluster::try_from(c) {
+            Ok(cluster) => clusters.push(cluster),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    assert!(!errors.is_empty());
+    for e in &errors {
+        assert!(
+            e.starts_with("cluster \"")
+                && e.contains("common_http_protocol_options: not supported by strait-proxy"),
+            "{e}"
+        );
+    }
+    // Without them every cluster converts, with Istio's policies.
+    for c in &out.clusters {
+        let mut c = c.clone();
+        c.typed_extension_protocol_options.clear();
+        clusters.push(Cluster::try_from(&c).expect("converts without pool limits"));
+    }
+    let policies: Vec<LbPolicy> = clusters.iter().map(|c| c.lb_policy).collect();
+    assert!(policies.contains(&LbPolicy::Random), "{policies:?}");
+    assert!(
+        policies
+            .iter()
+            .any(|p| matches!(p, LbPolicy::ConsistentHash { .. })),
+        "{policies:?}"
+    );
+    let (od, panic) = clusters
+        .iter()
+        .find_map(|c| c.outlier.clone().map(|o| (o, c.healthy_panic_threshold)))
+        .expect("an outlier-detecting cluster");
+    // Istio turns panic mode off.
+    assert_eq!(panic, 0.0);
+    assert_eq!(od.consecutive_5xx, Some(2), "{od:?}");
+    assert_eq!(od.consecutive_gateway_failure, Some(1), "{od:?}");
+    assert_eq!(
+        od.base_ejection_time,
+        std::time::Duration::from_secs(30),
+        "{od:?}"
+    );
+
+    // Routes: retries, mirrors, rewrites, redirects, direct responses and hash policies.
+    let rc = out
+        .routes
+        .iter()
+        .find(|r| r.name == "outbound")
+        .expect("outbound routes");
+    let rest = RouteConfig::try_from(rc).expect("routes convert");
+    let actions: Vec<&Action> = rest
+        .virtual_hosts
+        .iter()
+        .flat_map(|vh| vh.routes.iter())
+        .map(|r| &r.action)
+        .collect();
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::Redirect(_))),
+        "{actions:?}"
+    );
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::Direct { .. })),
+        "{actions:?}"
+    );
+    let forwards: Vec<_> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Forward(f) => Some(f),
+            _ => None,
+        })
+        .collect();
+    let retry = forwards
+        .iter()
+        .find_map(|f| f.retry.clone())
+        .expect("a retry policy");
+    assert!(retry.num_retries >= 1 && retry.other_host, "{retry:?}");
+    assert!(
+        forwards.iter().any(|f| !f.mirrors.is_empty()),
+        "{forwards:?}"
+    );
+    assert!(
+        forwards.iter().any(|f| f.regex_rewrite.is_some()),
+        "{forwards:?}"
+    );
+    assert!(
+        forwards.iter().any(|f| !f.hash_policy.is_empty()),
+        "{forwards:?}"
+    );
+}
+
+#[test]
+fn gateway_plain_http_listeners_convert_and_tls_ones_are_rejected() {
+    let out = golden("gateway");
+    let mut plain = 0;
+    let mut tls = 0;
+    for l in &out.listeners {
+        match Listener::try_from(l) {
+            Ok(listener) => {
+                plain += 1;
+                assert!(listener.http.strip_any_host_port, "{listener:?}");
+            }
+            Err(e) => {
+                tls += 1;
+                let msg = e.to_string();
+                assert!(msg.contains("listener_filters"), "{msg}");
+                assert!(msg.contains("not supported by strait-proxy"), "{msg}");
+            }
+        }
+    }
+    assert!(plain >= 1, "{:?}", out.listeners);
+    assert!(tls >= 1, "{:?}", out.listeners);
+}
+
+#[test]
+fn sidecar_mtls_clusters_are_rejected_until_mtls_is_implemented() {
+    let out = golden("sidecar-mtls");
+    let errors: Vec<String> = out
+        .clusters
+        .iter()
+        .filter(|c| c.transport_socket.is_some() || !c.transport_socket_matches.is_empty())
+        .map(|c| {
+            Cluster::try_from(c)
+                .expect_err("TLS clusters are rejected")
+                .to_string()
+        })
+        .collect();
+    assert!(!errors.is_empty());
+    for e in errors {
+        assert!(e.contains("TLS to upstreams"), "{e}");
+    }
+}
+
+fn any<M: prost::Message>(type_url: &str, m: &M) -> envoy_types::pb::google::protobuf::Any {
+    envoy_types::pb::google::protobuf::Any {
+        type_url: type_url.to_string(),
+        value: m.encode_to_vec(),
+    }
+}
+
+#[test]
+fn state_publishes_only_complete_configs_and_a_rejected_update_changes_nothing() {
+    use strait_proxy::xds::{CLUSTER, ENDPOINT, LISTENER, ROUTE, State, Update};
+    let out = golden("sidecar-bookinfo");
+    let update = |type_url: &'static str, anys: &[envoy_types::pb::google::protobuf::Any]| {
+        (type_url, anys.to_vec())
+    };
+    let clusters: Vec<_> = out.clusters.iter().map(|c| any(CLUSTER, c)).collect();
+    let endpoints: Vec<_> = out.endpoints.iter().map(|e| any(ENDPOINT, e)).collect();
+    let listeners: Vec<_> = out.listeners.iter().map(|l| any(LISTENER, l)).collect();
+    let routes: Vec<_> = out.routes.iter().map(|r| any(ROUTE, r)).collect();
+    let mut state = State::default();
+    let apply = |state: &mut State, (type_url, anys): (&str, Vec<_>)| {
+        state.apply(&Update {
+            type_url,
+            version: "v1",
+            resources: anys.iter().map(|a| (None, None, a)).collect(),
+            removed: Vec::new(),
+            full: true,
+        })
+    };
+    apply(&mut state, update(CLUSTER, &clusters)).expect("clusters");
+    assert!(state.assemble().is_none(), "no listeners yet");
+    assert_eq!(state.wanted_eds().len(), out.endpoints.len());
+    apply(&mut state, update(LISTENER, &listeners)).expect("listeners");
+    assert!(state.assemble().is_none(), "endpoints and routes missing");
+    assert_eq!(
+        state.wanted_rds().into_iter().collect::<Vec<_>>(),
+        ["outbound"]
+    );
+    apply(&mut state, update(ENDPOINT, &endpoints)).expect("endpoints");
+    assert!(state.assemble().is_none(), "routes missing");
+    apply(&mut state, update(ROUTE, &routes)).expect("routes");
+    let config = state.assemble().expect("complete");
+    assert_eq!(config.clusters.len(), out.clusters.len());
+    let before = config.clone();
+
+    // A cluster update with one bad cluster is rejected whole, naming it.
+    let mut bad = out.clusters.clone();
+    bad[0].outlier_detection = None;
+    bad[0].lb_policy = 7; // CLUSTER_PROVIDED
+    let bad: Vec<_> = bad.iter().map(|c| any(CLUSTER, c)).collect();
+    let error = apply(&mut state, update(CLUSTER, &bad)).expect_err("rejected");
+    assert!(
+        error.contains(&format!("cluster {:?}", out.clusters[0].name)),
+        "{error}"
+    );
+    assert!(error.contains("lb_policy"), "{error}");
+    assert_eq!(state.assemble().expect("still complete"), before);
+}

@@ -1,0 +1,152 @@
+//! Strait's own proxy as a data plane: the `strait-proxy` binary, run as a process.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tempfile::TempDir;
+
+use crate::client::get_blocking;
+use crate::dataplane::{DataPlane, Proxy, ProxySpec};
+use crate::eventually::POLL_INTERVAL;
+use crate::ports::free_port;
+use crate::process::{ManagedChild, workdir};
+use crate::straitd::Straitd;
+
+/// How long strait-proxy may take to have its first complete config.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The strait-proxy data plane.
+pub struct StraitProxy;
+
+impl DataPlane for StraitProxy {
+    fn name(&self) -> &'static str {
+        "strait-proxy"
+    }
+
+    fn start(&self, straitd: &Straitd, spec: &ProxySpec) -> anyhow::Result<Box<dyn Proxy>> {
+        anyhow::ensure!(
+            !spec.secure,
+            "mTLS not supported by strait-proxy yet ({} asks for straitd's TLS port)",
+            spec.node_id
+        );
+        let proxy = StraitProxyProcess::spawn(straitd.xds_addr(), spec)?;
+        Ok(Box::new(proxy))
+    }
+}
+
+/// A running `strait-proxy` for one [`ProxySpec`].
+pub struct StraitProxyProcess {
+    process: ManagedChild,
+    spec: ProxySpec,
+    outbound_port: u16,
+    admin_port: u16,
+    /// Holds the log; dropped after the process (field order).
+    _workdir: TempDir,
+}
+
+impl StraitProxyProcess {
+    /// Spawns strait-proxy against the plaintext xDS server at `xds` and returns once `/ready`
+    /// answers 200 (it has a complete config and its listeners are bound).
+    pub fn spawn(xds: SocketAddr, spec: &ProxySpec) -> anyhow::Result<StraitProxyProcess> {
+        let workdir = workdir(&format!("strait-proxy-{}-", spec.node_id))?;
+        let outbound_port = free_port();
+        let admin_port = free_port();
+        let mut cmd = Command::new(crate::bins::cargo_bin("strait-proxy"));
+        cmd.args(["--xds", &format!("http://{xds}")])
+            .args(["--xds-protocol", spec.xds_protocol.as_str()])
+            .args(["--node-id", &spec.node_id])
+            .args(["--namespace", &spec.namespace])
+            .args(["--labels", &spec.labels_arg()])
+            .args(["--mode", &spec.mode.to_string()])
+            .args(["--outbound-port", &outbound_port.to_string()])
+            .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
+            .env(
+                "RUST_LOG",
+                std::env::var("STRAIT_PROXY_LOG").unwrap_or_else(|_| "info".into()),
+            );
+        if let Some(ip) = spec.listen_address {
+            cmd.args(["--listen-address", &ip.to_string()]);
+        }
+        if !spec.gateway_ports.is_empty() {
+            cmd.args(["--gateway-ports", &spec.gateway_ports_arg()]);
+        }
+        if let Some(sa) = &spec.service_account {
+            cmd.args(["--service-account", sa]);
+        }
+        if let Some((inbound, app)) = spec.inbound {
+            cmd.args(["--inbound-port", &inbound.to_string()])
+                .args(["--app-port", &app.to_string()]);
+        }
+        let log = workdir.path().join("strait-proxy.log");
+        let process = ManagedChild::spawn(format!("strait-proxy {}", spec.node_id), cmd, &log)?;
+        let mut proxy = StraitProxyProcess {
+            process,
+            spec: spec.clone(),
+            outbound_port,
+            admin_port,
+            _workdir: workdir,
+        };
+        proxy.wait_ready(READY_TIMEOUT)?;
+        Ok(proxy)
+    }
+
+    fn admin_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        get_blocking(&format!("http://127.0.0.1:{}{path}", self.admin_port))
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            if self.process.exited().is_some() {
+                return Err(self
+                    .process
+                    .failure("strait-proxy exited before it was ready"));
+            }
+            let last = match self.admin_get("/ready") {
+                Ok((200, _)) => return Ok(()),
+                Ok((status, body)) => format!("/ready said {status} {}", body.trim()),
+                Err(e) => format!("{e:#}"),
+            };
+            if start.elapsed() > timeout {
+                return Err(self
+                    .process
+                    .failure(&format!("strait-proxy not ready after {timeout:?}: {last}")));
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+}
+
+impl Proxy for StraitProxyProcess {
+    fn outbound_addr(&self) -> SocketAddr {
+        self.spec.connect_addr(self.outbound_port)
+    }
+
+    fn inbound_port(&self) -> Option<u16> {
+        self.spec.inbound_port()
+    }
+
+    fn gateway_addr(&self, server_port: u16) -> SocketAddr {
+        self.spec.gateway_addr(server_port)
+    }
+
+    fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port)
+    }
+
+    fn config_dump(&self) -> anyhow::Result<serde_json::Value> {
+        let (status, body) = self.admin_get("/config_dump")?;
+        anyhow::ensure!(status == 200, "/config_dump said {status}: {body}");
+        serde_json::from_str(&body).context("/config_dump is not JSON")
+    }
+
+    fn log(&self) -> String {
+        self.process.log()
+    }
+}
