@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use serde_json::{Map, Value, json};
 use strait_model::ProxyMode;
-use strait_model::node::keys;
+use strait_model::node::NodeMetadata;
 
 /// The static cluster Envoy uses to reach straitd. Translation never emits a cluster of this
 /// name, so dynamic config cannot shadow the control-plane connection.
@@ -88,54 +88,19 @@ pub struct XdsTls {
     pub server_name: String,
 }
 
-/// Formats gateway ports the way `ProxyNode::from_metadata` reads them: `80=18080,443=18443`.
-pub fn format_gateway_ports(ports: &BTreeMap<u16, u16>) -> String {
-    ports
-        .iter()
-        .map(|(server, bind)| format!("{server}={bind}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// The node metadata straitd reads back with `ProxyNode::from_metadata`.
+/// The node metadata straitd reads (see `strait_model::node`).
 pub fn node_metadata(p: &BootstrapParams) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert(keys::NAMESPACE.into(), Value::String(p.namespace.clone()));
-    m.insert(
-        keys::LABELS.into(),
-        Value::Object(
-            p.labels
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                .collect(),
-        ),
-    );
-    if let Some(sa) = &p.service_account {
-        m.insert(keys::SERVICE_ACCOUNT.into(), Value::String(sa.clone()));
+    NodeMetadata {
+        namespace: p.namespace.clone(),
+        labels: p.labels.clone(),
+        service_account: p.service_account.clone(),
+        mode: p.mode,
+        outbound_port: p.outbound_port,
+        listen_address: p.listen_address,
+        gateway_ports: p.gateway_ports.clone(),
+        inbound: p.inbound,
     }
-    m.insert(keys::MODE.into(), Value::String(p.mode.to_string()));
-    // A string, not a number: Istio-style metadata is all strings, and the server accepts both.
-    m.insert(
-        keys::OUTBOUND_PORT.into(),
-        Value::String(p.outbound_port.to_string()),
-    );
-    if let Some(addr) = p.listen_address {
-        m.insert(keys::LISTEN_ADDRESS.into(), Value::String(addr.to_string()));
-    }
-    if !p.gateway_ports.is_empty() {
-        m.insert(
-            keys::GATEWAY_PORTS.into(),
-            Value::String(format_gateway_ports(&p.gateway_ports)),
-        );
-    }
-    if let Some((inbound, app)) = p.inbound {
-        m.insert(
-            keys::INBOUND_PORT.into(),
-            Value::String(inbound.to_string()),
-        );
-        m.insert(keys::APP_PORT.into(), Value::String(app.to_string()));
-    }
-    m
+    .to_json()
 }
 
 /// A stock Envoy v3 bootstrap that fetches everything else from straitd over ADS.

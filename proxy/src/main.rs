@@ -6,6 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 use anyhow::Context;
 use clap::Parser;
 use serde_json::{Map, Value};
+use strait_model::ProxyMode;
+use strait_model::node::NodeMetadata;
 use strait_proxy::app::{self, Settings};
 use strait_proxy::xds::{NodeInfo, Protocol, XdsSettings};
 
@@ -57,63 +59,31 @@ fn pairs(arg: &str, what: &str) -> anyhow::Result<BTreeMap<String, String>> {
         .collect()
 }
 
-/// The node metadata straitd reads, built as `straitctl bootstrap` builds it.
+/// The node metadata straitd reads, written by the same code as `straitctl bootstrap`'s.
 fn metadata(args: &Args) -> anyhow::Result<Map<String, Value>> {
-    let mode = match args.mode.as_str() {
-        "sidecar" | "gateway" => args.mode.clone(),
-        "router" => "gateway".to_string(),
-        other => anyhow::bail!("--mode: expected sidecar or gateway, got {other:?}"),
-    };
+    let mode: ProxyMode = args
+        .mode
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--mode: {e}"))?;
     let labels = pairs(&args.labels, "labels")?;
-    let gateway_ports = pairs(&args.gateway_ports, "gateway-ports")?;
-    for (server, bind) in &gateway_ports {
-        server
-            .parse::<u16>()
-            .ok()
-            .zip(bind.parse::<u16>().ok())
-            .with_context(|| format!("--gateway-ports: {server}={bind} is not PORT=PORT"))?;
+    let mut gateway_ports = BTreeMap::new();
+    for (server, bind) in pairs(&args.gateway_ports, "gateway-ports")? {
+        let parsed = server.parse::<u16>().ok().zip(bind.parse::<u16>().ok());
+        let (server, bind) =
+            parsed.with_context(|| format!("--gateway-ports: {server}={bind} is not PORT=PORT"))?;
+        gateway_ports.insert(server, bind);
     }
-    let mut m = Map::new();
-    m.insert("NAMESPACE".into(), Value::String(args.namespace.clone()));
-    m.insert(
-        "LABELS".into(),
-        Value::Object(
-            labels
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                .collect(),
-        ),
-    );
-    if let Some(sa) = &args.service_account {
-        m.insert("SERVICE_ACCOUNT".into(), Value::String(sa.clone()));
+    Ok(NodeMetadata {
+        namespace: args.namespace.clone(),
+        labels: labels.into_iter().collect(),
+        service_account: args.service_account.clone(),
+        mode,
+        outbound_port: args.outbound_port,
+        listen_address: args.listen_address,
+        gateway_ports,
+        inbound: args.inbound_port.zip(args.app_port),
     }
-    m.insert("STRAIT_MODE".into(), Value::String(mode));
-    m.insert(
-        "STRAIT_OUTBOUND_PORT".into(),
-        Value::String(args.outbound_port.to_string()),
-    );
-    if let Some(ip) = args.listen_address {
-        m.insert(
-            "STRAIT_LISTEN_ADDRESS".into(),
-            Value::String(ip.to_string()),
-        );
-    }
-    if !gateway_ports.is_empty() {
-        let joined = gateway_ports
-            .iter()
-            .map(|(s, b)| format!("{s}={b}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        m.insert("STRAIT_GATEWAY_PORTS".into(), Value::String(joined));
-    }
-    if let (Some(inbound), Some(app)) = (args.inbound_port, args.app_port) {
-        m.insert(
-            "STRAIT_INBOUND_PORT".into(),
-            Value::String(inbound.to_string()),
-        );
-        m.insert("STRAIT_APP_PORT".into(), Value::String(app.to_string()));
-    }
-    Ok(m)
+    .to_json())
 }
 
 #[tokio::main]

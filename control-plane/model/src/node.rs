@@ -22,9 +22,10 @@ pub mod keys {
 
 pub const DEFAULT_OUTBOUND_PORT: u16 = 15001;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProxyMode {
+    #[default]
     Sidecar,
     Gateway,
 }
@@ -65,6 +66,78 @@ pub struct ProxyNode {
     pub gateway_ports: BTreeMap<u16, u16>,
     /// The sidecar's inbound side, when it serves a workload: (inbound port, app port).
     pub inbound: Option<(u16, u16)>,
+}
+
+/// What a proxy tells straitd about itself: the writer's side of [`ProxyNode::from_metadata`],
+/// shared by `straitctl bootstrap` and strait-proxy so the two never drift apart. Unset
+/// options are left out and take straitd's defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeMetadata {
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub service_account: Option<String>,
+    pub mode: ProxyMode,
+    pub outbound_port: u16,
+    pub listen_address: Option<IpAddr>,
+    pub gateway_ports: BTreeMap<u16, u16>,
+    /// (inbound port, app port).
+    pub inbound: Option<(u16, u16)>,
+}
+
+impl NodeMetadata {
+    /// The node metadata as JSON (the xDS edge turns it into a protobuf `Struct`). Values are
+    /// strings, as Istio's node metadata is.
+    pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        use serde_json::Value;
+        let mut m = serde_json::Map::new();
+        m.insert(
+            keys::NAMESPACE.into(),
+            Value::String(self.namespace.clone()),
+        );
+        m.insert(
+            keys::LABELS.into(),
+            Value::Object(
+                self.labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                    .collect(),
+            ),
+        );
+        if let Some(sa) = &self.service_account {
+            m.insert(keys::SERVICE_ACCOUNT.into(), Value::String(sa.clone()));
+        }
+        m.insert(keys::MODE.into(), Value::String(self.mode.to_string()));
+        m.insert(
+            keys::OUTBOUND_PORT.into(),
+            Value::String(self.outbound_port.to_string()),
+        );
+        if let Some(addr) = self.listen_address {
+            m.insert(keys::LISTEN_ADDRESS.into(), Value::String(addr.to_string()));
+        }
+        if !self.gateway_ports.is_empty() {
+            m.insert(
+                keys::GATEWAY_PORTS.into(),
+                Value::String(format_gateway_ports(&self.gateway_ports)),
+            );
+        }
+        if let Some((inbound, app)) = self.inbound {
+            m.insert(
+                keys::INBOUND_PORT.into(),
+                Value::String(inbound.to_string()),
+            );
+            m.insert(keys::APP_PORT.into(), Value::String(app.to_string()));
+        }
+        m
+    }
+}
+
+/// `80=18080,443=18443`, as [`ProxyNode::from_metadata`] reads gateway ports.
+pub fn format_gateway_ports(ports: &BTreeMap<u16, u16>) -> String {
+    ports
+        .iter()
+        .map(|(s, b)| format!("{s}={b}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -264,6 +337,36 @@ mod tests {
         assert_eq!(n.labels["istio"], "ingressgateway");
         assert_eq!(n.gateway_bind_port(80), 18080);
         assert_eq!(n.gateway_bind_port(8080), 8080);
+    }
+
+    #[test]
+    fn written_metadata_reads_back() {
+        let written = NodeMetadata {
+            namespace: "shop".into(),
+            labels: [("app".to_string(), "web".to_string())].into(),
+            service_account: Some("web".into()),
+            mode: ProxyMode::Gateway,
+            outbound_port: 16001,
+            listen_address: Some(IpAddr::from([127, 0, 0, 1])),
+            gateway_ports: [(80, 18080), (443, 18443)].into(),
+            inbound: None,
+        };
+        let n = ProxyNode::from_metadata("gw-1", &written.to_json()).unwrap();
+        assert_eq!(
+            (n.namespace.as_str(), n.mode, n.outbound_port),
+            ("shop", ProxyMode::Gateway, 16001)
+        );
+        assert_eq!(n.labels, written.labels);
+        assert_eq!(n.service_account.as_deref(), Some("web"));
+        assert_eq!(n.gateway_ports, written.gateway_ports);
+        let sidecar = NodeMetadata {
+            namespace: "default".into(),
+            inbound: Some((15006, 8080)),
+            outbound_port: 15001,
+            ..Default::default()
+        };
+        let n = ProxyNode::from_metadata("s", &sidecar.to_json()).unwrap();
+        assert_eq!(n.inbound, Some((15006, 8080)));
     }
 
     #[test]

@@ -36,7 +36,9 @@ impl Mesh {
             "default",
             &[("app", "ratings"), ("version", "v1")],
         )
-        .workload("bookinfo-ratings", app.port());
+        .workload("bookinfo-ratings", app.port())
+        // The server speaks state-of-the-world, the clients delta: SDS is exercised on both.
+        .with_xds_protocol(strait_tests::XdsProtocol::Sotw);
         let inbound = server_spec
             .inbound_port()
             .expect("a workload has an inbound port");
@@ -181,11 +183,24 @@ async fn permissive_accepts_both_and_disable_is_plaintext() -> anyhow::Result<()
     })
     .await?;
 
+    let lds = "type.googleapis.com/envoy.config.listener.v3.Listener";
+    let listener_version = |status: Option<serde_json::Value>| {
+        let t = status.unwrap_or_default()["types"][lds].clone();
+        (t["sent_version"].clone(), t["acked_version"].clone())
+    };
+    let (before, _) = listener_version(mesh.straitd.proxy_status("ratings-v1.default")?);
     mesh.config
         .replace("pa.yaml", &peer_authentication("DISABLE"))?;
-    // Connections already open (the client's pooled mTLS connection) drain on their own
-    // schedule, as in Envoy; new connections follow the new policy.
+    // The server must run the DISABLE listener before a new client connects: PERMISSIVE also
+    // takes plaintext, so the probe alone cannot tell the two apart. Connections already open
+    // (the first client's pooled mTLS connection) drain on Envoy's schedule; new ones follow
+    // the new policy.
     eventually(CONVERGE, || async {
+        let (sent, acked) = listener_version(mesh.straitd.proxy_status("ratings-v1.default")?);
+        anyhow::ensure!(
+            sent != before && sent == acked,
+            "server listener not updated yet"
+        );
         let plain = mesh.plaintext().await?;
         anyhow::ensure!(
             plain.status == 200 && caller_identity(&plain)?.is_empty(),
@@ -206,9 +221,10 @@ async fn permissive_accepts_both_and_disable_is_plaintext() -> anyhow::Result<()
         let via = HttpClient::without_pooling()
             .request(fresh.outbound_addr(), &Req::get("ratings:9080", "/").echo())
             .await?;
+        let server = mesh.straitd.proxy_status("ratings-v1.default")?;
         anyhow::ensure!(
             via.status == 200 && caller_identity(&via)?.is_empty(),
-            "plaintext expected: {via:?}"
+            "plaintext expected: {via:?}\nserver xDS status: {server:#?}"
         );
         Ok(())
     })
