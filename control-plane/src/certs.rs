@@ -15,7 +15,6 @@ use strait_translate::{ROOT_SECRET, WORKLOAD_SECRET};
 struct Issued {
     chain_pem: String,
     key_pem: zeroize::Zeroizing<String>,
-    serial: String,
     renew_at: Instant,
 }
 
@@ -91,7 +90,6 @@ impl WorkloadCertificates {
                 Issued {
                     chain_pem: presented.concat(),
                     key_pem: pair.key_pem.clone(),
-                    serial: pair.cert.serial.clone(),
                     renew_at: Instant::now() + lifetime / 2,
                 },
             );
@@ -114,15 +112,36 @@ impl WorkloadCertificates {
         self.lock().values().map(|i| i.renew_at).min()
     }
 
-    /// The serial currently served for an identity (for logs and tests).
-    pub fn serial(&self, identity: &Identity) -> Option<String> {
-        self.lock()
-            .get(&identity.spiffe_uri())
-            .map(|i| i.serial.clone())
+    /// Forgets an identity (its SPIFFE URI) no connected proxy holds any more: its key leaves
+    /// memory, and its renewal time stops driving the controller's renewal pushes.
+    pub fn forget(&self, spiffe_uri: &str) {
+        self.lock().remove(spiffe_uri);
     }
+}
 
-    /// Forgets an identity no connected proxy holds any more.
-    pub fn forget(&self, identity: &Identity) {
-        self.lock().remove(&identity.spiffe_uri());
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forgotten_identity_no_longer_schedules_renewals() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::load(
+            strait_ca::CaSource::SelfSigned {
+                data_dir: dir.path().to_path_buf(),
+            },
+            strait_ca::CaOptions::default(),
+        )
+        .unwrap();
+        let certs = WorkloadCertificates::new(ca);
+        let web = Identity::new("cluster.local", "default", "web").unwrap();
+        assert!(certs.next_renewal().is_none());
+        certs.workload_secret(&web).unwrap();
+        assert!(certs.next_renewal().is_some());
+        certs.forget(&web.spiffe_uri());
+        assert!(
+            certs.next_renewal().is_none(),
+            "a departed identity must not keep a renewal due"
+        );
     }
 }

@@ -173,7 +173,9 @@ impl Controller {
             }
             NodeEvent::Disconnected { node_id } => {
                 tracing::info!(node = %node_id, "proxy disconnected");
-                self.nodes.remove(&node_id);
+                if let Some(gone) = self.nodes.remove(&node_id) {
+                    self.forget_identity_if_unused(&gone);
+                }
                 self.cache.remove(&node_id);
             }
         }
@@ -181,12 +183,27 @@ impl Controller {
 
     /// The SPIFFE identity a node claims: its namespace and service account.
     fn identity_of(&self, node: &ProxyNode) -> String {
-        format!(
-            "spiffe://{}/ns/{}/sa/{}",
-            self.settings.trust_domain,
-            node.namespace,
-            node.service_account_or_default()
+        strait_translate::spiffe(
+            &self.settings,
+            &node.namespace,
+            node.service_account_or_default(),
         )
+    }
+
+    /// Drops a departed proxy's certificate once no authenticated proxy holds its identity.
+    fn forget_identity_if_unused(&self, gone: &Connected) {
+        let Some(certs) = &self.certs else { return };
+        if !gone.authenticated {
+            return;
+        }
+        let identity = self.identity_of(&gone.proxy);
+        let still_held = self
+            .nodes
+            .values()
+            .any(|n| n.authenticated && self.identity_of(&n.proxy) == identity);
+        if !still_held {
+            certs.forget(&identity);
+        }
     }
 
     /// The SDS secrets for a shape: the trust bundle always, the workload key only when a

@@ -16,7 +16,7 @@ use envoy_types::pb::envoy::config::{
 use strait_model::{Model, ProxyMode, ProxyNode};
 
 pub use listener::OUTBOUND_ROUTE_NAME;
-pub use security::{ROOT_SECRET, WORKLOAD_SECRET};
+pub use security::{ROOT_SECRET, WORKLOAD_SECRET, spiffe};
 
 /// Mesh-wide settings that are not policy objects.
 #[derive(Clone, Debug, PartialEq, Eq)]
