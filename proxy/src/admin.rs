@@ -1,8 +1,8 @@
-//! The admin API: readiness, liveness, the runtime config as JSON, Prometheus stats.
+//! The admin API: readiness, liveness, the runtime config as JSON, the workload certificate,
+//! Prometheus stats.
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -56,7 +56,7 @@ pub fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
         "/ready" => {
-            if shared.ready.load(Ordering::Relaxed) {
+            if shared.is_ready() {
                 text(StatusCode::OK, "text/plain", "LIVE\n".into())
             } else {
                 text(
@@ -80,6 +80,32 @@ pub fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>
                     e.to_string(),
                 ),
             }
+        }
+        // The workload certificate in Envoy's /certs shape (the fields a reader needs).
+        "/certs" => {
+            let certificates: Vec<_> = shared
+                .identity
+                .as_ref()
+                .and_then(|i| i.current())
+                .map(|w| {
+                    let unix = |t: std::time::SystemTime| {
+                        t.duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs())
+                    };
+                    serde_json::json!({
+                        "cert_chain": [{
+                            "path": "<workload certificate, SDS default>",
+                            "serial_number": w.serial,
+                            "subject_alt_names": [{ "uri": &*w.spiffe_id }],
+                            "valid_from_unix": unix(w.not_before),
+                            "expiration_time_unix": unix(w.not_after),
+                        }],
+                    })
+                })
+                .into_iter()
+                .collect();
+            let body = serde_json::json!({ "certificates": certificates }).to_string();
+            text(StatusCode::OK, "application/json", body)
         }
         "/stats/prometheus" | "/metrics" => text(
             StatusCode::OK,

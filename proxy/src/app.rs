@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::identity::{Identity, IdentitySettings};
 use crate::proxy::Shared;
 use crate::xds::XdsSettings;
 
@@ -13,6 +14,8 @@ use crate::xds::XdsSettings;
 pub struct Settings {
     pub xds: XdsSettings,
     pub admin: SocketAddr,
+    /// Where the workload certificate comes from; none: no mTLS.
+    pub identity: Option<IdentitySettings>,
 }
 
 /// A running proxy: stop it with [`Running::shutdown`].
@@ -25,7 +28,8 @@ pub struct Running {
 
 /// Binds the admin port and starts the xDS client and the data plane.
 pub async fn start(settings: Settings) -> std::io::Result<Running> {
-    let shared = Arc::new(Shared::default());
+    let identity = settings.identity.map(|s| Arc::new(Identity::new(s)));
+    let shared = Arc::new(Shared::new(identity.clone()));
     let admin = TcpListener::bind(settings.admin).await?;
     let admin_addr = admin.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -45,13 +49,22 @@ pub async fn start(settings: Settings) -> std::io::Result<Running> {
         configs,
         shutdown_rx.clone(),
     ));
-    let admin_task = tokio::spawn(crate::admin::serve(shared.clone(), admin, shutdown_rx));
+    let admin_task = tokio::spawn(crate::admin::serve(
+        shared.clone(),
+        admin,
+        shutdown_rx.clone(),
+    ));
+    let mut tasks = vec![xds, data, admin_task];
+    if let Some(identity) = identity {
+        // Certifies the key at once, then renews at half life.
+        tasks.push(tokio::spawn(identity.run(shutdown_rx)));
+    }
     tracing::info!(admin = %admin_addr, "strait-proxy started");
     Ok(Running {
         shared,
         admin_addr,
         shutdown,
-        tasks: vec![xds, data, admin_task],
+        tasks,
     })
 }
 

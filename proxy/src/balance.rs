@@ -320,8 +320,11 @@ mod tests {
                     host: "127.0.0.1".into(),
                     port: 1000 + i as u16,
                     weight: *w,
+                    transport_labels: Default::default(),
                 })
                 .collect(),
+            tls: None,
+            transport_matches: Vec::new(),
         }
     }
 

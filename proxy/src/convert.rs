@@ -14,7 +14,9 @@ use envoy_types::pb::envoy::config::core::v3::{
     header_value_option::HeaderAppendAction, socket_address,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
-use envoy_types::pb::envoy::config::listener::v3::{Listener as PbListener, filter};
+use envoy_types::pb::envoy::config::listener::v3::{
+    FilterChain as PbFilterChain, Listener as PbListener, filter, listener_filter,
+};
 use envoy_types::pb::envoy::config::route::v3::{
     HeaderMatcher as PbHeaderMatcher, QueryParameterMatcher, RedirectAction,
     RetryPolicy as PbRetryPolicy, Route as PbRoute, RouteAction, RouteConfiguration,
@@ -26,7 +28,7 @@ use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{HttpFault, fault_abort};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager,
-    http_connection_manager::{RouteSpecifier, StripPortMode},
+    http_connection_manager::{ForwardClientCertDetails, RouteSpecifier, StripPortMode},
     http_filter,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
@@ -38,12 +40,14 @@ use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent::
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 use prost::Message;
 
+mod tls;
+
 use crate::config::{
-    Action, Cluster, ClusterChoice, Discovery, Endpoint, Fault, FaultAbort, FaultDelay, Forward,
-    HashKey, HashPolicy, HeaderAdd, HeaderChanges, HeaderMatch, HeaderMatcher, HttpManager,
-    LbPolicy, Limits, Listener, Mirror, OutlierDetection, PathMatch, Pattern, QueryMatcher,
-    Redirect, RegexRewrite, RetryOn, RetryPolicy, Route, RouteConfig, RouteMatch, RouteSource,
-    StringMatch, VirtualHost, WeightedCluster,
+    Action, ChainMatch, ClientCertDetails, Cluster, ClusterChoice, Discovery, Endpoint, Fault,
+    FaultAbort, FaultDelay, FilterChain, Forward, HashKey, HashPolicy, HeaderAdd, HeaderChanges,
+    HeaderMatch, HeaderMatcher, HttpManager, LbPolicy, Limits, Listener, Mirror, OutlierDetection,
+    PathMatch, Pattern, QueryMatcher, Redirect, RegexRewrite, RetryOn, RetryPolicy, Route,
+    RouteConfig, RouteMatch, RouteSource, StringMatch, Transport, VirtualHost, WeightedCluster,
 };
 
 const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -156,6 +160,61 @@ impl<'a> At<'a> {
 
 // === impl Listener ===
 
+const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
+const TLS_INSPECTOR_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+
+fn filter_chain(at: &At<'_>, chain: &PbFilterChain) -> Result<FilterChain, ConvertError> {
+    let mut matches = ChainMatch::default();
+    if let Some(m) = &chain.filter_chain_match {
+        let at = at.at("filter_chain_match");
+        let mut rest = m.clone();
+        rest.transport_protocol.clear();
+        rest.server_names.clear();
+        if rest != Default::default() {
+            return Err(at.unsupported(
+                "filter chain matches other than transport_protocol and server_names",
+            ));
+        }
+        matches.transport = match m.transport_protocol.as_str() {
+            "" => None,
+            "tls" => Some(Transport::Tls),
+            "raw_buffer" => Some(Transport::Raw),
+            other => {
+                return Err(at
+                    .at("transport_protocol")
+                    .unsupported(format!("transport protocol {other:?}")));
+            }
+        };
+        matches.server_names = m
+            .server_names
+            .iter()
+            .map(|n| Arc::from(n.as_str()))
+            .collect();
+    }
+    let tls = tls::downstream(&at.at("transport_socket"), chain.transport_socket.as_ref())?;
+    if tls.is_none()
+        && (matches.transport == Some(Transport::Tls) || !matches.server_names.is_empty())
+    {
+        return Err(at.at("transport_socket").unsupported(
+            "terminating nothing on a chain that matches TLS connections (TLS passthrough)",
+        ));
+    }
+    let [f] = chain.filters.as_slice() else {
+        return Err(at.at("filters").unsupported(format!(
+            "{} network filters (exactly one http connection manager is supported)",
+            chain.filters.len()
+        )));
+    };
+    let at = at.at("filters[0]");
+    let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+        return Err(at.at("typed_config").invalid("missing"));
+    };
+    let hcm: HttpConnectionManager = at.at("typed_config").decode(any, HCM)?;
+    let http = http_manager(&at.at("typed_config"), &hcm)?;
+    Ok(FilterChain { matches, tls, http })
+}
+
 impl TryFrom<&PbListener> for Listener {
     type Error = ConvertError;
 
@@ -166,50 +225,56 @@ impl TryFrom<&PbListener> for Listener {
             return Err(at.at("name").invalid("must not be empty"));
         }
         let address = socket_addr(&at.at("address"), l.address.as_ref())?;
-        if !l.listener_filters.is_empty() {
-            let names: Vec<&str> = l.listener_filters.iter().map(|f| f.name.as_str()).collect();
-            return Err(at.at("listener_filters").unsupported(format!(
-                "listener filters {names:?} (TLS listeners come later)"
-            )));
+        let mut inspector = false;
+        for (i, f) in l.listener_filters.iter().enumerate() {
+            let at = at.at(format!("listener_filters[{i}]"));
+            let typed = match &f.config_type {
+                Some(listener_filter::ConfigType::TypedConfig(any)) => Some(any.type_url.as_str()),
+                _ => None,
+            };
+            if f.name != TLS_INSPECTOR && typed != Some(TLS_INSPECTOR_TYPE) {
+                return Err(at.unsupported(format!(
+                    "listener filter {:?} (only the TLS inspector)",
+                    f.name
+                )));
+            }
+            if f.filter_disabled.is_some() {
+                return Err(at
+                    .at("filter_disabled")
+                    .unsupported("disabling a listener filter"));
+            }
+            inspector = true;
         }
         if l.default_filter_chain.is_some() {
             return Err(at
                 .at("default_filter_chain")
                 .unsupported("a default filter chain"));
         }
-        let [chain] = l.filter_chains.as_slice() else {
-            return Err(at.at("filter_chains").unsupported(format!(
-                "{} filter chains (exactly one is supported)",
-                l.filter_chains.len()
-            )));
-        };
-        let at = at.at("filter_chains[0]");
-        if chain.filter_chain_match.is_some() {
-            return Err(at
-                .at("filter_chain_match")
-                .unsupported("filter chain matches"));
+        if l.filter_chains.is_empty() {
+            return Err(at.at("filter_chains").invalid("no filter chain"));
         }
-        if chain.transport_socket.is_some() {
-            return Err(at
-                .at("transport_socket")
-                .unsupported("TLS transport sockets"));
+        let chains = l
+            .filter_chains
+            .iter()
+            .enumerate()
+            .map(|(i, c)| filter_chain(&at.at(format!("filter_chains[{i}]")), c))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, c) in chains.iter().enumerate() {
+            if c.matches != ChainMatch::default() && !inspector {
+                return Err(at.at(format!("filter_chains[{i}].filter_chain_match")).invalid(
+                    "matching on the transport or the server name needs the TLS inspector listener filter",
+                ));
+            }
+            if let Some(j) = chains[..i].iter().position(|o| o.matches == c.matches) {
+                return Err(at.at(format!("filter_chains[{i}]")).invalid(format!(
+                    "matches the same connections as filter_chains[{j}]"
+                )));
+            }
         }
-        let [f] = chain.filters.as_slice() else {
-            return Err(at.at("filters").unsupported(format!(
-                "{} network filters (exactly one http connection manager is supported)",
-                chain.filters.len()
-            )));
-        };
-        let at = at.at("filters[0]");
-        let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
-            return Err(at.at("typed_config").invalid("missing"));
-        };
-        let hcm: HttpConnectionManager = at.at("typed_config").decode(any, HCM)?;
-        let http = http_manager(&at.at("typed_config"), &hcm)?;
         Ok(Listener {
             name: l.name.as_str().into(),
             address,
-            http,
+            chains,
         })
     }
 }
@@ -260,11 +325,32 @@ fn http_manager(at: &At<'_>, hcm: &HttpConnectionManager) -> Result<HttpManager,
             .at("http_filters")
             .invalid("the last filter must be the router"));
     }
-    if hcm.forward_client_cert_details != 0 || hcm.set_current_client_cert_details.is_some() {
-        return Err(at
-            .at("forward_client_cert_details")
-            .unsupported("client certificate forwarding (mTLS comes later)"));
-    }
+    let client_cert_details =
+        match ForwardClientCertDetails::try_from(hcm.forward_client_cert_details) {
+            Ok(ForwardClientCertDetails::Sanitize)
+                if hcm.set_current_client_cert_details.is_none() =>
+            {
+                ClientCertDetails::Sanitize
+            }
+            Ok(ForwardClientCertDetails::SanitizeSet) => {
+                let set = hcm.set_current_client_cert_details.unwrap_or_default();
+                let (uri, dns) = (set.uri, set.dns);
+                let mut rest = set;
+                rest.uri = false;
+                rest.dns = false;
+                if rest != Default::default() {
+                    return Err(at
+                        .at("set_current_client_cert_details")
+                        .unsupported("client certificate details other than uri and dns"));
+                }
+                ClientCertDetails::SanitizeSet { uri, dns }
+            }
+            _ => {
+                return Err(at.at("forward_client_cert_details").unsupported(
+                    "forwarding modes other than SANITIZE and SANITIZE_SET (with uri and dns)",
+                ));
+            }
+        };
     let mut websocket = false;
     for (i, u) in hcm.upgrade_configs.iter().enumerate() {
         websocket |= u.upgrade_type.eq_ignore_ascii_case("websocket")
@@ -282,6 +368,7 @@ fn http_manager(at: &At<'_>, hcm: &HttpConnectionManager) -> Result<HttpManager,
             Some(StripPortMode::StripAnyHostPort(true))
         ),
         websocket,
+        client_cert_details,
     })
 }
 
@@ -1016,14 +1103,22 @@ impl TryFrom<&PbCluster> for Cluster {
         if c.name.is_empty() {
             return Err(at.at("name").invalid("must not be empty"));
         }
-        if c.transport_socket.is_some() || !c.transport_socket_matches.is_empty() {
+        let tls = tls::upstream(&at.at("transport_socket"), c.transport_socket.as_ref())?;
+        let transport_matches = tls::matches(&at, &c.transport_socket_matches)?;
+        let distinct = transport_matches
+            .iter()
+            .filter_map(|m| m.tls.as_ref())
+            .chain(tls.as_ref())
+            .fold(Vec::new(), |mut all, t| {
+                if !all.contains(&t) {
+                    all.push(t);
+                }
+                all
+            });
+        if distinct.len() > 1 {
             return Err(at
-                .at(if c.transport_socket.is_some() {
-                    "transport_socket"
-                } else {
-                    "transport_socket_matches"
-                })
-                .unsupported("TLS to upstreams (mTLS comes later)"));
+                .at("transport_socket_matches")
+                .unsupported("different TLS settings for different endpoints of one cluster"));
         }
         let outlier = c
             .outlier_detection
@@ -1166,6 +1261,8 @@ impl TryFrom<&PbCluster> for Cluster {
             http2,
             idle_timeout,
             endpoints,
+            tls,
+            transport_matches,
         })
     }
 }
@@ -1295,10 +1392,12 @@ fn endpoints(
             if weight == 0 {
                 return Err(at.at("load_balancing_weight").invalid("must be at least 1"));
             }
+            let transport_labels = tls::endpoint_labels(&at, lb.metadata.as_ref())?;
             out.push(Endpoint {
                 host: host.into(),
                 port,
                 weight,
+                transport_labels,
             });
         }
     }

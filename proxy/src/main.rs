@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
@@ -9,14 +10,27 @@ use serde_json::{Map, Value};
 use strait_model::ProxyMode;
 use strait_model::node::NodeMetadata;
 use strait_proxy::app::{self, Settings};
-use strait_proxy::xds::{NodeInfo, Protocol, XdsSettings};
+use strait_proxy::identity::IdentitySettings;
+use strait_proxy::xds::{NodeInfo, Protocol, XdsSettings, XdsTls};
 
 #[derive(Parser, Debug)]
 #[command(name = "strait-proxy", about = "Strait's sidecar and gateway proxy")]
 struct Args {
-    /// straitd's plaintext xDS address.
+    /// straitd's xDS address: `http://` for the plaintext port (development), `https://` for
+    /// the TLS port, which also certifies this proxy's workload key (needs --ca-root and
+    /// --token-file).
     #[arg(long, env = "STRAIT_XDS", default_value = "http://127.0.0.1:15010")]
     xds: String,
+    /// PEM roots that straitd's serving certificate chains to (the mesh root).
+    #[arg(long, env = "STRAIT_CA_ROOT")]
+    ca_root: Option<PathBuf>,
+    /// A file holding the bootstrap token (`straitctl token create`).
+    #[arg(long, env = "STRAIT_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// The mesh's trust domain: the workload's SPIFFE ID is
+    /// `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
+    #[arg(long, env = "STRAIT_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
     #[arg(long, env = "STRAIT_XDS_PROTOCOL", value_enum, default_value = "delta")]
     xds_protocol: Protocol,
     #[arg(long, env = "STRAIT_NODE_ID")]
@@ -86,6 +100,35 @@ fn metadata(args: &Args) -> anyhow::Result<Map<String, Value>> {
     .to_json())
 }
 
+/// The TLS port's credentials and the workload identity they prove, when `--xds` is https.
+fn secure(args: &Args) -> anyhow::Result<Option<(XdsTls, IdentitySettings)>> {
+    if !args.xds.starts_with("https://") {
+        anyhow::ensure!(
+            args.ca_root.is_none() && args.token_file.is_none(),
+            "--ca-root and --token-file are for the TLS port: give an https:// --xds"
+        );
+        return Ok(None);
+    }
+    let (Some(ca_root), Some(token_file)) = (args.ca_root.clone(), args.token_file.clone()) else {
+        anyhow::bail!("an https:// --xds needs --ca-root and --token-file");
+    };
+    let sa = args.service_account.as_deref().unwrap_or("default");
+    let spiffe_id = strait_model::node::spiffe_id(&args.trust_domain, &args.namespace, sa);
+    Ok(Some((
+        XdsTls {
+            ca_root: ca_root.clone(),
+            token_file: token_file.clone(),
+        },
+        IdentitySettings {
+            ca_address: args.xds.clone(),
+            ca_root,
+            token_file,
+            spiffe_id,
+            ttl: None,
+        },
+    )))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -101,8 +144,11 @@ async fn main() -> anyhow::Result<()> {
         .clone()
         .or_else(|| labels.get("app").cloned())
         .unwrap_or_else(|| args.node_id.clone());
+    let (xds_tls, identity) = secure(&args)?.unzip();
     let settings = Settings {
+        identity,
         xds: XdsSettings {
+            tls: xds_tls,
             server: args.xds.clone(),
             protocol: args.xds_protocol,
             node: NodeInfo {

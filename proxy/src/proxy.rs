@@ -16,26 +16,53 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::{Body, Bytes, Frame, Incoming};
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use rustls::server::{Acceptor, ServerConfig};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_rustls::LazyConfigAcceptor;
 
 use crate::balance::{Balancer, Outcome, Pick};
 use crate::config::{
-    Action, Cluster, ClusterChoice, Config, Forward, HeaderChanges, Redirect, RetryPolicy, Route,
+    Action, Cluster, ClusterChoice, Config, Endpoint, Forward, HeaderChanges, Redirect,
+    RetryPolicy, Route,
 };
+use crate::identity::Identity;
 use crate::routing::{self, RequestView};
 use crate::stats::Stats;
+use crate::tls::PeerTls;
 
 /// Errors of streamed bodies: the peer's, or the route timeout cutting a response short.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
-type UpstreamClient = Client<HttpConnector, ProxyBody>;
+
+/// How long a TLS client may take to say hello and finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first byte of a TLS record carrying a handshake (the client hello).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// A cluster's connection pool: plaintext, or TLS for the endpoints whose transport says so
+/// (`https` request URIs; the pool keys connections by scheme and address).
+#[derive(Clone)]
+enum UpstreamClient {
+    Plain(Client<HttpConnector, ProxyBody>),
+    Tls(Client<HttpsConnector<HttpConnector>, ProxyBody>),
+}
+
+impl UpstreamClient {
+    fn request(&self, req: Request<ProxyBody>) -> ResponseFuture {
+        match self {
+            UpstreamClient::Plain(c) => c.request(req),
+            UpstreamClient::Tls(c) => c.request(req),
+        }
+    }
+}
 
 /// How long a removed listener or a draining proxy waits for in-flight requests.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,23 +79,46 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// A config with what the data path builds beside it: balancers and connection pools.
+/// A config with what the data path builds beside it: balancers, connection pools and the
+/// TLS server configs of filter chains.
 pub struct Runtime {
     pub config: Arc<Config>,
     upstreams: HashMap<Arc<str>, Arc<Upstream>>,
+    /// By (listener, chain index).
+    chain_tls: HashMap<(Arc<str>, usize), Arc<ServerConfig>>,
 }
 
 /// A cluster's balancer, connection pool and in-flight count.
 pub struct Upstream {
     cluster: Arc<Cluster>,
     balancer: Arc<Balancer>,
-    client: UpstreamClient,
+    /// Why there is no pool: TLS settings that cannot be put in force.
+    client: Result<UpstreamClient, Arc<str>>,
     active: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    /// The request URI for `endpoint`: `https` when its transport is TLS.
+    fn uri_for(&self, endpoint: &Endpoint, path_and_query: &str) -> Result<Uri, http::Error> {
+        let scheme = match self.cluster.transport_for(endpoint) {
+            Some(_) => "https",
+            None => "http",
+        };
+        Uri::builder()
+            .scheme(scheme)
+            .authority(format!("{}:{}", endpoint.host, endpoint.port))
+            .path_and_query(path_and_query)
+            .build()
+    }
 }
 
 impl Runtime {
     /// Builds a runtime for `config`, keeping pools and counters of unchanged clusters.
-    pub fn build(config: Arc<Config>, previous: Option<&Runtime>) -> Runtime {
+    pub fn build(
+        config: Arc<Config>,
+        previous: Option<&Runtime>,
+        identity: Option<&Arc<Identity>>,
+    ) -> Runtime {
         let upstreams = config
             .clusters
             .iter()
@@ -86,11 +136,12 @@ impl Runtime {
                             Some(u)
                                 if u.cluster.connect_timeout == cluster.connect_timeout
                                     && u.cluster.http2 == cluster.http2
-                                    && u.cluster.idle_timeout == cluster.idle_timeout =>
+                                    && u.cluster.idle_timeout == cluster.idle_timeout
+                                    && u.cluster.tls_settings() == cluster.tls_settings() =>
                             {
                                 u.client.clone()
                             }
-                            _ => client(cluster),
+                            _ => client(cluster, identity),
                         },
                         active: old.map(|u| u.active.clone()).unwrap_or_default(),
                     }),
@@ -98,18 +149,67 @@ impl Runtime {
                 (name.clone(), upstream)
             })
             .collect();
-        Runtime { config, upstreams }
+        let mut chain_tls = HashMap::new();
+        for (name, l) in &config.listeners {
+            for (i, chain) in l.chains.iter().enumerate() {
+                let Some(tls) = &chain.tls else { continue };
+                match crate::tls::server_config(tls, identity) {
+                    Ok(server) => {
+                        chain_tls.insert((name.clone(), i), server);
+                    }
+                    Err(error) => {
+                        tracing::error!(listener = %name, chain = i, %error, "TLS for this filter chain is not available; its connections are refused");
+                    }
+                }
+            }
+        }
+        Runtime {
+            config,
+            upstreams,
+            chain_tls,
+        }
     }
 }
 
-fn client(cluster: &Cluster) -> UpstreamClient {
+fn client(cluster: &Cluster, identity: Option<&Arc<Identity>>) -> Result<UpstreamClient, Arc<str>> {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(cluster.connect_timeout));
     connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
         .pool_idle_timeout(cluster.idle_timeout.unwrap_or(Duration::from_secs(3600)))
-        .http2_only(cluster.http2)
-        .build(connector)
+        .http2_only(cluster.http2);
+    let settings = cluster.tls_settings();
+    let [tls] = settings.as_slice() else {
+        // Conversion allows at most one TLS setting per cluster.
+        return match settings.len() {
+            0 => Ok(UpstreamClient::Plain(builder.build(connector))),
+            n => Err(format!("{n} different TLS settings").into()),
+        };
+    };
+    let failed = |e: String| -> Arc<str> {
+        tracing::error!(cluster = %cluster.name, error = %e, "TLS to this cluster is not available");
+        e.into()
+    };
+    let config = crate::tls::client_config(tls, identity).map_err(|e| failed(e.to_string()))?;
+    connector.enforce_http(false);
+    let https = HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http();
+    let https = match &tls.sni {
+        Some(sni) => {
+            let name = rustls_pki_types::ServerName::try_from(sni.to_string())
+                .map_err(|e| failed(format!("SNI {sni:?}: {e}")))?;
+            https.with_server_name_resolver(FixedServerNameResolver::new(name))
+        }
+        None => https,
+    };
+    let connector = if cluster.http2 {
+        https.enable_http2().wrap_connector(connector)
+    } else {
+        https.enable_http1().wrap_connector(connector)
+    };
+    Ok(UpstreamClient::Tls(builder.build(connector)))
 }
 
 /// What every listener and the admin API share.
@@ -121,6 +221,34 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Listener sockets bound by the xDS client before it ACKed them.
     pub sockets: Arc<crate::sockets::Sockets>,
+    /// This proxy's workload identity, when it has one (mTLS).
+    pub identity: Option<Arc<Identity>>,
+}
+
+impl Shared {
+    pub fn new(identity: Option<Arc<Identity>>) -> Shared {
+        Shared {
+            identity,
+            ..Shared::default()
+        }
+    }
+
+    /// A complete config is in force and, if the proxy has an identity, its certificate too.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+            && self.identity.as_ref().is_none_or(|i| i.current().is_some())
+    }
+}
+
+/// What the data path knows of a downstream connection.
+#[derive(Debug)]
+pub struct Conn {
+    pub listener: Arc<str>,
+    /// The filter chain it was matched to.
+    pub chain: usize,
+    pub peer: SocketAddr,
+    /// Set on TLS connections.
+    pub tls: Option<PeerTls>,
 }
 
 struct ListenerHandle {
@@ -141,7 +269,11 @@ pub async fn run(
         let config = configs.borrow_and_update().clone();
         if let Some(config) = config {
             let previous = shared.runtime.load_full();
-            let runtime = Runtime::build(config.clone(), previous.as_deref());
+            let runtime = Runtime::build(
+                config.clone(),
+                previous.as_deref(),
+                shared.identity.as_ref(),
+            );
             shared.runtime.store(Some(Arc::new(runtime)));
             reconcile(&shared, &config, &mut listeners).await;
             if listeners.len() == config.listeners.len() {
@@ -237,7 +369,7 @@ async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     loop {
         tokio::select! {
             accepted = socket.accept() => {
@@ -250,19 +382,16 @@ async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let shared = shared.clone();
-                let listener = name.clone();
-                let service = service_fn(move |req| {
-                    let shared = shared.clone();
-                    let listener = listener.clone();
-                    async move { Ok::<_, Infallible>(handle(&shared, &listener, peer, req).await) }
-                });
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
-                let conn = graceful.watch(conn);
+                let connection = connection(
+                    shared.clone(),
+                    name.clone(),
+                    stream,
+                    peer,
+                    builder.clone(),
+                    graceful.watcher(),
+                );
                 tokio::spawn(async move {
-                    if let Err(error) = conn.await {
+                    if let Err(error) = connection.await {
                         tracing::debug!(%peer, %error, "connection ended with an error");
                     }
                 });
@@ -277,6 +406,98 @@ async fn serve(
     {
         tracing::warn!(listener = %name, "drain timed out; closing remaining connections");
     }
+}
+
+/// Matches a connection to a filter chain (TLS or not, SNI), terminates TLS if the chain says
+/// so, and serves HTTP on it.
+async fn connection(
+    shared: Arc<Shared>,
+    listener: Arc<str>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+) -> Result<(), BoxError> {
+    let Some(runtime) = shared.runtime.load_full() else {
+        return Ok(());
+    };
+    let Some(l) = runtime.config.listeners.get(&listener) else {
+        return Ok(());
+    };
+    let tls = if l.inspects() {
+        let mut first = [0u8; 1];
+        let n = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await??;
+        n == 1 && first[0] == TLS_HANDSHAKE_RECORD
+    } else {
+        l.serves_tls()
+    };
+    if !tls {
+        let Some(chain) = l.select(false, None).filter(|i| l.chains[*i].tls.is_none()) else {
+            tracing::debug!(%listener, %peer, "no filter chain takes a plaintext connection; closing it");
+            return Ok(());
+        };
+        let conn = Conn {
+            listener,
+            chain,
+            peer,
+            tls: None,
+        };
+        drop(runtime);
+        return serve_http(shared, conn, TokioIo::new(stream), &builder, watcher).await;
+    }
+    let handshake = async {
+        let start = LazyConfigAcceptor::new(Acceptor::default(), stream).await?;
+        let sni = start.client_hello().server_name().map(str::to_string);
+        let chain = l.select(true, sni.as_deref());
+        let Some((chain, config)) =
+            chain.and_then(|i| Some((i, runtime.chain_tls.get(&(listener.clone(), i))?.clone())))
+        else {
+            tracing::debug!(%listener, %peer, ?sni, "no filter chain takes this TLS connection; closing it");
+            return Ok::<_, std::io::Error>(None);
+        };
+        let local_uri = match l.chains[chain].tls.as_ref().map(|t| &t.certificate) {
+            Some(crate::config::CertificateSource::Workload) => {
+                shared.identity.as_ref().map(|i| Arc::from(i.spiffe_id()))
+            }
+            _ => None,
+        };
+        let stream = start.into_stream(config).await?;
+        let peer_tls = PeerTls::of(stream.get_ref().1.peer_certificates(), local_uri);
+        Ok(Some((chain, stream, peer_tls)))
+    };
+    let Some((chain, stream, peer_tls)) =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await??
+    else {
+        return Ok(());
+    };
+    let conn = Conn {
+        listener,
+        chain,
+        peer,
+        tls: Some(peer_tls),
+    };
+    drop(runtime);
+    serve_http(shared, conn, TokioIo::new(stream), &builder, watcher).await
+}
+
+async fn serve_http<I>(
+    shared: Arc<Shared>,
+    conn: Conn,
+    io: I,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+) -> Result<(), BoxError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let conn = Arc::new(conn);
+    let service = service_fn(move |req| {
+        let shared = shared.clone();
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(handle(&shared, &conn, req).await) }
+    });
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    watcher.watch(connection.into_owned()).await
 }
 
 fn local(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
@@ -296,17 +517,12 @@ fn full(body: impl Into<Bytes>) -> ProxyBody {
 }
 
 /// One request, start to finish. Loads the runtime once.
-pub async fn handle(
-    shared: &Shared,
-    listener: &str,
-    peer: SocketAddr,
-    req: Request<Incoming>,
-) -> Response<ProxyBody> {
+pub async fn handle(shared: &Shared, conn: &Conn, req: Request<Incoming>) -> Response<ProxyBody> {
     let no_cluster: Arc<str> = Arc::from("");
     let Some(runtime) = shared.runtime.load_full() else {
         return local(StatusCode::SERVICE_UNAVAILABLE, "no configuration");
     };
-    let (resp, cluster) = route_and_forward(&runtime, listener, peer, req).await;
+    let (resp, cluster) = route_and_forward(&runtime, conn, req).await;
     shared.stats.request(
         cluster.as_ref().unwrap_or(&no_cluster),
         resp.status().as_u16(),
@@ -316,15 +532,38 @@ pub async fn handle(
 
 async fn route_and_forward(
     runtime: &Runtime,
-    listener: &str,
-    peer: SocketAddr,
-    req: Request<Incoming>,
+    conn: &Conn,
+    mut req: Request<Incoming>,
 ) -> (Response<ProxyBody>, Option<Arc<str>>) {
     let config = &runtime.config;
-    let Some(l) = config.listeners.get(listener) else {
+    let peer = conn.peer;
+    let Some(l) = config.listeners.get(&conn.listener) else {
         return (local(StatusCode::NOT_FOUND, ""), None);
     };
-    let Some(rc) = config.route_config(l) else {
+    // The chain the connection was matched to, unless an update changed what it does with TLS:
+    // then the connection is closed and the client reconnects to the new chains.
+    let Some(http) = l
+        .chains
+        .get(conn.chain)
+        .filter(|c| c.tls.is_some() == conn.tls.is_some())
+        .map(|c| &c.http)
+    else {
+        let mut resp = local(StatusCode::SERVICE_UNAVAILABLE, "listener changed");
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return (resp, None);
+    };
+    client_cert_details(
+        req.headers_mut(),
+        http.client_cert_details,
+        conn.tls.as_ref(),
+    );
+    if conn.tls.is_some() {
+        req.headers_mut()
+            .entry("x-forwarded-proto")
+            .or_insert(HeaderValue::from_static("https"));
+    }
+    let Some(rc) = config.route_config(http) else {
         return (local(StatusCode::NOT_FOUND, ""), None);
     };
     let authority = req
@@ -338,7 +577,7 @@ async fn route_and_forward(
                 .map(str::to_string)
         })
         .unwrap_or_default();
-    let host = if l.http.strip_any_host_port {
+    let host = if http.strip_any_host_port {
         routing::strip_port(&authority)
     } else {
         &authority
@@ -349,7 +588,7 @@ async fn route_and_forward(
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
     let upgrade = wants_websocket(req.headers());
-    if upgrade && !l.http.websocket {
+    if upgrade && !http.websocket {
         return (local(StatusCode::FORBIDDEN, "upgrade failed"), None);
     }
     if vh.require_tls {
@@ -410,6 +649,41 @@ async fn route_and_forward(
             .await;
             (resp, Some(cluster))
         }
+    }
+}
+
+const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
+/// Envoy's SANITIZE / SANITIZE_SET of `x-forwarded-client-cert`: whatever the client sent is
+/// dropped; on mTLS connections the peer's certificate is described (`By`, `Hash`, `URI`,
+/// `DNS`).
+fn client_cert_details(
+    headers: &mut HeaderMap,
+    mode: crate::config::ClientCertDetails,
+    tls: Option<&PeerTls>,
+) {
+    headers.remove(&XFCC);
+    let crate::config::ClientCertDetails::SanitizeSet { uri, dns } = mode else {
+        return;
+    };
+    let Some(peer) = tls.filter(|t| t.hash.is_some()) else {
+        return;
+    };
+    let mut parts = Vec::new();
+    if let Some(by) = &peer.local_uri {
+        parts.push(format!("By={by}"));
+    }
+    if let Some(hash) = &peer.hash {
+        parts.push(format!("Hash={hash}"));
+    }
+    if uri && let Some(u) = &peer.uri {
+        parts.push(format!("URI={u}"));
+    }
+    if dns {
+        parts.extend(peer.dns.iter().map(|d| format!("DNS={d}")));
+    }
+    if let Ok(v) = HeaderValue::from_str(&parts.join(";")) {
+        headers.insert(XFCC, v);
     }
 }
 
@@ -614,12 +888,7 @@ async fn forward(
         };
         let endpoint = pick.endpoint();
         tried.push((endpoint.host.clone(), endpoint.port));
-        let uri = match Uri::builder()
-            .scheme("http")
-            .authority(format!("{}:{}", endpoint.host, endpoint.port))
-            .path_and_query(path_and_query.as_str())
-            .build()
-        {
+        let uri = match upstream.uri_for(endpoint, &path_and_query) {
             Ok(uri) => uri,
             Err(error) => {
                 tracing::warn!(%error, "cannot build upstream uri");
@@ -635,7 +904,16 @@ async fn forward(
         } else {
             http::Version::HTTP_11
         };
-        let call = upstream.client.request(attempt_req);
+        let call = match &upstream.client {
+            Ok(client) => client.request(attempt_req),
+            Err(reason) => {
+                tracing::debug!(cluster = %cluster, %reason, "no connection pool");
+                return local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream TLS is not available",
+                );
+            }
+        };
         let now = tokio::time::Instant::now();
         let per_try = retry.and_then(|r| r.per_try_timeout).map(|t| now + t);
         let limit = match (per_try, deadline) {
@@ -738,13 +1016,7 @@ fn mirror(
         Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => format!("{h}-shadow:{port}"),
         _ => format!("{host}-shadow"),
     };
-    let e = pick.endpoint();
-    let Ok(uri) = Uri::builder()
-        .scheme("http")
-        .authority(format!("{}:{}", e.host, e.port))
-        .path_and_query(path_and_query)
-        .build()
-    else {
+    let Ok(uri) = target.uri_for(pick.endpoint(), path_and_query) else {
         return;
     };
     let mut req = Request::new(empty());
@@ -757,7 +1029,10 @@ fn mirror(
     if let Ok(v) = HeaderValue::from_str(&shadow) {
         req.headers_mut().insert(header::HOST, v);
     }
-    let call = target.client.request(req);
+    let Ok(client) = &target.client else {
+        return;
+    };
+    let call = client.request(req);
     let limit = timeout.unwrap_or(Duration::from_secs(15));
     tokio::spawn(async move {
         let result = tokio::time::timeout(limit, async {

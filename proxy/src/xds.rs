@@ -49,10 +49,20 @@ pub struct NodeInfo {
 
 #[derive(Clone, Debug)]
 pub struct XdsSettings {
-    /// `http://HOST:PORT`.
+    /// `http://HOST:PORT`, or `https://HOST:PORT` (straitd's TLS port) with `tls`.
     pub server: String,
     pub protocol: Protocol,
     pub node: NodeInfo,
+    pub tls: Option<XdsTls>,
+}
+
+/// How the proxy proves itself to straitd's TLS port.
+#[derive(Clone, Debug)]
+pub struct XdsTls {
+    /// PEM roots straitd's serving certificate chains to.
+    pub ca_root: std::path::PathBuf,
+    /// The bootstrap token, sent as `authorization: Bearer`; read at every connect.
+    pub token_file: std::path::PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +75,8 @@ pub enum XdsError {
     Stream(#[from] tonic::Status),
     #[error("the xds stream was closed by the server")]
     Closed,
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
 }
 
 // === State: what has been accepted, independent of the wire protocol ===
@@ -92,6 +104,8 @@ pub struct State {
     held: BTreeMap<&'static str, BTreeMap<String, String>>,
     /// Binds listener addresses before a listener update is accepted; `None` in pure tests.
     sockets: Option<Arc<Sockets>>,
+    /// Whether this proxy has a workload identity (SDS `default` and `ROOTCA` can be served).
+    identity: bool,
 }
 
 fn known(type_url: &str) -> Option<&'static str> {
@@ -141,6 +155,30 @@ impl State {
         }
     }
 
+    /// Lets resources use the workload certificate and mesh roots.
+    pub fn with_identity(mut self, identity: bool) -> State {
+        self.identity = identity;
+        self
+    }
+
+    /// Refuses TLS that needs a workload identity this proxy does not have.
+    fn check_identity<'a>(
+        &self,
+        kind: &str,
+        uses: impl IntoIterator<Item = (&'a String, bool)>,
+    ) -> Result<(), String> {
+        if self.identity {
+            return Ok(());
+        }
+        match uses.into_iter().find(|(_, uses)| *uses) {
+            Some((name, _)) => Err(format!(
+                "{kind} {name:?}: {}",
+                crate::tls::TlsError::NoIdentity
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Applies an update whole, or rejects it whole with the reason (the NACK's message).
     pub fn apply(&mut self, update: &Update<'_>) -> Result<(), String> {
         let Some(type_url) = known(update.type_url) else {
@@ -149,6 +187,13 @@ impl State {
         match type_url {
             CLUSTER => {
                 let items = convert_all::<Cluster>(update)?;
+                self.check_identity(
+                    "cluster",
+                    items.iter().map(|(n, c)| {
+                        let uses = c.tls_settings().iter().any(|t| t.uses_workload_identity());
+                        (n, uses)
+                    }),
+                )?;
                 merge(&mut self.clusters, update, items);
                 let wanted = self.wanted_eds();
                 self.endpoints.retain(|n, _| wanted.contains(n));
@@ -162,6 +207,17 @@ impl State {
             }
             LISTENER => {
                 let items = convert_all::<Listener>(update)?;
+                self.check_identity(
+                    "listener",
+                    items.iter().map(|(n, l)| {
+                        let uses = l
+                            .chains
+                            .iter()
+                            .filter_map(|c| c.tls.as_ref())
+                            .any(|t| t.uses_workload_identity());
+                        (n, uses)
+                    }),
+                )?;
                 let mut addresses = BTreeMap::new();
                 for (name, l) in &items {
                     if let Some(other) = addresses.insert(l.address, name) {
@@ -218,7 +274,7 @@ impl State {
     pub fn wanted_rds(&self) -> BTreeSet<String> {
         self.listeners
             .values()
-            .filter_map(|l| l.rds_name().map(|n| n.to_string()))
+            .flat_map(|l| l.rds_names().map(|n| n.to_string()))
             .collect()
     }
 
@@ -243,24 +299,26 @@ impl State {
         let mut routes = BTreeMap::new();
         let mut listeners = BTreeMap::new();
         for (name, l) in &self.listeners {
-            let rc = match &l.http.routes {
-                crate::config::RouteSource::Rds(rds) => {
-                    let rc = self.routes.get(&**rds)?;
-                    routes.insert(rds.clone(), rc.clone());
-                    rc.clone()
-                }
-                crate::config::RouteSource::Inline(rc) => rc.clone(),
-            };
-            let complete = rc.virtual_hosts.iter().all(|vh| {
-                vh.routes.iter().all(|r| match &r.action {
-                    crate::config::Action::Forward(f) => {
-                        f.cluster_names().iter().all(|c| clusters.contains_key(*c))
+            for chain in &l.chains {
+                let rc = match &chain.http.routes {
+                    crate::config::RouteSource::Rds(rds) => {
+                        let rc = self.routes.get(&**rds)?;
+                        routes.insert(rds.clone(), rc.clone());
+                        rc.clone()
                     }
-                    _ => true,
-                })
-            });
-            if !complete {
-                return None;
+                    crate::config::RouteSource::Inline(rc) => rc.clone(),
+                };
+                let complete = rc.virtual_hosts.iter().all(|vh| {
+                    vh.routes.iter().all(|r| match &r.action {
+                        crate::config::Action::Forward(f) => {
+                            f.cluster_names().iter().all(|c| clusters.contains_key(*c))
+                        }
+                        _ => true,
+                    })
+                });
+                if !complete {
+                    return None;
+                }
             }
             listeners.insert(Arc::from(name.as_str()), l.clone());
         }
@@ -284,13 +342,17 @@ pub async fn run(
     sockets: Arc<Sockets>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), XdsError> {
-    let endpoint = TonicEndpoint::from_shared(settings.server.clone())
-        .map_err(|e| XdsError::Address(settings.server.clone(), e))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10));
-    let mut state = State::binding(sockets);
+    let endpoint = match &settings.tls {
+        Some(tls) => crate::identity::ca_endpoint(&settings.server, &tls.ca_root)?,
+        None => TonicEndpoint::from_shared(settings.server.clone())
+            .map_err(|e| XdsError::Address(settings.server.clone(), e))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10)),
+    };
+    // The workload identity comes with the TLS port's credentials (see `app`).
+    let mut state = State::binding(sockets).with_identity(settings.tls.is_some());
     let mut backoff = BACKOFF_BASE;
     loop {
         let mut session = Session {
@@ -351,6 +413,16 @@ impl Session<'_> {
         }
     }
 
+    /// The stream request, with the bootstrap token when connecting to the TLS port.
+    fn authorized<T>(&self, stream: T) -> Result<tonic::Request<T>, XdsError> {
+        let mut request = tonic::Request::new(stream);
+        if let Some(tls) = &self.settings.tls {
+            let bearer = crate::identity::bearer(&tls.token_file)?;
+            request.metadata_mut().insert("authorization", bearer);
+        }
+        Ok(request)
+    }
+
     /// Applies one update and records the outcome; `Err` carries the NACK message.
     fn apply(&mut self, update: &Update<'_>) -> Result<(), String> {
         self.responses += 1;
@@ -409,7 +481,7 @@ impl Session<'_> {
         // After a reconnect, also ask for what the accepted clusters and listeners need.
         sotw_resubscribe(self.state, &mut subs, &tx);
         let mut stream = client
-            .stream_aggregated_resources(UnboundedReceiverStream::new(rx))
+            .stream_aggregated_resources(self.authorized(UnboundedReceiverStream::new(rx))?)
             .await?
             .into_inner();
         self.stats.set_connected(true);
@@ -476,7 +548,7 @@ impl Session<'_> {
             subscribed.insert(type_url, wanted);
         }
         let mut stream = client
-            .delta_aggregated_resources(UnboundedReceiverStream::new(rx))
+            .delta_aggregated_resources(self.authorized(UnboundedReceiverStream::new(rx))?)
             .await?
             .into_inner();
         self.stats.set_connected(true);

@@ -64,8 +64,8 @@ fn sidecar_bookinfo_converts_with_its_faults() {
     };
     let listener = Listener::try_from(listener).expect("listener converts");
     assert_eq!(listener.address.to_string(), "127.0.0.1:15001");
-    assert!(matches!(&listener.http.routes, RouteSource::Rds(n) if &**n == "outbound"));
-    assert!(!listener.http.strip_any_host_port);
+    assert!(matches!(&listener.chains[0].http.routes, RouteSource::Rds(n) if &**n == "outbound"));
+    assert!(!listener.chains[0].http.strip_any_host_port);
 
     let [rc] = out.routes.as_slice() else {
         panic!("one route config")
@@ -221,7 +221,7 @@ fn sidecar_policies_convert_except_pool_limits() {
 }
 
 #[test]
-fn gateway_plain_http_listeners_convert_and_tls_ones_are_rejected() {
+fn gateway_https_listeners_read_their_certificate_files_and_name_a_missing_one() {
     let out = golden("gateway");
     let mut plain = 0;
     let mut tls = 0;
@@ -229,13 +229,15 @@ fn gateway_plain_http_listeners_convert_and_tls_ones_are_rejected() {
         match Listener::try_from(l) {
             Ok(listener) => {
                 plain += 1;
-                assert!(listener.http.strip_any_host_port, "{listener:?}");
+                assert!(listener.chains[0].http.strip_any_host_port, "{listener:?}");
             }
             Err(e) => {
+                // The golden case names certificate files that do not exist here: refused, as
+                // Envoy refuses them, with the field and the file.
                 tls += 1;
                 let msg = e.to_string();
-                assert!(msg.contains("listener_filters"), "{msg}");
-                assert!(msg.contains("not supported by strait-proxy"), "{msg}");
+                assert!(msg.contains("tls_certificates[0]"), "{msg}");
+                assert!(msg.contains("reading the certificate chain"), "{msg}");
             }
         }
     }
@@ -244,22 +246,51 @@ fn gateway_plain_http_listeners_convert_and_tls_ones_are_rejected() {
 }
 
 #[test]
-fn sidecar_mtls_clusters_are_rejected_until_mtls_is_implemented() {
+fn sidecar_mtls_clusters_carry_the_workload_certificate_and_the_expected_identity() {
+    use strait_proxy::config::{CertificateSource, RootsSource, SanKind};
     let out = golden("sidecar-mtls");
-    let errors: Vec<String> = out
-        .clusters
-        .iter()
-        .filter(|c| c.transport_socket.is_some() || !c.transport_socket_matches.is_empty())
-        .map(|c| {
-            Cluster::try_from(c)
-                .expect_err("TLS clusters are rejected")
-                .to_string()
-        })
-        .collect();
-    assert!(!errors.is_empty());
-    for e in errors {
-        assert!(e.contains("TLS to upstreams"), "{e}");
-    }
+    let convert = |name: &str| {
+        let c = out
+            .clusters
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("{name} in {:?}", out.clusters));
+        Cluster::try_from(c)
+    };
+    // ISTIO_MUTUAL: our certificate, the mesh roots, the server's SPIFFE ID.
+    let details = convert("outbound|9080||details.default.svc.cluster.local").expect("converts");
+    let tls = details.tls.as_ref().expect("TLS");
+    assert_eq!(tls.certificate, Some(CertificateSource::Workload));
+    assert_eq!(tls.validation.roots, RootsSource::Mesh);
+    let [san] = tls.validation.subject_alt_names.as_slice() else {
+        panic!("{tls:?}")
+    };
+    assert_eq!(san.kind, SanKind::Uri);
+    assert_eq!(
+        san.matcher,
+        StringMatch::Exact {
+            value: "spiffe://cluster.local/ns/default/sa/bookinfo-details".into(),
+            ignore_case: false
+        }
+    );
+    assert_eq!(
+        tls.sni.as_deref(),
+        Some("outbound_.9080_._.details.default.svc.cluster.local")
+    );
+    // Auto mTLS: TLS only for endpoints labelled tlsMode=istio.
+    let reviews = convert("outbound|9080||reviews.default.svc.cluster.local").expect("converts");
+    assert!(reviews.tls.is_none());
+    let [m] = reviews.transport_matches.as_slice() else {
+        panic!("{reviews:?}")
+    };
+    assert_eq!(m.labels.get("tlsMode").map(|v| &**v), Some("istio"));
+    assert!(m.tls.as_ref().is_some_and(|t| t.certificate.is_some()));
+    // SIMPLE with a CA file that is not on this machine: refused with the field and the file.
+    let e = convert("outbound|443||payments.example.com")
+        .expect_err("missing CA file")
+        .to_string();
+    assert!(e.contains("trusted_ca"), "{e}");
+    assert!(e.contains("/etc/ssl/payments-ca.pem"), "{e}");
 }
 
 fn any<M: prost::Message>(type_url: &str, m: &M) -> envoy_types::pb::google::protobuf::Any {

@@ -267,8 +267,10 @@ impl World {
                     cluster: "productpage".to_string(),
                     metadata: self.metadata.clone(),
                 },
+                tls: None,
             },
             admin: "127.0.0.1:0".parse().expect("addr"),
+            identity: None,
         })
         .await
         .expect("proxy starts");

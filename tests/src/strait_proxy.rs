@@ -26,12 +26,8 @@ impl DataPlane for StraitProxy {
     }
 
     fn start(&self, straitd: &Straitd, spec: &ProxySpec) -> anyhow::Result<Box<dyn Proxy>> {
-        anyhow::ensure!(
-            !spec.secure,
-            "mTLS not supported by strait-proxy yet ({} asks for straitd's TLS port)",
-            spec.node_id
-        );
-        let proxy = StraitProxyProcess::spawn(straitd.xds_addr(), spec)?;
+        let target = crate::envoy::XdsTarget::for_spec(straitd, spec)?;
+        let proxy = StraitProxyProcess::spawn(&target, spec)?;
         Ok(Box::new(proxy))
     }
 }
@@ -47,15 +43,32 @@ pub struct StraitProxyProcess {
 }
 
 impl StraitProxyProcess {
-    /// Spawns strait-proxy against the plaintext xDS server at `xds` and returns once `/ready`
-    /// answers 200 (it has a complete config and its listeners are bound).
-    pub fn spawn(xds: SocketAddr, spec: &ProxySpec) -> anyhow::Result<StraitProxyProcess> {
+    /// Spawns strait-proxy against straitd (the plaintext port, or the TLS port with a root
+    /// and a token) and returns once `/ready` answers 200 (it has a complete config, its
+    /// listeners are bound and, on the TLS port, its workload certificate).
+    pub fn spawn(
+        xds: &crate::envoy::XdsTarget,
+        spec: &ProxySpec,
+    ) -> anyhow::Result<StraitProxyProcess> {
         let workdir = workdir(&format!("strait-proxy-{}-", spec.node_id))?;
         let outbound_port = free_port();
         let admin_port = free_port();
         let mut cmd = Command::new(crate::bins::cargo_bin("strait-proxy"));
-        cmd.args(["--xds", &format!("http://{xds}")])
-            .args(["--xds-protocol", spec.xds_protocol.as_str()])
+        match &xds.tls {
+            None => {
+                cmd.args(["--xds", &format!("http://{}", xds.addr)]);
+            }
+            Some((root, token)) => {
+                let token_file = workdir.path().join("token");
+                std::fs::write(&token_file, token).context("writing the token file")?;
+                cmd.args(["--xds", &format!("https://{}", xds.addr)])
+                    .arg("--ca-root")
+                    .arg(root)
+                    .arg("--token-file")
+                    .arg(token_file);
+            }
+        }
+        cmd.args(["--xds-protocol", spec.xds_protocol.as_str()])
             .args(["--node-id", &spec.node_id])
             .args(["--namespace", &spec.namespace])
             .args(["--labels", &spec.labels_arg()])

@@ -132,6 +132,12 @@ impl NodeMetadata {
 }
 
 /// `80=18080,443=18443`, as [`ProxyNode::from_metadata`] reads gateway ports.
+/// A workload's SPIFFE ID: `spiffe://TD/ns/NS/sa/SA` (the one writer of the format for
+/// translation and strait-proxy).
+pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
+    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
+}
+
 pub fn format_gateway_ports(ports: &BTreeMap<u16, u16>) -> String {
     ports
         .iter()

@@ -80,10 +80,7 @@ fn exact(s: &str) -> StringMatcher {
 
 /// `spiffe://TD/ns/NS/sa/SA`.
 pub fn spiffe(settings: &MeshSettings, namespace: &str, service_account: &str) -> String {
-    format!(
-        "spiffe://{}/ns/{namespace}/sa/{service_account}",
-        settings.trust_domain
-    )
+    strait_model::node::spiffe_id(&settings.trust_domain, namespace, service_account)
 }
 
 /// Mesh mTLS to a server that must present one of `identities`.

@@ -1,9 +1,12 @@
 //! Upstream clusters and their endpoints.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
+
+use super::UpstreamTls;
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Cluster {
@@ -22,6 +25,19 @@ pub struct Cluster {
     pub idle_timeout: Option<Duration>,
     /// From the load assignment (STATIC, STRICT_DNS) or from EDS.
     pub endpoints: Arc<[Endpoint]>,
+    /// TLS to endpoints that no transport match picks; none: plaintext.
+    pub tls: Option<Arc<UpstreamTls>>,
+    /// Per-endpoint transport, by the endpoint's `envoy.transport_socket_match` metadata
+    /// (Istio's auto mTLS: `tlsMode: istio` endpoints get mTLS). The first match wins.
+    pub transport_matches: Vec<TransportMatch>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TransportMatch {
+    pub name: Arc<str>,
+    /// Every one of these must be in the endpoint's transport labels.
+    pub labels: BTreeMap<Arc<str>, Arc<str>>,
+    pub tls: Option<Arc<UpstreamTls>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -91,6 +107,8 @@ pub struct Endpoint {
     pub host: Arc<str>,
     pub port: u16,
     pub weight: u32,
+    /// The endpoint's `envoy.transport_socket_match` metadata.
+    pub transport_labels: BTreeMap<Arc<str>, Arc<str>>,
 }
 
 impl Cluster {
@@ -100,5 +118,33 @@ impl Cluster {
             Discovery::Eds { service_name } => Some(service_name),
             Discovery::Static | Discovery::StrictDns => None,
         }
+    }
+
+    /// The TLS settings for connections to `endpoint`; none: plaintext.
+    pub fn transport_for(&self, endpoint: &Endpoint) -> Option<&Arc<UpstreamTls>> {
+        self.transport_matches
+            .iter()
+            .find(|m| {
+                m.labels
+                    .iter()
+                    .all(|(k, v)| endpoint.transport_labels.get(k) == Some(v))
+            })
+            .map_or(self.tls.as_ref(), |m| m.tls.as_ref())
+    }
+
+    /// Every distinct TLS setting some endpoint may use.
+    pub fn tls_settings(&self) -> Vec<&Arc<UpstreamTls>> {
+        let mut all: Vec<&Arc<UpstreamTls>> = Vec::new();
+        let candidates = self
+            .transport_matches
+            .iter()
+            .filter_map(|m| m.tls.as_ref())
+            .chain(self.tls.as_ref());
+        for tls in candidates {
+            if !all.iter().any(|t| t == &tls) {
+                all.push(tls);
+            }
+        }
+        all
     }
 }

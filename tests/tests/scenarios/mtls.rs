@@ -286,7 +286,8 @@ spec:
     assert_no_nacks(&mesh.straitd)
 }
 
-/// Serial numbers of the workload certificates an Envoy holds, from its `/certs` admin page.
+/// Serial numbers of the workload certificates a proxy holds, from its `/certs` admin page
+/// (Envoy's, and strait-proxy's in the same shape).
 fn serials(proxy: &dyn Proxy) -> anyhow::Result<Vec<String>> {
     let (status, body) =
         strait_tests::client::get_blocking(&format!("{}/certs", proxy.admin_url()))?;
