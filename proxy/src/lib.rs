@@ -6,6 +6,7 @@ pub mod balance;
 pub mod config;
 pub mod convert;
 pub mod proxy;
+pub mod rbac;
 pub mod routing;
 pub mod sockets;
 pub mod stats;
