@@ -184,7 +184,11 @@ impl Permission {
             Permission::Or(any) => any.iter().any(|p| p.matches(input)),
             Permission::Not(p) => !p.matches(input),
             Permission::Header(h) => header_matches(h, input),
-            Permission::UrlPath(sm) => str_matches(sm, input.path),
+            Permission::UrlPath(sm) => {
+                // The contract is a path without them; stripping again costs nothing.
+                let path = input.path.split(['?', '#']).next().unwrap_or_default();
+                str_matches(sm, path)
+            }
             Permission::DestinationPort(port) => input.destination_port == *port,
         }
     }

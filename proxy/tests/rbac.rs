@@ -452,7 +452,7 @@ spec:
 }
 
 /// straitd's config for one policy, changed by `edit`, then converted.
-fn refused(edit: impl Fn(&mut PbRbac)) -> String {
+fn edited(edit: impl Fn(&mut PbRbac)) -> Result<Vec<Rbac>, String> {
     let listener = inbound(
         "apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -472,9 +472,26 @@ spec:
         type_url: any.type_url.clone(),
         value: rbac.encode_to_vec(),
     }));
-    http_filters(&format!("listener {LISTENER:?}"), &hcm)
-        .expect_err("refused")
-        .to_string()
+    http_filters(&format!("listener {LISTENER:?}"), &hcm).map_err(|e| e.to_string())
+}
+
+fn refused(edit: impl Fn(&mut PbRbac)) -> String {
+    edited(edit).expect_err("refused")
+}
+
+#[test]
+fn policies_are_examined_in_name_order_as_in_envoy() {
+    let names = ["m", "z", "a", "k", "b", "y"];
+    let f = edited(|rbac| {
+        let p = the_policy(rbac).clone();
+        let rules = rbac.rules.as_mut().expect("rules");
+        rules.policies = names.iter().map(|n| (n.to_string(), p.clone())).collect();
+    })
+    .expect("converts");
+    let got: Vec<&str> = f[0].policies.iter().map(|(n, _)| &**n).collect();
+    assert_eq!(got, ["a", "b", "k", "m", "y", "z"]);
+    // All match: the first by name is the one a decision names.
+    assert_eq!(decide(&f, &req().peer("10.0.0.1")).1.as_deref(), Some("a"));
 }
 
 fn the_policy(rbac: &mut PbRbac) -> &mut PbPolicy {
