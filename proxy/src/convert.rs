@@ -1,5 +1,7 @@
 //! xDS protobufs -> runtime config; anything the proxy would not honour as Envoy does is rejected.
 
+pub mod rbac;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,6 +7,7 @@ pub mod config;
 pub mod convert;
 pub mod identity;
 pub mod proxy;
+pub mod rbac;
 pub mod routing;
 pub mod sockets;
 pub mod stats;
