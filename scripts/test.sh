@@ -26,7 +26,6 @@ cargo build --workspace --bins
 step "cargo test --workspace (STRAIT_ENVOY=$STRAIT_ENVOY)"
 cargo test --workspace
 
-# The same scenarios against Strait's own proxy. mTLS is not in strait-proxy yet (issue 4):
-# those scenarios are skipped here by name, not weakened.
+# The same scenarios, with the same assertions, against Strait's own proxy.
 step "scenarios against strait-proxy (STRAIT_DATA_PLANE=strait-proxy)"
-STRAIT_DATA_PLANE=strait-proxy cargo test -p strait-tests --test scenarios -- --skip mtls::
+STRAIT_DATA_PLANE=strait-proxy cargo test -p strait-tests --test scenarios

@@ -76,6 +76,8 @@ pub struct HttpManager {
     pub websocket: bool,
     /// What happens to `x-forwarded-client-cert`.
     pub client_cert_details: ClientCertDetails,
+    /// RBAC filters in order (Istio's: DENY, AUDIT, ALLOW), before routing.
+    pub rbac: Arc<[crate::rbac::Rbac]>,
 }
 
 /// Envoy's `forward_client_cert_details` with `set_current_client_cert_details`.
@@ -196,6 +198,7 @@ mod tests {
                 strip_any_host_port: false,
                 websocket: false,
                 client_cert_details: ClientCertDetails::default(),
+                rbac: Arc::from([]),
             },
         }
     }

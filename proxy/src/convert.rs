@@ -1,6 +1,6 @@
 //! xDS protobufs -> runtime config; anything the proxy would not honour as Envoy does is rejected.
 
-pub mod rbac;
+mod rbac;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -297,6 +297,7 @@ fn http_manager(at: &At<'_>, hcm: &HttpConnectionManager) -> Result<HttpManager,
         }
         None => return Err(at.at("route_specifier").invalid("missing")),
     };
+    let mut rbac_filters = Vec::new();
     for (i, f) in hcm.http_filters.iter().enumerate() {
         let at = at.at(format!("http_filters[{i}]"));
         let any = match &f.config_type {
@@ -314,6 +315,15 @@ fn http_manager(at: &At<'_>, hcm: &HttpConnectionManager) -> Result<HttpManager,
                 if fault != HttpFault::default() {
                     return Err(at.unsupported("fault injection"));
                 }
+            }
+            rbac::TYPE_URL => {
+                if f.disabled {
+                    return Err(at
+                        .at("disabled")
+                        .unsupported("an RBAC filter disabled until a route enables it"));
+                }
+                let at = at.at("typed_config");
+                rbac_filters.push(rbac::rbac(&at, &at.decode(any, rbac::TYPE_URL)?)?);
             }
             other => return Err(at.unsupported(format!("http filter {:?} ({other})", f.name))),
         }
@@ -371,6 +381,7 @@ fn http_manager(at: &At<'_>, hcm: &HttpConnectionManager) -> Result<HttpManager,
         ),
         websocket,
         client_cert_details,
+        rbac: rbac_filters.into(),
     })
 }
 

@@ -585,6 +585,22 @@ async fn route_and_forward(
     let Some(vh) = routing::virtual_host(rc, host) else {
         return (local(StatusCode::NOT_FOUND, ""), None);
     };
+    if !http.rbac.is_empty() {
+        let input = crate::rbac::RbacInput {
+            method: req.method().as_str(),
+            path: req.uri().path(),
+            authority: &authority,
+            headers: req.headers(),
+            destination_port: l.address.port(),
+            direct_remote_ip: peer.ip(),
+            principal: conn.tls.as_ref().and_then(|t| t.principal.as_deref()),
+        };
+        let decision = crate::rbac::authorize(&http.rbac, &input);
+        if !decision.allowed {
+            tracing::debug!(policy = ?decision.policy, %peer, "RBAC denied the request");
+            return (local(StatusCode::FORBIDDEN, crate::rbac::DENIED_BODY), None);
+        }
+    }
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
     let upgrade = wants_websocket(req.headers());

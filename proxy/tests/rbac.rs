@@ -15,10 +15,11 @@ use envoy_types::pb::google::protobuf::{Any, UInt32Value};
 use http::HeaderMap;
 use prost::Message;
 use strait_model::{Model, ProxyNode, loader};
-use strait_proxy::convert::rbac::http_filters;
+use strait_proxy::config::Listener;
 use strait_proxy::rbac::{Rbac, RbacAction, RbacInput, authorize};
 
 const LISTENER: &str = "inbound_15108";
+const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const PRODUCTPAGE: &str = "spiffe://cluster.local/ns/default/sa/bookinfo-productpage";
 const REVIEWS: &str = "spiffe://cluster.local/ns/default/sa/bookinfo-reviews";
 
@@ -58,13 +59,15 @@ fn hcms(listener: &PbListener) -> Vec<HttpConnectionManager> {
         .collect()
 }
 
-/// The RBAC filters, converted; every filter chain (TLS and plaintext) carries the same ones.
+/// The RBAC filters, converted with the whole listener; every filter chain (TLS and
+/// plaintext) carries the same ones.
 fn filters(yaml: &str) -> Vec<Rbac> {
-    let resource = format!("listener {LISTENER:?}");
-    let mut per_chain = hcms(&inbound(yaml))
+    let listener = Listener::try_from(&inbound(yaml)).expect("the listener converts");
+    let mut per_chain: Vec<Vec<Rbac>> = listener
+        .chains
         .iter()
-        .map(|hcm| http_filters(&resource, hcm).expect("RBAC converts"))
-        .collect::<Vec<_>>();
+        .map(|c| c.http.rbac.to_vec())
+        .collect();
     let first = per_chain.remove(0);
     assert!(per_chain.iter().all(|f| *f == first), "chains agree");
     first
@@ -462,6 +465,7 @@ spec:
   rules: [{from: [{source: {ipBlocks: [10.0.0.0/8]}}]}]
 ",
     );
+    let mut listener = listener;
     let mut hcm = hcms(&listener).remove(0);
     let Some(http_filter::ConfigType::TypedConfig(any)) = &hcm.http_filters[0].config_type else {
         panic!("typed RBAC filter")
@@ -472,7 +476,13 @@ spec:
         type_url: any.type_url.clone(),
         value: rbac.encode_to_vec(),
     }));
-    http_filters(&format!("listener {LISTENER:?}"), &hcm).map_err(|e| e.to_string())
+    listener.filter_chains[0].filters[0].config_type = Some(filter::ConfigType::TypedConfig(Any {
+        type_url: HCM_TYPE.to_string(),
+        value: hcm.encode_to_vec(),
+    }));
+    Listener::try_from(&listener)
+        .map(|l| l.chains[0].http.rbac.to_vec())
+        .map_err(|e| e.to_string())
 }
 
 fn refused(edit: impl Fn(&mut PbRbac)) -> String {
@@ -503,7 +513,7 @@ fn the_policy(rbac: &mut PbRbac) -> &mut PbPolicy {
 
 #[test]
 fn refuses_what_it_does_not_enforce_with_the_path() {
-    let policy = r#"listener "inbound_15108": http_filters[0].typed_config.rules.policies["ns[default]-policy[ips]-rule[0]"]"#;
+    let policy = r#"listener "inbound_15108": filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.rules.policies["ns[default]-policy[ips]-rule[0]"]"#;
     let err = refused(|rbac| {
         the_policy(rbac).principals[0].identifier =
             Some(principal::Identifier::RemoteIp(CidrRange {
@@ -548,7 +558,7 @@ fn refuses_what_it_does_not_enforce_with_the_path() {
         "{err}"
     );
 
-    let filter = r#"listener "inbound_15108": http_filters[0].typed_config"#;
+    let filter = r#"listener "inbound_15108": filter_chains[0].filters[0].typed_config.http_filters[0].typed_config"#;
     let err = refused(|rbac| rbac.shadow_rules = rbac.rules.clone());
     assert_eq!(
         err,

@@ -9,9 +9,6 @@ use envoy_types::pb::envoy::config::rbac::v3::{
     permission, principal, rbac::Action as PbAction,
 };
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as PbRbac;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, http_filter,
-};
 use envoy_types::pb::envoy::r#type::matcher::v3::path_matcher;
 
 use super::{At, ConvertError, header_matcher, string_match};
@@ -19,33 +16,6 @@ use crate::rbac::{Cidr, Permission, Policy, Principal, Rbac, RbacAction};
 
 /// The type of an RBAC HTTP filter's `typed_config`.
 pub(super) const TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
-
-/// The RBAC filters of an HTTP connection manager, in their order. Only these are read (the
-/// listener conversion judges the others); `resource` names the listener in errors.
-pub fn http_filters(
-    resource: &str,
-    hcm: &HttpConnectionManager,
-) -> Result<Vec<Rbac>, ConvertError> {
-    let at = At::new(resource);
-    let mut out = Vec::new();
-    for (i, f) in hcm.http_filters.iter().enumerate() {
-        let at = at.at(format!("http_filters[{i}]"));
-        let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
-            continue;
-        };
-        if any.type_url != TYPE_URL {
-            continue;
-        }
-        if f.disabled {
-            return Err(at
-                .at("disabled")
-                .unsupported("an RBAC filter disabled until a route enables it"));
-        }
-        let at = at.at("typed_config");
-        out.push(rbac(&at, &at.decode(any, TYPE_URL)?)?);
-    }
-    Ok(out)
-}
 
 /// One RBAC filter's config. Its policies are sorted by name, the order Envoy examines them in.
 pub(super) fn rbac(at: &At<'_>, proto: &PbRbac) -> Result<Rbac, ConvertError> {
