@@ -5,8 +5,11 @@
 use std::time::Duration;
 
 use strait_tests::client::{HttpClient, Req};
+use strait_tests::envoy::Envoy;
+use strait_tests::strait_proxy::StraitProxy;
 use strait_tests::{
-    Backend, ConfigDir, Proxy, ProxySpec, Straitd, StraitdOptions, data_plane, eventually,
+    Backend, ConfigDir, DataPlane, Proxy, ProxySpec, Straitd, StraitdOptions, data_plane,
+    eventually,
 };
 
 use crate::common::{CONVERGE, assert_no_nacks};
@@ -30,6 +33,16 @@ fn peer_authentication(mode: &str) -> String {
 
 impl Mesh {
     fn start(files: &[(&str, &str)], extra_args: &[&str]) -> anyhow::Result<Mesh> {
+        Mesh::start_with(files, extra_args, &*data_plane(), &*data_plane())
+    }
+
+    /// The server sidecar on one data plane, the client on another.
+    fn start_with(
+        files: &[(&str, &str)],
+        extra_args: &[&str],
+        server_plane: &dyn DataPlane,
+        client_plane: &dyn DataPlane,
+    ) -> anyhow::Result<Mesh> {
         let app = Backend::start("ratings-app");
         let server_spec = ProxySpec::sidecar(
             "ratings-v1.default",
@@ -73,14 +86,14 @@ spec:
         let mut options = StraitdOptions::new(config.path());
         options.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
         let straitd = Straitd::start(options)?;
-        let server = data_plane().start(&straitd, &server_spec)?;
+        let server = server_plane.start(&straitd, &server_spec)?;
         let client_spec = ProxySpec::sidecar(
             "productpage-v1.default",
             "default",
             &[("app", "productpage")],
         )
         .secure("bookinfo-productpage");
-        let client = data_plane().start(&straitd, &client_spec)?;
+        let client = client_plane.start(&straitd, &client_spec)?;
         Ok(Mesh {
             app,
             config,
@@ -284,6 +297,61 @@ spec:
     })
     .await?;
     assert_no_nacks(&mesh.straitd)
+}
+
+/// One policy, two data planes: stock Envoy and strait-proxy talk mTLS to each other in both
+/// directions, each side verifying the other's SPIFFE identity, and the server side enforces
+/// authorization whichever proxy it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_meshes_envoy_and_strait_proxy_speak_mtls_both_ways() -> anyhow::Result<()> {
+    let allow = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ratings-viewer}
+spec:
+  selector: {matchLabels: {app: ratings}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/default/sa/bookinfo-productpage]}}]
+    to: [{operation: {methods: [GET]}}]
+";
+    let files = [
+        ("pa.yaml", peer_authentication("STRICT")),
+        ("allow.yaml", allow.to_string()),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, y)| (*n, y.as_str())).collect();
+    for (server, client) in [
+        (&StraitProxy as &dyn DataPlane, &Envoy as &dyn DataPlane),
+        (&Envoy as &dyn DataPlane, &StraitProxy as &dyn DataPlane),
+    ] {
+        let label = format!("{} client -> {} server", client.name(), server.name());
+        let mesh = Mesh::start_with(&files, &[], server, client)?;
+        let resp = eventually(CONVERGE, || async {
+            let resp = mesh.via_client("/ratings/1").await?;
+            anyhow::ensure!(resp.status == 200, "{label}: {resp:?}");
+            Ok(resp)
+        })
+        .await?;
+        let xfcc = caller_identity(&resp)?;
+        anyhow::ensure!(
+            xfcc.contains("URI=spiffe://cluster.local/ns/default/sa/bookinfo-productpage")
+                && xfcc.contains("By=spiffe://cluster.local/ns/default/sa/bookinfo-ratings"),
+            "{label}: the app sees both identities: {xfcc:?}"
+        );
+        let post = HttpClient::without_pooling()
+            .request(
+                mesh.client.outbound_addr(),
+                &Req::post("ratings:9080", "/ratings/1", "{}"),
+            )
+            .await?;
+        anyhow::ensure!(post.status == 403, "{label}: only GET is allowed: {post:?}");
+        let plain = mesh.plaintext().await;
+        anyhow::ensure!(
+            !matches!(&plain, Ok(r) if r.status == 200),
+            "{label}: STRICT refuses plaintext: {plain:?}"
+        );
+        assert_no_nacks(&mesh.straitd)?;
+    }
+    Ok(())
 }
 
 /// Serial numbers of the workload certificates a proxy holds, from its `/certs` admin page
