@@ -175,6 +175,73 @@ impl HttpClient {
     }
 }
 
+/// One HTTP/1.1 request over TLS to `addr`, sending `sni` and trusting only `roots_pem`.
+/// Returns the response and the server certificate's DER, so a test can tell which
+/// certificate the server chose.
+pub async fn https_request(
+    addr: SocketAddr,
+    sni: &str,
+    roots_pem: &str,
+    req: &Req,
+) -> anyhow::Result<(Resp, Vec<u8>)> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(roots_pem.as_bytes()) {
+        roots.add(cert.context("a root certificate")?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls_pki_types::ServerName::try_from(sni.to_string())?;
+    let start = Instant::now();
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .context("TLS handshake")?;
+        let server_cert = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec())
+            .unwrap_or_default();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+        tokio::spawn(conn);
+        let mut builder = http::Request::builder()
+            .method(req.method.clone())
+            .uri(req.path.as_str())
+            .header(http::header::HOST, req.host.as_str());
+        for (k, v) in &req.headers {
+            builder = builder.header(k.as_str(), v.as_str());
+        }
+        let resp = sender
+            .send_request(builder.body(Full::new(Bytes::from(req.body.clone())))?)
+            .await?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await?.to_bytes();
+        anyhow::Ok((parts, body, server_cert))
+    };
+    let (parts, body, server_cert) = tokio::time::timeout(req.timeout, exchange)
+        .await
+        .map_err(|_| anyhow::anyhow!("https://{sni} via {addr}: no response in time"))??;
+    Ok((
+        Resp {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            elapsed: start.elapsed(),
+        },
+        server_cert,
+    ))
+}
+
 /// One request on a fresh connection.
 pub async fn request(addr: SocketAddr, req: Req) -> anyhow::Result<Resp> {
     HttpClient::without_pooling().request(addr, &req).await
