@@ -299,22 +299,22 @@ spec:
 }
 
 #[test]
-fn ports_match_the_local_port_of_the_connection() {
-    // Envoy compares with the downstream connection's local port, the inbound listener's here;
-    // straitd emits the policy's port as written.
+fn a_policy_naming_the_app_port_matches_connections_on_the_inbound_port() {
+    // Envoy compares with the downstream connection's local port: the inbound listener's
+    // (15108) here, which stands for the app's port (19091), so straitd writes it so.
     let f = filters(
         "apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: ports, namespace: default}
 spec:
   action: ALLOW
-  rules: [{to: [{operation: {ports: ['15108']}}]}, {to: [{operation: {notPorts: ['15108', '15109']}}]}]
+  rules: [{to: [{operation: {ports: ['19091']}}]}, {to: [{operation: {notPorts: ['19091', '15109']}}]}]
 ",
     );
     assert_eq!(decide(&f, &req()), (true, policy("ports", 0), None));
     let on = |port| allowed(&f, Req { port, ..req() });
     assert!(!on(15109));
-    assert!(on(19091), "rule 1: any port but those");
+    assert!(on(19092), "rule 1: any port but those");
 }
 
 #[test]

@@ -199,6 +199,10 @@ pub fn inbound(
         &cluster_name,
         &policies,
         settings,
+        InboundPorts {
+            listener: inbound_port,
+            app: app_port,
+        },
     );
     let mtls = FilterChain {
         filters: vec![hcm.clone()],
@@ -265,8 +269,9 @@ fn inbound_hcm(
     cluster: &str,
     policies: &[&AuthorizationPolicy],
     settings: &MeshSettings,
+    ports: InboundPorts,
 ) -> Filter {
-    let mut http_filters = rbac_filters(policies, settings);
+    let mut http_filters = rbac_filters(policies, settings, ports);
     http_filters.push(HttpFilter {
         name: "envoy.filters.http.router".to_string(),
         config_type: Some(http_filter::ConfigType::TypedConfig(
@@ -320,7 +325,31 @@ fn inbound_hcm(
 
 /// Istio's order: DENY, then AUDIT (logging only), then ALLOW. With no ALLOW policy, whatever
 /// is not denied is allowed; with one, a request must match an ALLOW rule.
-pub fn rbac_filters(policies: &[&AuthorizationPolicy], settings: &MeshSettings) -> Vec<HttpFilter> {
+/// The sidecar's inbound port and the app port behind it. Envoy's RBAC `destination_port` is the
+/// port the connection arrived on: with no traffic redirection, that is the inbound port, so a
+/// policy naming the app's port is written with the inbound port (as the app port would be seen
+/// behind Istio's iptables redirect).
+#[derive(Clone, Copy, Debug)]
+pub struct InboundPorts {
+    pub listener: u16,
+    pub app: u16,
+}
+
+impl InboundPorts {
+    fn destination(self, port: u16) -> u32 {
+        u32::from(if port == self.app {
+            self.listener
+        } else {
+            port
+        })
+    }
+}
+
+pub fn rbac_filters(
+    policies: &[&AuthorizationPolicy],
+    settings: &MeshSettings,
+    ports: InboundPorts,
+) -> Vec<HttpFilter> {
     use envoy_types::pb::envoy::config::rbac::v3::rbac::Action;
     [
         (AuthzAction::Deny, Action::Deny, "deny"),
@@ -339,7 +368,7 @@ pub fn rbac_filters(policies: &[&AuthorizationPolicy], settings: &MeshSettings) 
             for (i, rule) in p.rules.iter().enumerate() {
                 named.push((
                     format!("ns[{}]-policy[{}]-rule[{i}]", p.id.namespace, p.id.name),
-                    policy(rule, settings),
+                    policy(rule, settings, ports),
                 ));
             }
         }
@@ -397,10 +426,12 @@ fn sorted_rbac(action: i32, mut policies: Vec<(String, Policy)>) -> Any {
     }
 }
 
-fn policy(rule: &AuthzRule, settings: &MeshSettings) -> Policy {
+fn policy(rule: &AuthzRule, settings: &MeshSettings, ports: InboundPorts) -> Policy {
     let mut permissions: Vec<Permission> = Vec::new();
     if !rule.to.is_empty() {
-        permissions.push(or_rules(rule.to.iter().map(operation).collect()));
+        permissions.push(or_rules(
+            rule.to.iter().map(|op| operation(op, ports)).collect(),
+        ));
     }
     let mut principals: Vec<Principal> = Vec::new();
     if !rule.from.is_empty() {
@@ -409,7 +440,7 @@ fn policy(rule: &AuthzRule, settings: &MeshSettings) -> Policy {
         ));
     }
     for c in &rule.when {
-        match condition(c, settings) {
+        match condition(c, settings, ports) {
             Condition::Permission(p) => permissions.push(p),
             Condition::Principal(p) => principals.push(p),
         }
@@ -530,7 +561,7 @@ fn field_ids<T>(
     (!parts.is_empty()).then(|| and_ids(parts))
 }
 
-fn operation(op: &OperationMatch) -> Permission {
+fn operation(op: &OperationMatch, ports: InboundPorts) -> Permission {
     let method = |m: &String| Permission {
         rule: Some(permission::Rule::Header(header(":method", m, false))),
     };
@@ -538,7 +569,7 @@ fn operation(op: &OperationMatch) -> Permission {
         rule: Some(permission::Rule::Header(header(":authority", h, true))),
     };
     let port = |p: &u16| Permission {
-        rule: Some(permission::Rule::DestinationPort(u32::from(*p))),
+        rule: Some(permission::Rule::DestinationPort(ports.destination(*p))),
     };
     let path = |p: &String| Permission {
         rule: Some(permission::Rule::UrlPath(PathMatcher {
@@ -647,7 +678,7 @@ enum Condition {
     Principal(Principal),
 }
 
-fn condition(c: &ConditionMatch, _settings: &MeshSettings) -> Condition {
+fn condition(c: &ConditionMatch, _settings: &MeshSettings, ports: InboundPorts) -> Condition {
     match &c.key {
         ConditionKey::RequestHeader(name) => Condition::Permission(
             field(&c.values, &c.not_values, |v| Permission {
@@ -659,7 +690,9 @@ fn condition(c: &ConditionMatch, _settings: &MeshSettings) -> Condition {
         ),
         ConditionKey::DestinationPort => Condition::Permission(
             field(&c.values, &c.not_values, |v| Permission {
-                rule: Some(permission::Rule::DestinationPort(v.parse().unwrap_or(0))),
+                rule: Some(permission::Rule::DestinationPort(
+                    v.parse().map_or(0, |p| ports.destination(p)),
+                )),
             })
             .unwrap_or(Permission {
                 rule: Some(permission::Rule::Any(true)),
