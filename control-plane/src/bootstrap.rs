@@ -99,6 +99,8 @@ pub fn node_metadata(p: &BootstrapParams) -> Map<String, Value> {
         listen_address: p.listen_address,
         gateway_ports: p.gateway_ports.clone(),
         inbound: p.inbound,
+        // Envoy takes its key from SDS.
+        own_certificate: false,
     }
     .to_json()
 }

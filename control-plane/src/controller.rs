@@ -207,13 +207,13 @@ impl Controller {
     }
 
     /// The SDS secrets for a shape: the trust bundle always, the workload key only when a
-    /// proxy of that shape proved it holds the identity.
+    /// proxy of that shape proved it holds the identity and does not certify its own key.
     fn secrets(&self, shape: &ProxyNode, authenticated: bool) -> (Vec<Secret>, Option<String>) {
         let Some(certs) = &self.certs else {
             return (Vec::new(), None);
         };
         let mut secrets = vec![certs.root_secret()];
-        if !authenticated {
+        if !authenticated || shape.own_certificate {
             return (secrets, None);
         }
         let issued = strait_ca::Identity::new(

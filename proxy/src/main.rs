@@ -96,6 +96,8 @@ fn metadata(args: &Args) -> anyhow::Result<Map<String, Value>> {
         listen_address: args.listen_address,
         gateway_ports,
         inbound: args.inbound_port.zip(args.app_port),
+        // With the TLS port, the key is made here and certified through the CA API.
+        own_certificate: args.xds.starts_with("https://"),
     }
     .to_json())
 }

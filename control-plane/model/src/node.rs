@@ -18,6 +18,9 @@ pub mod keys {
     pub const INBOUND_PORT: &str = "STRAIT_INBOUND_PORT";
     /// The workload's own port on 127.0.0.1, where inbound traffic is forwarded.
     pub const APP_PORT: &str = "STRAIT_APP_PORT";
+    /// `"true"`: the proxy makes its own key and has it certified through the CA API (as
+    /// strait-proxy does), so straitd sends it no private key over SDS.
+    pub const OWN_CERTIFICATE: &str = "STRAIT_OWN_CERTIFICATE";
 }
 
 pub const DEFAULT_OUTBOUND_PORT: u16 = 15001;
@@ -66,6 +69,8 @@ pub struct ProxyNode {
     pub gateway_ports: BTreeMap<u16, u16>,
     /// The sidecar's inbound side, when it serves a workload: (inbound port, app port).
     pub inbound: Option<(u16, u16)>,
+    /// The proxy certifies its own key; straitd sends it only the trust bundle.
+    pub own_certificate: bool,
 }
 
 /// What a proxy tells straitd about itself: the writer's side of [`ProxyNode::from_metadata`],
@@ -82,6 +87,7 @@ pub struct NodeMetadata {
     pub gateway_ports: BTreeMap<u16, u16>,
     /// (inbound port, app port).
     pub inbound: Option<(u16, u16)>,
+    pub own_certificate: bool,
 }
 
 impl NodeMetadata {
@@ -126,6 +132,9 @@ impl NodeMetadata {
                 Value::String(inbound.to_string()),
             );
             m.insert(keys::APP_PORT.into(), Value::String(app.to_string()));
+        }
+        if self.own_certificate {
+            m.insert(keys::OWN_CERTIFICATE.into(), Value::String("true".into()));
         }
         m
     }
@@ -281,8 +290,19 @@ impl ProxyNode {
                 "gateways have no inbound side".into(),
             ));
         }
+        let own_certificate = match string(keys::OWN_CERTIFICATE)?.as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(err(
+                    keys::OWN_CERTIFICATE,
+                    format!("expected \"true\" or \"false\", got {other:?}"),
+                ));
+            }
+        };
         Ok(ProxyNode {
             inbound,
+            own_certificate,
             id: id.to_string(),
             namespace,
             labels,
@@ -356,6 +376,7 @@ mod tests {
             listen_address: Some(IpAddr::from([127, 0, 0, 1])),
             gateway_ports: [(80, 18080), (443, 18443)].into(),
             inbound: None,
+            own_certificate: true,
         };
         let n = ProxyNode::from_metadata("gw-1", &written.to_json()).unwrap();
         assert_eq!(
@@ -365,6 +386,7 @@ mod tests {
         assert_eq!(n.labels, written.labels);
         assert_eq!(n.service_account.as_deref(), Some("web"));
         assert_eq!(n.gateway_ports, written.gateway_ports);
+        assert!(n.own_certificate);
         let sidecar = NodeMetadata {
             namespace: "default".into(),
             inbound: Some((15006, 8080)),
@@ -373,6 +395,7 @@ mod tests {
         };
         let n = ProxyNode::from_metadata("s", &sidecar.to_json()).unwrap();
         assert_eq!(n.inbound, Some((15006, 8080)));
+        assert!(!n.own_certificate);
     }
 
     #[test]
