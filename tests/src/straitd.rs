@@ -47,11 +47,7 @@ pub struct Straitd {
 impl Straitd {
     /// Starts the workspace's straitd and waits until it is ready.
     pub fn start(options: StraitdOptions) -> anyhow::Result<Straitd> {
-        Self::start_binary(&crate::bins::straitd(), options)
-    }
-
-    /// Starts some straitd-compatible binary (same flags, same admin API).
-    pub fn start_binary(binary: &Path, options: StraitdOptions) -> anyhow::Result<Straitd> {
+        let binary = crate::bins::straitd();
         let workdir = workdir("straitd-")?;
         let xds_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -63,7 +59,7 @@ impl Straitd {
             tls: tls_addr,
         };
         let process = spawn(
-            binary,
+            &binary,
             &options,
             addrs,
             &workdir.path().join("data"),
@@ -71,7 +67,7 @@ impl Straitd {
         )?;
         let mut straitd = Straitd {
             process,
-            binary: binary.to_path_buf(),
+            binary,
             options,
             xds_addr,
             admin_addr,
