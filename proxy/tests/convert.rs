@@ -246,7 +246,7 @@ fn gateway_https_listeners_read_their_certificate_files_and_name_a_missing_one()
 }
 
 #[test]
-fn sidecar_mtls_clusters_carry_the_workload_certificate_and_the_expected_identity() {
+fn sidecar_mtls_converts_with_the_workload_certificate_identities_and_authorization() {
     use strait_proxy::config::{CertificateSource, RootsSource, SanKind};
     let out = golden("sidecar-mtls");
     let convert = |name: &str| {
@@ -285,6 +285,39 @@ fn sidecar_mtls_clusters_carry_the_workload_certificate_and_the_expected_identit
     };
     assert_eq!(m.labels.get("tlsMode").map(|v| &**v), Some("istio"));
     assert!(m.tls.as_ref().is_some_and(|t| t.certificate.is_some()));
+    // The inbound listener: mTLS required, checked against the mesh roots; the caller's
+    // identity goes to the app; DENY then ALLOW authorization.
+    let inbound = out
+        .listeners
+        .iter()
+        .find(|l| l.name.starts_with("inbound_"))
+        .expect("an inbound listener");
+    let inbound = Listener::try_from(inbound).expect("the inbound listener converts");
+    let [chain] = inbound.chains.as_slice() else {
+        panic!("STRICT: one chain: {inbound:?}")
+    };
+    let tls = chain.tls.as_ref().expect("TLS");
+    assert!(tls.require_client_certificate);
+    assert_eq!(tls.certificate, CertificateSource::Workload);
+    assert_eq!(
+        tls.validation.as_ref().map(|v| &v.roots),
+        Some(&RootsSource::Mesh)
+    );
+    assert_eq!(
+        chain.http.client_cert_details,
+        strait_proxy::config::ClientCertDetails::SanitizeSet {
+            uri: true,
+            dns: false
+        }
+    );
+    let actions: Vec<_> = chain.http.rbac.iter().map(|r| r.action).collect();
+    assert_eq!(
+        actions,
+        [
+            strait_proxy::rbac::RbacAction::Deny,
+            strait_proxy::rbac::RbacAction::Allow
+        ]
+    );
     // SIMPLE with a CA file that is not on this machine: refused with the field and the file.
     let e = convert("outbound|443||payments.example.com")
         .expect_err("missing CA file")
