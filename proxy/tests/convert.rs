@@ -383,3 +383,31 @@ fn state_publishes_only_complete_configs_and_a_rejected_update_changes_nothing()
     assert!(error.contains("lb_policy"), "{error}");
     assert_eq!(state.assemble().expect("still complete"), before);
 }
+
+#[test]
+fn mesh_tls_is_refused_by_a_proxy_without_a_workload_identity() {
+    use strait_proxy::xds::{CLUSTER, State, Update};
+    let out = golden("sidecar-mtls");
+    let clusters: Vec<_> = out
+        .clusters
+        .iter()
+        .filter(|c| !c.name.contains("payments"))
+        .map(|c| any(CLUSTER, c))
+        .collect();
+    let update = Update {
+        type_url: CLUSTER,
+        version: "v1",
+        resources: clusters.iter().map(|a| (None, None, a)).collect(),
+        removed: Vec::new(),
+        full: true,
+    };
+    let error = State::default()
+        .apply(&update)
+        .expect_err("no identity to present");
+    assert!(error.contains("no workload identity"), "{error}");
+    assert!(error.contains("--token-file"), "{error}");
+    State::default()
+        .with_identity(true)
+        .apply(&update)
+        .expect("accepted with an identity");
+}
