@@ -3,10 +3,13 @@
 pub mod admin;
 pub mod app;
 pub mod balance;
+pub mod breaker;
 pub mod config;
+pub mod connections;
 pub mod convert;
 pub mod proxy;
 pub mod routing;
 pub mod sockets;
 pub mod stats;
+pub mod trace;
 pub mod xds;
