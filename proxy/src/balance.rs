@@ -401,9 +401,15 @@ mod tests {
         // A success in between resets the count.
         report(1000, Outcome::Status(503));
         report(1000, Outcome::Status(200));
-        assert!(!report(1000, Outcome::Status(503)), "one in a row is not two");
+        assert!(
+            !report(1000, Outcome::Status(503)),
+            "one in a row is not two"
+        );
         assert!(tally(&b, 30).contains_key(&1000));
-        assert!(report(1000, Outcome::Status(503)), "the second in a row ejects");
+        assert!(
+            report(1000, Outcome::Status(503)),
+            "the second in a row ejects"
+        );
         assert_eq!(b.ejected(), 1);
         let t = tally(&b, 30);
         assert!(!t.contains_key(&1000), "{t:?}");

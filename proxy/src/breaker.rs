@@ -88,9 +88,7 @@ impl Breaker {
         let before = self.requests.fetch_add(1, Ordering::Relaxed);
         let slot = RequestSlot(self.clone());
         if before >= self.limits.max_requests as usize {
-            stats
-                .overflow_max_requests
-                .fetch_add(1, Ordering::Relaxed);
+            stats.overflow_max_requests.fetch_add(1, Ordering::Relaxed);
             return Err(Overflow::MaxRequests);
         }
         Ok(slot)
@@ -133,9 +131,7 @@ impl Breaker {
         let before = self.retries.fetch_add(1, Ordering::Relaxed);
         let slot = RetrySlot(self.clone());
         if before >= self.limits.max_retries as usize {
-            stats
-                .overflow_max_retries
-                .fetch_add(1, Ordering::Relaxed);
+            stats.overflow_max_retries.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         Some(slot)
@@ -193,9 +189,15 @@ mod tests {
         );
         assert!(!queued.is_finished());
         drop(first);
-        queued.await.expect("joined").expect("got the freed connection");
+        queued
+            .await
+            .expect("joined")
+            .expect("got the freed connection");
         assert_eq!(b.pending_requests(), 0);
-        assert_eq!(stats.overflow_max_pending_requests.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            stats.overflow_max_pending_requests.load(Ordering::Relaxed),
+            1
+        );
         assert_eq!(stats.overflow_max_connections.load(Ordering::Relaxed), 2);
     }
 

@@ -27,10 +27,10 @@ use tokio::task::JoinHandle;
 
 use crate::balance::{Balancer, Outcome, Pick};
 use crate::breaker::{Breaker, ConnectionSlot, RequestSlot};
-use crate::connections::{Counted, RequestCount};
 use crate::config::{
     Action, Cluster, ClusterChoice, Config, Forward, HeaderChanges, Redirect, RetryPolicy, Route,
 };
+use crate::connections::{Counted, RequestCount};
 use crate::routing::{self, RequestView};
 use crate::stats::{ClusterGauges, ClusterStats, RequestKey, Stats};
 use crate::trace::{ServerSpan, Tracing};

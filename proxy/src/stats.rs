@@ -140,8 +140,8 @@ impl Stats {
 
 /// Envoy's default histogram bucket bounds, in milliseconds.
 pub const BUCKETS_MS: [f64; 19] = [
-    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
-    30000.0, 60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 ];
 
 /// A Prometheus histogram of durations, lock-free: one atomic per bucket.
@@ -203,7 +203,10 @@ pub struct ClusterGauges {
 }
 
 /// Appends the per-cluster families in the Prometheus text format.
-pub fn render_clusters(out: &mut String, clusters: &[(Arc<str>, Arc<ClusterStats>, ClusterGauges)]) {
+pub fn render_clusters(
+    out: &mut String,
+    clusters: &[(Arc<str>, Arc<ClusterStats>, ClusterGauges)],
+) {
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let _ = writeln!(
         out,
@@ -234,12 +237,16 @@ pub fn render_clusters(out: &mut String, clusters: &[(Arc<str>, Arc<ClusterStats
     }
     type Counter = fn(&ClusterStats, &ClusterGauges) -> u64;
     let families: [(&str, &str, Counter); 7] = [
-        ("strait_proxy_upstream_connections_total", "counter", |s, _| {
-            s.connections_opened.load(Ordering::Relaxed)
-        }),
-        ("strait_proxy_upstream_connections_active", "gauge", |s, _| {
-            s.connections_active.load(Ordering::Relaxed)
-        }),
+        (
+            "strait_proxy_upstream_connections_total",
+            "counter",
+            |s, _| s.connections_opened.load(Ordering::Relaxed),
+        ),
+        (
+            "strait_proxy_upstream_connections_active",
+            "gauge",
+            |s, _| s.connections_active.load(Ordering::Relaxed),
+        ),
         ("strait_proxy_upstream_requests_active", "gauge", |_, g| {
             g.active_requests as u64
         }),

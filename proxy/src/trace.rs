@@ -142,7 +142,8 @@ impl Tracing {
 impl ServerSpan {
     /// What routing chose.
     pub fn routed(&mut self, route: &str, cluster: Option<&str>) {
-        self.0.set_attribute(KeyValue::new("route.name", route.to_string()));
+        self.0
+            .set_attribute(KeyValue::new("route.name", route.to_string()));
         if let Some(cluster) = cluster {
             self.0
                 .set_attribute(KeyValue::new("upstream_cluster", cluster.to_string()));
@@ -169,7 +170,9 @@ impl TraceParent {
         let value = value.trim_matches([' ', '\t']);
         let b = value.as_bytes();
         let hex = |s: &str| {
-            !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+            !s.is_empty()
+                && s.bytes()
+                    .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
         };
         let version = value.get(..2)?;
         if !hex(version) || version == "ff" {

@@ -160,7 +160,7 @@ spec:
   - route: [{destination: {host: reviews, subset: v2}}]
 "#;
 
-/// Per-connection request limits are not implemented yet: the clusters must be NACKed.
+/// Connection durations are not implemented yet: the clusters must be NACKed.
 const WITH_UNSUPPORTED: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -177,7 +177,7 @@ kind: DestinationRule
 metadata: {name: ratings}
 spec:
   host: ratings
-  trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 1}}}
+  trafficPolicy: {connectionPool: {tcp: {maxConnectionDuration: 30s}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -393,7 +393,7 @@ async fn routes_updates_and_nacks(protocol: Protocol) {
     assert!(
         nack.error_detail
             .contains("ratings.default.svc.cluster.local")
-            && nack.error_detail.contains("per-connection request limits"),
+            && nack.error_detail.contains("connection durations"),
         "{}",
         nack.error_detail
     );
@@ -407,7 +407,7 @@ async fn routes_updates_and_nacks(protocol: Protocol) {
     let rejected: u64 = proxy.shared.stats.xds().values().map(|t| t.rejected).sum();
     assert!(rejected >= 1);
     let metrics = proxy.shared.stats.prometheus();
-    assert!(metrics.contains("strait_proxy_requests_total{cluster=\"outbound|9080|v2|reviews.default.svc.cluster.local\",code=\"200\"}"), "{metrics}");
+    assert!(metrics.contains("strait_proxy_requests_total{cluster=\"outbound|9080|v2|reviews.default.svc.cluster.local\",code=\"200\",virtual_host=\"reviews.default.svc.cluster.local:9080\",route=\"reviews.default.0\"}"), "{metrics}");
 
     // Fixed again: accepted, and traffic follows.
     world.publish(JASON);
@@ -1079,7 +1079,11 @@ async fn send(
         .get("x-envoy-overloaded")
         .is_some_and(|v| v == "true");
     let body = resp.into_body().collect().await.expect("body").to_bytes();
-    (status, overloaded, String::from_utf8_lossy(&body).into_owned())
+    (
+        status,
+        overloaded,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
 }
 
 /// The value of one sample line (`name{labels} value`) of a Prometheus scrape.
@@ -1090,7 +1094,14 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
 }
 
 async fn scrape(proxy: &Running) -> String {
-    let text = get(&client(), proxy.admin_addr, "admin", "/stats/prometheus", &[]).await;
+    let text = get(
+        &client(),
+        proxy.admin_addr,
+        "admin",
+        "/stats/prometheus",
+        &[],
+    )
+    .await;
     text.strip_prefix("200 ").expect("scraped").to_string()
 }
 
@@ -1247,7 +1258,16 @@ async fn bodies_are_replayed_on_retries_and_sent_to_mirrors() {
 
     // 503, 503, then 200: each attempt carries the whole body.
     let payload = Bytes::from("a small payload ".repeat(64));
-    let (status, _, body) = send(&c, addr, "POST", "bodies:9080", "/flaky", &[], payload.clone()).await;
+    let (status, _, body) = send(
+        &c,
+        addr,
+        "POST",
+        "bodies:9080",
+        "/flaky",
+        &[],
+        payload.clone(),
+    )
+    .await;
     assert_eq!((status, body.as_str()), (200, "bodies"));
     let attempts = recorded(&record);
     assert_eq!(attempts.len(), 3, "{attempts:?}");
@@ -1270,11 +1290,23 @@ async fn bodies_are_replayed_on_retries_and_sent_to_mirrors() {
     assert_eq!(fails[0].body.len(), big.len());
 
     // A mirrored POST reaches the mirror with its body.
-    let (status, _, _) = send(&c, addr, "POST", "bodies:9080", "/mirrored", &[], payload.clone()).await;
+    let (status, _, _) = send(
+        &c,
+        addr,
+        "POST",
+        "bodies:9080",
+        "/mirrored",
+        &[],
+        payload.clone(),
+    )
+    .await;
     assert_eq!(status, 200);
     let start = Instant::now();
     let copy = loop {
-        if let Some(s) = recorded(&shadow).into_iter().find(|s| s.path == "/mirrored") {
+        if let Some(s) = recorded(&shadow)
+            .into_iter()
+            .find(|s| s.path == "/mirrored")
+        {
             break s;
         }
         assert!(start.elapsed() < WAIT, "nothing mirrored");
@@ -1325,7 +1357,11 @@ spec:
         "200 counted"
     );
     for _ in 0..2 {
-        assert!(get(&c, world.outbound, "counted:9080", "/fail", &[]).await.starts_with("503"));
+        assert!(
+            get(&c, world.outbound, "counted:9080", "/fail", &[])
+                .await
+                .starts_with("503")
+        );
     }
     let cluster = "outbound|9080||counted.default.svc.cluster.local";
     let metrics = scrape(&proxy).await;
@@ -1336,24 +1372,226 @@ spec:
         .lines()
         .find(|l| l.starts_with(&format!("strait_proxy_requests_total{{{c_},code=\"200\"")))
         .unwrap_or_else(|| panic!("no 200s: {metrics}"));
-    assert!(ok.contains("virtual_host=\"counted.default.svc.cluster.local:9080\""), "{ok}");
+    assert!(
+        ok.contains("virtual_host=\"counted.default.svc.cluster.local:9080\""),
+        "{ok}"
+    );
     assert!(ok.ends_with(" 6"), "{ok}");
     // The latency histogram: every request observed; the 1s one in no bucket below 1000 ms.
-    let bucket = |le: &str| series(
-        "strait_proxy_request_duration_milliseconds_bucket",
-        &format!("{c_},le=\"{le}\""),
+    let bucket = |le: &str| {
+        series(
+            "strait_proxy_request_duration_milliseconds_bucket",
+            &format!("{c_},le=\"{le}\""),
+        )
+    };
+    assert_eq!(
+        series("strait_proxy_request_duration_milliseconds_count", &c_),
+        Some(8.0),
+        "{metrics}"
     );
-    assert_eq!(series("strait_proxy_request_duration_milliseconds_count", &c_), Some(8.0), "{metrics}");
     assert_eq!(bucket("+Inf"), Some(8.0));
     assert_eq!(bucket("500"), Some(7.0), "{metrics}");
     assert_eq!(bucket("2500"), Some(8.0), "{metrics}");
-    assert!(series("strait_proxy_request_duration_milliseconds_sum", &c_).is_some_and(|ms| ms >= 1000.0));
+    assert!(
+        series("strait_proxy_request_duration_milliseconds_sum", &c_)
+            .is_some_and(|ms| ms >= 1000.0)
+    );
     // One keep-alive connection carried it all, and is still open.
-    assert_eq!(series("strait_proxy_upstream_connections_total", &c_), Some(1.0), "{metrics}");
-    assert_eq!(series("strait_proxy_upstream_connections_active", &c_), Some(1.0), "{metrics}");
+    assert_eq!(
+        series("strait_proxy_upstream_connections_total", &c_),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        series("strait_proxy_upstream_connections_active", &c_),
+        Some(1.0),
+        "{metrics}"
+    );
     // Two 503s in a row ejected the only endpoint.
-    assert_eq!(series("strait_proxy_outlier_ejections_total", &c_), Some(1.0), "{metrics}");
-    assert_eq!(series("strait_proxy_outlier_ejections_active", &c_), Some(1.0), "{metrics}");
+    assert_eq!(
+        series("strait_proxy_outlier_ejections_total", &c_),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        series("strait_proxy_outlier_ejections_active", &c_),
+        Some(1.0),
+        "{metrics}"
+    );
     assert!(metrics.contains("# TYPE strait_proxy_request_duration_milliseconds histogram"));
+    proxy.shutdown().await;
+}
+
+mod otlp {
+    //! An in-process OTLP/gRPC trace collector on 127.0.0.1.
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use opentelemetry_proto::tonic::trace::v1::Span;
+    use tonic::{Request, Response, Status};
+
+    #[derive(Clone, Default)]
+    pub struct Collector {
+        pub spans: Arc<Mutex<Vec<(String, Span)>>>,
+    }
+
+    #[tonic::async_trait]
+    impl TraceService for Collector {
+        async fn export(
+            &self,
+            request: Request<ExportTraceServiceRequest>,
+        ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+            let mut spans = self.spans.lock().expect("not poisoned");
+            for resource in request.into_inner().resource_spans {
+                let service = resource
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .find(|a| a.key == "service.name")
+                    .and_then(|a| a.value.as_ref())
+                    .map(|v| format!("{:?}", v.value))
+                    .unwrap_or_default();
+                for scope in resource.scope_spans {
+                    spans.extend(scope.spans.into_iter().map(|s| (service.clone(), s)));
+                }
+            }
+            Ok(Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+
+    pub async fn start() -> (Collector, SocketAddr) {
+        let collector = Collector::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind collector");
+        let addr = listener.local_addr().expect("addr");
+        let server = collector.clone();
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(server))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+        });
+        (collector, addr)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_continue_the_callers_trace_and_reach_the_collector() {
+    let world = World::start().await;
+    let (port, record) = recorder("traced").await;
+    world.publish(&service(
+        "traced",
+        port,
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: traced}\nspec: {host: traced}\n",
+    ));
+    let (collector, collector_addr) = otlp::start().await;
+    let proxy = world
+        .proxy_exporting(Protocol::Delta, Some(format!("http://{collector_addr}")))
+        .await;
+    let c = client();
+    let incoming = format!("00-{TRACE_ID}-{CALLER_SPAN}-01");
+    let headers = [
+        ("traceparent", incoming.as_str()),
+        ("tracestate", "vendor=opaque,other=1"),
+    ];
+    assert_eq!(
+        get(&c, world.outbound, "traced:9080", "/with-parent", &headers).await,
+        "200 traced"
+    );
+    assert_eq!(
+        get(&c, world.outbound, "traced:9080", "/no-parent", &[]).await,
+        "200 traced"
+    );
+    // Shutting down exports what is left.
+    proxy.shutdown().await;
+
+    let seen = recorded(&record);
+    let upstream = |path: &str| {
+        seen.iter()
+            .find(|s| s.path == path)
+            .unwrap_or_else(|| panic!("{path} not seen: {seen:?}"))
+            .clone()
+    };
+    let child = upstream("/with-parent");
+    let sent = child.traceparent.expect("a traceparent upstream");
+    let parts: Vec<&str> = sent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{sent}");
+    assert_eq!(
+        (parts[0], parts[1], parts[3]),
+        ("00", TRACE_ID, "01"),
+        "{sent}"
+    );
+    assert_ne!(parts[2], CALLER_SPAN, "the upstream's parent is our span");
+    assert_eq!(child.tracestate.as_deref(), Some("vendor=opaque,other=1"));
+
+    let spans = collector.spans.lock().expect("not poisoned").clone();
+    let ours = spans
+        .iter()
+        .find(|(_, s)| hex(&s.span_id) == parts[2])
+        .unwrap_or_else(|| panic!("no span {}: {spans:?}", parts[2]));
+    assert_eq!(hex(&ours.1.trace_id), TRACE_ID);
+    assert_eq!(hex(&ours.1.parent_span_id), CALLER_SPAN);
+    assert!(ours.0.contains("productpage"), "service name: {}", ours.0);
+    assert_eq!(ours.1.name, "traced:9080/with-parent");
+    let status = ours
+        .1
+        .attributes
+        .iter()
+        .find(|a| a.key == "http.response.status_code")
+        .and_then(|a| a.value.as_ref())
+        .map(|v| format!("{:?}", v.value));
+    assert!(status.is_some_and(|s| s.contains("200")));
+
+    // Without a traceparent a new trace starts, and the upstream sees its root span.
+    let root = upstream("/no-parent")
+        .traceparent
+        .expect("a traceparent upstream");
+    let root: Vec<&str> = root.split('-').collect();
+    let span = spans
+        .iter()
+        .find(|(_, s)| hex(&s.span_id) == root[2])
+        .expect("the root span was exported");
+    assert_eq!(hex(&span.1.trace_id), root[1]);
+    assert!(span.1.parent_span_id.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_endpoint_trace_headers_pass_through_untouched() {
+    let world = World::start().await;
+    let (port, record) = recorder("untraced").await;
+    world.publish(&service(
+        "untraced",
+        port,
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: untraced}\nspec: {host: untraced}\n",
+    ));
+    let proxy = world.proxy(Protocol::Delta).await;
+    let incoming = format!("00-{TRACE_ID}-{CALLER_SPAN}-01");
+    let headers = [("traceparent", incoming.as_str()), ("tracestate", "a=b")];
+    assert_eq!(
+        get(&client(), world.outbound, "untraced:9080", "/", &headers).await,
+        "200 untraced"
+    );
+    assert_eq!(
+        get(&client(), world.outbound, "untraced:9080", "/bare", &[]).await,
+        "200 untraced"
+    );
+    let seen = recorded(&record);
+    assert_eq!(seen[0].traceparent.as_deref(), Some(incoming.as_str()));
+    assert_eq!(seen[0].tracestate.as_deref(), Some("a=b"));
+    assert_eq!(seen[1].traceparent, None, "none invented");
     proxy.shutdown().await;
 }
