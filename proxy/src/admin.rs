@@ -107,11 +107,13 @@ pub fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>
             let body = serde_json::json!({ "certificates": certificates }).to_string();
             text(StatusCode::OK, "application/json", body)
         }
-        "/stats/prometheus" | "/metrics" => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            shared.stats.prometheus(),
-        ),
+        "/stats/prometheus" | "/metrics" => {
+            let mut body = shared.stats.prometheus();
+            if let Some(runtime) = shared.runtime.load_full() {
+                crate::stats::render_clusters(&mut body, &runtime.cluster_stats());
+            }
+            text(StatusCode::OK, "text/plain; version=0.0.4", body)
+        }
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }

@@ -16,6 +16,8 @@ pub struct Settings {
     pub admin: SocketAddr,
     /// Where the workload certificate comes from; none: no mTLS.
     pub identity: Option<IdentitySettings>,
+    /// Export request spans to this OTLP/gRPC collector (`http://host:4317`).
+    pub otlp_endpoint: Option<String>,
 }
 
 /// A running proxy: stop it with [`Running::shutdown`].
@@ -26,12 +28,38 @@ pub struct Running {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Binds the admin port and starts the xDS client and the data plane.
-pub async fn start(settings: Settings) -> std::io::Result<Running> {
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("binding the admin API on {address}: {source}")]
+    Admin {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tracing(#[from] crate::trace::TraceError),
+}
+
+/// Binds the admin port and starts span export, the xDS client and the data plane.
+pub async fn start(settings: Settings) -> Result<Running, StartError> {
+    let tracing = settings
+        .otlp_endpoint
+        .as_deref()
+        .filter(|e| !e.is_empty())
+        .map(|endpoint| crate::trace::Tracing::new(endpoint, &settings.xds.node.cluster))
+        .transpose()?;
     let identity = settings.identity.map(|s| Arc::new(Identity::new(s)));
-    let shared = Arc::new(Shared::new(identity.clone()));
-    let admin = TcpListener::bind(settings.admin).await?;
-    let admin_addr = admin.local_addr()?;
+    let shared = Arc::new(Shared {
+        tracing,
+        ..Shared::new(identity.clone())
+    });
+    let admin_error = |source| StartError::Admin {
+        address: settings.admin,
+        source,
+    };
+    let admin = TcpListener::bind(settings.admin)
+        .await
+        .map_err(admin_error)?;
+    let admin_addr = admin.local_addr().map_err(admin_error)?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (publish, configs) = watch::channel(None);
     let stats = shared.stats.clone();
@@ -75,5 +103,13 @@ impl Running {
         for task in self.tasks {
             let _ = task.await;
         }
+        // Export the last spans; this blocks, so not on a runtime worker.
+        let shared = self.shared.clone();
+        let flushed = tokio::task::spawn_blocking(move || {
+            if let Some(tracing) = &shared.tracing {
+                tracing.shutdown();
+            }
+        });
+        let _ = flushed.await;
     }
 }

@@ -86,9 +86,9 @@ impl Pick {
         &self.balancer.endpoints[self.index]
     }
 
-    /// Feeds outlier detection with how the attempt ended.
-    pub fn report(&self, outcome: Outcome) {
-        self.balancer.report(self.index, outcome);
+    /// Feeds outlier detection with how the attempt ended; true if it ejected the endpoint.
+    pub fn report(&self, outcome: Outcome) -> bool {
+        self.balancer.report(self.index, outcome)
     }
 }
 
@@ -222,9 +222,9 @@ impl Balancer {
         }
     }
 
-    fn report(&self, index: usize, outcome: Outcome) {
+    fn report(&self, index: usize, outcome: Outcome) -> bool {
         let Some(od) = &self.outlier else {
-            return;
+            return false;
         };
         let h = &self.health[index];
         let bump = |counter: &AtomicU32, threshold: Option<u32>| -> bool {
@@ -258,12 +258,11 @@ impl Balancer {
                 five || gw
             }
         };
-        if trip {
-            self.eject(index, od);
-        }
+        trip && self.eject(index, od)
     }
 
-    fn eject(&self, index: usize, od: &OutlierDetection) {
+    /// Ejects the endpoint unless max_ejection_percent forbids it; true if it did.
+    fn eject(&self, index: usize, od: &OutlierDetection) -> bool {
         let now = Instant::now();
         let ejected = (0..self.endpoints.len())
             .filter(|i| *i != index && self.health[*i].ejected(now))
@@ -271,7 +270,7 @@ impl Balancer {
         let n = self.endpoints.len();
         // Envoy ejects at least one endpoint whatever the percentage.
         if ejected > 0 && (ejected + 1) * 100 > od.max_ejection_percent as usize * n {
-            return;
+            return false;
         }
         let h = &self.health[index];
         let times = h.times_ejected.fetch_add(1, Ordering::Relaxed) + 1;
@@ -283,6 +282,16 @@ impl Balancer {
         self.any_ejected.store(true, Ordering::Relaxed);
         let e = &self.endpoints[index];
         tracing::info!(host = %e.host, port = e.port, times, "endpoint ejected");
+        true
+    }
+
+    /// Endpoints ejected now.
+    pub fn ejected(&self) -> usize {
+        if !self.any_ejected.load(Ordering::Relaxed) {
+            return 0;
+        }
+        let now = Instant::now();
+        self.health.iter().filter(|h| h.ejected(now)).count()
     }
 
     /// Requests in flight to each endpoint.
@@ -313,6 +322,7 @@ mod tests {
             healthy_panic_threshold: 50.0,
             http2: false,
             idle_timeout: None,
+            max_requests_per_connection: None,
             endpoints: weights
                 .iter()
                 .enumerate()
@@ -382,12 +392,11 @@ mod tests {
         });
         c.healthy_panic_threshold = 0.0;
         let b = Arc::new(Balancer::new(&c));
-        let report = |port: u16, outcome: Outcome| {
+        let report = |port: u16, outcome: Outcome| -> bool {
             for _ in 0..10 {
                 let p = b.pick(None).expect("endpoint");
                 if p.endpoint().port == port {
-                    p.report(outcome);
-                    return;
+                    return p.report(outcome);
                 }
             }
             panic!("{port} never picked");
@@ -395,9 +404,16 @@ mod tests {
         // A success in between resets the count.
         report(1000, Outcome::Status(503));
         report(1000, Outcome::Status(200));
-        report(1000, Outcome::Status(503));
+        assert!(
+            !report(1000, Outcome::Status(503)),
+            "one in a row is not two"
+        );
         assert!(tally(&b, 30).contains_key(&1000));
-        report(1000, Outcome::Status(503));
+        assert!(
+            report(1000, Outcome::Status(503)),
+            "the second in a row ejects"
+        );
+        assert_eq!(b.ejected(), 1);
         let t = tally(&b, 30);
         assert!(!t.contains_key(&1000), "{t:?}");
         assert_eq!(t.values().sum::<usize>(), 30);

@@ -1191,6 +1191,7 @@ impl TryFrom<&PbCluster> for Cluster {
         };
         let mut http2 = false;
         let mut idle_timeout = None;
+        let mut max_requests_per_connection = None;
         for (key, any) in &c.typed_extension_protocol_options {
             let at = at.at(format!("typed_extension_protocol_options[{key:?}]"));
             if key != HTTP_PROTOCOL_OPTIONS {
@@ -1202,11 +1203,18 @@ impl TryFrom<&PbCluster> for Cluster {
                 let at = at.at("common_http_protocol_options");
                 let mut rest = *common;
                 rest.idle_timeout = None;
+                rest.max_requests_per_connection = None;
                 if rest != Default::default() {
                     return Err(at.unsupported(
-                        "per-connection request limits and durations (only idle_timeout is)",
+                        "connection durations and header limits (only idle_timeout and \
+                         max_requests_per_connection are)",
                     ));
                 }
+                // Envoy reads 0 as no limit.
+                max_requests_per_connection = common
+                    .max_requests_per_connection
+                    .map(|v| v.value)
+                    .filter(|n| *n > 0);
                 idle_timeout = common
                     .idle_timeout
                     .as_ref()
@@ -1273,6 +1281,7 @@ impl TryFrom<&PbCluster> for Cluster {
             healthy_panic_threshold,
             http2,
             idle_timeout,
+            max_requests_per_connection,
             endpoints,
             tls,
             transport_matches,

@@ -3,7 +3,9 @@
 pub mod admin;
 pub mod app;
 pub mod balance;
+pub mod breaker;
 pub mod config;
+pub mod connections;
 pub mod convert;
 pub mod identity;
 pub mod proxy;
@@ -12,4 +14,5 @@ pub mod routing;
 pub mod sockets;
 pub mod stats;
 pub mod tls;
+pub mod trace;
 pub mod xds;

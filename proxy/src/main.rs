@@ -60,6 +60,10 @@ struct Args {
     gateway_ports: String,
     #[arg(long, env = "STRAIT_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
     admin_addr: SocketAddr,
+    /// Export a span per request to this OTLP/gRPC collector (`http://127.0.0.1:4317`);
+    /// without one, `traceparent` and `tracestate` pass through untouched.
+    #[arg(long, env = "STRAIT_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 fn pairs(arg: &str, what: &str) -> anyhow::Result<BTreeMap<String, String>> {
@@ -160,10 +164,11 @@ async fn main() -> anyhow::Result<()> {
             },
         },
         admin: args.admin_addr,
+        otlp_endpoint: args.otlp_endpoint.clone(),
     };
     let running = app::start(settings)
         .await
-        .with_context(|| format!("binding the admin API on {}", args.admin_addr))?;
+        .context("starting strait-proxy")?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tokio::select! {

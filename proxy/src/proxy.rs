@@ -6,9 +6,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::{Body, Bytes, Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{HttpConnector, capture_connection};
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -29,14 +29,17 @@ use tokio::task::JoinHandle;
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::balance::{Balancer, Outcome, Pick};
+use crate::breaker::{Breaker, ConnectionSlot, RequestSlot};
 use crate::config::{
     Action, Cluster, ClusterChoice, Config, Endpoint, Forward, HeaderChanges, Redirect,
     RetryPolicy, Route,
 };
+use crate::connections::{Counted, RequestCount};
 use crate::identity::Identity;
 use crate::routing::{self, RequestView};
-use crate::stats::Stats;
+use crate::stats::{ClusterGauges, ClusterStats, RequestKey, Stats};
 use crate::tls::PeerTls;
+use crate::trace::{ServerSpan, Tracing};
 
 /// Errors of streamed bodies: the peer's, or the route timeout cutting a response short.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -51,8 +54,8 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// (`https` request URIs; the pool keys connections by scheme and address).
 #[derive(Clone)]
 enum UpstreamClient {
-    Plain(Client<HttpConnector, ProxyBody>),
-    Tls(Client<HttpsConnector<HttpConnector>, ProxyBody>),
+    Plain(Client<Counted<HttpConnector>, ProxyBody>),
+    Tls(Client<Counted<HttpsConnector<HttpConnector>>, ProxyBody>),
 }
 
 impl UpstreamClient {
@@ -88,13 +91,14 @@ pub struct Runtime {
     chain_tls: HashMap<(Arc<str>, usize), Arc<ServerConfig>>,
 }
 
-/// A cluster's balancer, connection pool and in-flight count.
+/// A cluster's balancer, connection pool, circuit breakers and stats.
 pub struct Upstream {
     cluster: Arc<Cluster>,
     balancer: Arc<Balancer>,
     /// Why there is no pool: TLS settings that cannot be put in force.
     client: Result<UpstreamClient, Arc<str>>,
-    active: Arc<AtomicUsize>,
+    breaker: Arc<Breaker>,
+    stats: Arc<ClusterStats>,
 }
 
 impl Upstream {
@@ -124,6 +128,7 @@ impl Runtime {
             .iter()
             .map(|(name, cluster)| {
                 let old = previous.and_then(|p| p.upstreams.get(name));
+                let stats = old.map(|u| u.stats.clone()).unwrap_or_default();
                 let upstream = match old {
                     Some(u) if u.cluster == *cluster => u.clone(),
                     _ => Arc::new(Upstream {
@@ -141,9 +146,13 @@ impl Runtime {
                             {
                                 u.client.clone()
                             }
-                            _ => client(cluster, identity),
+                            _ => client(cluster, identity, &stats),
                         },
-                        active: old.map(|u| u.active.clone()).unwrap_or_default(),
+                        breaker: match old {
+                            Some(u) if u.breaker.fits(cluster) => u.breaker.clone(),
+                            _ => Arc::new(Breaker::new(cluster)),
+                        },
+                        stats,
                     }),
                 };
                 (name.clone(), upstream)
@@ -169,9 +178,32 @@ impl Runtime {
             chain_tls,
         }
     }
+
+    /// Each cluster's stats, with what its breaker and balancer hold now.
+    pub fn cluster_stats(&self) -> Vec<(Arc<str>, Arc<ClusterStats>, ClusterGauges)> {
+        let mut out: Vec<_> = self
+            .upstreams
+            .iter()
+            .map(|(name, u)| {
+                let gauges = ClusterGauges {
+                    pending_requests: u.breaker.pending_requests(),
+                    active_requests: u.breaker.active_requests(),
+                    ejected_endpoints: u.balancer.ejected(),
+                };
+                (name.clone(), u.stats.clone(), gauges)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
 }
 
-fn client(cluster: &Cluster, identity: Option<&Arc<Identity>>) -> Result<UpstreamClient, Arc<str>> {
+/// Connections are counted in `stats`.
+fn client(
+    cluster: &Cluster,
+    identity: Option<&Arc<Identity>>,
+    stats: &Arc<ClusterStats>,
+) -> Result<UpstreamClient, Arc<str>> {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(cluster.connect_timeout));
     connector.set_nodelay(true);
@@ -183,7 +215,9 @@ fn client(cluster: &Cluster, identity: Option<&Arc<Identity>>) -> Result<Upstrea
     let [tls] = settings.as_slice() else {
         // Conversion allows at most one TLS setting per cluster.
         return match settings.len() {
-            0 => Ok(UpstreamClient::Plain(builder.build(connector))),
+            0 => Ok(UpstreamClient::Plain(
+                builder.build(Counted::new(connector, stats.clone())),
+            )),
             n => Err(format!("{n} different TLS settings").into()),
         };
     };
@@ -209,7 +243,9 @@ fn client(cluster: &Cluster, identity: Option<&Arc<Identity>>) -> Result<Upstrea
     } else {
         https.enable_http1().wrap_connector(connector)
     };
-    Ok(UpstreamClient::Tls(builder.build(connector)))
+    Ok(UpstreamClient::Tls(
+        builder.build(Counted::new(connector, stats.clone())),
+    ))
 }
 
 /// What every listener and the admin API share.
@@ -221,6 +257,8 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Listener sockets bound by the xDS client before it ACKed them.
     pub sockets: Arc<crate::sockets::Sockets>,
+    /// Span export, when an OTLP endpoint is configured.
+    pub tracing: Option<Tracing>,
     /// This proxy's workload identity, when it has one (mTLS).
     pub identity: Option<Arc<Identity>>,
 }
@@ -516,29 +554,84 @@ fn full(body: impl Into<Bytes>) -> ProxyBody {
         .boxed()
 }
 
+/// What routing decided about a request, for stats and its span.
+#[derive(Default)]
+struct Served {
+    virtual_host: Option<Arc<str>>,
+    route: Option<Arc<str>>,
+    cluster: Option<Arc<str>>,
+    stats: Option<Arc<ClusterStats>>,
+}
+
+/// The request's authority: from the URI (HTTP/2, absolute form) or the Host header.
+fn authority_of<B>(req: &Request<B>) -> String {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
 /// One request, start to finish. Loads the runtime once.
-pub async fn handle(shared: &Shared, conn: &Conn, req: Request<Incoming>) -> Response<ProxyBody> {
-    let no_cluster: Arc<str> = Arc::from("");
+pub async fn handle(
+    shared: &Shared,
+    conn: &Conn,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    static NONE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+    let started = Instant::now();
+    let mut span = shared.tracing.as_ref().map(|t| {
+        // Envoy's default operation name: host and path.
+        let name = format!("{}{}", authority_of(&req), req.uri().path());
+        let method = req.method().clone();
+        t.start(name, method.as_str(), req.headers_mut())
+    });
     let Some(runtime) = shared.runtime.load_full() else {
         return local(StatusCode::SERVICE_UNAVAILABLE, "no configuration");
     };
-    let (resp, cluster) = route_and_forward(&runtime, conn, req).await;
-    shared.stats.request(
-        cluster.as_ref().unwrap_or(&no_cluster),
-        resp.status().as_u16(),
-    );
-    resp
+    let (resp, served) = route_and_forward(&runtime, conn, req).await;
+    let status = resp.status().as_u16();
+    let name = |n: &Option<Arc<str>>| n.clone().unwrap_or_else(|| NONE.clone());
+    shared.stats.request(RequestKey {
+        virtual_host: name(&served.virtual_host),
+        route: name(&served.route),
+        cluster: name(&served.cluster),
+        code: status,
+    });
+    if let Some(span) = &mut span {
+        if let Some(route) = &served.route {
+            span.routed(route, served.cluster.as_deref());
+        }
+        span.responded(status);
+    }
+    if span.is_none() && served.stats.is_none() {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let body = Finished {
+        inner: body,
+        started,
+        stats: served.stats,
+        _span: span,
+    };
+    Response::from_parts(parts, body.boxed())
 }
 
 async fn route_and_forward(
     runtime: &Runtime,
     conn: &Conn,
     mut req: Request<Incoming>,
-) -> (Response<ProxyBody>, Option<Arc<str>>) {
+) -> (Response<ProxyBody>, Served) {
     let config = &runtime.config;
+    let none = Served::default;
     let peer = conn.peer;
     let Some(l) = config.listeners.get(&conn.listener) else {
-        return (local(StatusCode::NOT_FOUND, ""), None);
+        return (local(StatusCode::NOT_FOUND, ""), none());
     };
     // The chain the connection was matched to, unless an update changed what it does with TLS:
     // then the connection is closed and the client reconnects to the new chains.
@@ -551,7 +644,7 @@ async fn route_and_forward(
         let mut resp = local(StatusCode::SERVICE_UNAVAILABLE, "listener changed");
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return (resp, None);
+        return (resp, none());
     };
     client_cert_details(
         req.headers_mut(),
@@ -564,26 +657,20 @@ async fn route_and_forward(
             .or_insert(HeaderValue::from_static("https"));
     }
     let Some(rc) = config.route_config(http) else {
-        return (local(StatusCode::NOT_FOUND, ""), None);
+        return (local(StatusCode::NOT_FOUND, ""), none());
     };
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
+    let authority = authority_of(&req);
     let host = if http.strip_any_host_port {
         routing::strip_port(&authority)
     } else {
         &authority
     };
     let Some(vh) = routing::virtual_host(rc, host) else {
-        return (local(StatusCode::NOT_FOUND, ""), None);
+        return (local(StatusCode::NOT_FOUND, ""), none());
+    };
+    let mut served = Served {
+        virtual_host: Some(vh.name.clone()),
+        ..Served::default()
     };
     if !http.rbac.is_empty() {
         let input = crate::rbac::RbacInput {
@@ -598,14 +685,17 @@ async fn route_and_forward(
         let decision = crate::rbac::authorize(&http.rbac, &input);
         if !decision.allowed {
             tracing::debug!(policy = ?decision.policy, %peer, "RBAC denied the request");
-            return (local(StatusCode::FORBIDDEN, crate::rbac::DENIED_BODY), None);
+            return (
+                local(StatusCode::FORBIDDEN, crate::rbac::DENIED_BODY),
+                served,
+            );
         }
     }
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
     let upgrade = wants_websocket(req.headers());
     if upgrade && !http.websocket {
-        return (local(StatusCode::FORBIDDEN, "upgrade failed"), None);
+        return (local(StatusCode::FORBIDDEN, "upgrade failed"), served);
     }
     if vh.require_tls {
         let location = format!(
@@ -614,7 +704,7 @@ async fn route_and_forward(
         );
         return (
             redirect_response(StatusCode::MOVED_PERMANENTLY, &location),
-            None,
+            served,
         );
     }
     let view = RequestView {
@@ -626,8 +716,9 @@ async fn route_and_forward(
         headers: req.headers(),
     };
     let Some(route) = routing::route(vh, &view) else {
-        return (local(StatusCode::NOT_FOUND, ""), None);
+        return (local(StatusCode::NOT_FOUND, ""), served);
     };
+    served.route = Some(route.name.clone());
     if let Some(fault) = &route.fault {
         let hit = |per_million: u32| fastrand::u32(..1_000_000) < per_million;
         if let Some(delay) = &fault.delay
@@ -640,7 +731,7 @@ async fn route_and_forward(
         {
             let status =
                 StatusCode::from_u16(abort.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return (local(status, "fault filter abort"), None);
+            return (local(status, "fault filter abort"), served);
         }
     }
     match &route.action {
@@ -648,14 +739,14 @@ async fn route_and_forward(
             let mut resp = Response::new(full(body.as_deref().unwrap_or("").to_string()));
             *resp.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
             apply_response_headers(resp.headers_mut(), &route.headers);
-            (resp, None)
+            (resp, served)
         }
         Action::Redirect(rd) => {
             let location = redirect_location(rd, &authority, req.uri());
             let status = StatusCode::from_u16(rd.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
             let mut resp = redirect_response(status, &location);
             apply_response_headers(resp.headers_mut(), &route.headers);
-            (resp, None)
+            (resp, served)
         }
         Action::Forward(fwd) => {
             let (cluster, extra) = choose_cluster(fwd);
@@ -663,7 +754,9 @@ async fn route_and_forward(
                 runtime, route, fwd, &cluster, extra, &authority, peer, upgrade, req,
             )
             .await;
-            (resp, Some(cluster))
+            served.stats = runtime.upstreams.get(&cluster).map(|u| u.stats.clone());
+            served.cluster = Some(cluster);
+            (resp, served)
         }
     }
 }
@@ -747,18 +840,9 @@ fn choose_cluster(fwd: &Forward) -> (Arc<str>, Option<&HeaderChanges>) {
     }
 }
 
-/// Counts a request against the cluster's `max_requests` until dropped.
-struct Active(Arc<AtomicUsize>);
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// How one attempt ended.
 enum Attempt {
-    Response(Response<Incoming>, Pick),
+    Response(Response<Incoming>, Pick, ConnectionSlot),
     /// The per-try timeout fired.
     TimedOut,
     ConnectFailed(hyper_util::client::legacy::Error),
@@ -772,7 +856,7 @@ fn retriable(retry: &RetryPolicy, attempt: &Attempt) -> bool {
         Attempt::TimedOut => on.server_error || on.gateway_error,
         Attempt::ConnectFailed(_) => on.server_error || on.gateway_error || on.connect_failure,
         Attempt::Reset(_) => on.server_error || on.gateway_error || on.reset,
-        Attempt::Response(resp, _) => {
+        Attempt::Response(resp, ..) => {
             let status = resp.status().as_u16();
             (on.server_error && status >= 500)
                 || (on.gateway_error && matches!(status, 502..=504))
@@ -830,6 +914,111 @@ fn empty() -> ProxyBody {
         .boxed()
 }
 
+/// Envoy's default per-connection buffer limit (1 MiB): a request body up to this size is held
+/// for retries and mirrors; a larger one streams once, with neither (Envoy's
+/// `retry_or_shadow_abandoned`).
+pub const RETRY_BUFFER_LIMIT: usize = 1 << 20;
+
+/// A request body held in memory, sent again for each attempt and mirror.
+#[derive(Clone, Debug, Default)]
+struct Buffered {
+    data: Bytes,
+    trailers: Option<HeaderMap>,
+}
+
+impl Buffered {
+    fn body(&self) -> ProxyBody {
+        match &self.trailers {
+            None if self.data.is_empty() => empty(),
+            None => full(self.data.clone()),
+            Some(trailers) => {
+                let frames = [
+                    Ok(Frame::data(self.data.clone())),
+                    Ok(Frame::trailers(trailers.clone())),
+                ];
+                http_body_util::StreamBody::new(futures::stream::iter(frames)).boxed()
+            }
+        }
+    }
+}
+
+/// The request body as the attempts see it.
+enum RequestBody {
+    /// Empty, or buffered whole: every attempt and mirror gets a copy.
+    Replay(Buffered),
+    /// Streamed: one attempt only.
+    Once(Option<ProxyBody>),
+}
+
+impl RequestBody {
+    /// Reads `body` into memory if it ends within `limit` bytes; otherwise what was read, then
+    /// the rest, streamed once.
+    async fn buffer(mut body: Incoming, limit: usize) -> Result<RequestBody, hyper::Error> {
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut size = 0;
+        let mut trailers = None;
+        while let Some(frame) = body.frame().await {
+            let frame = match frame?.into_data() {
+                Ok(data) => {
+                    size += data.len();
+                    chunks.push(data);
+                    if size > limit {
+                        let read = chunks.into_iter().map(|c| Ok(Frame::data(c)));
+                        let rest = http_body_util::BodyStream::new(body.map_err(BoxError::from));
+                        let stream = futures::StreamExt::chain(futures::stream::iter(read), rest);
+                        let once = http_body_util::StreamBody::new(stream).boxed();
+                        return Ok(RequestBody::Once(Some(once)));
+                    }
+                    continue;
+                }
+                Err(frame) => frame,
+            };
+            if let Ok(t) = frame.into_trailers() {
+                trailers = Some(t);
+            }
+        }
+        let data = match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.swap_remove(0),
+            _ => chunks.concat().into(),
+        };
+        Ok(RequestBody::Replay(Buffered { data, trailers }))
+    }
+
+    /// The body for the next attempt.
+    fn take(&mut self) -> ProxyBody {
+        match self {
+            RequestBody::Replay(b) => b.body(),
+            RequestBody::Once(b) => b.take().unwrap_or_else(empty),
+        }
+    }
+}
+
+/// Envoy's answer when a circuit breaker turns a request away.
+fn overflow() -> Response<ProxyBody> {
+    let mut resp = local(StatusCode::SERVICE_UNAVAILABLE, "upstream overflow");
+    resp.headers_mut()
+        .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+    resp
+}
+
+/// Counts a request on the connection that carried it; at `limit` the pool may not reuse the
+/// connection, which closes once this response is done.
+fn count_on_connection(
+    resp: &Response<Incoming>,
+    captured: &hyper_util::client::legacy::connect::CaptureConnection,
+    limit: u32,
+) {
+    let Some(count) = resp.extensions().get::<RequestCount>() else {
+        return;
+    };
+    if count.add() >= limit
+        && let Some(connection) = captured.connection_metadata().as_ref()
+    {
+        connection.poison();
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     runtime: &Runtime,
@@ -846,21 +1035,31 @@ async fn forward(
         // Assembly guarantees every route's clusters exist; keep failing closed anyway.
         return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
     };
-    let in_flight = upstream.active.fetch_add(1, Ordering::Relaxed);
-    let active = Active(upstream.active.clone());
-    if in_flight >= upstream.cluster.limits.max_requests as usize {
-        let mut resp = local(StatusCode::SERVICE_UNAVAILABLE, "upstream overflow");
-        resp.headers_mut()
-            .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
-        return resp;
-    }
-    let deadline = fwd.timeout.map(|t| tokio::time::Instant::now() + t);
+    let stats = &upstream.stats;
+    let Ok(request_slot) = upstream.breaker.request(stats) else {
+        return overflow();
+    };
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let hash = request_hash(&fwd.hash_policy, &parts.headers, parts.uri.query(), peer);
-    // A streamed body cannot be sent twice: only requests without one are retried or mirrored.
-    let bodiless = body.is_end_stream();
-    let retry = fwd.retry.as_ref().filter(|_| bodiless && !upgrade);
+    let copies_wanted = !upgrade && (fwd.retry.is_some() || !fwd.mirrors.is_empty());
+    let mut body = if body.is_end_stream() {
+        RequestBody::Replay(Buffered::default())
+    } else if copies_wanted {
+        match RequestBody::buffer(body, RETRY_BUFFER_LIMIT).await {
+            Ok(body) => body,
+            Err(error) => {
+                tracing::debug!(%error, "reading the request body failed");
+                return local(StatusCode::BAD_REQUEST, "");
+            }
+        }
+    } else {
+        RequestBody::Once(Some(body.map_err(BoxError::from).boxed()))
+    };
+    // As Envoy's, the route timeout starts once the request has been read (here: buffered).
+    let deadline = fwd.timeout.map(|t| tokio::time::Instant::now() + t);
+    let replayable = matches!(body, RequestBody::Replay(_));
+    let retry = fwd.retry.as_ref().filter(|_| replayable && !upgrade);
     let path_and_query = rewrite_path(route, fwd, &parts.uri);
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
@@ -885,22 +1084,40 @@ async fn forward(
     {
         headers.insert("x-envoy-expected-rq-timeout-ms", v);
     }
-    if bodiless {
+    if let RequestBody::Replay(buffered) = &body {
         for m in fwd.mirrors.iter() {
             if fastrand::u32(..1_000_000) < m.per_million
                 && let Some(target) = runtime.upstreams.get(&m.cluster)
             {
-                mirror(target.clone(), &parts, &path_and_query, host, fwd.timeout);
+                mirror(
+                    target.clone(),
+                    &parts,
+                    &path_and_query,
+                    host,
+                    fwd.timeout,
+                    buffered,
+                );
             }
         }
     }
     let attempts = 1 + retry.map_or(0, |r| r.num_retries);
-    let mut body = Some(body.map_err(BoxError::from).boxed());
     let mut tried: Vec<(Arc<str>, u16)> = Vec::new();
     let mut outcome = None;
+    // The retry in progress, counted against max_retries until its attempt has ended.
+    let mut retrying = None;
     for n in 0..attempts {
         let Some(pick) = pick_for_attempt(&upstream.balancer, hash, retry, &tried) else {
             return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+        };
+        // A pending request waits for a connection at most until the route timeout.
+        let connection = match deadline {
+            Some(at) => tokio::time::timeout_at(at, upstream.breaker.connection(stats)).await,
+            None => Ok(upstream.breaker.connection(stats).await),
+        };
+        let connection = match connection {
+            Err(_) => return local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+            Ok(Err(_)) => return overflow(),
+            Ok(Ok(slot)) => slot,
         };
         let endpoint = pick.endpoint();
         tried.push((endpoint.host.clone(), endpoint.port));
@@ -911,7 +1128,7 @@ async fn forward(
                 return local(StatusCode::BAD_REQUEST, "");
             }
         };
-        let mut attempt_req = Request::new(body.take().unwrap_or_else(empty));
+        let mut attempt_req = Request::new(body.take());
         *attempt_req.method_mut() = parts.method.clone();
         *attempt_req.uri_mut() = uri;
         *attempt_req.headers_mut() = parts.headers.clone();
@@ -920,6 +1137,10 @@ async fn forward(
         } else {
             http::Version::HTTP_11
         };
+        let per_connection = upstream
+            .cluster
+            .max_requests_per_connection
+            .map(|limit| (limit, capture_connection(&mut attempt_req)));
         let call = match &upstream.client {
             Ok(client) => client.request(attempt_req),
             Err(reason) => {
@@ -940,24 +1161,40 @@ async fn forward(
             Some(at) => tokio::time::timeout_at(at, call).await,
             None => Ok(call.await),
         };
-        pick.report(match &result {
+        let ejected = pick.report(match &result {
             Ok(Ok(resp)) => Outcome::Status(resp.status().as_u16()),
             _ => Outcome::LocalFailure,
         });
+        if ejected {
+            stats.ejections.fetch_add(1, Ordering::Relaxed);
+        }
+        if let (Some((limit, captured)), Ok(Ok(resp))) = (&per_connection, &result) {
+            count_on_connection(resp, captured, *limit);
+        }
         let attempt = match result {
             Err(_) if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) => {
                 return local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
             }
             Err(_) => Attempt::TimedOut,
-            Ok(Ok(resp)) => Attempt::Response(resp, pick),
+            Ok(Ok(resp)) => Attempt::Response(resp, pick, connection),
             Ok(Err(error)) if error.is_connect() => Attempt::ConnectFailed(error),
             Ok(Err(error)) => Attempt::Reset(error),
         };
+        retrying = None;
         let again = n + 1 < attempts && retry.is_some_and(|r| retriable(r, &attempt));
         if !again {
             outcome = Some(attempt);
             break;
         }
+        let Some(slot) = upstream.breaker.retry(stats) else {
+            tracing::debug!(cluster = %cluster, "max_retries reached: not retrying");
+            outcome = Some(attempt);
+            break;
+        };
+        retrying = Some(slot);
+        stats.retries.fetch_add(1, Ordering::Relaxed);
+        // The failed attempt's connection is free for others during the back-off.
+        drop(attempt);
         tracing::debug!(cluster = %cluster, attempt = n + 1, "retrying");
         // Envoy's default back-off: 25ms base, jittered, doubling.
         let backoff = Duration::from_millis(25 * (1 << n.min(3))).mul_f64(fastrand::f64());
@@ -966,8 +1203,9 @@ async fn forward(
         }
         tokio::time::sleep(backoff).await;
     }
-    let (mut resp, pick) = match outcome {
-        Some(Attempt::Response(resp, pick)) => (resp, pick),
+    drop(retrying);
+    let (mut resp, pick, connection) = match outcome {
+        Some(Attempt::Response(resp, pick, connection)) => (resp, pick, connection),
         Some(Attempt::TimedOut) => {
             return local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
         }
@@ -994,7 +1232,7 @@ async fn forward(
                 tracing::debug!(%error, "websocket tunnel ended with an error");
             }
             // In flight until the tunnel closes.
-            drop((pick, active));
+            drop((pick, request_slot, connection));
         });
         let (mut parts, _) = resp.into_parts();
         apply_response_headers(&mut parts.headers, &route.headers);
@@ -1010,20 +1248,20 @@ async fn forward(
     let body = Guarded {
         inner: body.map_err(BoxError::from).boxed(),
         deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
-        _pick: pick,
-        _active: active,
+        _held: (pick, request_slot, connection),
     };
     Response::from_parts(parts, body.boxed())
 }
 
-/// Sends a copy of a bodiless request to `target`, with `-shadow` added to the host (as Envoy
-/// does), and ignores the answer.
+/// Sends a copy of a request (its body buffered) to `target`, with `-shadow` added to the host
+/// (as Envoy does), and ignores the answer. The copy is subject to the target's breakers.
 fn mirror(
     target: Arc<Upstream>,
     parts: &http::request::Parts,
     path_and_query: &str,
     host: &str,
     timeout: Option<Duration>,
+    body: &Buffered,
 ) {
     let Some(pick) = target.balancer.pick(None) else {
         return;
@@ -1035,7 +1273,7 @@ fn mirror(
     let Ok(uri) = target.uri_for(pick.endpoint(), path_and_query) else {
         return;
     };
-    let mut req = Request::new(empty());
+    let mut req = Request::new(body.body());
     if target.cluster.http2 {
         *req.version_mut() = http::Version::HTTP_2;
     }
@@ -1045,14 +1283,19 @@ fn mirror(
     if let Ok(v) = HeaderValue::from_str(&shadow) {
         req.headers_mut().insert(header::HOST, v);
     }
-    let Ok(client) = &target.client else {
-        return;
-    };
-    let call = client.request(req);
     let limit = timeout.unwrap_or(Duration::from_secs(15));
     tokio::spawn(async move {
+        let Ok(_request) = target.breaker.request(&target.stats) else {
+            return;
+        };
         let result = tokio::time::timeout(limit, async {
-            let resp = call.await?;
+            let Ok(_connection) = target.breaker.connection(&target.stats).await else {
+                return Ok(());
+            };
+            let Ok(client) = &target.client else {
+                return Ok(());
+            };
+            let resp = client.request(req).await?;
             // Read the answer so the connection can be reused.
             let _ = resp.into_body().collect().await;
             Ok::<_, hyper_util::client::legacy::Error>(())
@@ -1200,13 +1443,50 @@ fn apply_response_headers(headers: &mut HeaderMap, changes: &HeaderChanges) {
     apply(headers, &changes.response_add, &changes.response_remove);
 }
 
-/// An upstream response body that keeps its endpoint counted as busy until it is done, and is
-/// cut off (the stream reset) if the route timeout passes before it ends.
+/// An upstream response body that keeps its endpoint, request and connection counted as busy
+/// until it is done, and is cut off (the stream reset) if the route timeout passes before it
+/// ends.
 struct Guarded {
     inner: ProxyBody,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    _pick: Pick,
-    _active: Active,
+    _held: (Pick, RequestSlot, ConnectionSlot),
+}
+
+/// The response body as sent downstream: when it is done (or dropped), the request's duration
+/// is recorded and its span ends.
+struct Finished {
+    inner: ProxyBody,
+    started: Instant,
+    stats: Option<Arc<ClusterStats>>,
+    _span: Option<ServerSpan>,
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        if let Some(stats) = &self.stats {
+            stats.duration.observe(self.started.elapsed());
+        }
+    }
+}
+
+impl Body for Finished {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

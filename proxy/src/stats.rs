@@ -1,17 +1,31 @@
-//! Counters the admin API exposes: requests by cluster and status, and xDS updates by type.
+//! What the admin API exposes: requests by route, cluster and status, per-cluster latency,
+//! connections, retries, overflows and ejections, and xDS updates by type.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
+use dashmap::DashMap;
 use serde::Serialize;
 
 #[derive(Debug, Default)]
 pub struct Stats {
-    requests: Mutex<HashMap<(Arc<str>, u16), u64>>,
+    /// Sharded, so concurrent requests rarely meet on a lock; the value is an atomic.
+    requests: DashMap<RequestKey, AtomicU64>,
     xds: Mutex<BTreeMap<&'static str, TypeStats>>,
     connected: AtomicBool,
+}
+
+/// What a finished request is counted by; empty names where there was none (404, direct
+/// responses have no cluster).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestKey {
+    pub virtual_host: Arc<str>,
+    pub route: Arc<str>,
+    pub cluster: Arc<str>,
+    pub code: u16,
 }
 
 /// What happened to one xDS resource type.
@@ -34,11 +48,16 @@ pub fn short_type(type_url: &str) -> &str {
 }
 
 impl Stats {
-    /// A finished request: `cluster` is empty when none was chosen (404, direct responses).
-    pub fn request(&self, cluster: &Arc<str>, status: u16) {
-        *lock(&self.requests)
-            .entry((cluster.clone(), status))
-            .or_default() += 1;
+    /// A request whose response headers were sent.
+    pub fn request(&self, key: RequestKey) {
+        if let Some(n) = self.requests.get(&key) {
+            n.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.requests
+            .entry(key)
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn xds_accepted(&self, type_url: &'static str, version: &str) {
@@ -63,11 +82,11 @@ impl Stats {
         lock(&self.xds).clone()
     }
 
-    /// Requests by (cluster, status).
-    pub fn requests(&self) -> BTreeMap<(String, u16), u64> {
-        lock(&self.requests)
+    /// Requests by virtual host, route, cluster and status.
+    pub fn requests(&self) -> BTreeMap<RequestKey, u64> {
+        self.requests
             .iter()
-            .map(|((c, s), n)| ((c.to_string(), *s), *n))
+            .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
             .collect()
     }
 
@@ -75,11 +94,14 @@ impl Stats {
     pub fn prometheus(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "# TYPE strait_proxy_requests_total counter");
-        for ((cluster, status), n) in self.requests() {
+        for (k, n) in self.requests() {
             let _ = writeln!(
                 out,
-                "strait_proxy_requests_total{{cluster=\"{}\",code=\"{status}\"}} {n}",
-                escape(&cluster)
+                "strait_proxy_requests_total{{cluster=\"{}\",code=\"{}\",virtual_host=\"{}\",route=\"{}\"}} {n}",
+                escape(&k.cluster),
+                k.code,
+                escape(&k.virtual_host),
+                escape(&k.route),
             );
         }
         let xds = self.xds();
@@ -116,6 +138,200 @@ impl Stats {
     }
 }
 
+/// Envoy's default histogram bucket bounds, in milliseconds.
+pub const BUCKETS_MS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// A Prometheus histogram of durations, lock-free: one atomic per bucket.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last slot is `+Inf`.
+    buckets: [AtomicU64; BUCKETS_MS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let ms = micros as f64 / 1000.0;
+        let slot = BUCKETS_MS.partition_point(|le| *le < ms);
+        self.buckets[slot].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bound (the last is `+Inf`, the total), and the sum in ms.
+    pub fn snapshot(&self) -> (Vec<u64>, f64) {
+        let mut total = 0;
+        let cumulative = self
+            .buckets
+            .iter()
+            .map(|b| {
+                total += b.load(Ordering::Relaxed);
+                total
+            })
+            .collect();
+        (
+            cumulative,
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1000.0,
+        )
+    }
+}
+
+/// One upstream cluster's counters; they live as long as the cluster does.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// From a request's arrival to the last byte of its response.
+    pub duration: Histogram,
+    pub connections_opened: AtomicU64,
+    pub connections_active: AtomicU64,
+    pub retries: AtomicU64,
+    pub overflow_max_connections: AtomicU64,
+    pub overflow_max_pending_requests: AtomicU64,
+    pub overflow_max_requests: AtomicU64,
+    pub overflow_max_retries: AtomicU64,
+    pub ejections: AtomicU64,
+}
+
+/// What a cluster's balancer and breaker know at scrape time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClusterGauges {
+    pub pending_requests: usize,
+    pub active_requests: usize,
+    pub ejected_endpoints: usize,
+}
+
+/// Appends the per-cluster families in the Prometheus text format.
+pub fn render_clusters(
+    out: &mut String,
+    clusters: &[(Arc<str>, Arc<ClusterStats>, ClusterGauges)],
+) {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "# TYPE strait_proxy_request_duration_milliseconds histogram"
+    );
+    for (name, stats, _) in clusters {
+        let cluster = escape(name);
+        let (cumulative, sum) = stats.duration.snapshot();
+        for (le, n) in BUCKETS_MS.iter().zip(&cumulative) {
+            let _ = writeln!(
+                out,
+                "strait_proxy_request_duration_milliseconds_bucket{{cluster=\"{cluster}\",le=\"{le}\"}} {n}"
+            );
+        }
+        let count = cumulative.last().copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "strait_proxy_request_duration_milliseconds_bucket{{cluster=\"{cluster}\",le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "strait_proxy_request_duration_milliseconds_sum{{cluster=\"{cluster}\"}} {sum}"
+        );
+        let _ = writeln!(
+            out,
+            "strait_proxy_request_duration_milliseconds_count{{cluster=\"{cluster}\"}} {count}"
+        );
+    }
+    type Counter = fn(&ClusterStats, &ClusterGauges) -> u64;
+    let families: [(&str, &str, Counter); 7] = [
+        (
+            "strait_proxy_upstream_connections_total",
+            "counter",
+            |s, _| s.connections_opened.load(Ordering::Relaxed),
+        ),
+        (
+            "strait_proxy_upstream_connections_active",
+            "gauge",
+            |s, _| s.connections_active.load(Ordering::Relaxed),
+        ),
+        ("strait_proxy_upstream_requests_active", "gauge", |_, g| {
+            g.active_requests as u64
+        }),
+        ("strait_proxy_upstream_requests_pending", "gauge", |_, g| {
+            g.pending_requests as u64
+        }),
+        ("strait_proxy_upstream_retries_total", "counter", |s, _| {
+            s.retries.load(Ordering::Relaxed)
+        }),
+        ("strait_proxy_outlier_ejections_total", "counter", |s, _| {
+            s.ejections.load(Ordering::Relaxed)
+        }),
+        ("strait_proxy_outlier_ejections_active", "gauge", |_, g| {
+            g.ejected_endpoints as u64
+        }),
+    ];
+    for (family, kind, value) in families {
+        let _ = writeln!(out, "# TYPE {family} {kind}");
+        for (name, stats, gauges) in clusters {
+            let _ = writeln!(
+                out,
+                "{family}{{cluster=\"{}\"}} {}",
+                escape(name),
+                value(stats, gauges)
+            );
+        }
+    }
+    let _ = writeln!(out, "# TYPE strait_proxy_upstream_overflow_total counter");
+    for (name, s, _) in clusters {
+        for (limit, n) in [
+            ("max_connections", &s.overflow_max_connections),
+            ("max_pending_requests", &s.overflow_max_pending_requests),
+            ("max_requests", &s.overflow_max_requests),
+            ("max_retries", &s.overflow_max_retries),
+        ] {
+            let _ = writeln!(
+                out,
+                "strait_proxy_upstream_overflow_total{{cluster=\"{}\",limit=\"{limit}\"}} {}",
+                escape(name),
+                load(n)
+            );
+        }
+    }
+}
+
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_with_envoy_bounds() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(300)); // <= 0.5 ms
+        h.observe(Duration::from_millis(1)); // <= 1 ms: bounds are inclusive
+        h.observe(Duration::from_millis(7)); // <= 10 ms
+        h.observe(Duration::from_secs(7200)); // +Inf only
+        let (cumulative, sum) = h.snapshot();
+        assert_eq!(cumulative.len(), BUCKETS_MS.len() + 1);
+        assert_eq!(&cumulative[..4], &[1, 2, 2, 3]);
+        assert_eq!(cumulative[BUCKETS_MS.len() - 1], 3);
+        assert_eq!(cumulative[BUCKETS_MS.len()], 4);
+        assert!((sum - 7_200_008.3).abs() < 1e-6, "{sum}");
+    }
+
+    #[test]
+    fn requests_are_counted_by_route_cluster_and_code() {
+        let stats = Stats::default();
+        let key = |code| RequestKey {
+            virtual_host: "reviews".into(),
+            route: "default".into(),
+            cluster: "c|1".into(),
+            code,
+        };
+        stats.request(key(200));
+        stats.request(key(200));
+        stats.request(key(503));
+        let text = stats.prometheus();
+        assert!(
+            text.contains("strait_proxy_requests_total{cluster=\"c|1\",code=\"200\",virtual_host=\"reviews\",route=\"default\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("code=\"503\",virtual_host=\"reviews\",route=\"default\"} 1"));
+    }
 }

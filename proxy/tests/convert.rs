@@ -126,31 +126,28 @@ fn sidecar_bookinfo_converts_with_its_faults() {
 }
 
 #[test]
-fn sidecar_policies_convert_except_pool_limits() {
+fn sidecar_policies_convert_with_pool_limits() {
     let out = golden("sidecar-policies");
-    // Per-connection request limits are the one thing here not implemented: rejected, named.
-    let mut errors = Vec::new();
-    let mut clusters = Vec::new();
-    for c in &out.clusters {
-        match Cluster::try_from(c) {
-            Ok(cluster) => clusters.push(cluster),
-            Err(e) => errors.push(e.to_string()),
-        }
-    }
-    assert!(!errors.is_empty());
-    for e in &errors {
-        assert!(
-            e.starts_with("cluster \"")
-                && e.contains("common_http_protocol_options: not supported by strait-proxy"),
-            "{e}"
-        );
-    }
-    // Without them every cluster converts, with Istio's policies.
-    for c in &out.clusters {
-        let mut c = c.clone();
-        c.typed_extension_protocol_options.clear();
-        clusters.push(Cluster::try_from(&c).expect("converts without pool limits"));
-    }
+    let clusters: Vec<Cluster> = out
+        .clusters
+        .iter()
+        .map(|c| Cluster::try_from(c).expect("converts"))
+        .collect();
+    // connectionPool: http1MaxPendingRequests 10, http2MaxRequests 50, maxRetries 3,
+    // maxRequestsPerConnection 5.
+    let pooled = clusters
+        .iter()
+        .find(|c| c.max_requests_per_connection.is_some())
+        .expect("a cluster with connection pool limits");
+    assert_eq!(pooled.max_requests_per_connection, Some(5));
+    assert_eq!(pooled.limits.max_connections, 100);
+    assert_eq!(pooled.limits.max_pending_requests, 10);
+    assert_eq!(pooled.limits.max_requests, 50);
+    assert_eq!(pooled.limits.max_retries, 3);
+    assert_eq!(
+        pooled.idle_timeout,
+        Some(std::time::Duration::from_secs(30))
+    );
     let policies: Vec<LbPolicy> = clusters.iter().map(|c| c.lb_policy).collect();
     assert!(policies.contains(&LbPolicy::Random), "{policies:?}");
     assert!(

@@ -23,6 +23,8 @@ pub struct Cluster {
     pub http2: bool,
     /// Close pooled connections idle this long (Envoy's default: 1h).
     pub idle_timeout: Option<Duration>,
+    /// Close an upstream connection after it has carried this many requests.
+    pub max_requests_per_connection: Option<u32>,
     /// From the load assignment (STATIC, STRICT_DNS) or from EDS.
     pub endpoints: Arc<[Endpoint]>,
     /// TLS to endpoints that no transport match picks; none: plaintext.
