@@ -46,6 +46,9 @@ struct Args {
     gateway_ports: String,
     #[arg(long, env = "STRAIT_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
     admin_addr: SocketAddr,
+    /// Worker threads serving traffic [default: the available parallelism].
+    #[arg(long, env = "STRAIT_CONCURRENCY")]
+    concurrency: Option<std::num::NonZeroUsize>,
 }
 
 fn pairs(arg: &str, what: &str) -> anyhow::Result<BTreeMap<String, String>> {
@@ -86,9 +89,21 @@ fn metadata(args: &Args) -> anyhow::Result<Map<String, Value>> {
     .to_json())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let workers = args
+        .concurrency
+        .or_else(|| std::thread::available_parallelism().ok())
+        .map_or(1, std::num::NonZeroUsize::get);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
