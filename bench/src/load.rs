@@ -112,9 +112,11 @@ pub struct OpenLoop {
     pub p99_us: f64,
     /// Errors and answers other than 200.
     pub failed: u64,
+    /// oha's `errorDistribution` and `statusCodeDistribution`, as it wrote them.
+    pub outcomes: serde_json::Value,
 }
 
-/// `oha -q RATE -z T --latency-correction`: requests are due on a fixed schedule, and each
+/// `oha -q RATE -z T --latency-correction -w`: requests are due on a fixed schedule, and each
 /// latency counts from when its request was due, so a stall is not hidden (no coordinated
 /// omission).
 pub fn oha(
@@ -159,23 +161,29 @@ fn parse_oha(text: &str) -> anyhow::Result<OpenLoop> {
     Ok(OpenLoop {
         requests_per_sec: num(&summary["requestsPerSec"], "summary.requestsPerSec")?,
         failed: failed(&json),
+        outcomes: serde_json::json!({
+            "errors": json["errorDistribution"],
+            "statuses": json["statusCodeDistribution"],
+        }),
         p50_us: num(&p["p50"], "latencyPercentiles.p50")? * 1e6,
         p90_us: num(&p["p90"], "latencyPercentiles.p90")? * 1e6,
         p99_us: num(&p["p99"], "latencyPercentiles.p99")? * 1e6,
     })
 }
 
-/// oha's errors plus its non-200 answers.
+/// oha's errors plus its non-200 answers. "aborted due to deadline" is not a failure: with `-w`
+/// it counts only requests oha had scheduled but not sent when the duration ended.
 fn failed(json: &serde_json::Value) -> u64 {
-    let count = |v: &serde_json::Value, skip: Option<&str>| -> u64 {
+    let count = |v: &serde_json::Value, skip: &str| -> u64 {
         v.as_object()
             .into_iter()
             .flatten()
-            .filter(|(k, _)| Some(k.as_str()) != skip)
+            .filter(|(k, _)| k.as_str() != skip)
             .filter_map(|(_, n)| n.as_u64())
             .sum()
     };
-    count(&json["errorDistribution"], None) + count(&json["statusCodeDistribution"], Some("200"))
+    count(&json["errorDistribution"], "aborted due to deadline")
+        + count(&json["statusCodeDistribution"], "200")
 }
 
 #[cfg(test)]

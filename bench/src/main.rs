@@ -168,7 +168,7 @@ impl Bench {
                 a.connections, a.duration, a.warmup
             ),
             format!(
-                "open loop: oha -q {} -c {} -z {}s --latency-correction",
+                "open loop: oha -q {} -c {} -z {}s --latency-correction -w",
                 a.rate, a.latency_connections, a.latency_duration
             ),
             format!(
@@ -312,6 +312,7 @@ impl Bench {
             // Let start-up work (xDS, certificates) settle before reading idle memory.
             std::thread::sleep(Duration::from_secs(1));
             sample.idle_rss_kib = Some(sum(&s.pids, procfs::rss_kib)?);
+            sample.idle_rss_anon_kib = Some(sum(&s.pids, procfs::rss_anon_kib)?);
             sample.threads = Some(sum(&s.pids, procfs::threads)?);
         }
         self.wait_routed(s.target.addr, mtls)?;

@@ -60,6 +60,11 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     status_field(pid, "VmRSS")
 }
 
+/// Anonymous resident memory (heap, stacks), KiB: VmRSS less the mapped files (the binary).
+pub fn rss_anon_kib(pid: u32) -> anyhow::Result<u64> {
+    status_field(pid, "RssAnon")
+}
+
 pub fn threads(pid: u32) -> anyhow::Result<u64> {
     status_field(pid, "Threads")
 }
@@ -105,4 +110,11 @@ pub fn load_average() -> Option<f64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// The machine's cores (not just those this process may run on).
+pub fn cores() -> usize {
+    std::fs::read_to_string("/proc/cpuinfo").map_or(0, |c| {
+        c.lines().filter(|l| l.starts_with("processor")).count()
+    })
 }

@@ -27,6 +27,8 @@ pub struct Sample {
     pub threads: Option<u64>,
     /// VmRSS summed over its processes, before any traffic.
     pub idle_rss_kib: Option<u64>,
+    /// Its anonymous part (`RssAnon`: heap, stacks); the rest is mapped files (the binary).
+    pub idle_rss_anon_kib: Option<u64>,
     /// The highest summed VmRSS seen during the closed loop (sampled every 100 ms).
     pub load_rss_kib: Option<u64>,
     pub closed: Option<ClosedLoop>,
@@ -50,6 +52,7 @@ impl Sample {
             processes,
             threads: None,
             idle_rss_kib: None,
+            idle_rss_anon_kib: None,
             load_rss_kib: None,
             closed: None,
             cpu_us_per_request: None,
@@ -93,7 +96,7 @@ impl Run {
             started_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cores: procfs::cores(),
             load_average_start: procfs::load_average(),
             load_average_end: None,
             samples: Vec::new(),
@@ -181,6 +184,7 @@ impl Run {
                 };
                 let r = get(CANDIDATE)
                     .zip(get(BASELINE))
+                    .filter(|_| metric.ratio)
                     .filter(|(_, b)| *b != 0.0)
                     .map(|(c, b)| c / b);
                 let (target, verdict) = match metric.target {
@@ -204,6 +208,7 @@ impl Run {
             ("CPU µs per request", METRICS[3].value),
             ("max req/s", METRICS[0].value),
             ("added p50 µs", METRICS[7].value),
+            ("others on the proxy core %", METRICS[2].value),
         ] {
             for subject in &subjects {
                 let values = self.values(section, subject, value);
@@ -257,6 +262,8 @@ struct Metric {
     name: &'static str,
     digits: usize,
     value: Value,
+    /// Whether strait-proxy / envoy means something for it.
+    ratio: bool,
     target: Target,
 }
 
@@ -268,83 +275,103 @@ fn added(s: &Sample, direct: Option<&Sample>, p: fn(&OpenLoop) -> f64) -> Option
     Some(p(s.open.as_ref()?) - p(direct?.open.as_ref()?))
 }
 
-const METRICS: [Metric; 14] = [
+const METRICS: [Metric; 15] = [
     Metric {
         name: "max req/s (closed loop)",
         digits: 0,
         value: |s, _| Some(s.closed.as_ref()?.requests_per_sec),
+        ratio: true,
         target: Target::None,
     },
     Metric {
         name: "proxy CPU busy during it, % of a core",
         digits: 0,
         value: |s, _| s.proxy_core_busy.map(|b| b * 100.0),
+        ratio: true,
         target: Target::None,
     },
     Metric {
         name: "others on the proxy core, % of it",
         digits: 0,
         value: |s, _| s.others_on_core.map(|b| b * 100.0),
+        ratio: false,
         target: Target::None,
     },
     Metric {
         name: "CPU µs per request",
         digits: 1,
         value: |s, _| s.cpu_us_per_request,
+        ratio: true,
         target: Target::RatioAtMost(0.25),
     },
     Metric {
         name: "p50 µs at fixed rate",
         digits: 0,
         value: |s, _| Some(s.open.as_ref()?.p50_us),
+        ratio: true,
         target: Target::None,
     },
     Metric {
         name: "p90 µs at fixed rate",
         digits: 0,
         value: |s, _| Some(s.open.as_ref()?.p90_us),
+        ratio: true,
         target: Target::None,
     },
     Metric {
         name: "p99 µs at fixed rate",
         digits: 0,
         value: |s, _| Some(s.open.as_ref()?.p99_us),
+        ratio: true,
         target: Target::None,
     },
     Metric {
         name: "added p50 µs over direct",
         digits: 0,
         value: |s, d| added(s, d, |o| o.p50_us),
+        ratio: true,
         target: Target::RatioAtMost(1.0 / 3.0),
     },
     Metric {
         name: "added p90 µs over direct",
         digits: 0,
         value: |s, d| added(s, d, |o| o.p90_us),
+        ratio: true,
         target: Target::None,
     },
     Metric {
         name: "added p99 µs over direct",
         digits: 0,
         value: |s, d| added(s, d, |o| o.p99_us),
+        ratio: true,
         target: Target::None,
     },
     Metric {
         name: "resident memory idle, MiB per proxy",
         digits: 1,
         value: |s, _| Some(s.per_process(s.idle_rss_kib)? / MIB),
+        ratio: true,
         target: Target::AtMost(10.0),
+    },
+    Metric {
+        name: "of which anonymous (heap, stacks), MiB",
+        digits: 1,
+        value: |s, _| Some(s.per_process(s.idle_rss_anon_kib)? / MIB),
+        ratio: true,
+        target: Target::None,
     },
     Metric {
         name: "resident memory under load (max), MiB per proxy",
         digits: 1,
         value: |s, _| Some(s.per_process(s.load_rss_kib)? / MIB),
+        ratio: true,
         target: Target::None,
     },
     Metric {
         name: "threads per proxy",
         digits: 0,
         value: |s, _| s.per_process(s.threads),
+        ratio: true,
         target: Target::None,
     },
     Metric {
@@ -355,6 +382,7 @@ const METRICS: [Metric; 14] = [
             let open = s.open.as_ref().map_or(0, |o| o.failed);
             Some((closed + open) as f64)
         },
+        ratio: false,
         target: Target::None,
     },
 ];
