@@ -164,6 +164,8 @@ pub trait Proxy: Send {
     fn config_dump(&self) -> anyhow::Result<serde_json::Value>;
     /// Everything the proxy has logged so far.
     fn log(&self) -> String;
+    /// The proxy's process id (to pin it to a core, read its CPU time and memory).
+    fn pid(&self) -> u32;
 }
 
 /// A kind of proxy that can be started against a straitd.

@@ -370,4 +370,8 @@ impl Proxy for EnvoyProxy {
     fn log(&self) -> String {
         self.process.log()
     }
+
+    fn pid(&self) -> u32 {
+        self.process.pid()
+    }
 }

@@ -162,4 +162,8 @@ impl Proxy for StraitProxyProcess {
     fn log(&self) -> String {
         self.process.log()
     }
+
+    fn pid(&self) -> u32 {
+        StraitProxyProcess::pid(self)
+    }
 }

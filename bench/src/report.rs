@@ -1,0 +1,429 @@
+//! The per-round samples of a run, their medians, and the markdown table with the targets.
+
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::load::{ClosedLoop, OpenLoop};
+use crate::procfs;
+
+/// The baseline and the candidate of the ratio column.
+const BASELINE: &str = "envoy";
+const CANDIDATE: &str = "strait-proxy";
+const MIB: f64 = 1024.0;
+
+/// One subject (direct, or a data plane) measured once.
+#[derive(Clone, Debug, Serialize)]
+pub struct Sample {
+    pub section: &'static str,
+    pub subject: String,
+    pub round: u32,
+    /// Why this sample has no numbers (or only some).
+    pub error: Option<String>,
+    /// Proxy processes measured together (2 for mTLS: client and server sidecar).
+    pub processes: usize,
+    /// Threads of all its processes, idle.
+    pub threads: Option<u64>,
+    /// VmRSS summed over its processes, before any traffic.
+    pub idle_rss_kib: Option<u64>,
+    /// Its anonymous part (`RssAnon`: heap, stacks); the rest is mapped files (the binary).
+    pub idle_rss_anon_kib: Option<u64>,
+    /// The highest summed VmRSS seen during the closed loop (sampled every 100 ms).
+    pub load_rss_kib: Option<u64>,
+    pub closed: Option<ClosedLoop>,
+    /// Proxy CPU time (user + system, all its processes) over the closed loop / requests.
+    pub cpu_us_per_request: Option<f64>,
+    /// Proxy CPU time / wall time over the closed loop: near 1.0 means the proxy's core was
+    /// the bottleneck; well below means the load side was.
+    pub proxy_core_busy: Option<f64>,
+    /// Busy time of the proxies' core not spent in the proxies / wall time: other users.
+    pub others_on_core: Option<f64>,
+    pub open: Option<OpenLoop>,
+}
+
+impl Sample {
+    pub fn new(section: &'static str, subject: &str, round: u32, processes: usize) -> Sample {
+        Sample {
+            section,
+            subject: subject.to_string(),
+            round,
+            error: None,
+            processes,
+            threads: None,
+            idle_rss_kib: None,
+            idle_rss_anon_kib: None,
+            load_rss_kib: None,
+            closed: None,
+            cpu_us_per_request: None,
+            proxy_core_busy: None,
+            others_on_core: None,
+            open: None,
+        }
+    }
+
+    pub fn failed(section: &'static str, subject: &str, round: u32, error: String) -> Sample {
+        Sample {
+            error: Some(error),
+            ..Sample::new(section, subject, round, 0)
+        }
+    }
+
+    fn per_process(&self, v: Option<u64>) -> Option<f64> {
+        v.map(|v| v as f64 / self.processes.max(1) as f64)
+    }
+}
+
+/// Everything one invocation measured.
+#[derive(Debug, Serialize)]
+pub struct Run {
+    pub setup: Vec<String>,
+    pub data_planes: Vec<String>,
+    pub rounds: u32,
+    pub started_unix: u64,
+    pub cores: usize,
+    pub load_average_start: Option<f64>,
+    pub load_average_end: Option<f64>,
+    pub samples: Vec<Sample>,
+}
+
+impl Run {
+    pub fn describe(data_planes: &[String], rounds: u32, setup: &[String]) -> Run {
+        Run {
+            setup: setup.to_vec(),
+            data_planes: data_planes.to_vec(),
+            rounds,
+            started_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            cores: procfs::cores(),
+            load_average_start: procfs::load_average(),
+            load_average_end: None,
+            samples: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, sample: Sample) {
+        self.samples.push(sample);
+    }
+
+    pub fn finish(&mut self) {
+        self.load_average_end = procfs::load_average();
+    }
+
+    fn subjects(&self) -> Vec<String> {
+        std::iter::once("direct".to_string())
+            .chain(self.data_planes.iter().cloned())
+            .collect()
+    }
+
+    /// The medians table of each section that ran, then the per-round spread and the errors.
+    pub fn markdown(&self) -> String {
+        let mut md = String::from("# strait-bench results\n\n");
+        for line in &self.setup {
+            let _ = writeln!(md, "- {line}");
+        }
+        let _ = writeln!(
+            md,
+            "- {} cores; 1-minute load average {} at start, {} at end (a shared machine: \
+             other builds compete for both cores, see \"others on the proxy core\")\n",
+            self.cores,
+            fmt_opt(self.load_average_start, 2),
+            fmt_opt(self.load_average_end, 2),
+        );
+        for (section, title) in [
+            (
+                "plaintext",
+                "HTTP/1.1 plaintext: load generator -> sidecar outbound -> backend",
+            ),
+            (
+                "mtls",
+                "mTLS between two proxies: load generator -> client sidecar -> mTLS -> \
+                 server sidecar (STRICT) -> backend; CPU summed over both, memory per proxy",
+            ),
+        ] {
+            if self.samples.iter().any(|s| s.section == section) {
+                self.section(&mut md, section, title);
+            }
+        }
+        md
+    }
+
+    fn section(&self, md: &mut String, section: &str, title: &str) {
+        let subjects = self.subjects();
+        let _ = writeln!(md, "## {title}\n\nMedian over {} rounds.\n", self.rounds);
+        let mut header = String::from("| metric |");
+        let mut rule = String::from("| --- |");
+        for s in &subjects {
+            let _ = write!(header, " {s} |");
+            rule.push_str(" ---: |");
+        }
+        let ratio = self.data_planes.iter().any(|d| d == BASELINE)
+            && self.data_planes.iter().any(|d| d == CANDIDATE);
+        if ratio {
+            let _ = write!(header, " {CANDIDATE} / {BASELINE} | target | |");
+            rule.push_str(" ---: | --- | --- |");
+        }
+        let _ = writeln!(md, "{header}\n{rule}");
+
+        for metric in METRICS {
+            let medians: Vec<Option<f64>> = subjects
+                .iter()
+                .map(|subject| median(self.values(section, subject, metric.value)))
+                .collect();
+            let mut row = format!("| {} |", metric.name);
+            for m in &medians {
+                let _ = write!(row, " {} |", fmt_opt(*m, metric.digits));
+            }
+            if ratio {
+                let get = |name: &str| {
+                    subjects
+                        .iter()
+                        .position(|s| s == name)
+                        .and_then(|i| medians[i])
+                };
+                let r = get(CANDIDATE)
+                    .zip(get(BASELINE))
+                    .filter(|_| metric.ratio)
+                    .filter(|(_, b)| *b != 0.0)
+                    .map(|(c, b)| c / b);
+                let (target, verdict) = match metric.target {
+                    Target::None => (String::new(), String::new()),
+                    Target::RatioAtMost(limit) => (
+                        format!("≤ {limit:.2}× {BASELINE}"),
+                        verdict(r.map(|r| r <= limit)),
+                    ),
+                    Target::AtMost(limit) => (
+                        format!("≤ {limit} for {CANDIDATE}"),
+                        verdict(get(CANDIDATE).map(|v| v <= limit)),
+                    ),
+                };
+                let _ = write!(row, " {} | {target} | {verdict} |", fmt_opt(r, 2));
+            }
+            let _ = writeln!(md, "{row}");
+        }
+
+        let _ = writeln!(md, "\nPer round (to judge the noise):\n");
+        for (what, value) in [
+            ("CPU µs per request", METRICS[3].value),
+            ("max req/s", METRICS[0].value),
+            ("added p50 µs", METRICS[7].value),
+            ("others on the proxy core %", METRICS[2].value),
+        ] {
+            for subject in &subjects {
+                let values = self.values(section, subject, value);
+                if values.iter().any(Option::is_some) {
+                    let list: Vec<String> = values.iter().map(|v| fmt_opt(*v, 1)).collect();
+                    let _ = writeln!(md, "- {what}, {subject}: {}", list.join(", "));
+                }
+            }
+        }
+        let errors: Vec<&Sample> = self
+            .samples
+            .iter()
+            .filter(|s| s.section == section && s.error.is_some())
+            .collect();
+        if !errors.is_empty() {
+            let _ = writeln!(md, "\nNot measured:\n");
+            for s in errors {
+                let error = s.error.as_deref().unwrap_or_default();
+                let first = error.lines().next().unwrap_or_default();
+                let _ = writeln!(md, "- {} round {}: {first}", s.subject, s.round);
+            }
+        }
+        md.push('\n');
+    }
+
+    /// One metric of one subject, round by round (None where it wasn't measured).
+    fn values(&self, section: &str, subject: &str, value: Value) -> Vec<Option<f64>> {
+        self.samples
+            .iter()
+            .filter(|s| s.section == section && s.subject == subject)
+            .map(|s| {
+                let direct = self
+                    .samples
+                    .iter()
+                    .find(|d| d.section == section && d.subject == "direct" && d.round == s.round);
+                value(s, direct)
+            })
+            .collect()
+    }
+}
+
+type Value = fn(&Sample, Option<&Sample>) -> Option<f64>;
+
+enum Target {
+    None,
+    RatioAtMost(f64),
+    AtMost(f64),
+}
+
+struct Metric {
+    name: &'static str,
+    digits: usize,
+    value: Value,
+    /// Whether strait-proxy / envoy means something for it.
+    ratio: bool,
+    target: Target,
+}
+
+/// A proxy's latency percentile minus direct's in the same round.
+fn added(s: &Sample, direct: Option<&Sample>, p: fn(&OpenLoop) -> f64) -> Option<f64> {
+    if s.subject == "direct" {
+        return None;
+    }
+    Some(p(s.open.as_ref()?) - p(direct?.open.as_ref()?))
+}
+
+const METRICS: [Metric; 15] = [
+    Metric {
+        name: "max req/s (closed loop)",
+        digits: 0,
+        value: |s, _| Some(s.closed.as_ref()?.requests_per_sec),
+        ratio: true,
+        target: Target::None,
+    },
+    Metric {
+        name: "proxy CPU busy during it, % of a core",
+        digits: 0,
+        value: |s, _| s.proxy_core_busy.map(|b| b * 100.0),
+        ratio: true,
+        target: Target::None,
+    },
+    Metric {
+        name: "others on the proxy core, % of it",
+        digits: 0,
+        value: |s, _| s.others_on_core.map(|b| b * 100.0),
+        ratio: false,
+        target: Target::None,
+    },
+    Metric {
+        name: "CPU µs per request",
+        digits: 1,
+        value: |s, _| s.cpu_us_per_request,
+        ratio: true,
+        target: Target::RatioAtMost(0.25),
+    },
+    Metric {
+        name: "p50 µs at fixed rate",
+        digits: 0,
+        value: |s, _| Some(s.open.as_ref()?.p50_us),
+        ratio: true,
+        target: Target::None,
+    },
+    Metric {
+        name: "p90 µs at fixed rate",
+        digits: 0,
+        value: |s, _| Some(s.open.as_ref()?.p90_us),
+        ratio: true,
+        target: Target::None,
+    },
+    Metric {
+        name: "p99 µs at fixed rate",
+        digits: 0,
+        value: |s, _| Some(s.open.as_ref()?.p99_us),
+        ratio: true,
+        target: Target::None,
+    },
+    Metric {
+        name: "added p50 µs over direct",
+        digits: 0,
+        value: |s, d| added(s, d, |o| o.p50_us),
+        ratio: true,
+        target: Target::RatioAtMost(1.0 / 3.0),
+    },
+    Metric {
+        name: "added p90 µs over direct",
+        digits: 0,
+        value: |s, d| added(s, d, |o| o.p90_us),
+        ratio: true,
+        target: Target::None,
+    },
+    Metric {
+        name: "added p99 µs over direct",
+        digits: 0,
+        value: |s, d| added(s, d, |o| o.p99_us),
+        ratio: true,
+        target: Target::None,
+    },
+    Metric {
+        name: "resident memory idle, MiB per proxy",
+        digits: 1,
+        value: |s, _| Some(s.per_process(s.idle_rss_kib)? / MIB),
+        ratio: true,
+        target: Target::AtMost(10.0),
+    },
+    Metric {
+        name: "of which anonymous (heap, stacks), MiB",
+        digits: 1,
+        value: |s, _| Some(s.per_process(s.idle_rss_anon_kib)? / MIB),
+        ratio: true,
+        target: Target::None,
+    },
+    Metric {
+        name: "resident memory under load (max), MiB per proxy",
+        digits: 1,
+        value: |s, _| Some(s.per_process(s.load_rss_kib)? / MIB),
+        ratio: true,
+        target: Target::None,
+    },
+    Metric {
+        name: "threads per proxy",
+        digits: 0,
+        value: |s, _| s.per_process(s.threads),
+        ratio: true,
+        target: Target::None,
+    },
+    Metric {
+        name: "failed requests (closed + open loop)",
+        digits: 0,
+        value: |s, _| {
+            let closed = s.closed.as_ref()?.errors;
+            let open = s.open.as_ref().map_or(0, |o| o.failed);
+            Some((closed + open) as f64)
+        },
+        ratio: false,
+        target: Target::None,
+    },
+];
+
+fn verdict(pass: Option<bool>) -> String {
+    match pass {
+        Some(true) => "pass".into(),
+        Some(false) => "**fail**".into(),
+        None => "n/a".into(),
+    }
+}
+
+fn median(values: Vec<Option<f64>>) -> Option<f64> {
+    let mut v: Vec<f64> = values.into_iter().flatten().collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    })
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "–".into(), |v| format!("{v:.digits$}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_skips_missing_values_and_averages_the_middle_pair() {
+        assert_eq!(
+            median(vec![Some(3.0), None, Some(1.0), Some(2.0)]),
+            Some(2.0)
+        );
+        assert_eq!(median(vec![Some(4.0), Some(1.0)]), Some(2.5));
+        assert_eq!(median(vec![None]), None);
+    }
+}
