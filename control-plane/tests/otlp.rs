@@ -4,45 +4,7 @@
 
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use tonic::{Request, Response, Status};
-
-#[derive(Clone, Default)]
-struct Collector {
-    spans: Arc<Mutex<Vec<(String, String)>>>,
-}
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let mut spans = self.spans.lock().unwrap();
-        for resource in request.into_inner().resource_spans {
-            let service = resource
-                .resource
-                .iter()
-                .flat_map(|r| &r.attributes)
-                .find(|a| a.key == "service.name")
-                .and_then(|a| a.value.as_ref())
-                .map(|v| format!("{:?}", v.value))
-                .unwrap_or_default();
-            for scope in resource.scope_spans {
-                spans.extend(scope.spans.into_iter().map(|s| (service.clone(), s.name)));
-            }
-        }
-        Ok(Response::new(ExportTraceServiceResponse::default()))
-    }
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -54,16 +16,7 @@ fn free_port() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_reach_the_otlp_collector() {
-    let collector = Collector::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let collector_addr = listener.local_addr().unwrap();
-    let server = collector.clone();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(server))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-    });
+    let (collector, collector_addr) = strait_tests::otlp::Collector::start().await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config");
@@ -91,7 +44,11 @@ async fn spans_reach_the_otlp_collector() {
 
     let deadline = Instant::now() + Duration::from_secs(15);
     let found = loop {
-        let spans = collector.spans.lock().unwrap().clone();
+        let spans: Vec<(String, String)> = collector
+            .spans()
+            .into_iter()
+            .map(|(service, span)| (service, span.name))
+            .collect();
         if spans.iter().any(|(_, name)| name == "config.apply") {
             break spans;
         }

@@ -1424,66 +1424,6 @@ spec:
     proxy.shutdown().await;
 }
 
-mod otlp {
-    //! An in-process OTLP/gRPC trace collector on 127.0.0.1.
-    use std::net::SocketAddr;
-    use std::sync::{Arc, Mutex};
-
-    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-        TraceService, TraceServiceServer,
-    };
-    use opentelemetry_proto::tonic::collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
-    };
-    use opentelemetry_proto::tonic::trace::v1::Span;
-    use tonic::{Request, Response, Status};
-
-    #[derive(Clone, Default)]
-    pub struct Collector {
-        pub spans: Arc<Mutex<Vec<(String, Span)>>>,
-    }
-
-    #[tonic::async_trait]
-    impl TraceService for Collector {
-        async fn export(
-            &self,
-            request: Request<ExportTraceServiceRequest>,
-        ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-            let mut spans = self.spans.lock().expect("not poisoned");
-            for resource in request.into_inner().resource_spans {
-                let service = resource
-                    .resource
-                    .iter()
-                    .flat_map(|r| &r.attributes)
-                    .find(|a| a.key == "service.name")
-                    .and_then(|a| a.value.as_ref())
-                    .map(|v| format!("{:?}", v.value))
-                    .unwrap_or_default();
-                for scope in resource.scope_spans {
-                    spans.extend(scope.spans.into_iter().map(|s| (service.clone(), s)));
-                }
-            }
-            Ok(Response::new(ExportTraceServiceResponse::default()))
-        }
-    }
-
-    pub async fn start() -> (Collector, SocketAddr) {
-        let collector = Collector::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind collector");
-        let addr = listener.local_addr().expect("addr");
-        let server = collector.clone();
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(server))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await
-        });
-        (collector, addr)
-    }
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -1500,7 +1440,9 @@ async fn spans_continue_the_callers_trace_and_reach_the_collector() {
         port,
         "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: traced}\nspec: {host: traced}\n",
     ));
-    let (collector, collector_addr) = otlp::start().await;
+    let (collector, collector_addr) = strait_tests::otlp::Collector::start()
+        .await
+        .expect("collector");
     let proxy = world
         .proxy_exporting(Protocol::Delta, Some(format!("http://{collector_addr}")))
         .await;
@@ -1540,7 +1482,7 @@ async fn spans_continue_the_callers_trace_and_reach_the_collector() {
     assert_ne!(parts[2], CALLER_SPAN, "the upstream's parent is our span");
     assert_eq!(child.tracestate.as_deref(), Some("vendor=opaque,other=1"));
 
-    let spans = collector.spans.lock().expect("not poisoned").clone();
+    let spans = collector.spans();
     let ours = spans
         .iter()
         .find(|(_, s)| hex(&s.span_id) == parts[2])
