@@ -9,7 +9,11 @@ target="$root/.tools/envoy"
 envoy="$target/envoy/_bin/envoy"
 
 has_envoy() {
-  [[ -x "$envoy" ]] && "$envoy" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"
+  # Read the whole version line first: `grep -q` in a pipe may close it early, and with
+  # pipefail Envoy's SIGPIPE would make a good install look missing.
+  local version
+  [[ -x "$envoy" ]] && version="$("$envoy" --version 2>/dev/null)" \
+    && [[ "$version" == *"/$ENVOY_VERSION/"* ]]
 }
 
 if has_envoy; then
