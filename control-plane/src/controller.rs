@@ -292,3 +292,102 @@ pub fn snapshot(
         secret_owner,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    use strait_xds::cache::NodeState;
+    use strait_xds::snapshot::SECRET_TYPE;
+
+    use super::*;
+
+    fn node(id: &str, sa: &str, own_certificate: bool) -> Node {
+        let metadata = strait_model::node::NodeMetadata {
+            namespace: "default".into(),
+            service_account: Some(sa.into()),
+            outbound_port: 15001,
+            own_certificate,
+            ..Default::default()
+        }
+        .to_json();
+        let fields = metadata
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let s = v.as_str()?.to_string();
+                Some((
+                    k,
+                    Value {
+                        kind: Some(Kind::StringValue(s)),
+                    },
+                ))
+            })
+            .collect();
+        Node {
+            id: id.into(),
+            metadata: Some(Struct { fields }),
+            ..Default::default()
+        }
+    }
+
+    fn secrets(cache: &SnapshotCache, id: &str) -> Vec<String> {
+        match &*cache.subscribe(id).borrow() {
+            NodeState::Ready(s) => s
+                .resources(SECRET_TYPE)
+                .map(|(name, _, _)| name.to_string())
+                .collect(),
+            _ => panic!("{id} has no snapshot"),
+        }
+    }
+
+    #[test]
+    fn keys_go_only_to_proxies_that_take_them_and_departed_identities_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = strait_ca::CertificateAuthority::load(
+            strait_ca::CaSource::SelfSigned {
+                data_dir: dir.path().to_path_buf(),
+            },
+            strait_ca::CaOptions::default(),
+        )
+        .unwrap();
+        let certs = WorkloadCertificates::new(ca);
+        let cache = SnapshotCache::new();
+        let mut controller = Controller::new(
+            cache.clone(),
+            &mut Registry::default(),
+            MeshSettings::default(),
+            Some(certs.clone()),
+        );
+        let model = Model::default();
+        let identity = |sa: &str| Some(format!("spiffe://cluster.local/ns/default/sa/{sa}"));
+        // Envoy takes its key over SDS; strait-proxy certifies its own and gets only the roots.
+        controller.on_event(
+            NodeEvent::Connected {
+                node: node("envoy-1", "web", false),
+                identity: identity("web"),
+            },
+            &model,
+        );
+        controller.on_event(
+            NodeEvent::Connected {
+                node: node("strait-1", "api", true),
+                identity: identity("api"),
+            },
+            &model,
+        );
+        assert_eq!(secrets(&cache, "envoy-1"), ["ROOTCA", "default"]);
+        assert_eq!(secrets(&cache, "strait-1"), ["ROOTCA"]);
+        assert!(certs.next_renewal().is_some(), "web's certificate is held");
+        // The last proxy holding `web` leaves: nothing stays due for renewal (a stale due time
+        // once made the push loop spin).
+        controller.on_event(
+            NodeEvent::Disconnected {
+                node_id: "envoy-1".into(),
+            },
+            &model,
+        );
+        assert!(certs.next_renewal().is_none());
+    }
+}
