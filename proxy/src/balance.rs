@@ -82,6 +82,11 @@ pub struct Pick {
 }
 
 impl Pick {
+    /// The endpoint's index in its cluster's endpoints.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
     pub fn endpoint(&self) -> &Endpoint {
         &self.balancer.endpoints[self.index]
     }

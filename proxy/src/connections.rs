@@ -21,11 +21,18 @@ use crate::stats::ClusterStats;
 pub struct Counted<C> {
     inner: C,
     stats: Arc<ClusterStats>,
+    /// Whether connections count their requests (only max_requests_per_connection needs it:
+    /// the count costs every response an extension).
+    count_requests: bool,
 }
 
 impl<C> Counted<C> {
-    pub fn new(inner: C, stats: Arc<ClusterStats>) -> Counted<C> {
-        Counted { inner, stats }
+    pub fn new(inner: C, stats: Arc<ClusterStats>, count_requests: bool) -> Counted<C> {
+        Counted {
+            inner,
+            stats,
+            count_requests,
+        }
     }
 }
 
@@ -57,6 +64,7 @@ where
     fn call(&mut self, uri: Uri) -> Self::Future {
         let connecting = self.inner.call(uri);
         let stats = self.stats.clone();
+        let requests = self.count_requests.then(RequestCount::default);
         Box::pin(async move {
             let io = connecting.await?;
             stats.connections_opened.fetch_add(1, Ordering::Relaxed);
@@ -64,7 +72,7 @@ where
             Ok(CountedIo {
                 inner: io,
                 _open: Open(stats),
-                requests: RequestCount::default(),
+                requests,
             })
         })
     }
@@ -85,12 +93,16 @@ impl Drop for Open {
 pub struct CountedIo<T> {
     inner: T,
     _open: Open,
-    requests: RequestCount,
+    requests: Option<RequestCount>,
 }
 
 impl<T: Connection> Connection for CountedIo<T> {
     fn connected(&self) -> Connected {
-        self.inner.connected().extra(self.requests.clone())
+        let connected = self.inner.connected();
+        match &self.requests {
+            Some(requests) => connected.extra(requests.clone()),
+            None => connected,
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::{Body, Bytes, Frame, Incoming};
@@ -31,8 +32,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use crate::balance::{Balancer, Outcome, Pick};
 use crate::breaker::{Breaker, ConnectionSlot, RequestSlot};
 use crate::config::{
-    Action, Cluster, ClusterChoice, Config, Endpoint, Forward, HeaderChanges, Redirect,
-    RetryPolicy, Route,
+    Action, Cluster, ClusterChoice, Config, Forward, HeaderChanges, Redirect, RetryPolicy, Route,
 };
 use crate::connections::{Counted, RequestCount};
 use crate::identity::Identity;
@@ -86,7 +86,8 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// TLS server configs of filter chains.
 pub struct Runtime {
     pub config: Arc<Config>,
-    upstreams: HashMap<Arc<str>, Arc<Upstream>>,
+    /// Keys come from config, not from requests, so a fast hasher is safe.
+    upstreams: HashMap<Arc<str>, Arc<Upstream>, foldhash::fast::RandomState>,
     /// By (listener, chain index).
     chain_tls: HashMap<(Arc<str>, usize), Arc<ServerConfig>>,
 }
@@ -99,21 +100,37 @@ pub struct Upstream {
     client: Result<UpstreamClient, Arc<str>>,
     breaker: Arc<Breaker>,
     stats: Arc<ClusterStats>,
+    /// Each endpoint's scheme (`https` when its transport is TLS) and authority, by the
+    /// balancer's endpoint index, built once rather than per request; `None` for an endpoint
+    /// that makes no valid authority.
+    origins: Box<[Option<(Scheme, Authority)>]>,
 }
 
 impl Upstream {
-    /// The request URI for `endpoint`: `https` when its transport is TLS.
-    fn uri_for(&self, endpoint: &Endpoint, path_and_query: &str) -> Result<Uri, http::Error> {
-        let scheme = match self.cluster.transport_for(endpoint) {
-            Some(_) => "https",
-            None => "http",
-        };
-        Uri::builder()
-            .scheme(scheme)
-            .authority(format!("{}:{}", endpoint.host, endpoint.port))
-            .path_and_query(path_and_query)
-            .build()
+    /// The request URI for the endpoint at `index`.
+    fn uri_for(&self, index: usize, path_and_query: PathAndQuery) -> Option<Uri> {
+        let (scheme, authority) = self.origins.get(index)?.clone()?;
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(scheme);
+        parts.authority = Some(authority);
+        parts.path_and_query = Some(path_and_query);
+        Uri::from_parts(parts).ok()
     }
+}
+
+fn origins(cluster: &Cluster) -> Box<[Option<(Scheme, Authority)>]> {
+    cluster
+        .endpoints
+        .iter()
+        .map(|e| {
+            let scheme = match cluster.transport_for(e) {
+                Some(_) => Scheme::HTTPS,
+                None => Scheme::HTTP,
+            };
+            let authority = Authority::try_from(format!("{}:{}", e.host, e.port)).ok()?;
+            Some((scheme, authority))
+        })
+        .collect()
 }
 
 impl Runtime {
@@ -142,7 +159,9 @@ impl Runtime {
                                 if u.cluster.connect_timeout == cluster.connect_timeout
                                     && u.cluster.http2 == cluster.http2
                                     && u.cluster.idle_timeout == cluster.idle_timeout
-                                    && u.cluster.tls_settings() == cluster.tls_settings() =>
+                                    && u.cluster.tls_settings() == cluster.tls_settings()
+                                    && u.cluster.max_requests_per_connection.is_some()
+                                        == cluster.max_requests_per_connection.is_some() =>
                             {
                                 u.client.clone()
                             }
@@ -153,6 +172,7 @@ impl Runtime {
                             _ => Arc::new(Breaker::new(cluster)),
                         },
                         stats,
+                        origins: origins(cluster),
                     }),
                 };
                 (name.clone(), upstream)
@@ -211,13 +231,16 @@ fn client(
     builder
         .pool_idle_timeout(cluster.idle_timeout.unwrap_or(Duration::from_secs(3600)))
         .http2_only(cluster.http2);
+    let count_requests = cluster.max_requests_per_connection.is_some();
     let settings = cluster.tls_settings();
     let [tls] = settings.as_slice() else {
         // Conversion allows at most one TLS setting per cluster.
         return match settings.len() {
-            0 => Ok(UpstreamClient::Plain(
-                builder.build(Counted::new(connector, stats.clone())),
-            )),
+            0 => Ok(UpstreamClient::Plain(builder.build(Counted::new(
+                connector,
+                stats.clone(),
+                count_requests,
+            )))),
             n => Err(format!("{n} different TLS settings").into()),
         };
     };
@@ -243,9 +266,11 @@ fn client(
     } else {
         https.enable_http1().wrap_connector(connector)
     };
-    Ok(UpstreamClient::Tls(
-        builder.build(Counted::new(connector, stats.clone())),
-    ))
+    Ok(UpstreamClient::Tls(builder.build(Counted::new(
+        connector,
+        stats.clone(),
+        count_requests,
+    ))))
 }
 
 /// What every listener and the admin API share.
@@ -287,6 +312,22 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// Set on TLS connections.
     pub tls: Option<PeerTls>,
+    /// The peer's IP as `x-forwarded-for` names it, made once per connection.
+    pub peer_ip: HeaderValue,
+}
+
+impl Conn {
+    pub fn new(listener: Arc<str>, chain: usize, peer: SocketAddr, tls: Option<PeerTls>) -> Conn {
+        let peer_ip = HeaderValue::try_from(peer.ip().to_string())
+            .expect("an IP address is a valid header value");
+        Conn {
+            listener,
+            chain,
+            peer,
+            tls,
+            peer_ip,
+        }
+    }
 }
 
 struct ListenerHandle {
@@ -474,12 +515,7 @@ async fn connection(
             tracing::debug!(%listener, %peer, "no filter chain takes a plaintext connection; closing it");
             return Ok(());
         };
-        let conn = Conn {
-            listener,
-            chain,
-            peer,
-            tls: None,
-        };
+        let conn = Conn::new(listener, chain, peer, None);
         drop(runtime);
         return serve_http(shared, conn, TokioIo::new(stream), &builder, watcher).await;
     }
@@ -508,12 +544,7 @@ async fn connection(
     else {
         return Ok(());
     };
-    let conn = Conn {
-        listener,
-        chain,
-        peer,
-        tls: Some(peer_tls),
-    };
+    let conn = Conn::new(listener, chain, peer, Some(peer_tls));
     drop(runtime);
     serve_http(shared, conn, TokioIo::new(stream), &builder, watcher).await
 }
@@ -563,18 +594,23 @@ struct Served {
     stats: Option<Arc<ClusterStats>>,
 }
 
-/// The request's authority: from the URI (HTTP/2, absolute form) or the Host header.
-fn authority_of<B>(req: &Request<B>) -> String {
-    req.uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or_default()
+/// The request's authority: from the URI (HTTP/2, absolute form) or the Host header; empty
+/// if neither is there as text. A header value, so that it goes upstream without a copy.
+fn authority_of<B>(req: &Request<B>) -> HeaderValue {
+    let value = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .filter(|h| h.to_str().is_ok())
+            .cloned(),
+    };
+    value.unwrap_or_else(|| HeaderValue::from_static(""))
+}
+
+/// `authority_of`'s value as text (it is text by construction).
+fn text(value: &HeaderValue) -> &str {
+    value.to_str().unwrap_or_default()
 }
 
 /// One request, start to finish. Loads the runtime once.
@@ -587,7 +623,7 @@ pub async fn handle(
     let started = Instant::now();
     let mut span = shared.tracing.as_ref().map(|t| {
         // Envoy's default operation name: host and path.
-        let name = format!("{}{}", authority_of(&req), req.uri().path());
+        let name = format!("{}{}", text(&authority_of(&req)), req.uri().path());
         let method = req.method().clone();
         t.start(name, method.as_str(), req.headers_mut())
     });
@@ -659,11 +695,12 @@ async fn route_and_forward(
     let Some(rc) = config.route_config(http) else {
         return (local(StatusCode::NOT_FOUND, ""), none());
     };
-    let authority = authority_of(&req);
+    let authority_value = authority_of(&req);
+    let authority = text(&authority_value);
     let host = if http.strip_any_host_port {
-        routing::strip_port(&authority)
+        routing::strip_port(authority)
     } else {
-        &authority
+        authority
     };
     let Some(vh) = routing::virtual_host(rc, host) else {
         return (local(StatusCode::NOT_FOUND, ""), none());
@@ -676,7 +713,7 @@ async fn route_and_forward(
         let input = crate::rbac::RbacInput {
             method: req.method().as_str(),
             path: req.uri().path(),
-            authority: &authority,
+            authority,
             headers: req.headers(),
             destination_port: l.address.port(),
             direct_remote_ip: peer.ip(),
@@ -691,8 +728,6 @@ async fn route_and_forward(
             );
         }
     }
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().map(str::to_string);
     let upgrade = wants_websocket(req.headers());
     if upgrade && !http.websocket {
         return (local(StatusCode::FORBIDDEN, "upgrade failed"), served);
@@ -709,10 +744,10 @@ async fn route_and_forward(
     }
     let view = RequestView {
         method: req.method().as_str(),
-        authority: &authority,
+        authority,
         scheme: "http",
-        path: &path,
-        query: query.as_deref(),
+        path: req.uri().path(),
+        query: req.uri().query(),
         headers: req.headers(),
     };
     let Some(route) = routing::route(vh, &view) else {
@@ -742,7 +777,7 @@ async fn route_and_forward(
             (resp, served)
         }
         Action::Redirect(rd) => {
-            let location = redirect_location(rd, &authority, req.uri());
+            let location = redirect_location(rd, authority, req.uri());
             let status = StatusCode::from_u16(rd.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
             let mut resp = redirect_response(status, &location);
             apply_response_headers(resp.headers_mut(), &route.headers);
@@ -750,11 +785,24 @@ async fn route_and_forward(
         }
         Action::Forward(fwd) => {
             let (cluster, extra) = choose_cluster(fwd);
+            let Some(upstream) = runtime.upstreams.get(&cluster) else {
+                // Assembly guarantees every route's clusters exist; keep failing closed anyway.
+                served.cluster = Some(cluster);
+                return (
+                    local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+                    served,
+                );
+            };
+            let downstream = Downstream {
+                authority: &authority_value,
+                peer,
+                peer_ip: &conn.peer_ip,
+            };
             let resp = forward(
-                runtime, route, fwd, &cluster, extra, &authority, peer, upgrade, req,
+                runtime, upstream, route, fwd, extra, downstream, upgrade, req,
             )
             .await;
-            served.stats = runtime.upstreams.get(&cluster).map(|u| u.stats.clone());
+            served.stats = Some(upstream.stats.clone());
             served.cluster = Some(cluster);
             (resp, served)
         }
@@ -1019,22 +1067,31 @@ fn count_on_connection(
     }
 }
 
+/// Who sent a request, and for which authority, as `forward` passes it on.
+struct Downstream<'a> {
+    /// As `authority_of` found it.
+    authority: &'a HeaderValue,
+    peer: SocketAddr,
+    peer_ip: &'a HeaderValue,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     runtime: &Runtime,
+    upstream: &Upstream,
     route: &Route,
     fwd: &Forward,
-    cluster: &Arc<str>,
     extra: Option<&HeaderChanges>,
-    authority: &str,
-    peer: SocketAddr,
+    downstream: Downstream<'_>,
     upgrade: bool,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let Some(upstream) = runtime.upstreams.get(cluster) else {
-        // Assembly guarantees every route's clusters exist; keep failing closed anyway.
-        return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
-    };
+    let Downstream {
+        authority,
+        peer,
+        peer_ip,
+    } = downstream;
+    let cluster = &upstream.cluster.name;
     let stats = &upstream.stats;
     let Ok(request_slot) = upstream.breaker.request(stats) else {
         return overflow();
@@ -1060,18 +1117,25 @@ async fn forward(
     let deadline = fwd.timeout.map(|t| tokio::time::Instant::now() + t);
     let replayable = matches!(body, RequestBody::Replay(_));
     let retry = fwd.retry.as_ref().filter(|_| replayable && !upgrade);
-    let path_and_query = rewrite_path(route, fwd, &parts.uri);
+    let Some(path_and_query) = rewrite_path(route, fwd, &parts.uri) else {
+        tracing::warn!("cannot build upstream uri: invalid path");
+        return local(StatusCode::BAD_REQUEST, "");
+    };
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
-    let host = fwd.host_rewrite.as_deref().unwrap_or(authority);
-    if let Ok(v) = HeaderValue::from_str(host) {
+    let host = fwd.host_rewrite.as_deref().unwrap_or(text(authority));
+    let host_value = match fwd.host_rewrite.as_deref() {
+        Some(rewrite) => HeaderValue::from_str(rewrite).ok(),
+        None => Some(authority.clone()),
+    };
+    if let Some(v) = host_value {
         headers.insert(header::HOST, v);
     }
-    append_forwarded_for(headers, peer);
+    append_forwarded_for(headers, peer_ip);
     headers
         .entry("x-forwarded-proto")
         .or_insert(HeaderValue::from_static("http"));
@@ -1092,7 +1156,7 @@ async fn forward(
                 mirror(
                     target.clone(),
                     &parts,
-                    &path_and_query,
+                    path_and_query.clone(),
                     host,
                     fwd.timeout,
                     buffered,
@@ -1120,18 +1184,22 @@ async fn forward(
             Ok(Ok(slot)) => slot,
         };
         let endpoint = pick.endpoint();
-        tried.push((endpoint.host.clone(), endpoint.port));
-        let uri = match upstream.uri_for(endpoint, &path_and_query) {
-            Ok(uri) => uri,
-            Err(error) => {
-                tracing::warn!(%error, "cannot build upstream uri");
-                return local(StatusCode::BAD_REQUEST, "");
-            }
+        if retry.is_some_and(|r| r.other_host) {
+            tried.push((endpoint.host.clone(), endpoint.port));
+        }
+        let Some(uri) = upstream.uri_for(pick.index(), path_and_query.clone()) else {
+            tracing::warn!(host = %endpoint.host, port = endpoint.port, "cannot build upstream uri");
+            return local(StatusCode::BAD_REQUEST, "");
         };
         let mut attempt_req = Request::new(body.take());
         *attempt_req.method_mut() = parts.method.clone();
         *attempt_req.uri_mut() = uri;
-        *attempt_req.headers_mut() = parts.headers.clone();
+        // The last attempt takes the headers; earlier ones copy them.
+        *attempt_req.headers_mut() = if n + 1 < attempts {
+            parts.headers.clone()
+        } else {
+            std::mem::take(&mut parts.headers)
+        };
         *attempt_req.version_mut() = if upstream.cluster.http2 {
             http::Version::HTTP_2
         } else {
@@ -1258,7 +1326,7 @@ async fn forward(
 fn mirror(
     target: Arc<Upstream>,
     parts: &http::request::Parts,
-    path_and_query: &str,
+    path_and_query: PathAndQuery,
     host: &str,
     timeout: Option<Duration>,
     body: &Buffered,
@@ -1270,7 +1338,7 @@ fn mirror(
         Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => format!("{h}-shadow:{port}"),
         _ => format!("{host}-shadow"),
     };
-    let Ok(uri) = target.uri_for(pick.endpoint(), path_and_query) else {
+    let Some(uri) = target.uri_for(pick.index(), path_and_query) else {
         return;
     };
     let mut req = Request::new(body.body());
@@ -1370,27 +1438,39 @@ fn wants_websocket(headers: &HeaderMap) -> bool {
             .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
-/// The path to send upstream: the route's prefix rewrite applied to the matched part.
-fn rewrite_path(route: &Route, fwd: &Forward, uri: &Uri) -> String {
+/// The path to send upstream: the route's prefix rewrite applied to the matched part; `None`
+/// if that makes no valid path.
+fn rewrite_path(route: &Route, fwd: &Forward, uri: &Uri) -> Option<PathAndQuery> {
     let path = uri.path();
     let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-    if let Some(rw) = &fwd.regex_rewrite {
+    let rewritten = if let Some(rw) = &fwd.regex_rewrite {
         let path = rw.pattern.regex.replace_all(path, &*rw.substitution);
-        return format!("{path}{query}");
-    }
-    let Some(rewrite) = &fwd.prefix_rewrite else {
-        return format!("{path}{query}");
+        format!("{path}{query}")
+    } else if let Some(rewrite) = &fwd.prefix_rewrite {
+        let matched = match &route.matcher.path {
+            crate::config::PathMatch::Prefix(p) => p.len(),
+            crate::config::PathMatch::Exact(p) => p.len(),
+            crate::config::PathMatch::Regex(_) => 0,
+        };
+        let rest = path.get(matched.min(path.len())..).unwrap_or("");
+        format!("{rewrite}{rest}{query}")
+    } else if let Some(pq) = uri.path_and_query() {
+        // Unchanged: as sent.
+        return Some(pq.clone());
+    } else {
+        format!("{path}{query}")
     };
-    let matched = match &route.matcher.path {
-        crate::config::PathMatch::Prefix(p) => p.len(),
-        crate::config::PathMatch::Exact(p) => p.len(),
-        crate::config::PathMatch::Regex(_) => 0,
-    };
-    let rest = path.get(matched.min(path.len())..).unwrap_or("");
-    format!("{rewrite}{rest}{query}")
+    PathAndQuery::try_from(rewritten).ok()
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none; looking is cheaper than removing each name.
+    if !headers
+        .keys()
+        .any(|k| k == header::UPGRADE || HOP_BY_HOP.contains(k))
+    {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -1405,14 +1485,16 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let ip = peer.ip().to_string();
-    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(existing) => format!("{existing}, {ip}"),
-        None => ip,
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Appends the peer's IP (`peer_ip`, as a header value) to `x-forwarded-for`.
+fn append_forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(existing) => HeaderValue::from_str(&format!("{existing}, {}", text(peer_ip))),
+        None => Ok(peer_ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert("x-forwarded-for", v);
+    if let Ok(v) = value {
+        headers.insert(X_FORWARDED_FOR, v);
     }
 }
 
@@ -1571,9 +1653,9 @@ mod tests {
     #[test]
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
-        let peer: SocketAddr = "10.0.0.1:5555".parse().expect("valid");
-        append_forwarded_for(&mut h, peer);
-        append_forwarded_for(&mut h, peer);
+        let peer = HeaderValue::from_static("10.0.0.1");
+        append_forwarded_for(&mut h, &peer);
+        append_forwarded_for(&mut h, &peer);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.1");
     }
 }

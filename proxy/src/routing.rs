@@ -23,28 +23,29 @@ pub struct RequestView<'a> {
 /// `prefix.*`, else `*`. Case-insensitive; `host` is matched as given (with its port, unless the
 /// listener strips it).
 pub fn virtual_host<'a>(rc: &'a RouteConfig, host: &str) -> Option<&'a VirtualHost> {
-    let host = host.to_ascii_lowercase();
+    // Domains are lowercase (conversion makes them so); compare without copying `host`.
+    let host = host.as_bytes();
     let mut suffix: Option<(usize, &VirtualHost)> = None;
     let mut prefix: Option<(usize, &VirtualHost)> = None;
     let mut any: Option<&VirtualHost> = None;
     for vh in rc.virtual_hosts.iter() {
         for d in vh.domains.iter() {
             let d: &str = d;
-            if d == host {
+            if host.eq_ignore_ascii_case(d.as_bytes()) {
                 return Some(vh);
             }
             if d == "*" {
                 any = any.or(Some(vh));
             } else if let Some(s) = d.strip_prefix('*') {
                 if host.len() > s.len()
-                    && host.ends_with(s)
+                    && host[host.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
                     && suffix.is_none_or(|(l, _)| s.len() > l)
                 {
                     suffix = Some((s.len(), vh));
                 }
             } else if let Some(p) = d.strip_suffix('*')
                 && host.len() > p.len()
-                && host.starts_with(p)
+                && host[..p.len()].eq_ignore_ascii_case(p.as_bytes())
                 && prefix.is_none_or(|(l, _)| p.len() > l)
             {
                 prefix = Some((p.len(), vh));

@@ -12,8 +12,9 @@ use serde::Serialize;
 
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Sharded, so concurrent requests rarely meet on a lock; the value is an atomic.
-    requests: DashMap<RequestKey, AtomicU64>,
+    /// Sharded, so concurrent requests rarely meet on a lock; the value is an atomic. Keys come
+    /// from config, not from requests, so a fast hasher is safe.
+    requests: DashMap<RequestKey, AtomicU64, foldhash::fast::RandomState>,
     xds: Mutex<BTreeMap<&'static str, TypeStats>>,
     connected: AtomicBool,
 }
