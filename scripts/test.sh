@@ -27,5 +27,7 @@ step "cargo test --workspace (STRAIT_ENVOY=$STRAIT_ENVOY)"
 cargo test --workspace
 
 # The same scenarios, with the same assertions, against Strait's own proxy.
+# --workspace keeps the feature set of the step above: `-p strait-tests` alone would unify
+# features differently and rebuild much of the dependency tree.
 step "scenarios against strait-proxy (STRAIT_DATA_PLANE=strait-proxy)"
-STRAIT_DATA_PLANE=strait-proxy cargo test -p strait-tests --test scenarios
+STRAIT_DATA_PLANE=strait-proxy cargo test --workspace --test scenarios
