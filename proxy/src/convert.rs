@@ -1118,21 +1118,6 @@ impl TryFrom<&PbCluster> for Cluster {
         }
         let tls = tls::upstream(&at.at("transport_socket"), c.transport_socket.as_ref())?;
         let transport_matches = tls::matches(&at, &c.transport_socket_matches)?;
-        let distinct = transport_matches
-            .iter()
-            .filter_map(|m| m.tls.as_ref())
-            .chain(tls.as_ref())
-            .fold(Vec::new(), |mut all, t| {
-                if !all.contains(&t) {
-                    all.push(t);
-                }
-                all
-            });
-        if distinct.len() > 1 {
-            return Err(at
-                .at("transport_socket_matches")
-                .unsupported("different TLS settings for different endpoints of one cluster"));
-        }
         let outlier = c
             .outlier_detection
             .as_ref()
@@ -1271,7 +1256,7 @@ impl TryFrom<&PbCluster> for Cluster {
             (_, Some(cla)) => endpoints(&at.at("load_assignment"), cla, &discovery)?,
             (_, None) => Arc::from([]),
         };
-        Ok(Cluster {
+        let cluster = Cluster {
             name: c.name.as_str().into(),
             discovery,
             lb_policy,
@@ -1285,7 +1270,13 @@ impl TryFrom<&PbCluster> for Cluster {
             endpoints,
             tls,
             transport_matches,
-        })
+        };
+        if cluster.tls_settings().len() > 1 {
+            return Err(at
+                .at("transport_socket_matches")
+                .unsupported("different TLS settings for different endpoints of one cluster"));
+        }
+        Ok(cluster)
     }
 }
 

@@ -530,9 +530,11 @@ async fn connection(
             return Ok::<_, std::io::Error>(None);
         };
         let local_uri = match l.chains[chain].tls.as_ref().map(|t| &t.certificate) {
-            Some(crate::config::CertificateSource::Workload) => {
-                shared.identity.as_ref().map(|i| Arc::from(i.spiffe_id()))
-            }
+            Some(crate::config::CertificateSource::Workload) => shared
+                .identity
+                .as_ref()
+                .and_then(|i| i.current())
+                .map(|w| w.spiffe_id.clone()),
             _ => None,
         };
         let stream = start.into_stream(config).await?;
