@@ -795,32 +795,19 @@ async fn drip_backend() -> u16 {
 async fn the_route_timeout_covers_the_whole_response() {
     let world = World::start().await;
     let port = drip_backend().await;
-    let yaml = format!(
+    let yaml = service(
+        "drip",
+        port,
         r#"
 apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: drip}}
-spec:
-  hosts: [drip.default.svc.cluster.local]
-  location: MESH_INTERNAL
-  ports: [{{number: 9080, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  workloadSelector: {{labels: {{app: drip}}}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: drip}}
-spec: {{address: 127.0.0.1, ports: {{http: {port}}}, labels: {{app: drip}}}}
----
-apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata: {{name: drip}}
+metadata: {name: drip}
 spec:
   hosts: [drip]
   http:
-  - route: [{{destination: {{host: drip}}}}]
+  - route: [{destination: {host: drip}}]
     timeout: 1s
-"#
+"#,
     );
     world.publish(&yaml);
     let proxy = world.proxy(Protocol::Delta).await;
@@ -891,24 +878,7 @@ async fn websocket_upgrades_are_tunnelled() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let world = World::start().await;
     let port = echo_upgrade_backend().await;
-    let yaml = format!(
-        r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: ws}}
-spec:
-  hosts: [ws.default.svc.cluster.local]
-  location: MESH_INTERNAL
-  ports: [{{number: 9080, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  workloadSelector: {{labels: {{app: ws}}}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: ws}}
-spec: {{address: 127.0.0.1, ports: {{http: {port}}}, labels: {{app: ws}}}}
-"#
-    );
+    let yaml = service("ws", port, "");
     world.publish(&yaml);
     let proxy = world.proxy(Protocol::Delta).await;
     let mut conn = tokio::net::TcpStream::connect(world.outbound)
