@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use strait_model::{Model, ProxyNode, loader};
 use strait_proxy::app::{self, Running, Settings};
 use strait_proxy::xds::{NodeInfo, Protocol, XdsSettings};
+use strait_tests::ports::free_port;
 use strait_xds::{AdsServer, Resources, Snapshot, SnapshotCache, XdsMetrics};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -92,14 +93,6 @@ async fn backend(name: &'static str) -> u16 {
         }
     });
     port
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 fn registry(v1: u16, v2: u16) -> String {
@@ -286,7 +279,11 @@ impl World {
             .ready
             .load(std::sync::atomic::Ordering::Relaxed)
         {
-            assert!(start.elapsed() < WAIT, "proxy not ready in time");
+            assert!(
+                start.elapsed() < WAIT,
+                "proxy not ready in time; xDS: {:?}",
+                running.shared.stats.xds()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         running
