@@ -17,9 +17,8 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::{Body, Bytes, Frame, Incoming};
 use hyper::service::service_fn;
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::{HttpConnector, capture_connection};
-use hyper_util::client::legacy::{Client, ResponseFuture};
+use hyper_rustls::{FixedServerNameResolver, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -34,8 +33,8 @@ use crate::breaker::{Breaker, ConnectionSlot, RequestSlot};
 use crate::config::{
     Action, Cluster, ClusterChoice, Config, Forward, HeaderChanges, Redirect, RetryPolicy, Route,
 };
-use crate::connections::{Counted, RequestCount};
 use crate::identity::Identity;
+use crate::pool::{Connector, Endpoint, Lease, Pool, SendError};
 use crate::routing::{self, RequestView};
 use crate::stats::{ClusterGauges, ClusterStats, RequestKey, Stats};
 use crate::tls::PeerTls;
@@ -49,23 +48,6 @@ pub type ProxyBody = BoxBody<Bytes, BoxError>;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first byte of a TLS record carrying a handshake (the client hello).
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
-
-/// A cluster's connection pool: plaintext, or TLS for the endpoints whose transport says so
-/// (`https` request URIs; the pool keys connections by scheme and address).
-#[derive(Clone)]
-enum UpstreamClient {
-    Plain(Client<Counted<HttpConnector>, ProxyBody>),
-    Tls(Client<Counted<HttpsConnector<HttpConnector>>, ProxyBody>),
-}
-
-impl UpstreamClient {
-    fn request(&self, req: Request<ProxyBody>) -> ResponseFuture {
-        match self {
-            UpstreamClient::Plain(c) => c.request(req),
-            UpstreamClient::Tls(c) => c.request(req),
-        }
-    }
-}
 
 /// How long a removed listener or a draining proxy waits for in-flight requests.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -92,33 +74,46 @@ pub struct Runtime {
     chain_tls: HashMap<(Arc<str>, usize), Arc<ServerConfig>>,
 }
 
-/// A cluster's balancer, connection pool, circuit breakers and stats.
+/// A cluster's balancer, connection pools, circuit breakers and stats.
 pub struct Upstream {
     cluster: Arc<Cluster>,
     balancer: Arc<Balancer>,
     /// Why there is no pool: TLS settings that cannot be put in force.
-    client: Result<UpstreamClient, Arc<str>>,
+    pool: Result<Arc<Pool>, Arc<str>>,
     breaker: Arc<Breaker>,
     stats: Arc<ClusterStats>,
-    /// Each endpoint's scheme (`https` when its transport is TLS) and authority, by the
-    /// balancer's endpoint index, built once rather than per request; `None` for an endpoint
-    /// that makes no valid authority.
-    origins: Box<[Option<(Scheme, Authority)>]>,
+    /// Each endpoint's connections (`https` when its transport is TLS), by the balancer's
+    /// endpoint index; `None` for an endpoint that makes no valid authority, or when there is
+    /// no pool.
+    endpoints: Box<[Option<Arc<Endpoint>>]>,
 }
 
 impl Upstream {
-    /// The request URI for the endpoint at `index`.
-    fn uri_for(&self, index: usize, path_and_query: PathAndQuery) -> Option<Uri> {
-        let (scheme, authority) = self.origins.get(index)?.clone()?;
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(scheme);
-        parts.authority = Some(authority);
-        parts.path_and_query = Some(path_and_query);
-        Uri::from_parts(parts).ok()
+    fn endpoint(&self, index: usize) -> Option<&Arc<Endpoint>> {
+        self.endpoints.get(index)?.as_ref()
     }
 }
 
-fn origins(cluster: &Cluster) -> Box<[Option<(Scheme, Authority)>]> {
+/// The endpoints' pools of `cluster`, keeping those of `old` (same pool, same origin) with
+/// their open connections.
+fn endpoints(
+    cluster: &Cluster,
+    pool: &Result<Arc<Pool>, Arc<str>>,
+    old: Option<&Upstream>,
+) -> Box<[Option<Arc<Endpoint>>]> {
+    let Ok(pool) = pool else {
+        return cluster.endpoints.iter().map(|_| None).collect();
+    };
+    let kept: HashMap<(Scheme, Authority), &Arc<Endpoint>> = old
+        .filter(|o| o.pool.as_ref().is_ok_and(|p| Arc::ptr_eq(p, pool)))
+        .map(|o| {
+            o.endpoints
+                .iter()
+                .flatten()
+                .filter_map(|e| Some(((e.scheme()?.clone(), e.authority()?.clone()), e)))
+                .collect()
+        })
+        .unwrap_or_default();
     cluster
         .endpoints
         .iter()
@@ -128,7 +123,10 @@ fn origins(cluster: &Cluster) -> Box<[Option<(Scheme, Authority)>]> {
                 None => Scheme::HTTP,
             };
             let authority = Authority::try_from(format!("{}:{}", e.host, e.port)).ok()?;
-            Some((scheme, authority))
+            Some(match kept.get(&(scheme.clone(), authority.clone())) {
+                Some(endpoint) => Arc::clone(endpoint),
+                None => pool.endpoint(scheme, authority),
+            })
         })
         .collect()
 }
@@ -148,32 +146,35 @@ impl Runtime {
                 let stats = old.map(|u| u.stats.clone()).unwrap_or_default();
                 let upstream = match old {
                     Some(u) if u.cluster == *cluster => u.clone(),
-                    _ => Arc::new(Upstream {
-                        cluster: cluster.clone(),
-                        balancer: match old {
-                            Some(u) if u.balancer.fits(cluster) => u.balancer.clone(),
-                            _ => Arc::new(Balancer::new(cluster)),
-                        },
-                        client: match old {
+                    _ => {
+                        let pool = match old {
                             Some(u)
                                 if u.cluster.connect_timeout == cluster.connect_timeout
                                     && u.cluster.http2 == cluster.http2
                                     && u.cluster.idle_timeout == cluster.idle_timeout
                                     && u.cluster.tls_settings() == cluster.tls_settings()
-                                    && u.cluster.max_requests_per_connection.is_some()
-                                        == cluster.max_requests_per_connection.is_some() =>
+                                    && u.cluster.max_requests_per_connection
+                                        == cluster.max_requests_per_connection =>
                             {
-                                u.client.clone()
+                                u.pool.clone()
                             }
-                            _ => client(cluster, identity, &stats),
-                        },
-                        breaker: match old {
-                            Some(u) if u.breaker.fits(cluster) => u.breaker.clone(),
-                            _ => Arc::new(Breaker::new(cluster)),
-                        },
-                        stats,
-                        origins: origins(cluster),
-                    }),
+                            _ => pool(cluster, identity, &stats),
+                        };
+                        Arc::new(Upstream {
+                            cluster: cluster.clone(),
+                            balancer: match old {
+                                Some(u) if u.balancer.fits(cluster) => u.balancer.clone(),
+                                _ => Arc::new(Balancer::new(cluster)),
+                            },
+                            endpoints: endpoints(cluster, &pool, old.map(|u| &**u)),
+                            pool,
+                            breaker: match old {
+                                Some(u) if u.breaker.fits(cluster) => u.breaker.clone(),
+                                _ => Arc::new(Breaker::new(cluster)),
+                            },
+                            stats,
+                        })
+                    }
                 };
                 (name.clone(), upstream)
             })
@@ -218,29 +219,32 @@ impl Runtime {
     }
 }
 
-/// Connections are counted in `stats`.
-fn client(
+/// Envoy's default idle timeout for upstream connections.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A cluster's connection pool; its connections are counted in `stats`.
+fn pool(
     cluster: &Cluster,
     identity: Option<&Arc<Identity>>,
     stats: &Arc<ClusterStats>,
-) -> Result<UpstreamClient, Arc<str>> {
+) -> Result<Arc<Pool>, Arc<str>> {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(cluster.connect_timeout));
     connector.set_nodelay(true);
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .pool_idle_timeout(cluster.idle_timeout.unwrap_or(Duration::from_secs(3600)))
-        .http2_only(cluster.http2);
-    let count_requests = cluster.max_requests_per_connection.is_some();
+    let pool = |connector| {
+        Ok(Arc::new(Pool::new(
+            connector,
+            cluster.http2,
+            cluster.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
+            cluster.max_requests_per_connection,
+            stats.clone(),
+        )))
+    };
     let settings = cluster.tls_settings();
     let [tls] = settings.as_slice() else {
         // Conversion allows at most one TLS setting per cluster.
         return match settings.len() {
-            0 => Ok(UpstreamClient::Plain(builder.build(Counted::new(
-                connector,
-                stats.clone(),
-                count_requests,
-            )))),
+            0 => pool(Connector::Plain(connector)),
             n => Err(format!("{n} different TLS settings").into()),
         };
     };
@@ -266,11 +270,7 @@ fn client(
     } else {
         https.enable_http1().wrap_connector(connector)
     };
-    Ok(UpstreamClient::Tls(builder.build(Counted::new(
-        connector,
-        stats.clone(),
-        count_requests,
-    ))))
+    pool(Connector::Tls(connector))
 }
 
 /// What every listener and the admin API share.
@@ -892,11 +892,11 @@ fn choose_cluster(fwd: &Forward) -> (Arc<str>, Option<&HeaderChanges>) {
 
 /// How one attempt ended.
 enum Attempt {
-    Response(Response<Incoming>, Pick, ConnectionSlot),
+    Response(Response<Incoming>, Pick, ConnectionSlot, Lease),
     /// The per-try timeout fired.
     TimedOut,
-    ConnectFailed(hyper_util::client::legacy::Error),
-    Reset(hyper_util::client::legacy::Error),
+    ConnectFailed(SendError),
+    Reset(SendError),
 }
 
 /// Whether `retry` says to try again after `attempt`.
@@ -1052,23 +1052,6 @@ fn overflow() -> Response<ProxyBody> {
     resp
 }
 
-/// Counts a request on the connection that carried it; at `limit` the pool may not reuse the
-/// connection, which closes once this response is done.
-fn count_on_connection(
-    resp: &Response<Incoming>,
-    captured: &hyper_util::client::legacy::connect::CaptureConnection,
-    limit: u32,
-) {
-    let Some(count) = resp.extensions().get::<RequestCount>() else {
-        return;
-    };
-    if count.add() >= limit
-        && let Some(connection) = captured.connection_metadata().as_ref()
-    {
-        connection.poison();
-    }
-}
-
 /// Who sent a request, and for which authority, as `forward` passes it on.
 struct Downstream<'a> {
     /// As `authority_of` found it.
@@ -1189,13 +1172,20 @@ async fn forward(
         if retry.is_some_and(|r| r.other_host) {
             tried.push((endpoint.host.clone(), endpoint.port));
         }
-        let Some(uri) = upstream.uri_for(pick.index(), path_and_query.clone()) else {
+        if let Err(reason) = &upstream.pool {
+            tracing::debug!(cluster = %cluster, %reason, "no connection pool");
+            return local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream TLS is not available",
+            );
+        }
+        let Some(pool) = upstream.endpoint(pick.index()) else {
             tracing::warn!(host = %endpoint.host, port = endpoint.port, "cannot build upstream uri");
             return local(StatusCode::BAD_REQUEST, "");
         };
         let mut attempt_req = Request::new(body.take());
         *attempt_req.method_mut() = parts.method.clone();
-        *attempt_req.uri_mut() = uri;
+        *attempt_req.uri_mut() = pool.uri(path_and_query.clone());
         // The last attempt takes the headers; earlier ones copy them.
         *attempt_req.headers_mut() = if n + 1 < attempts {
             parts.headers.clone()
@@ -1207,20 +1197,7 @@ async fn forward(
         } else {
             http::Version::HTTP_11
         };
-        let per_connection = upstream
-            .cluster
-            .max_requests_per_connection
-            .map(|limit| (limit, capture_connection(&mut attempt_req)));
-        let call = match &upstream.client {
-            Ok(client) => client.request(attempt_req),
-            Err(reason) => {
-                tracing::debug!(cluster = %cluster, %reason, "no connection pool");
-                return local(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "upstream TLS is not available",
-                );
-            }
-        };
+        let call = pool.send(attempt_req);
         let now = tokio::time::Instant::now();
         let per_try = retry.and_then(|r| r.per_try_timeout).map(|t| now + t);
         let limit = match (per_try, deadline) {
@@ -1232,22 +1209,19 @@ async fn forward(
             None => Ok(call.await),
         };
         let ejected = pick.report(match &result {
-            Ok(Ok(resp)) => Outcome::Status(resp.status().as_u16()),
+            Ok(Ok((resp, _))) => Outcome::Status(resp.status().as_u16()),
             _ => Outcome::LocalFailure,
         });
         if ejected {
             stats.ejections.fetch_add(1, Ordering::Relaxed);
-        }
-        if let (Some((limit, captured)), Ok(Ok(resp))) = (&per_connection, &result) {
-            count_on_connection(resp, captured, *limit);
         }
         let attempt = match result {
             Err(_) if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) => {
                 return local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
             }
             Err(_) => Attempt::TimedOut,
-            Ok(Ok(resp)) => Attempt::Response(resp, pick, connection),
-            Ok(Err(error)) if error.is_connect() => Attempt::ConnectFailed(error),
+            Ok(Ok((resp, lease))) => Attempt::Response(resp, pick, connection, lease),
+            Ok(Err(error @ SendError::Connect(_))) => Attempt::ConnectFailed(error),
             Ok(Err(error)) => Attempt::Reset(error),
         };
         retrying = None;
@@ -1274,8 +1248,8 @@ async fn forward(
         tokio::time::sleep(backoff).await;
     }
     drop(retrying);
-    let (mut resp, pick, connection) = match outcome {
-        Some(Attempt::Response(resp, pick, connection)) => (resp, pick, connection),
+    let (mut resp, pick, connection, lease) = match outcome {
+        Some(Attempt::Response(resp, pick, connection, lease)) => (resp, pick, connection, lease),
         Some(Attempt::TimedOut) => {
             return local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
         }
@@ -1301,8 +1275,8 @@ async fn forward(
             if let Err(error) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
                 tracing::debug!(%error, "websocket tunnel ended with an error");
             }
-            // In flight until the tunnel closes.
-            drop((pick, request_slot, connection));
+            // In flight until the tunnel closes; the connection is the tunnel's now.
+            drop((pick, request_slot, connection, lease));
         });
         let (mut parts, _) = resp.into_parts();
         apply_response_headers(&mut parts.headers, &route.headers);
@@ -1316,8 +1290,9 @@ async fn forward(
     }
     // The route timeout covers the whole response, as Envoy's does.
     let body = Guarded {
-        inner: body.map_err(BoxError::from).boxed(),
+        inner: body,
         deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+        lease: Some(lease),
         _held: (pick, request_slot, connection),
     };
     Response::from_parts(parts, body.boxed())
@@ -1340,7 +1315,7 @@ fn mirror(
         Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => format!("{h}-shadow:{port}"),
         _ => format!("{host}-shadow"),
     };
-    let Some(uri) = target.uri_for(pick.index(), path_and_query) else {
+    let Some(endpoint) = target.endpoint(pick.index()).cloned() else {
         return;
     };
     let mut req = Request::new(body.body());
@@ -1348,7 +1323,7 @@ fn mirror(
         *req.version_mut() = http::Version::HTTP_2;
     }
     *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = uri;
+    *req.uri_mut() = endpoint.uri(path_and_query);
     *req.headers_mut() = parts.headers.clone();
     if let Ok(v) = HeaderValue::from_str(&shadow) {
         req.headers_mut().insert(header::HOST, v);
@@ -1362,13 +1337,12 @@ fn mirror(
             let Ok(_connection) = target.breaker.connection(&target.stats).await else {
                 return Ok(());
             };
-            let Ok(client) = &target.client else {
-                return Ok(());
-            };
-            let resp = client.request(req).await?;
+            let (resp, lease) = endpoint.send(req).await?;
             // Read the answer so the connection can be reused.
-            let _ = resp.into_body().collect().await;
-            Ok::<_, hyper_util::client::legacy::Error>(())
+            if resp.into_body().collect().await.is_ok() {
+                lease.release();
+            }
+            Ok::<_, SendError>(())
         })
         .await;
         if let Ok(Err(error)) = result {
@@ -1529,11 +1503,29 @@ fn apply_response_headers(headers: &mut HeaderMap, changes: &HeaderChanges) {
 
 /// An upstream response body that keeps its endpoint, request and connection counted as busy
 /// until it is done, and is cut off (the stream reset) if the route timeout passes before it
-/// ends.
+/// ends. Read to its end, it hands its connection back to the pool.
 struct Guarded {
-    inner: ProxyBody,
+    inner: Incoming,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    lease: Option<Lease>,
     _held: (Pick, RequestSlot, ConnectionSlot),
+}
+
+impl Guarded {
+    fn release_if_done(&mut self) {
+        if self.inner.is_end_stream()
+            && let Some(lease) = self.lease.take()
+        {
+            lease.release();
+        }
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        // A body with nothing to read is never polled.
+        self.release_if_done();
+    }
 }
 
 /// The response body as sent downstream: when it is done (or dropped), the request's duration
@@ -1586,7 +1578,12 @@ impl Body for Guarded {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
-            return Poll::Ready(frame);
+            match &frame {
+                Some(Ok(_)) => self.release_if_done(),
+                None => self.release_if_done(),
+                Some(Err(_)) => {}
+            }
+            return Poll::Ready(frame.map(|f| f.map_err(BoxError::from)));
         }
         if let Some(deadline) = self.deadline.as_mut()
             && deadline.as_mut().poll(cx).is_ready()

@@ -1180,8 +1180,8 @@ spec:
     }
     assert_eq!(per_connection.values().sum::<usize>(), 6);
     assert!(
-        per_connection.len() >= 3 && per_connection.values().all(|n| *n <= 2),
-        "no connection carries more than 2 requests: {per_connection:?}"
+        per_connection.len() == 3 && per_connection.values().all(|n| *n == 2),
+        "each connection carries 2 requests, then closes: {per_connection:?}"
     );
     let metrics = scrape(&proxy).await;
     let opened = sample(
@@ -1189,6 +1189,59 @@ spec:
         "strait_proxy_upstream_connections_total{cluster=\"outbound|9080||capped.default.svc.cluster.local\"}",
     );
     assert_eq!(opened, Some(per_connection.len() as f64), "{metrics}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_reused_and_close_after_the_idle_timeout() {
+    const CLUSTER: &str = "outbound|9080||idle.default.svc.cluster.local";
+    let world = World::start().await;
+    let (port, record) = recorder("idle").await;
+    world.publish(&service(
+        "idle",
+        port,
+        r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: idle}
+spec:
+  host: idle
+  trafficPolicy: {connectionPool: {http: {idleTimeout: 300ms}}}
+"#,
+    ));
+    let proxy = world.proxy(Protocol::Delta).await;
+    let c = client();
+    let connections = |metrics: &str| {
+        let opened = sample(
+            metrics,
+            &format!("strait_proxy_upstream_connections_total{{cluster=\"{CLUSTER}\"}}"),
+        );
+        let open = sample(
+            metrics,
+            &format!("strait_proxy_upstream_connections_active{{cluster=\"{CLUSTER}\"}}"),
+        );
+        (opened, open)
+    };
+    for _ in 0..5 {
+        assert_eq!(
+            get(&c, world.outbound, "idle:9080", "/", &[]).await,
+            "200 idle"
+        );
+    }
+    let peers: std::collections::BTreeSet<SocketAddr> =
+        recorded(&record).iter().map(|seen| seen.peer).collect();
+    assert_eq!(peers.len(), 1, "one upstream connection carries them all");
+    let metrics = scrape(&proxy).await;
+    assert_eq!(connections(&metrics), (Some(1.0), Some(1.0)), "{metrics}");
+    // Idle for more than the timeout (the pool looks every half timeout): closed.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let metrics = scrape(&proxy).await;
+    assert_eq!(connections(&metrics), (Some(1.0), Some(0.0)), "{metrics}");
+    assert_eq!(
+        get(&c, world.outbound, "idle:9080", "/", &[]).await,
+        "200 idle"
+    );
+    let metrics = scrape(&proxy).await;
+    assert_eq!(connections(&metrics), (Some(2.0), Some(1.0)), "{metrics}");
     proxy.shutdown().await;
 }
 
