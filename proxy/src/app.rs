@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::identity::{Identity, IdentitySettings};
+use crate::identity::Identity;
 use crate::proxy::Shared;
 use crate::xds::XdsSettings;
 
@@ -14,8 +14,8 @@ use crate::xds::XdsSettings;
 pub struct Settings {
     pub xds: XdsSettings,
     pub admin: SocketAddr,
-    /// Where the workload certificate comes from; none: no mTLS.
-    pub identity: Option<IdentitySettings>,
+    /// The workload identity (the same as `xds.identity`); none: no mTLS.
+    pub identity: Option<Arc<Identity>>,
     /// Export request spans to this OTLP/gRPC collector (`http://host:4317`).
     pub otlp_endpoint: Option<String>,
 }
@@ -47,7 +47,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         .filter(|e| !e.is_empty())
         .map(|endpoint| crate::trace::Tracing::new(endpoint, &settings.xds.node.cluster))
         .transpose()?;
-    let identity = settings.identity.map(|s| Arc::new(Identity::new(s)));
+    let identity = settings.identity;
     let shared = Arc::new(Shared {
         tracing,
         ..Shared::new(identity.clone())

@@ -1,6 +1,10 @@
 //! The workload's identity: a private key made in this process, certified through straitd's
 //! certificate API (Istio's `CreateCertificate`), renewed at half its lifetime. The key never
 //! leaves the process; the mesh roots come back with the certificate.
+//!
+//! Calls to straitd's TLS port (the CA and xDS) prove the workload with its certificate while
+//! one is valid, and with the bootstrap token before that (or if the certificate is refused):
+//! the token is needed once, so its expiry does not end renewals.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +21,7 @@ use tokio::sync::watch;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use zeroize::Zeroizing;
 
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -63,6 +68,11 @@ pub enum IdentityError {
     Refused(#[source] Box<tonic::Status>),
     #[error("the CA's answer is unusable: {0}")]
     Answer(String),
+    #[error("with the workload certificate: {certificate}; with the bootstrap token: {token}")]
+    BothRefused {
+        certificate: Box<IdentityError>,
+        token: Box<IdentityError>,
+    },
 }
 
 /// A certified workload key and the roots it came with.
@@ -73,16 +83,64 @@ pub struct Workload {
     pub serial: String,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// When it came: the CA back-dates `not_before` (for peers whose clocks lag), so the
+    /// lifetime that counts for renewal starts here.
+    received: SystemTime,
+    /// The certificate (and intermediates) and key as PEM, to present to straitd.
+    client_pem: (String, Zeroizing<String>),
+}
+
+/// How a call to straitd's TLS port proves the workload.
+pub enum Proof {
+    /// Its certificate, as the TLS client certificate.
+    Certificate(tonic::transport::Identity),
+    /// The bootstrap token, as `authorization: Bearer`.
+    Token(AsciiMetadataValue),
+}
+
+impl Proof {
+    /// A channel to straitd's TLS port, presenting the certificate if that is the proof.
+    pub fn endpoint(
+        &self,
+        address: &str,
+        ca_root: &std::path::Path,
+    ) -> Result<Endpoint, IdentityError> {
+        let client = match self {
+            Proof::Certificate(identity) => Some(identity.clone()),
+            Proof::Token(_) => None,
+        };
+        tls_port(address, ca_root, client)
+    }
+
+    /// Adds the token to a call, if that is the proof.
+    pub fn authorize<T>(&self, request: &mut tonic::Request<T>) {
+        if let Proof::Token(bearer) = self {
+            request
+                .metadata_mut()
+                .insert("authorization", bearer.clone());
+        }
+    }
+
+    fn is_certificate(&self) -> bool {
+        matches!(self, Proof::Certificate(_))
+    }
 }
 
 impl Workload {
-    /// When to ask for the next certificate: half way through this one's life.
+    /// Valid now, with a little time to spare for the call it proves.
+    fn usable_as_proof(&self) -> bool {
+        let now = SystemTime::now();
+        self.not_before <= now && now + Duration::from_secs(1) < self.not_after
+    }
+
+    /// When to ask for the next certificate: half way through this one's life as we hold it
+    /// (from its arrival, not its back-dated `not_before`).
     pub fn renew_at(&self) -> SystemTime {
         let life = self
             .not_after
-            .duration_since(self.not_before)
+            .duration_since(self.received)
             .unwrap_or_default();
-        self.not_before + life / 2
+        self.received + life / 2
     }
 }
 
@@ -91,6 +149,15 @@ impl Workload {
 pub struct Identity {
     settings: IdentitySettings,
     current: ArcSwapOption<Workload>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("spiffe_id", &self.settings.spiffe_id)
+            .field("ca_address", &self.settings.ca_address)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Identity {
@@ -107,6 +174,29 @@ impl Identity {
 
     pub fn current(&self) -> Option<Arc<Workload>> {
         self.current.load_full()
+    }
+
+    /// The roots straitd's serving certificate chains to.
+    pub fn ca_root(&self) -> &std::path::Path {
+        &self.settings.ca_root
+    }
+
+    /// The workload certificate while it is valid, else the bootstrap token.
+    pub fn proof(&self) -> Result<Proof, IdentityError> {
+        match self.current().filter(|w| w.usable_as_proof()) {
+            Some(w) => {
+                let (cert, key) = &w.client_pem;
+                Ok(Proof::Certificate(tonic::transport::Identity::from_pem(
+                    cert,
+                    key.as_bytes(),
+                )))
+            }
+            None => self.token(),
+        }
+    }
+
+    fn token(&self) -> Result<Proof, IdentityError> {
+        bearer(&self.settings.token_file).map(Proof::Token)
     }
 
     /// Makes a new key, has it certified, and puts it in force.
@@ -151,9 +241,30 @@ impl Identity {
         }
     }
 
+    /// A new certificate, asked for with the current one if it is valid, else (or if that is
+    /// refused) with the bootstrap token.
     async fn request(&self) -> Result<Workload, IdentityError> {
+        let proof = self.proof()?;
+        if !proof.is_certificate() {
+            return self.request_with(&proof).await;
+        }
+        match self.request_with(&proof).await {
+            Ok(w) => Ok(w),
+            Err(certificate) => {
+                tracing::warn!(error = %certificate, "renewing with the workload certificate failed; trying the bootstrap token");
+                let token = self.token()?;
+                self.request_with(&token)
+                    .await
+                    .map_err(|token| IdentityError::BothRefused {
+                        certificate: Box::new(certificate),
+                        token: Box::new(token),
+                    })
+            }
+        }
+    }
+
+    async fn request_with(&self, proof: &Proof) -> Result<Workload, IdentityError> {
         let s = &self.settings;
-        let bearer = bearer(&s.token_file)?;
         let key = KeyPair::generate().map_err(|source| IdentityError::Csr {
             spiffe_id: s.spiffe_id.clone(),
             source,
@@ -162,7 +273,8 @@ impl Identity {
             spiffe_id: s.spiffe_id.clone(),
             source,
         })?;
-        let channel = ca_endpoint(&s.ca_address, &s.ca_root)?
+        let channel = proof
+            .endpoint(&s.ca_address, &s.ca_root)?
             .connect()
             .await
             .map_err(|source| IdentityError::Connect {
@@ -174,7 +286,7 @@ impl Identity {
             validity_duration: s.ttl.map_or(0, |t| t.as_secs() as i64),
             metadata: None,
         });
-        request.metadata_mut().insert("authorization", bearer);
+        proof.authorize(&mut request);
         let response = IstioCertificateServiceClient::new(channel)
             .create_certificate(request)
             .await
@@ -184,8 +296,12 @@ impl Identity {
     }
 }
 
-/// A tonic endpoint for straitd's TLS port, trusting `ca_root`.
-pub fn ca_endpoint(address: &str, ca_root: &std::path::Path) -> Result<Endpoint, IdentityError> {
+/// A tonic endpoint for straitd's TLS port, trusting `ca_root`, presenting `client` if given.
+fn tls_port(
+    address: &str,
+    ca_root: &std::path::Path,
+    client: Option<tonic::transport::Identity>,
+) -> Result<Endpoint, IdentityError> {
     let pem = std::fs::read(ca_root).map_err(|source| IdentityError::Read {
         what: "straitd's root certificate",
         path: ca_root.display().to_string(),
@@ -195,9 +311,13 @@ pub fn ca_endpoint(address: &str, ca_root: &std::path::Path) -> Result<Endpoint,
         address: address.to_string(),
         source,
     };
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+    if let Some(identity) = client {
+        tls = tls.identity(identity);
+    }
     Endpoint::from_shared(address.to_string())
         .map_err(invalid)?
-        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+        .tls_config(tls)
         .map_err(invalid)
         .map(|e| {
             e.connect_timeout(Duration::from_secs(2))
@@ -208,7 +328,7 @@ pub fn ca_endpoint(address: &str, ca_root: &std::path::Path) -> Result<Endpoint,
 }
 
 /// `Bearer <the bootstrap token in path>`, for the `authorization` metadata.
-pub fn bearer(path: &std::path::Path) -> Result<AsciiMetadataValue, IdentityError> {
+fn bearer(path: &std::path::Path) -> Result<AsciiMetadataValue, IdentityError> {
     let token = std::fs::read_to_string(path).map_err(|source| IdentityError::Read {
         what: "the bootstrap token",
         path: path.display().to_string(),
@@ -259,9 +379,17 @@ fn workload(
     let not_before = to_system_time(leaf.validity().not_before.timestamp());
     let not_after = to_system_time(leaf.validity().not_after.timestamp());
     let root = chain.pop().ok_or_else(|| answer("no root".into()))?;
+    // Leaf and intermediates: what a client presents (the root is the verifier's to have).
+    let presented = pem::encode_many(
+        &chain
+            .iter()
+            .map(|c| pem::Pem::new("CERTIFICATE", c.to_vec()))
+            .collect::<Vec<_>>(),
+    );
     let anchor = webpki::anchor_from_trusted_cert(&root)
         .map_err(|e| answer(format!("the root is not a usable trust anchor: {e:?}")))?
         .to_owned();
+    let client_pem = (presented, Zeroizing::new(key.serialize_pem()));
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let signing = rustls::crypto::ring::sign::any_supported_type(&der)
         .map_err(|e| answer(format!("the key is unusable for TLS: {e}")))?;
@@ -272,6 +400,8 @@ fn workload(
         serial,
         not_before,
         not_after,
+        received: SystemTime::now(),
+        client_pem,
     })
 }
 

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
@@ -10,8 +11,8 @@ use serde_json::{Map, Value};
 use strait_model::ProxyMode;
 use strait_model::node::NodeMetadata;
 use strait_proxy::app::{self, Settings};
-use strait_proxy::identity::IdentitySettings;
-use strait_proxy::xds::{NodeInfo, Protocol, XdsSettings, XdsTls};
+use strait_proxy::identity::{Identity, IdentitySettings};
+use strait_proxy::xds::{NodeInfo, Protocol, XdsSettings};
 
 #[derive(Parser, Debug)]
 #[command(name = "strait-proxy", about = "Strait's sidecar and gateway proxy")]
@@ -109,8 +110,8 @@ fn metadata(args: &Args) -> anyhow::Result<Map<String, Value>> {
     .to_json())
 }
 
-/// The TLS port's credentials and the workload identity they prove, when `--xds` is https.
-fn secure(args: &Args) -> anyhow::Result<Option<(XdsTls, IdentitySettings)>> {
+/// The workload identity, when `--xds` is https: straitd's TLS port certifies it.
+fn secure(args: &Args) -> anyhow::Result<Option<IdentitySettings>> {
     if !args.xds.starts_with("https://") {
         anyhow::ensure!(
             args.ca_root.is_none() && args.token_file.is_none(),
@@ -123,19 +124,13 @@ fn secure(args: &Args) -> anyhow::Result<Option<(XdsTls, IdentitySettings)>> {
     };
     let sa = args.service_account.as_deref().unwrap_or("default");
     let spiffe_id = strait_model::node::spiffe_id(&args.trust_domain, &args.namespace, sa);
-    Ok(Some((
-        XdsTls {
-            ca_root: ca_root.clone(),
-            token_file: token_file.clone(),
-        },
-        IdentitySettings {
-            ca_address: args.xds.clone(),
-            ca_root,
-            token_file,
-            spiffe_id,
-            ttl: None,
-        },
-    )))
+    Ok(Some(IdentitySettings {
+        ca_address: args.xds.clone(),
+        ca_root,
+        token_file,
+        spiffe_id,
+        ttl: None,
+    }))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -174,11 +169,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .clone()
         .or_else(|| labels.get("app").cloned())
         .unwrap_or_else(|| args.node_id.clone());
-    let (xds_tls, identity) = secure(&args)?.unzip();
+    let identity = secure(&args)?.map(|s| Arc::new(Identity::new(s)));
     let settings = Settings {
-        identity,
+        identity: identity.clone(),
         xds: XdsSettings {
-            tls: xds_tls,
+            identity,
             server: args.xds.clone(),
             protocol: args.xds_protocol,
             node: NodeInfo {

@@ -17,6 +17,7 @@ use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 
 use crate::config::{Cluster, Config, Endpoint, Listener, RouteConfig};
 use crate::convert::{Assignment, Resource};
+use crate::identity::Proof;
 use crate::sockets::Sockets;
 use crate::stats::Stats;
 
@@ -53,16 +54,9 @@ pub struct XdsSettings {
     pub server: String,
     pub protocol: Protocol,
     pub node: NodeInfo,
-    pub tls: Option<XdsTls>,
-}
-
-/// How the proxy proves itself to straitd's TLS port.
-#[derive(Clone, Debug)]
-pub struct XdsTls {
-    /// PEM roots straitd's serving certificate chains to.
-    pub ca_root: std::path::PathBuf,
-    /// The bootstrap token, sent as `authorization: Bearer`; read at every connect.
-    pub token_file: std::path::PathBuf,
+    /// With an `https` server (straitd's TLS port): the workload identity, whose certificate
+    /// (or, before it has one, bootstrap token) each connection presents.
+    pub identity: Option<Arc<crate::identity::Identity>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -342,17 +336,18 @@ pub async fn run(
     sockets: Arc<Sockets>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), XdsError> {
-    let endpoint = match &settings.tls {
-        Some(tls) => crate::identity::ca_endpoint(&settings.server, &tls.ca_root)?,
-        None => TonicEndpoint::from_shared(settings.server.clone())
-            .map_err(|e| XdsError::Address(settings.server.clone(), e))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10)),
+    let server = match &settings.identity {
+        Some(identity) => Server::Tls(identity.clone()),
+        None => Server::Plain(
+            TonicEndpoint::from_shared(settings.server.clone())
+                .map_err(|e| XdsError::Address(settings.server.clone(), e))?
+                .connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(10)),
+        ),
     };
-    // The workload identity comes with the TLS port's credentials (see `app`).
-    let mut state = State::binding(sockets).with_identity(settings.tls.is_some());
+    let mut state = State::binding(sockets).with_identity(settings.identity.is_some());
     let mut backoff = BACKOFF_BASE;
     loop {
         let mut session = Session {
@@ -363,7 +358,7 @@ pub async fn run(
             responses: 0,
         };
         let result = tokio::select! {
-            r = session.run(&endpoint) => r,
+            r = session.run(&server) => r,
             _ = shutdown.changed() => return Ok(()),
         };
         let responses = session.responses;
@@ -387,12 +382,27 @@ pub async fn run(
     }
 }
 
+/// straitd's plaintext port, or its TLS port with the identity to prove.
+enum Server {
+    Plain(TonicEndpoint),
+    Tls(Arc<crate::identity::Identity>),
+}
+
 struct Session<'a> {
     settings: &'a XdsSettings,
     state: &'a mut State,
     publish: &'a watch::Sender<Option<Arc<Config>>>,
     stats: &'a Stats,
     responses: u64,
+}
+
+/// The stream request, with the bootstrap token if that is what proves the workload.
+fn authorized<T>(stream: T, proof: Option<&Proof>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(stream);
+    if let Some(proof) = proof {
+        proof.authorize(&mut request);
+    }
+    request
 }
 
 fn nack_status(message: &str) -> RpcStatus {
@@ -404,23 +414,25 @@ fn nack_status(message: &str) -> RpcStatus {
 }
 
 impl Session<'_> {
-    async fn run(&mut self, endpoint: &TonicEndpoint) -> Result<(), XdsError> {
-        let channel = endpoint.connect().await.map_err(XdsError::Connect)?;
+    /// One stream; on the TLS port proving the workload identity as it stands at this
+    /// connect (its certificate once it has one, so an expired bootstrap token is no matter).
+    async fn run(&mut self, server: &Server) -> Result<(), XdsError> {
+        let (channel, proof) = match server {
+            Server::Plain(endpoint) => (endpoint.connect().await.map_err(XdsError::Connect)?, None),
+            Server::Tls(identity) => {
+                let proof = identity.proof()?;
+                let endpoint = proof.endpoint(&self.settings.server, identity.ca_root())?;
+                (
+                    endpoint.connect().await.map_err(XdsError::Connect)?,
+                    Some(proof),
+                )
+            }
+        };
         let client = AggregatedDiscoveryServiceClient::new(channel);
         match self.settings.protocol {
-            Protocol::Sotw => self.sotw(client).await,
-            Protocol::Delta => self.delta(client).await,
+            Protocol::Sotw => self.sotw(client, proof.as_ref()).await,
+            Protocol::Delta => self.delta(client, proof.as_ref()).await,
         }
-    }
-
-    /// The stream request, with the bootstrap token when connecting to the TLS port.
-    fn authorized<T>(&self, stream: T) -> Result<tonic::Request<T>, XdsError> {
-        let mut request = tonic::Request::new(stream);
-        if let Some(tls) = &self.settings.tls {
-            let bearer = crate::identity::bearer(&tls.token_file)?;
-            request.metadata_mut().insert("authorization", bearer);
-        }
-        Ok(request)
     }
 
     /// Applies one update and records the outcome; `Err` carries the NACK message.
@@ -469,6 +481,7 @@ impl Session<'_> {
     async fn sotw(
         &mut self,
         mut client: AggregatedDiscoveryServiceClient<Channel>,
+        proof: Option<&Proof>,
     ) -> Result<(), XdsError> {
         let (tx, rx) = mpsc::unbounded_channel::<DiscoveryRequest>();
         let mut subs: BTreeMap<&'static str, SotwSub> = BTreeMap::new();
@@ -481,7 +494,7 @@ impl Session<'_> {
         // After a reconnect, also ask for what the accepted clusters and listeners need.
         sotw_resubscribe(self.state, &mut subs, &tx);
         let mut stream = client
-            .stream_aggregated_resources(self.authorized(UnboundedReceiverStream::new(rx))?)
+            .stream_aggregated_resources(authorized(UnboundedReceiverStream::new(rx), proof))
             .await?
             .into_inner();
         self.stats.set_connected(true);
@@ -516,6 +529,7 @@ impl Session<'_> {
     async fn delta(
         &mut self,
         mut client: AggregatedDiscoveryServiceClient<Channel>,
+        proof: Option<&Proof>,
     ) -> Result<(), XdsError> {
         let (tx, rx) = mpsc::unbounded_channel::<DeltaDiscoveryRequest>();
         let mut subscribed: BTreeMap<&'static str, BTreeSet<String>> = BTreeMap::new();
@@ -548,7 +562,7 @@ impl Session<'_> {
             subscribed.insert(type_url, wanted);
         }
         let mut stream = client
-            .delta_aggregated_resources(self.authorized(UnboundedReceiverStream::new(rx))?)
+            .delta_aggregated_resources(authorized(UnboundedReceiverStream::new(rx), proof))
             .await?
             .into_inner();
         self.stats.set_connected(true);

@@ -265,7 +265,7 @@ impl World {
                     cluster: "productpage".to_string(),
                     metadata: self.metadata.clone(),
                 },
-                tls: None,
+                identity: None,
             },
             admin: "127.0.0.1:0".parse().expect("addr"),
             identity: None,

@@ -150,8 +150,18 @@ impl Straitd {
         self.data_dir().join("root-cert.pem")
     }
 
-    /// A bootstrap token for an identity, from `straitctl token create`.
+    /// A bootstrap token for an identity, from `straitctl token create` (valid 24h).
     pub fn token(&self, namespace: &str, service_account: &str) -> anyhow::Result<String> {
+        self.token_valid_for(namespace, service_account, "24h")
+    }
+
+    /// A bootstrap token valid for `ttl` (`straitctl`'s syntax: `3s`, `1h`).
+    pub fn token_valid_for(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        ttl: &str,
+    ) -> anyhow::Result<String> {
         let output = Command::new(crate::bins::straitctl())
             .args([
                 "token",
@@ -160,6 +170,8 @@ impl Straitd {
                 namespace,
                 "--service-account",
                 service_account,
+                "--ttl",
+                ttl,
             ])
             .arg("--data-dir")
             .arg(self.data_dir())
