@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The benchmark of issue 4, section 8: strait-proxy against stock Envoy 1.40, same config from
-# straitd, on this machine, in one run. Installs what it needs into .tools/ (Envoy, oha) and
-# wrk from apt, builds release binaries, runs bench/ (strait-bench). Arguments go to
-# strait-bench, e.g. `scripts/bench.sh --rounds 5` or `scripts/bench.sh --section mtls`.
+# straitd, on this machine, in one run, with nginx as a reference. Installs what it needs into
+# .tools/ (Envoy, oha) and wrk and nginx from apt, builds release binaries, runs bench/
+# (strait-bench). Arguments go to strait-bench, e.g. `scripts/bench.sh --rounds 5` or
+# `scripts/bench.sh --section mtls`.
 # Not part of CI: it takes minutes and its numbers depend on the machine.
 set -euo pipefail
 
@@ -31,6 +32,39 @@ if ! command -v wrk >/dev/null; then
   }
 fi
 export STRAIT_BENCH_WRK="$(command -v wrk)"
+
+# nginx, a reference subject for the plaintext section: strait-bench starts its own nginx with
+# its own config in a temp dir; the system's nginx service is neither needed nor started.
+nginx_bin() { command -v nginx || { [[ -x /usr/sbin/nginx ]] && echo /usr/sbin/nginx; }; }
+if ! nginx_bin >/dev/null; then
+  step "apt-get install nginx (without starting its service)"
+  if [[ $(id -u) -eq 0 ]]; then sudo=(); else sudo=(sudo); fi
+  # Package scripts ask invoke-rc.d, which asks policy-rc.d: 101 means "do not start services".
+  # Docker images ship one that says so; elsewhere, put one in place for the install only.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
+    "${sudo[@]}" chmod 755 "$policy"
+    own_policy=1
+  fi
+  # nginx-light is a transitional package on Debian 12 (nginx plus the echo module); plain
+  # nginx has everything the bench uses (proxy, upstream keepalive).
+  status=0
+  "${sudo[@]}" env RUNLEVEL=1 apt-get install -y nginx >&2 || {
+    "${sudo[@]}" apt-get update >&2 && "${sudo[@]}" env RUNLEVEL=1 apt-get install -y nginx >&2
+  } || status=$?
+  [[ -z $own_policy ]] || "${sudo[@]}" rm -f "$policy"
+  [[ $status -eq 0 ]] || exit "$status"
+  # Had a service started anyway (a system that ignores policy-rc.d), stop it: it was not
+  # running before this install, and nothing here uses it.
+  if [[ -s /run/nginx.pid ]] && "${sudo[@]}" kill -0 "$(cat /run/nginx.pid)" 2>/dev/null; then
+    step "stopping the nginx service the package started"
+    "${sudo[@]}" "$(nginx_bin)" -s quit >&2 || true
+  fi
+fi
+STRAIT_BENCH_NGINX="$(nginx_bin)"
+export STRAIT_BENCH_NGINX
 
 for tool in taskset getconf; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is missing (util-linux, libc-bin)" >&2; exit 1; }

@@ -1,7 +1,9 @@
 //! strait-bench: strait-proxy against stock Envoy, same config from one straitd, same machine,
-//! alternating rounds; prints a markdown table and writes it with the raw numbers as JSON.
+//! alternating rounds, with nginx as a reference in the plaintext section; prints a markdown
+//! table and writes it with the raw numbers as JSON.
 
 mod load;
+mod nginx;
 mod procfs;
 mod report;
 
@@ -19,6 +21,7 @@ use strait_tests::{
 };
 
 use crate::load::Target;
+use crate::nginx::Nginx;
 use crate::report::{Run, Sample};
 
 /// The service every request is for, as the app names it.
@@ -29,7 +32,7 @@ const CONVERGE: Duration = Duration::from_secs(20);
 #[derive(Parser, Debug)]
 #[command(
     name = "strait-bench",
-    about = "strait-proxy against stock Envoy, side by side"
+    about = "strait-proxy against stock Envoy (and nginx as a reference), side by side"
 )]
 struct Args {
     /// Rounds per data plane; each round runs direct, then every data plane in turn.
@@ -37,8 +40,13 @@ struct Args {
     rounds: u32,
     #[arg(long, value_enum, default_value = "all")]
     section: Section,
-    /// Data planes to compare, in the order each round runs them.
-    #[arg(long, value_delimiter = ',', default_value = "envoy,strait-proxy")]
+    /// Data planes to compare, in the order each round runs them: envoy, strait-proxy, and
+    /// nginx (a plain reverse proxy, no xDS: a reference in the plaintext section only).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "envoy,strait-proxy,nginx"
+    )]
     data_planes: Vec<String>,
     /// Seconds of closed-loop load (wrk) per measurement.
     #[arg(long, default_value_t = 10)]
@@ -68,6 +76,9 @@ struct Args {
     wrk: PathBuf,
     #[arg(long, env = "STRAIT_BENCH_OHA", default_value = "oha")]
     oha: PathBuf,
+    /// The nginx binary for the nginx reference subject (scripts/bench.sh installs it).
+    #[arg(long, env = "STRAIT_BENCH_NGINX", default_value = "nginx")]
+    nginx: PathBuf,
     /// Where latest.md and latest.json go [default: bench/results in the workspace].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -88,13 +99,27 @@ impl Section {
     }
 }
 
+/// A mesh data plane: configured by straitd over xDS (not nginx).
 fn data_plane(name: &str) -> anyhow::Result<Box<dyn DataPlane>> {
     match name {
         "envoy" => Ok(Box::new(strait_tests::envoy::Envoy)),
         "strait-proxy" => Ok(Box::new(strait_tests::strait_proxy::StraitProxy)),
-        other => anyhow::bail!("unknown data plane {other:?}: envoy or strait-proxy"),
+        nginx::NAME => anyhow::bail!("nginx is not a mesh data plane (no xDS, no mesh mTLS)"),
+        other => anyhow::bail!("unknown data plane {other:?}: envoy, strait-proxy or nginx"),
     }
 }
+
+/// Whether `--data-planes` may name it.
+fn known(name: &str) -> anyhow::Result<()> {
+    if name == nginx::NAME {
+        return Ok(());
+    }
+    data_plane(name).map(drop)
+}
+
+/// Why nginx has no numbers in the mTLS section.
+const NGINX_NO_MTLS: &str = "not applicable: nginx has no mesh mTLS (it is no xDS client and \
+                             gets no certificates from straitd); it is a reference for plaintext";
 
 /// What is under test in one measurement: the processes to pin and watch, and where to send.
 struct Subject {
@@ -103,6 +128,8 @@ struct Subject {
     target: Target,
     /// Stopped when the subject is dropped.
     _proxies: Vec<Box<dyn Proxy>>,
+    /// Killed and reaped when the subject is dropped.
+    _nginx: Option<Nginx>,
 }
 
 struct Bench {
@@ -124,7 +151,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
     for name in &args.data_planes {
-        data_plane(name)?;
+        known(name)?;
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -162,7 +189,7 @@ fn main() -> anyhow::Result<()> {
 impl Bench {
     fn settings(&self) -> Vec<String> {
         let a = &self.args;
-        vec![
+        let mut settings = vec![
             format!(
                 "closed loop: wrk -t1 -c{} -d{}s after {}s warm-up",
                 a.connections, a.duration, a.warmup
@@ -182,7 +209,15 @@ impl Bench {
                 strait_tests::bins::try_envoy_path()
                     .map_or_else(|| "missing".into(), |p| p.display().to_string()),
             ),
-        ]
+        ];
+        if a.data_planes.iter().any(|d| d == nginx::NAME) {
+            settings.push(format!(
+                "nginx {} ({}): master_process off, one process, plaintext only",
+                a.nginx.display(),
+                nginx::version(&a.nginx).unwrap_or_else(|| "not runnable".into()),
+            ));
+        }
+        settings
     }
 
     /// One sidecar's outbound listener in front of the backend.
@@ -204,21 +239,37 @@ impl Bench {
                     host: HOST.into(),
                 },
                 _proxies: Vec::new(),
+                _nginx: None,
             };
             run.push(self.measure("plaintext", round, Ok(direct), false));
             for name in &self.args.data_planes {
-                let subject = data_plane(name)
-                    .and_then(|dp| dp.start(&straitd, &spec))
-                    .map(|proxy| Subject {
+                let subject = if name == nginx::NAME {
+                    // Not configured by straitd: its config routes straight to the backend.
+                    Nginx::start(&self.args.nginx, backend.addr()).map(|nginx| Subject {
                         name: name.clone(),
-                        pids: vec![proxy.pid()],
+                        pids: vec![nginx.pid()],
                         target: Target {
-                            addr: proxy.outbound_addr(),
+                            addr: nginx.addr(),
                             host: HOST.into(),
                         },
-                        _proxies: vec![proxy],
+                        _proxies: Vec::new(),
+                        _nginx: Some(nginx),
                     })
-                    .map_err(|e| (name.clone(), e));
+                } else {
+                    data_plane(name)
+                        .and_then(|dp| dp.start(&straitd, &spec))
+                        .map(|proxy| Subject {
+                            name: name.clone(),
+                            pids: vec![proxy.pid()],
+                            target: Target {
+                                addr: proxy.outbound_addr(),
+                                host: HOST.into(),
+                            },
+                            _proxies: vec![proxy],
+                            _nginx: None,
+                        })
+                };
+                let subject = subject.map_err(|e| (name.clone(), e));
                 run.push(self.measure("plaintext", round, subject, false));
             }
         }
@@ -242,6 +293,9 @@ impl Bench {
         let config = ConfigDir::new()?;
         config.write("ratings.yaml", &mtls_registry(inbound))?;
         let straitd = Straitd::start(StraitdOptions::new(config.path()))?;
+        if self.args.data_planes.iter().any(|d| d == nginx::NAME) {
+            run.skip("mtls", nginx::NAME, NGINX_NO_MTLS);
+        }
         for round in 1..=self.args.rounds {
             let direct = Subject {
                 name: "direct".into(),
@@ -251,9 +305,10 @@ impl Bench {
                     host: HOST.into(),
                 },
                 _proxies: Vec::new(),
+                _nginx: None,
             };
             run.push(self.measure("mtls", round, Ok(direct), false));
-            for name in &self.args.data_planes {
+            for name in self.args.data_planes.iter().filter(|d| *d != nginx::NAME) {
                 let subject = data_plane(name)
                     .and_then(|dp| {
                         let server = dp.start(&straitd, &server)?;
@@ -266,6 +321,7 @@ impl Bench {
                                 host: HOST.into(),
                             },
                             _proxies: vec![client, server],
+                            _nginx: None,
                         })
                     })
                     .map_err(|e| (name.clone(), e));

@@ -11,6 +11,8 @@ use crate::procfs;
 /// The baseline and the candidate of the ratio column.
 const BASELINE: &str = "envoy";
 const CANDIDATE: &str = "strait-proxy";
+/// The reference of the second ratio column (plaintext only): a plain reverse proxy.
+const REFERENCE: &str = "nginx";
 const MIB: f64 = 1024.0;
 
 /// One subject (direct, or a data plane) measured once.
@@ -85,6 +87,16 @@ pub struct Run {
     pub load_average_start: Option<f64>,
     pub load_average_end: Option<f64>,
     pub samples: Vec<Sample>,
+    /// Subjects a section does not apply to (nginx in mTLS), and why.
+    pub skipped: Vec<Skipped>,
+}
+
+/// A subject left out of a section on purpose: no samples, no column, one line under the table.
+#[derive(Debug, Serialize)]
+pub struct Skipped {
+    pub section: &'static str,
+    pub subject: String,
+    pub why: String,
 }
 
 impl Run {
@@ -100,6 +112,7 @@ impl Run {
             load_average_start: procfs::load_average(),
             load_average_end: None,
             samples: Vec::new(),
+            skipped: Vec::new(),
         }
     }
 
@@ -107,13 +120,33 @@ impl Run {
         self.samples.push(sample);
     }
 
+    /// Leaves `subject` out of `section` (no column) and says why under its table.
+    pub fn skip(&mut self, section: &'static str, subject: &str, why: &str) {
+        self.skipped.push(Skipped {
+            section,
+            subject: subject.to_string(),
+            why: why.to_string(),
+        });
+    }
+
     pub fn finish(&mut self) {
         self.load_average_end = procfs::load_average();
     }
 
-    fn subjects(&self) -> Vec<String> {
+    /// The columns of a section: direct, then the data planes that have samples in it (a data
+    /// plane that failed has them too; one skipped on purpose has none).
+    fn subjects(&self, section: &str) -> Vec<String> {
         std::iter::once("direct".to_string())
-            .chain(self.data_planes.iter().cloned())
+            .chain(
+                self.data_planes
+                    .iter()
+                    .filter(|d| {
+                        self.samples
+                            .iter()
+                            .any(|s| s.section == section && &s.subject == *d)
+                    })
+                    .cloned(),
+            )
             .collect()
     }
 
@@ -150,7 +183,14 @@ impl Run {
     }
 
     fn section(&self, md: &mut String, section: &str, title: &str) {
-        let subjects = self.subjects();
+        let subjects = self.subjects(section);
+        let has = |name: &str| subjects.iter().any(|s| s == name);
+        // What strait-proxy is compared with, each where it ran: Envoy (the baseline of the
+        // targets), then nginx (the reference).
+        let references: Vec<&'static str> = [BASELINE, REFERENCE]
+            .into_iter()
+            .filter(|r| has(CANDIDATE) && has(r))
+            .collect();
         let _ = writeln!(md, "## {title}\n\nMedian over {} rounds.\n", self.rounds);
         let mut header = String::from("| metric |");
         let mut rule = String::from("| --- |");
@@ -158,11 +198,13 @@ impl Run {
             let _ = write!(header, " {s} |");
             rule.push_str(" ---: |");
         }
-        let ratio = self.data_planes.iter().any(|d| d == BASELINE)
-            && self.data_planes.iter().any(|d| d == CANDIDATE);
-        if ratio {
-            let _ = write!(header, " {CANDIDATE} / {BASELINE} | target | |");
-            rule.push_str(" ---: | --- | --- |");
+        for r in &references {
+            let _ = write!(header, " {CANDIDATE} / {r} |");
+            rule.push_str(" ---: |");
+        }
+        if !references.is_empty() {
+            header.push_str(" target | |");
+            rule.push_str(" --- | --- |");
         }
         let _ = writeln!(md, "{header}\n{rule}");
 
@@ -175,30 +217,53 @@ impl Run {
             for m in &medians {
                 let _ = write!(row, " {} |", fmt_opt(*m, metric.digits));
             }
-            if ratio {
+            if !references.is_empty() {
                 let get = |name: &str| {
                     subjects
                         .iter()
                         .position(|s| s == name)
                         .and_then(|i| medians[i])
                 };
-                let r = get(CANDIDATE)
-                    .zip(get(BASELINE))
-                    .filter(|_| metric.ratio)
-                    .filter(|(_, b)| *b != 0.0)
-                    .map(|(c, b)| c / b);
+                // strait-proxy's median / the reference's, where a ratio means something.
+                let ratio_to = |reference: &str| {
+                    ratio(get(CANDIDATE), get(reference)).filter(|_| metric.ratio)
+                };
+                for r in &references {
+                    let _ = write!(row, " {} |", fmt_opt(ratio_to(r), 2));
+                }
                 let (target, verdict) = match metric.target {
                     Target::None => (String::new(), String::new()),
-                    Target::RatioAtMost(limit) => (
-                        format!("≤ {limit:.2}× {BASELINE}"),
-                        verdict(r.map(|r| r <= limit)),
-                    ),
+                    Target::RatiosAtMost(limits) => {
+                        let parts: Vec<Part> = limits
+                            .iter()
+                            .filter(|(r, _)| references.contains(r))
+                            .map(|&(reference, limit)| Part {
+                                reference,
+                                limit,
+                                ratio: ratio_to(reference),
+                            })
+                            .collect();
+                        if parts.is_empty() {
+                            // None of its references ran: say what the target is, no verdict.
+                            let all: Vec<Part> = limits
+                                .iter()
+                                .map(|&(reference, limit)| Part {
+                                    reference,
+                                    limit,
+                                    ratio: None,
+                                })
+                                .collect();
+                            (target_text(&all), verdict(None))
+                        } else {
+                            (target_text(&parts), ratios_verdict(&parts))
+                        }
+                    }
                     Target::AtMost(limit) => (
                         format!("≤ {limit} for {CANDIDATE}"),
                         verdict(get(CANDIDATE).map(|v| v <= limit)),
                     ),
                 };
-                let _ = write!(row, " {} | {target} | {verdict} |", fmt_opt(r, 2));
+                let _ = write!(row, " {target} | {verdict} |");
             }
             let _ = writeln!(md, "{row}");
         }
@@ -223,8 +288,16 @@ impl Run {
             .iter()
             .filter(|s| s.section == section && s.error.is_some())
             .collect();
-        if !errors.is_empty() {
+        let skipped: Vec<&Skipped> = self
+            .skipped
+            .iter()
+            .filter(|s| s.section == section)
+            .collect();
+        if !errors.is_empty() || !skipped.is_empty() {
             let _ = writeln!(md, "\nNot measured:\n");
+            for s in skipped {
+                let _ = writeln!(md, "- {}: {}", s.subject, s.why);
+            }
             for s in errors {
                 let error = s.error.as_deref().unwrap_or_default();
                 let first = error.lines().next().unwrap_or_default();
@@ -254,8 +327,19 @@ type Value = fn(&Sample, Option<&Sample>) -> Option<f64>;
 
 enum Target {
     None,
-    RatioAtMost(f64),
+    /// strait-proxy's median at most `limit` × each named subject's, judged for each of them
+    /// that ran in the section: (subject, limit).
+    RatiosAtMost(&'static [(&'static str, f64)]),
+    /// strait-proxy's median at most this.
     AtMost(f64),
+}
+
+/// One part of a [`Target::RatiosAtMost`]: strait-proxy against one subject.
+struct Part {
+    reference: &'static str,
+    limit: f64,
+    /// strait-proxy's median / the reference's.
+    ratio: Option<f64>,
 }
 
 struct Metric {
@@ -302,7 +386,8 @@ const METRICS: [Metric; 15] = [
         digits: 1,
         value: |s, _| s.cpu_us_per_request,
         ratio: true,
-        target: Target::RatioAtMost(0.25),
+        // Issue 4: "at most a quarter of Envoy's (at or below nginx's)".
+        target: Target::RatiosAtMost(&[(BASELINE, 0.25), (REFERENCE, 1.0)]),
     },
     Metric {
         name: "p50 µs at fixed rate",
@@ -330,7 +415,7 @@ const METRICS: [Metric; 15] = [
         digits: 0,
         value: |s, d| added(s, d, |o| o.p50_us),
         ratio: true,
-        target: Target::RatioAtMost(1.0 / 3.0),
+        target: Target::RatiosAtMost(&[(BASELINE, 1.0 / 3.0)]),
     },
     Metric {
         name: "added p90 µs over direct",
@@ -387,6 +472,47 @@ const METRICS: [Metric; 15] = [
     },
 ];
 
+/// `candidate / reference`, when both are there and the reference is not 0.
+fn ratio(candidate: Option<f64>, reference: Option<f64>) -> Option<f64> {
+    candidate
+        .zip(reference)
+        .filter(|(_, r)| *r != 0.0)
+        .map(|(c, r)| c / r)
+}
+
+/// "≤ 0.25× envoy and ≤ nginx": each part of a ratio target (a limit of 1 reads "≤ nginx").
+fn target_text(parts: &[Part]) -> String {
+    parts
+        .iter()
+        .map(|p| {
+            if p.limit == 1.0 {
+                format!("≤ {}", p.reference)
+            } else {
+                format!("≤ {:.2}× {}", p.limit, p.reference)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
+/// One part: "pass" or "**fail**", as ever. Several: each part judged on its own, with the ratio
+/// it was judged on, e.g. "**fail** (0.37× envoy), pass (0.85× nginx)"; the target is met only
+/// when every part passes.
+fn ratios_verdict(parts: &[Part]) -> String {
+    let judge = |p: &Part| verdict(p.ratio.map(|r| r <= p.limit));
+    if let [one] = parts {
+        return judge(one);
+    }
+    parts
+        .iter()
+        .map(|p| match p.ratio {
+            Some(r) => format!("{} ({r:.2}× {})", judge(p), p.reference),
+            None => format!("{} ({})", judge(p), p.reference),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn verdict(pass: Option<bool>) -> String {
     match pass {
         Some(true) => "pass".into(),
@@ -425,5 +551,110 @@ mod tests {
         );
         assert_eq!(median(vec![Some(4.0), Some(1.0)]), Some(2.5));
         assert_eq!(median(vec![None]), None);
+    }
+
+    fn part(reference: &'static str, limit: f64, ratio: Option<f64>) -> Part {
+        Part {
+            reference,
+            limit,
+            ratio,
+        }
+    }
+
+    #[test]
+    fn a_target_with_two_references_judges_each_and_shows_its_ratio() {
+        let envoy = part(BASELINE, 0.25, Some(0.37));
+        let nginx = part(REFERENCE, 1.0, Some(0.85));
+        assert_eq!(
+            target_text(&[part(BASELINE, 0.25, None), part(REFERENCE, 1.0, None)]),
+            "≤ 0.25× envoy and ≤ nginx"
+        );
+        assert_eq!(
+            ratios_verdict(&[envoy, nginx]),
+            "**fail** (0.37× envoy), pass (0.85× nginx)"
+        );
+        // At the limit passes; a part without numbers says so and passes nothing.
+        assert_eq!(
+            ratios_verdict(&[part(BASELINE, 0.25, Some(0.25)), part(REFERENCE, 1.0, None)]),
+            "pass (0.25× envoy), n/a (nginx)"
+        );
+        // One part reads as before nginx was measured.
+        assert_eq!(ratios_verdict(&[part(BASELINE, 0.25, Some(0.2))]), "pass");
+        assert_eq!(
+            ratios_verdict(&[part(BASELINE, 0.25, Some(0.3))]),
+            "**fail**"
+        );
+        assert_eq!(ratio(Some(1.0), Some(0.0)), None);
+        assert_eq!(ratio(Some(1.0), Some(4.0)), Some(0.25));
+    }
+
+    fn cpu(section: &'static str, subject: &str, us: Option<f64>) -> Sample {
+        Sample {
+            cpu_us_per_request: us,
+            ..Sample::new(section, subject, 1, usize::from(us.is_some()))
+        }
+    }
+
+    fn row<'a>(md: &'a str, section: &str, metric: &str) -> &'a str {
+        let start = md.find(section).expect("the section");
+        md[start..]
+            .lines()
+            .find(|l| l.starts_with(&format!("| {metric} |")))
+            .expect("the row")
+    }
+
+    #[test]
+    fn nginx_gets_a_ratio_column_in_plaintext_and_none_in_mtls() {
+        let planes = ["envoy", "strait-proxy", "nginx"].map(String::from);
+        let mut run = Run::describe(&planes, 1, &[]);
+        for (subject, us) in [
+            ("direct", None),
+            ("envoy", Some(40.0)),
+            ("strait-proxy", Some(10.0)),
+            ("nginx", Some(12.5)),
+        ] {
+            run.push(cpu("plaintext", subject, us));
+        }
+        run.skip("mtls", "nginx", "not applicable: nginx has no mesh mTLS");
+        for (subject, us) in [
+            ("direct", None),
+            ("envoy", Some(80.0)),
+            ("strait-proxy", Some(30.0)),
+        ] {
+            run.push(cpu("mtls", subject, us));
+        }
+        let md = run.markdown();
+
+        let plain = md.find("## HTTP/1.1 plaintext").expect("plaintext");
+        assert!(md[plain..].contains(
+            "| metric | direct | envoy | strait-proxy | nginx | strait-proxy / envoy | \
+             strait-proxy / nginx | target | |"
+        ));
+        assert_eq!(
+            row(&md, "## HTTP/1.1 plaintext", "CPU µs per request"),
+            "| CPU µs per request | – | 40.0 | 10.0 | 12.5 | 0.25 | 0.80 | \
+             ≤ 0.25× envoy and ≤ nginx | pass (0.25× envoy), pass (0.80× nginx) |"
+        );
+        // Every row has every column (4 subjects, 2 ratios, target, verdict).
+        assert_eq!(
+            row(
+                &md,
+                "## HTTP/1.1 plaintext",
+                "others on the proxy core, % of it"
+            ),
+            "| others on the proxy core, % of it | – | – | – | – | – | – |  |  |"
+        );
+        assert!(md[plain..].contains("- CPU µs per request, nginx: 12.5"));
+
+        let mtls = md.find("## mTLS").expect("mtls");
+        assert!(md[mtls..].contains(
+            "| metric | direct | envoy | strait-proxy | strait-proxy / envoy | target | |"
+        ));
+        assert_eq!(
+            row(&md, "## mTLS", "CPU µs per request"),
+            "| CPU µs per request | – | 80.0 | 30.0 | 0.38 | ≤ 0.25× envoy | **fail** |"
+        );
+        assert!(md[mtls..].contains("- nginx: not applicable: nginx has no mesh mTLS"));
+        assert!(!md[mtls..].contains(", nginx:"));
     }
 }
