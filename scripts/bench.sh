@@ -66,7 +66,7 @@ fi
 STRAIT_BENCH_NGINX="$(nginx_bin)"
 export STRAIT_BENCH_NGINX
 
-for tool in taskset getconf; do
+for tool in taskset chrt getconf; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is missing (util-linux, libc-bin)" >&2; exit 1; }
 done
 [[ $(nproc) -ge 2 ]] || { echo "bench: needs 2 cores (proxy on one, load on the other)" >&2; exit 1; }

@@ -186,6 +186,32 @@ fn failed(json: &serde_json::Value) -> u64 {
         + count(&json["statusCodeDistribution"], "200")
 }
 
+/// A busy loop on one core at `SCHED_IDLE` priority (`chrt --idle`): it keeps the core out of
+/// its idle state, and any other thread there preempts it at once. Stopped when dropped.
+pub struct IdleSpinner(std::process::Child);
+
+impl IdleSpinner {
+    pub fn start(core: usize) -> anyhow::Result<IdleSpinner> {
+        let child = Command::new("taskset")
+            .args(["-c", &core.to_string()])
+            .args(["chrt", "--idle", "0"])
+            .args(["sh", "-c", "while :; do :; done"])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .context("starting the idle spinner (taskset, chrt)")?;
+        // Let it reach the core before measuring.
+        std::thread::sleep(Duration::from_millis(200));
+        Ok(IdleSpinner(child))
+    }
+}
+
+impl Drop for IdleSpinner {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -66,6 +66,9 @@ struct Args {
     /// Open-loop connections (oha keeps them alive and sends on the fixed schedule).
     #[arg(long, default_value_t = 8)]
     latency_connections: u32,
+    /// Skip the second open loop per proxy, run with the proxy core kept out of idle.
+    #[arg(long)]
+    no_awake_latency: bool,
     /// The core for the proxies under test.
     #[arg(long, default_value_t = 1)]
     proxy_core: usize,
@@ -416,13 +419,23 @@ impl Bench {
             sample.load_rss_kib = Some(peak.load(Ordering::Relaxed));
         }
         sample.closed = Some(closed);
-        sample.open = Some(load::oha(
-            &a.oha,
-            &s.target,
-            a.rate,
-            a.latency_connections,
-            Duration::from_secs(a.latency_duration),
-        )?);
+        let open_loop = || {
+            load::oha(
+                &a.oha,
+                &s.target,
+                a.rate,
+                a.latency_connections,
+                Duration::from_secs(a.latency_duration),
+            )
+        };
+        sample.open = Some(open_loop()?);
+        if !s.pids.is_empty() && !a.no_awake_latency {
+            // Diagnostic: the same open loop with the proxy core never idle (a SCHED_IDLE
+            // spinner gives way at once to any proxy thread), so a proxy's wake-ups do not
+            // include the hypervisor waking a halted vCPU.
+            let _spinner = load::IdleSpinner::start(a.proxy_core)?;
+            sample.open_awake = Some(open_loop()?);
+        }
         Ok(())
     }
 

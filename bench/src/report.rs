@@ -42,6 +42,8 @@ pub struct Sample {
     /// Busy time of the proxies' core not spent in the proxies / wall time: other users.
     pub others_on_core: Option<f64>,
     pub open: Option<OpenLoop>,
+    /// The open loop again with the proxy core kept out of idle (a diagnostic).
+    pub open_awake: Option<OpenLoop>,
 }
 
 impl Sample {
@@ -61,6 +63,7 @@ impl Sample {
             proxy_core_busy: None,
             others_on_core: None,
             open: None,
+            open_awake: None,
         }
     }
 
@@ -359,7 +362,7 @@ fn added(s: &Sample, direct: Option<&Sample>, p: fn(&OpenLoop) -> f64) -> Option
     Some(p(s.open.as_ref()?) - p(direct?.open.as_ref()?))
 }
 
-const METRICS: [Metric; 15] = [
+const METRICS: [Metric; 16] = [
     Metric {
         name: "max req/s (closed loop)",
         digits: 0,
@@ -468,6 +471,16 @@ const METRICS: [Metric; 15] = [
             Some((closed + open) as f64)
         },
         ratio: false,
+        target: Target::None,
+    },
+    Metric {
+        name: "diagnostic: added p50 µs with the proxy core kept out of idle",
+        digits: 0,
+        value: |s, d| {
+            let awake = s.open_awake.as_ref()?.p50_us;
+            Some(awake - d?.open.as_ref()?.p50_us)
+        },
+        ratio: true,
         target: Target::None,
     },
 ];
