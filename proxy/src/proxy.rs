@@ -821,7 +821,10 @@ fn client_cert_details(
     mode: crate::config::ClientCertDetails,
     tls: Option<&PeerTls>,
 ) {
-    headers.remove(&XFCC);
+    // Looking is cheaper than removing a name that is not there (a hash and a probe).
+    if headers.keys().any(|k| *k == XFCC) {
+        headers.remove(&XFCC);
+    }
     let crate::config::ClientCertDetails::SanitizeSet { uri, dns } = mode else {
         return;
     };
@@ -1440,25 +1443,30 @@ fn rewrite_path(route: &Route, fwd: &Forward, uri: &Uri) -> Option<PathAndQuery>
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none; looking is cheaper than removing each name.
-    if !headers
-        .keys()
-        .any(|k| k == header::UPGRADE || HOP_BY_HOP.contains(k))
-    {
+    // `upgrade` goes too; a WebSocket upgrade puts it back.
+    let hop = |k: &HeaderName| *k == header::UPGRADE || HOP_BY_HOP.contains(k);
+    // Most messages carry none, or just `connection: keep-alive`: looking is cheaper than
+    // removing every name (each removal hashes it), so only what is there is removed.
+    if !headers.keys().any(hop) {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    let mut present: Vec<HeaderName> = headers.keys().filter(|k| hop(k)).cloned().collect();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for name in value.split(',').map(str::trim) {
+            // Listed names that are hop-by-hop anyway (`keep-alive`) are handled above;
+            // others are removed if the message has them.
+            if let Ok(name) = HeaderName::from_bytes(name.as_bytes())
+                && !hop(&name)
+                && headers.keys().any(|k| *k == name)
+            {
+                present.push(name);
+            }
+        }
+    }
+    for name in &present {
         headers.remove(name);
     }
-    // `upgrade` goes too; a WebSocket upgrade puts it back.
-    headers.remove(header::UPGRADE);
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -1647,6 +1655,16 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let left: std::collections::BTreeSet<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["content-length", "x-kept"].into());
     }
 
     #[test]
