@@ -13,18 +13,7 @@ use strait_tests::{Req, eventually};
 
 /// The SPIFFE certificate serials `/certs` shows now.
 fn serials(proxy: &StraitProxyProcess) -> anyhow::Result<BTreeSet<String>> {
-    let (status, body) =
-        strait_tests::client::get_blocking(&format!("{}/certs", proxy.admin_url()))?;
-    anyhow::ensure!(status == 200, "/certs said {status}");
-    let json: serde_json::Value = serde_json::from_str(&body).context("/certs is not JSON")?;
-    Ok(json["certificates"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|c| c["cert_chain"].as_array().cloned().unwrap_or_default())
-        .filter(|c| c["subject_alt_names"].to_string().contains("spiffe://"))
-        .filter_map(|c| c["serial_number"].as_str().map(str::to_string))
-        .collect())
+    Ok(proxy.certificate_serials()?.into_iter().collect())
 }
 
 fn xds_connected(proxy: &StraitProxyProcess) -> anyhow::Result<bool> {

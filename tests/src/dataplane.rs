@@ -166,6 +166,22 @@ pub trait Proxy: Send {
     fn log(&self) -> String;
     /// The proxy's process id (to pin it to a core, read its CPU time and memory).
     fn pid(&self) -> u32;
+
+    /// Serial numbers of the workload (SPIFFE) certificates the proxy holds, from its `/certs`
+    /// admin page (Envoy's, and strait-proxy's in the same shape).
+    fn certificate_serials(&self) -> anyhow::Result<Vec<String>> {
+        let (status, body) = crate::client::get_blocking(&format!("{}/certs", self.admin_url()))?;
+        anyhow::ensure!(status == 200, "/certs said {status}: {body}");
+        let json: serde_json::Value = serde_json::from_str(&body)?;
+        Ok(json["certificates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|c| c["cert_chain"].as_array().cloned().unwrap_or_default())
+            .filter(|c| c["subject_alt_names"].to_string().contains("spiffe://"))
+            .filter_map(|c| c["serial_number"].as_str().map(str::to_string))
+            .collect())
+    }
 }
 
 /// A kind of proxy that can be started against a straitd.

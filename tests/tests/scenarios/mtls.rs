@@ -354,23 +354,6 @@ spec:
     Ok(())
 }
 
-/// Serial numbers of the workload certificates a proxy holds, from its `/certs` admin page
-/// (Envoy's, and strait-proxy's in the same shape).
-fn serials(proxy: &dyn Proxy) -> anyhow::Result<Vec<String>> {
-    let (status, body) =
-        strait_tests::client::get_blocking(&format!("{}/certs", proxy.admin_url()))?;
-    anyhow::ensure!(status == 200, "{status}");
-    let json: serde_json::Value = serde_json::from_str(&body)?;
-    Ok(json["certificates"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|c| c["cert_chain"].as_array().cloned().unwrap_or_default())
-        .filter(|c| c["subject_alt_names"].to_string().contains("spiffe://"))
-        .filter_map(|c| c["serial_number"].as_str().map(str::to_string))
-        .collect())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_under_traffic_drops_nothing_and_restart_keeps_the_root() -> anyhow::Result<()> {
     let mut mesh = Mesh::start(
@@ -400,7 +383,7 @@ async fn rotation_under_traffic_drops_nothing_and_restart_keeps_the_root() -> an
             other => failed.push(format!("{other:?}")),
         }
         if sent % 50 == 0 {
-            seen.extend(serials(mesh.client.as_ref())?);
+            seen.extend(mesh.client.certificate_serials()?);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -421,9 +404,9 @@ async fn rotation_under_traffic_drops_nothing_and_restart_keeps_the_root() -> an
         std::fs::read_to_string(mesh.straitd.root_cert())? == root_before,
         "the root changed on restart"
     );
-    let before = serials(mesh.client.as_ref())?;
+    let before = mesh.client.certificate_serials()?;
     eventually(Duration::from_secs(20), || async {
-        let now = serials(mesh.client.as_ref())?;
+        let now = mesh.client.certificate_serials()?;
         anyhow::ensure!(
             now != before,
             "no certificate from the restarted straitd yet"
