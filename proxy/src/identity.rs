@@ -68,7 +68,7 @@ pub enum IdentityError {
     Refused(#[source] Box<tonic::Status>),
     #[error("the CA's answer is unusable: {0}")]
     Answer(String),
-    #[error("with the workload certificate: {certificate}; with the bootstrap token: {token}")]
+    #[error("with the workload certificate: {certificate}; then with the bootstrap token: {token}")]
     BothRefused {
         certificate: Box<IdentityError>,
         token: Box<IdentityError>,
@@ -252,13 +252,15 @@ impl Identity {
             Ok(w) => Ok(w),
             Err(certificate) => {
                 tracing::warn!(error = %certificate, "renewing with the workload certificate failed; trying the bootstrap token");
-                let token = self.token()?;
-                self.request_with(&token)
-                    .await
-                    .map_err(|token| IdentityError::BothRefused {
-                        certificate: Box::new(certificate),
-                        token: Box::new(token),
-                    })
+                // A token file removed after bootstrap is reported beside the first error.
+                let with_token = match self.token() {
+                    Ok(token) => self.request_with(&token).await,
+                    Err(unreadable) => Err(unreadable),
+                };
+                with_token.map_err(|token| IdentityError::BothRefused {
+                    certificate: Box::new(certificate),
+                    token: Box::new(token),
+                })
             }
         }
     }
