@@ -226,7 +226,7 @@ impl Endpoint {
         None
     }
 
-    fn put_back(self: &Arc<Self>, sender: http1::SendRequest<ProxyBody>, requests: u32) {
+    fn put_back(&self, sender: http1::SendRequest<ProxyBody>, requests: u32) {
         if sender.is_closed() {
             return;
         }
@@ -239,7 +239,6 @@ impl Endpoint {
                 since,
                 requests,
             });
-        self.reap_idle();
     }
 
     async fn connect_h1(self: &Arc<Self>) -> Result<http1::SendRequest<ProxyBody>, SendError> {
@@ -254,6 +253,7 @@ impl Endpoint {
                 tracing::debug!(%error, "upstream connection ended with an error");
             }
         });
+        self.reap_idle();
         Ok(sender)
     }
 
@@ -310,8 +310,8 @@ impl Endpoint {
         Ok(sender)
     }
 
-    /// Starts, once, the task that closes connections idle longer than the idle timeout. It
-    /// ends with the pool.
+    /// Starts, once (at the first connection, not per request), the task that closes
+    /// connections idle longer than the idle timeout. It ends with the pool.
     fn reap_idle(self: &Arc<Self>) {
         if self.reaping.swap(true, Ordering::Relaxed) {
             return;

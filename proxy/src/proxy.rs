@@ -1182,13 +1182,13 @@ async fn forward(
                 "upstream TLS is not available",
             );
         }
-        let Some(pool) = upstream.endpoint(pick.index()) else {
+        let Some(connections) = upstream.endpoint(pick.index()) else {
             tracing::warn!(host = %endpoint.host, port = endpoint.port, "cannot build upstream uri");
             return local(StatusCode::BAD_REQUEST, "");
         };
         let mut attempt_req = Request::new(body.take());
         *attempt_req.method_mut() = parts.method.clone();
-        *attempt_req.uri_mut() = pool.uri(path_and_query.clone());
+        *attempt_req.uri_mut() = connections.uri(path_and_query.clone());
         // The last attempt takes the headers; earlier ones copy them.
         *attempt_req.headers_mut() = if n + 1 < attempts {
             parts.headers.clone()
@@ -1200,7 +1200,7 @@ async fn forward(
         } else {
             http::Version::HTTP_11
         };
-        let call = pool.send(attempt_req);
+        let call = connections.send(attempt_req);
         let now = tokio::time::Instant::now();
         let per_try = retry.and_then(|r| r.per_try_timeout).map(|t| now + t);
         let limit = match (per_try, deadline) {
