@@ -6,7 +6,6 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::identity::Identity;
 use crate::proxy::Shared;
 use crate::xds::XdsSettings;
 
@@ -14,8 +13,6 @@ use crate::xds::XdsSettings;
 pub struct Settings {
     pub xds: XdsSettings,
     pub admin: SocketAddr,
-    /// The workload identity (the same as `xds.identity`); none: no mTLS.
-    pub identity: Option<Arc<Identity>>,
     /// Export request spans to this OTLP/gRPC collector (`http://host:4317`).
     pub otlp_endpoint: Option<String>,
 }
@@ -47,7 +44,8 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         .filter(|e| !e.is_empty())
         .map(|endpoint| crate::trace::Tracing::new(endpoint, &settings.xds.node.cluster))
         .transpose()?;
-    let identity = settings.identity;
+    // The workload identity comes with the TLS port (`xds.identity`); none: no mTLS.
+    let identity = settings.xds.identity.clone();
     let shared = Arc::new(Shared {
         tracing,
         ..Shared::new(identity.clone())

@@ -99,19 +99,6 @@ pub enum Proof {
 }
 
 impl Proof {
-    /// A channel to straitd's TLS port, presenting the certificate if that is the proof.
-    pub fn endpoint(
-        &self,
-        address: &str,
-        ca_root: &std::path::Path,
-    ) -> Result<Endpoint, IdentityError> {
-        let client = match self {
-            Proof::Certificate(identity) => Some(identity.clone()),
-            Proof::Token(_) => None,
-        };
-        tls_port(address, ca_root, client)
-    }
-
     /// Adds the token to a call, if that is the proof.
     pub fn authorize<T>(&self, request: &mut tonic::Request<T>) {
         if let Proof::Token(bearer) = self {
@@ -176,9 +163,14 @@ impl Identity {
         self.current.load_full()
     }
 
-    /// The roots straitd's serving certificate chains to.
-    pub fn ca_root(&self) -> &std::path::Path {
-        &self.settings.ca_root
+    /// A channel to straitd's TLS port at `address` (the CA's, or the xDS server's),
+    /// trusting the CA root and presenting the certificate if that is the proof.
+    pub fn endpoint(&self, address: &str, proof: &Proof) -> Result<Endpoint, IdentityError> {
+        let client = match proof {
+            Proof::Certificate(identity) => Some(identity.clone()),
+            Proof::Token(_) => None,
+        };
+        tls_port(address, &self.settings.ca_root, client)
     }
 
     /// The workload certificate while it is valid, else the bootstrap token.
@@ -275,8 +267,8 @@ impl Identity {
             spiffe_id: s.spiffe_id.clone(),
             source,
         })?;
-        let channel = proof
-            .endpoint(&s.ca_address, &s.ca_root)?
+        let channel = self
+            .endpoint(&s.ca_address, proof)?
             .connect()
             .await
             .map_err(|source| IdentityError::Connect {

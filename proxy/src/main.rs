@@ -169,11 +169,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .clone()
         .or_else(|| labels.get("app").cloned())
         .unwrap_or_else(|| args.node_id.clone());
-    let identity = secure(&args)?.map(|s| Arc::new(Identity::new(s)));
     let settings = Settings {
-        identity: identity.clone(),
         xds: XdsSettings {
-            identity,
+            identity: secure(&args)?.map(|s| Arc::new(Identity::new(s))),
             server: args.xds.clone(),
             protocol: args.xds_protocol,
             node: NodeInfo {

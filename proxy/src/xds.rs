@@ -50,7 +50,7 @@ pub struct NodeInfo {
 
 #[derive(Clone, Debug)]
 pub struct XdsSettings {
-    /// `http://HOST:PORT`, or `https://HOST:PORT` (straitd's TLS port) with `tls`.
+    /// `http://HOST:PORT`, or `https://HOST:PORT` (straitd's TLS port) with `identity`.
     pub server: String,
     pub protocol: Protocol,
     pub node: NodeInfo,
@@ -421,7 +421,7 @@ impl Session<'_> {
             Server::Plain(endpoint) => (endpoint.connect().await.map_err(XdsError::Connect)?, None),
             Server::Tls(identity) => {
                 let proof = identity.proof()?;
-                let endpoint = proof.endpoint(&self.settings.server, identity.ca_root())?;
+                let endpoint = identity.endpoint(&self.settings.server, &proof)?;
                 (
                     endpoint.connect().await.map_err(XdsError::Connect)?,
                     Some(proof),

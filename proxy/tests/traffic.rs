@@ -268,7 +268,6 @@ impl World {
                 identity: None,
             },
             admin: "127.0.0.1:0".parse().expect("addr"),
-            identity: None,
             otlp_endpoint: otlp,
         })
         .await
