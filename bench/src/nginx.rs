@@ -9,7 +9,7 @@
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use strait_tests::ports::free_port;
@@ -49,19 +49,11 @@ impl Nginx {
             .arg(&log)
             .args(["-g", "daemon off;"]);
         let mut child = ManagedChild::spawn("nginx", cmd, &log)?;
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if child.exited().is_some() {
-                return Err(child.failure("nginx did not start"));
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(child.failure(&format!("nginx did not listen on {addr}")));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        child.wait_for(&format!("listening on {addr}"), READY_TIMEOUT, || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                .map(drop)
+                .context("connecting")
+        })?;
         Ok(Nginx {
             child,
             addr,

@@ -76,6 +76,33 @@ impl ManagedChild {
         self.child.try_wait().ok().flatten()
     }
 
+    /// Polls `check` every `POLL_INTERVAL` until it passes; fails, with the log tail, if the
+    /// process exits first or `timeout` passes (saying what `check` last said).
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: std::time::Duration,
+        mut check: impl FnMut() -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let start = std::time::Instant::now();
+        loop {
+            if self.exited().is_some() {
+                let name = self.name.clone();
+                return Err(self.failure(&format!("{name} exited before {what}")));
+            }
+            match check() {
+                Ok(()) => return Ok(()),
+                Err(e) if start.elapsed() > timeout => {
+                    let name = self.name.clone();
+                    return Err(
+                        self.failure(&format!("{name} not {what} after {timeout:?}: {e:#}"))
+                    );
+                }
+                Err(_) => std::thread::sleep(crate::eventually::POLL_INTERVAL),
+            }
+        }
+    }
+
     /// An error for "it exited early" or "it never became ready", carrying the log tail.
     pub fn failure(&mut self, what: &str) -> anyhow::Error {
         let status = match self.exited() {

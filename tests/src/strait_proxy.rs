@@ -2,14 +2,13 @@
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use tempfile::TempDir;
 
 use crate::client::get_blocking;
 use crate::dataplane::{DataPlane, Proxy, ProxySpec};
-use crate::eventually::POLL_INTERVAL;
 use crate::ports::free_port;
 use crate::process::{ManagedChild, workdir};
 use crate::straitd::Straitd;
@@ -110,25 +109,12 @@ impl StraitProxyProcess {
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        let start = Instant::now();
-        loop {
-            if self.process.exited().is_some() {
-                return Err(self
-                    .process
-                    .failure("strait-proxy exited before it was ready"));
-            }
-            let last = match self.admin_get("/ready") {
-                Ok((200, _)) => return Ok(()),
-                Ok((status, body)) => format!("/ready said {status} {}", body.trim()),
-                Err(e) => format!("{e:#}"),
-            };
-            if start.elapsed() > timeout {
-                return Err(self
-                    .process
-                    .failure(&format!("strait-proxy not ready after {timeout:?}: {last}")));
-            }
-            std::thread::sleep(POLL_INTERVAL);
-        }
+        let url = format!("http://127.0.0.1:{}/ready", self.admin_port);
+        self.process
+            .wait_for("ready", timeout, || match get_blocking(&url)? {
+                (200, _) => Ok(()),
+                (status, body) => anyhow::bail!("/ready said {status} {}", body.trim()),
+            })
     }
 
     pub fn pid(&self) -> u32 {

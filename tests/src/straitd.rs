@@ -3,13 +3,12 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use tempfile::TempDir;
 
 use crate::client::{get_blocking, post_blocking};
-use crate::eventually::POLL_INTERVAL;
 use crate::ports::free_port;
 use crate::process::{ManagedChild, workdir};
 
@@ -80,26 +79,11 @@ impl Straitd {
 
     fn wait_ready(&mut self) -> anyhow::Result<()> {
         let url = format!("{}/readyz", self.admin_url());
-        let start = Instant::now();
-        let mut last = String::from("no answer yet");
-        loop {
-            if self.process.exited().is_some() {
-                return Err(self
-                    .process
-                    .failure(&format!("straitd never became ready ({last})")));
-            }
-            match get_blocking(&url) {
-                Ok((200, _)) => return Ok(()),
-                Ok((status, body)) => last = format!("/readyz said {status} {}", body.trim()),
-                Err(e) => last = format!("{e:#}"),
-            }
-            if start.elapsed() > READY_TIMEOUT {
-                return Err(self.process.failure(&format!(
-                    "straitd not ready after {READY_TIMEOUT:?} ({last})"
-                )));
-            }
-            std::thread::sleep(POLL_INTERVAL);
-        }
+        self.process
+            .wait_for("ready", READY_TIMEOUT, || match get_blocking(&url)? {
+                (200, _) => Ok(()),
+                (status, body) => anyhow::bail!("/readyz said {status} {}", body.trim()),
+            })
     }
 
     /// Kills straitd (SIGKILL, no goodbye to its proxies), as a crash would.
