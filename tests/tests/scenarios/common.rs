@@ -56,15 +56,32 @@ impl Mesh {
         send_many(n, self.proxy.outbound_addr(), req).await
     }
 
-    /// No proxy connected to this straitd has NACKed anything.
-    pub fn assert_no_nacks(&self) -> anyhow::Result<()> {
-        assert_no_nacks(&self.straitd)
+    /// No proxy connected to this straitd has NACKed anything, and every push is ACKed.
+    pub async fn assert_no_nacks(&self) -> anyhow::Result<()> {
+        assert_no_nacks(&self.straitd).await
     }
 }
 
-pub fn assert_no_nacks(straitd: &Straitd) -> anyhow::Result<()> {
+/// Fails at once if any proxy connected to `straitd` has NACKed a resource type. A push still
+/// on the wire (sent, not yet answered) is given a few seconds to be ACKed: certificate
+/// renewals and config updates push at any moment, and a check that lands between the push and
+/// the ACK has found nothing wrong.
+pub async fn assert_no_nacks(straitd: &Straitd) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match unacked_push(straitd)? {
+            None => return Ok(()),
+            Some(pending) if std::time::Instant::now() >= deadline => anyhow::bail!(pending),
+            Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// `Err` on any NACK; otherwise the first push not yet ACKed, if there is one.
+fn unacked_push(straitd: &Straitd) -> anyhow::Result<Option<String>> {
     let proxies = straitd.proxies()?;
     anyhow::ensure!(!proxies.is_empty(), "no proxy is connected");
+    let mut pending = None;
     for p in proxies {
         for (type_url, t) in p["types"].as_object().into_iter().flatten() {
             anyhow::ensure!(
@@ -73,14 +90,12 @@ pub fn assert_no_nacks(straitd: &Straitd) -> anyhow::Result<()> {
                 p["node_id"],
                 t["nack"]
             );
-            anyhow::ensure!(
-                t["acked_version"] == t["sent_version"],
-                "{} has not ACKed {type_url}: {t}",
-                p["node_id"]
-            );
+            if t["acked_version"] != t["sent_version"] && pending.is_none() {
+                pending = Some(format!("{} has not ACKed {type_url}: {t}", p["node_id"]));
+            }
         }
     }
-    Ok(())
+    Ok(pending)
 }
 
 pub fn reviews() -> Req {

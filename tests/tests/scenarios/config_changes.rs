@@ -140,7 +140,7 @@ async fn hot_reload(protocol: XdsProtocol) -> anyhow::Result<()> {
         "reviews-v3",
     )
     .await?;
-    mesh.assert_no_nacks()
+    mesh.assert_no_nacks().await
 }
 both_protocols!(hot_reload_under_traffic_loses_no_request, super::hot_reload);
 
@@ -207,7 +207,7 @@ async fn straitctl_apply_get_delete_and_rejected_apply() -> anyhow::Result<()> {
         Ok(())
     })
     .await?;
-    mesh.assert_no_nacks()
+    mesh.assert_no_nacks().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,7 +290,7 @@ async fn invalid_yaml_is_rejected_precisely_and_the_old_config_keeps_serving() -
         Ok(())
     })
     .await?;
-    mesh.assert_no_nacks()
+    mesh.assert_no_nacks().await
 }
 
 /// A port already taken on the host is something no validator can see: Envoy NACKs the
@@ -422,5 +422,5 @@ async fn a_burst_of_file_changes_gives_a_few_pushes() -> anyhow::Result<()> {
         (1.0..=5.0).contains(&pushes),
         "100 file changes gave {pushes} pushes"
     );
-    mesh.assert_no_nacks()
+    mesh.assert_no_nacks().await
 }

@@ -95,7 +95,7 @@ async fn bookinfo_gateway_routes_north_south_and_pushes_only_where_needed() -> a
         sidecar_before == sidecar_after,
         "the sidecar was pushed: {sidecar_before:?} -> {sidecar_after:?}"
     );
-    assert_no_nacks(&mesh.straitd)
+    assert_no_nacks(&mesh.straitd).await
 }
 
 /// A CA and a certificate for each name, written as PEM files into `dir`.
@@ -207,5 +207,5 @@ spec:
             && resp.header("location") == Some("https://bookinfo.example.com/productpage"),
         "{resp:?}"
     );
-    assert_no_nacks(&mesh.straitd)
+    assert_no_nacks(&mesh.straitd).await
 }

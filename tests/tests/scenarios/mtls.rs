@@ -175,7 +175,7 @@ async fn strict_mtls_carries_the_client_identity_and_refuses_plaintext() -> anyh
             "ISTIO_MUTUAL with the server's identity expected in the client's clusters"
         );
     }
-    assert_no_nacks(&mesh.straitd)
+    assert_no_nacks(&mesh.straitd).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,7 +242,7 @@ async fn permissive_accepts_both_and_disable_is_plaintext() -> anyhow::Result<()
         Ok(())
     })
     .await?;
-    assert_no_nacks(&mesh.straitd)
+    assert_no_nacks(&mesh.straitd).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,7 +296,7 @@ spec:
         Ok(())
     })
     .await?;
-    assert_no_nacks(&mesh.straitd)
+    assert_no_nacks(&mesh.straitd).await
 }
 
 /// One policy, two data planes: stock Envoy and strait-proxy talk mTLS to each other in both
@@ -349,7 +349,7 @@ spec:
             !matches!(&plain, Ok(r) if r.status == 200),
             "{label}: STRICT refuses plaintext: {plain:?}"
         );
-        assert_no_nacks(&mesh.straitd)?;
+        assert_no_nacks(&mesh.straitd).await?;
     }
     Ok(())
 }
@@ -416,5 +416,5 @@ async fn rotation_under_traffic_drops_nothing_and_restart_keeps_the_root() -> an
         Ok(())
     })
     .await?;
-    assert_no_nacks(&mesh.straitd)
+    assert_no_nacks(&mesh.straitd).await
 }

@@ -67,7 +67,7 @@ async fn retries_get_past_two_failures_only_when_configured() -> anyhow::Result<
         Ok(())
     })
     .await?;
-    assert_no_nacks(&mesh.straitd)
+    assert_no_nacks(&mesh.straitd).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,7 +139,7 @@ spec:
         "the 300ms timeout should answer long before the 3s backend: {:?}",
         resp.elapsed
     );
-    assert_no_nacks(&mesh.straitd)
+    assert_no_nacks(&mesh.straitd).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,5 +210,5 @@ spec:
         a + b == 200 && a > 50 && b > 50,
         "the healthy endpoints share the traffic: a={a} b={b}"
     );
-    assert_no_nacks(&mesh.straitd)
+    assert_no_nacks(&mesh.straitd).await
 }

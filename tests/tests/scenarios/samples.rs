@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
+use strait_tests::XdsProtocol;
 use strait_tests::client::Req;
-use strait_tests::{XdsProtocol, eventually};
 
 use crate::both_protocols;
-use crate::common::{CONVERGE, Mesh, istio_sample, reviews};
+use crate::common::{Mesh, istio_sample, reviews};
 
 fn with_rules(vs: &str) -> Vec<(&'static str, String)> {
     vec![
@@ -79,7 +79,7 @@ async fn all_v1(protocol: XdsProtocol) -> anyhow::Result<()> {
             "{endpoints:?}"
         );
     }
-    mesh.assert_no_nacks()
+    mesh.assert_no_nacks().await
 }
 both_protocols!(all_v1_sends_every_service_to_v1, super::all_v1);
 
@@ -125,7 +125,7 @@ async fn split_90_10(protocol: XdsProtocol) -> anyhow::Result<()> {
             "{weights:?}"
         );
     }
-    mesh.assert_no_nacks()
+    mesh.assert_no_nacks().await
 }
 both_protocols!(reviews_90_10_split, super::split_90_10);
 
@@ -144,7 +144,7 @@ async fn jason(protocol: XdsProtocol) -> anyhow::Result<()> {
         tally.get("reviews-v3") == Some(&100),
         "no header: {tally:?}"
     );
-    mesh.assert_no_nacks()
+    mesh.assert_no_nacks().await
 }
 both_protocols!(jason_goes_to_v2_others_to_v3, super::jason);
 
@@ -168,7 +168,7 @@ async fn ratings_fault_abort_for_jason() -> anyhow::Result<()> {
     );
     let tally = mesh.tally(50, &ratings).await;
     anyhow::ensure!(tally.get("ratings-v1") == Some(&50), "others: {tally:?}");
-    mesh.assert_no_nacks()
+    mesh.assert_no_nacks().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,7 +192,7 @@ async fn ratings_fault_delay_for_jason() -> anyhow::Result<()> {
         "the sample delays jason by 7s: took {:?}",
         slow.elapsed
     );
-    eventually(CONVERGE, || async { mesh.assert_no_nacks() }).await
+    mesh.assert_no_nacks().await
 }
 
 /// Readers for Envoy's `/config_dump` (with `include_eds`).
