@@ -71,8 +71,13 @@ for tool in taskset chrt getconf; do
 done
 [[ $(nproc) -ge 2 ]] || { echo "bench: needs 2 cores (proxy on one, load on the other)" >&2; exit 1; }
 
-step "cargo build --release -p strait-control-plane -p strait-proxy -p strait-bench"
-cargo build --release -p strait-control-plane -p strait-proxy -p strait-bench
+step "cargo build --release -p strait-control-plane -p strait-bench"
+cargo build --release -p strait-control-plane -p strait-bench
+# strait-proxy as it ships: a static-pie binary (glibc linked in, no shared libraries mapped).
+# The flag goes to the binary's own compile only: in RUSTFLAGS it would also reach proc-macro
+# crates, which cannot be built with a static C runtime.
+step "cargo rustc --release -p strait-proxy --bin strait-proxy -- -C target-feature=+crt-static"
+cargo rustc --release -p strait-proxy --bin strait-proxy -- -C target-feature=+crt-static
 
 # strait-bench finds straitd, straitctl and strait-proxy beside itself (target/release), and
 # pins itself and everything it starts to core 0 before moving the proxies to core 1.

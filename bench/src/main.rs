@@ -206,9 +206,10 @@ impl Bench {
                 a.proxy_core, a.driver_core
             ),
             format!(
-                "straitd {}, strait-proxy {}, envoy {}",
+                "straitd {}, strait-proxy {} ({}), envoy {}",
                 strait_tests::bins::straitd().display(),
                 strait_tests::bins::cargo_bin("strait-proxy").display(),
+                linkage(&strait_tests::bins::cargo_bin("strait-proxy")),
                 strait_tests::bins::try_envoy_path()
                     .map_or_else(|| "missing".into(), |p| p.display().to_string()),
             ),
@@ -459,6 +460,30 @@ impl Bench {
     }
 }
 
+/// How an ELF executable is linked: "dynamically linked" when it names an interpreter (the
+/// dynamic loader, which maps shared libraries into it, and they count in its resident
+/// memory), else "statically linked".
+fn linkage(path: &std::path::Path) -> String {
+    use object::read::elf::{ElfFile64, ProgramHeader};
+    let data = match std::fs::read(path) {
+        Ok(d) => d,
+        Err(e) => return format!("unreadable: {e}"),
+    };
+    let elf = match ElfFile64::<object::Endianness>::parse(&*data) {
+        Ok(elf) => elf,
+        Err(e) => return format!("not a 64-bit ELF: {e}"),
+    };
+    let interp = elf
+        .elf_program_headers()
+        .iter()
+        .any(|ph| ph.p_type(elf.endian()) == object::elf::PT_INTERP);
+    if interp {
+        "dynamically linked".into()
+    } else {
+        "statically linked".into()
+    }
+}
+
 fn sum(pids: &[u32], read: impl Fn(u32) -> anyhow::Result<u64>) -> anyhow::Result<u64> {
     pids.iter().map(|p| read(*p)).sum()
 }
@@ -492,4 +517,18 @@ spec:
   mtls: {{mode: STRICT}}
 "
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn linkage_reads_the_program_headers() {
+        // Test binaries link glibc dynamically (the release strait-proxy is built static-pie).
+        let me = std::env::current_exe().expect("the test binary");
+        assert_eq!(super::linkage(&me), "dynamically linked");
+        let not_elf = std::env::temp_dir().join(format!("strait-bench-{}", std::process::id()));
+        std::fs::write(&not_elf, "#!/bin/sh\n").expect("write");
+        assert!(super::linkage(&not_elf).starts_with("not a 64-bit ELF"));
+        std::fs::remove_file(&not_elf).ok();
+    }
 }
