@@ -386,6 +386,7 @@ impl Bench {
         let peak = AtomicU64::new(0);
         let stop = AtomicBool::new(false);
         let cpu_before = sum(&s.pids, procfs::cpu_micros)?;
+        let system_before = sum(&s.pids, procfs::system_cpu_micros)?;
         let core_before = procfs::core_busy_micros(a.proxy_core)?;
         let started = Instant::now();
         let pids = s.pids.as_slice();
@@ -411,9 +412,12 @@ impl Bench {
         })?;
         let wall_us = started.elapsed().as_micros() as f64;
         let cpu_us = sum(&s.pids, procfs::cpu_micros)?.saturating_sub(cpu_before) as f64;
+        let system_us =
+            sum(&s.pids, procfs::system_cpu_micros)?.saturating_sub(system_before) as f64;
         let core_us = procfs::core_busy_micros(a.proxy_core)?.saturating_sub(core_before) as f64;
         if !s.pids.is_empty() {
             sample.cpu_us_per_request = Some(cpu_us / closed.requests.max(1) as f64);
+            sample.system_us_per_request = Some(system_us / closed.requests.max(1) as f64);
             sample.proxy_core_busy = Some(cpu_us / wall_us);
             // Whatever else ran on the proxies' core: other users of this shared machine.
             sample.others_on_core = Some((core_us - cpu_us).max(0.0) / wall_us);

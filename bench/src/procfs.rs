@@ -25,6 +25,21 @@ pub fn clock_ticks() -> anyhow::Result<u64> {
 
 /// User plus system CPU time of a process (all its threads, live and exited), in microseconds.
 pub fn cpu_micros(pid: u32) -> anyhow::Result<u64> {
+    cpu_times(pid).map(|t| t.user + t.system)
+}
+
+/// The system (kernel) part of `cpu_micros`.
+pub fn system_cpu_micros(pid: u32) -> anyhow::Result<u64> {
+    cpu_times(pid).map(|t| t.system)
+}
+
+/// A process's CPU time, in microseconds.
+struct CpuTimes {
+    user: u64,
+    system: u64,
+}
+
+fn cpu_times(pid: u32) -> anyhow::Result<CpuTimes> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // The command name (field 2) may hold spaces and parentheses; fields after it are plain.
@@ -40,8 +55,11 @@ pub fn cpu_micros(pid: u32) -> anyhow::Result<u64> {
             .and_then(|f| f.parse().ok())
             .with_context(|| format!("{path}: field {n} missing or not a number"))
     };
-    let ticks = field(14)? + field(15)?;
-    Ok(ticks * 1_000_000 / clock_ticks()?)
+    let micros = |ticks: u64| -> anyhow::Result<u64> { Ok(ticks * 1_000_000 / clock_ticks()?) };
+    Ok(CpuTimes {
+        user: micros(field(14)?)?,
+        system: micros(field(15)?)?,
+    })
 }
 
 /// A `kB` line of `/proc/PID/status`, such as `VmRSS` or `Threads` (a count, no unit).

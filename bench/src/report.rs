@@ -36,6 +36,8 @@ pub struct Sample {
     pub closed: Option<ClosedLoop>,
     /// Proxy CPU time (user + system, all its processes) over the closed loop / requests.
     pub cpu_us_per_request: Option<f64>,
+    /// Its system part: time in the kernel on the proxy's behalf (loopback TCP, mostly).
+    pub system_us_per_request: Option<f64>,
     /// Proxy CPU time / wall time over the closed loop: near 1.0 means the proxy's core was
     /// the bottleneck; well below means the load side was.
     pub proxy_core_busy: Option<f64>,
@@ -60,6 +62,7 @@ impl Sample {
             load_rss_kib: None,
             closed: None,
             cpu_us_per_request: None,
+            system_us_per_request: None,
             proxy_core_busy: None,
             others_on_core: None,
             open: None,
@@ -362,7 +365,7 @@ fn added(s: &Sample, direct: Option<&Sample>, p: fn(&OpenLoop) -> f64) -> Option
     Some(p(s.open.as_ref()?) - p(direct?.open.as_ref()?))
 }
 
-const METRICS: [Metric; 16] = [
+const METRICS: [Metric; 18] = [
     Metric {
         name: "max req/s (closed loop)",
         digits: 0,
@@ -391,6 +394,20 @@ const METRICS: [Metric; 16] = [
         ratio: true,
         // Issue 4: "at most a quarter of Envoy's (at or below nginx's)".
         target: Target::RatiosAtMost(&[(BASELINE, 0.25), (REFERENCE, 1.0)]),
+    },
+    Metric {
+        name: "of which in the kernel (system time), µs",
+        digits: 1,
+        value: |s, _| s.system_us_per_request,
+        ratio: true,
+        target: Target::None,
+    },
+    Metric {
+        name: "of which in user space, µs",
+        digits: 1,
+        value: |s, _| Some(s.cpu_us_per_request? - s.system_us_per_request?),
+        ratio: true,
+        target: Target::None,
     },
     Metric {
         name: "p50 µs at fixed rate",
