@@ -4,6 +4,7 @@
 
 mod common;
 mod config_changes;
+mod discovery;
 mod gateway;
 mod mtls;
 mod resilience;
