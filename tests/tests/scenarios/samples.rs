@@ -89,9 +89,11 @@ async fn split_90_10(protocol: XdsProtocol) -> anyhow::Result<()> {
     let v1 = tally.get("reviews-v1").copied().unwrap_or(0);
     let v2 = tally.get("reviews-v2").copied().unwrap_or(0);
     anyhow::ensure!(v1 + v2 == 1000, "only v1 and v2 may answer: {tally:?}");
-    // Binomial(1000, 0.1): sd ≈ 9.5, so 70..=130 is beyond ±3 sd.
+    // Binomial(1000, 0.1): sd ≈ 9.5. 55..=145 is ±4.7 sd: a false alarm once in ~400,000
+    // runs (±3 sd was once in ~600, and this runs four times per CI run), while a wrong
+    // split (20%, 50/50, all to one side) is still far outside.
     anyhow::ensure!(
-        (70..=130).contains(&v2),
+        (55..=145).contains(&v2),
         "v2 should get about 10%: {tally:?}"
     );
     if strait_tests::data_plane().name() == "envoy" {
