@@ -192,6 +192,7 @@ fn main() -> anyhow::Result<()> {
 impl Bench {
     fn settings(&self) -> Vec<String> {
         let a = &self.args;
+        let proxy = strait_tests::bins::cargo_bin("strait-proxy");
         let mut settings = vec![
             format!(
                 "closed loop: wrk -t1 -c{} -d{}s after {}s warm-up",
@@ -208,8 +209,8 @@ impl Bench {
             format!(
                 "straitd {}, strait-proxy {} ({}), envoy {}",
                 strait_tests::bins::straitd().display(),
-                strait_tests::bins::cargo_bin("strait-proxy").display(),
-                linkage(&strait_tests::bins::cargo_bin("strait-proxy")),
+                proxy.display(),
+                linkage(&proxy),
                 strait_tests::bins::try_envoy_path()
                     .map_or_else(|| "missing".into(), |p| p.display().to_string()),
             ),
@@ -385,8 +386,7 @@ impl Bench {
 
         let peak = AtomicU64::new(0);
         let stop = AtomicBool::new(false);
-        let cpu_before = sum(&s.pids, procfs::cpu_micros)?;
-        let system_before = sum(&s.pids, procfs::system_cpu_micros)?;
+        let cpu_before = procfs::cpu_times_of(&s.pids)?;
         let core_before = procfs::core_busy_micros(a.proxy_core)?;
         let started = Instant::now();
         let pids = s.pids.as_slice();
@@ -411,9 +411,8 @@ impl Bench {
             closed
         })?;
         let wall_us = started.elapsed().as_micros() as f64;
-        let cpu_us = sum(&s.pids, procfs::cpu_micros)?.saturating_sub(cpu_before) as f64;
-        let system_us =
-            sum(&s.pids, procfs::system_cpu_micros)?.saturating_sub(system_before) as f64;
+        let cpu = procfs::cpu_times_of(&s.pids)?.since(cpu_before);
+        let (cpu_us, system_us) = (cpu.total() as f64, cpu.system as f64);
         let core_us = procfs::core_busy_micros(a.proxy_core)?.saturating_sub(core_before) as f64;
         if !s.pids.is_empty() {
             sample.cpu_us_per_request = Some(cpu_us / closed.requests.max(1) as f64);

@@ -23,20 +23,37 @@ pub fn clock_ticks() -> anyhow::Result<u64> {
     Ok(*TICKS.get_or_init(|| ticks))
 }
 
-/// User plus system CPU time of a process (all its threads, live and exited), in microseconds.
-pub fn cpu_micros(pid: u32) -> anyhow::Result<u64> {
-    cpu_times(pid).map(|t| t.user + t.system)
+/// CPU time, in microseconds: user and system (kernel) time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuTimes {
+    pub user: u64,
+    pub system: u64,
 }
 
-/// The system (kernel) part of `cpu_micros`.
-pub fn system_cpu_micros(pid: u32) -> anyhow::Result<u64> {
-    cpu_times(pid).map(|t| t.system)
+impl CpuTimes {
+    pub fn total(self) -> u64 {
+        self.user + self.system
+    }
+
+    /// The time spent between `earlier` and `self`.
+    pub fn since(self, earlier: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+        }
+    }
 }
 
-/// A process's CPU time, in microseconds.
-struct CpuTimes {
-    user: u64,
-    system: u64,
+/// The CPU time of these processes (all their threads, live and exited), summed; each
+/// process's user and system time come from one read of its `/proc/PID/stat`.
+pub fn cpu_times_of(pids: &[u32]) -> anyhow::Result<CpuTimes> {
+    pids.iter().try_fold(CpuTimes::default(), |sum, pid| {
+        let t = cpu_times(*pid)?;
+        Ok(CpuTimes {
+            user: sum.user + t.user,
+            system: sum.system + t.system,
+        })
+    })
 }
 
 fn cpu_times(pid: u32) -> anyhow::Result<CpuTimes> {
