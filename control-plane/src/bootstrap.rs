@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use serde_json::{Map, Value, json};
 use strait_model::ProxyMode;
-use strait_model::node::NodeMetadata;
+use strait_model::node::{Interception, NodeMetadata};
 
 /// The static cluster Envoy uses to reach straitd. Translation never emits a cluster of this
 /// name, so dynamic config cannot shadow the control-plane connection.
@@ -73,6 +73,10 @@ pub struct BootstrapParams {
     pub gateway_ports: BTreeMap<u16, u16>,
     /// The workload side of a sidecar: (inbound port, app port).
     pub inbound: Option<(u16, u16)>,
+    /// Whether iptables captures the workload's traffic (and the inbound capture port).
+    pub interception: Interception,
+    /// The workload's own addresses.
+    pub instance_ips: Vec<IpAddr>,
     /// Connect over TLS (straitd's secure port): required for mTLS, whose keys come over SDS.
     pub tls: Option<XdsTls>,
 }
@@ -101,6 +105,8 @@ pub fn node_metadata(p: &BootstrapParams) -> Map<String, Value> {
         inbound: p.inbound,
         // Envoy takes its key from SDS.
         own_certificate: false,
+        interception: p.interception,
+        instance_ips: p.instance_ips.clone(),
     }
     .to_json()
 }
@@ -222,6 +228,8 @@ mod tests {
             listen_address: Some(IpAddr::from([127, 0, 0, 2])),
             gateway_ports: BTreeMap::new(),
             inbound: None,
+            interception: Interception::None,
+            instance_ips: Vec::new(),
             tls: None,
         }
     }
@@ -272,6 +280,26 @@ mod tests {
         assert_eq!(n.gateway_bind_port(80), 18080);
         assert_eq!(n.gateway_bind_port(443), 18443);
         // Unset listen address: the server's per-mode default applies.
+        assert_eq!(n.listen_address, IpAddr::from([0, 0, 0, 0]));
+    }
+
+    #[test]
+    fn captured_sidecar_metadata_round_trips_through_the_server_parser() {
+        let p = BootstrapParams {
+            listen_address: None,
+            interception: Interception::Redirect {
+                inbound_port: 15006,
+            },
+            instance_ips: vec![IpAddr::from([10, 77, 1, 2])],
+            ..sidecar()
+        };
+        let b = envoy_bootstrap(&p);
+        assert_eq!(b["node"]["metadata"]["INTERCEPTION_MODE"], "REDIRECT");
+        assert_eq!(b["node"]["metadata"]["INSTANCE_IPS"], "10.77.1.2");
+        let n = parse_back(&b);
+        assert_eq!(n.interception, p.interception);
+        assert_eq!(n.instance_ips, p.instance_ips);
+        // Captured listeners take every address the pod's traffic was sent to.
         assert_eq!(n.listen_address, IpAddr::from([0, 0, 0, 0]));
     }
 

@@ -106,6 +106,9 @@ fn metadata(args: &Args) -> anyhow::Result<Map<String, Value>> {
         inbound: args.inbound_port.zip(args.app_port),
         // With the TLS port, the key is made here and certified through the CA API.
         own_certificate: args.xds.starts_with("https://"),
+        // Captured traffic (original-destination listeners) is not served yet: explicit only.
+        interception: Default::default(),
+        instance_ips: Vec::new(),
     }
     .to_json())
 }

@@ -91,6 +91,39 @@ fn sidecar_bootstrap_is_valid_envoy_config_that_straitd_understands() {
 }
 
 #[test]
+fn captured_sidecar_bootstrap_is_valid_and_says_redirect_with_the_pod_addresses() {
+    let out = straitctl(&[
+        "bootstrap",
+        "--node-id",
+        "reviews-v1-abc",
+        "--xds",
+        "10.77.0.1:15012",
+        "--interception",
+        "redirect",
+        "--instance-ips",
+        "10.77.1.2,fd77:0:0:1::2",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let b: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let n = node_of(&b);
+    assert_eq!(
+        n.interception,
+        strait_model::node::Interception::Redirect {
+            inbound_port: 15006
+        }
+    );
+    assert_eq!(
+        n.instance_ips,
+        [
+            "10.77.1.2".parse::<std::net::IpAddr>().unwrap(),
+            "fd77:0:0:1::2".parse().unwrap()
+        ]
+    );
+    assert_eq!(n.outbound_port, 15001);
+}
+
+#[test]
 fn gateway_bootstrap_over_sotw_and_dns_is_valid_and_goes_to_stdout() {
     let out = straitctl(&[
         "bootstrap",
@@ -185,6 +218,29 @@ fn bad_flags_fail_with_exit_code_2_and_say_why() {
         (
             &["--xds", "127.0.0.1:15010", "--admin-port", "15001"],
             "must differ",
+        ),
+        (
+            &["--xds", "127.0.0.1:15010", "--interception", "tproxy"],
+            "\"redirect\" or \"none\"",
+        ),
+        (
+            &["--xds", "127.0.0.1:15010", "--inbound-port", "15006"],
+            "--inbound-port needs --app-port",
+        ),
+        (
+            &[
+                "--xds",
+                "127.0.0.1:15010",
+                "--interception",
+                "redirect",
+                "--app-port",
+                "8080",
+            ],
+            "come from the registry",
+        ),
+        (
+            &["--xds", "127.0.0.1:15010", "--instance-ips", "10.0.0.1,pod"],
+            "invalid IP address",
         ),
         (&[], "--xds"),
     ];

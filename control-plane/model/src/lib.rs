@@ -5,6 +5,7 @@ pub mod error;
 pub mod host;
 pub mod istio;
 pub mod loader;
+pub mod mesh;
 pub mod model;
 pub mod node;
 pub mod re2;

@@ -252,7 +252,7 @@ fn deserialize_spec(kind: Kind, value: serde_json::Value) -> Result<Spec, (Strin
 }
 
 /// `spec` + `http[0].weigth` -> `spec.http[0].weigth`; serde_path_to_error says "." for the root.
-fn join(prefix: &str, path: &str) -> String {
+pub(crate) fn join(prefix: &str, path: &str) -> String {
     if path.is_empty() || path == "." {
         prefix.to_string()
     } else if path.starts_with('[') {
@@ -263,7 +263,7 @@ fn join(prefix: &str, path: &str) -> String {
 }
 
 /// serde's messages mention Rust-side details ("at line 0"); keep the part users need.
-fn clean(e: &serde_json::Error) -> String {
+pub(crate) fn clean(e: &serde_json::Error) -> String {
     let text = e.to_string();
     match text.find(" at line ") {
         Some(i) => text[..i].to_string(),

@@ -3,6 +3,7 @@
 
 mod destination_rule;
 mod gateway;
+pub mod outbound;
 mod registry;
 mod security;
 mod virtual_service;
@@ -48,8 +49,23 @@ pub enum Protocol {
     Tls,
     Tcp,
     Mongo,
-    /// Neither declared nor inferable from the port name; carried as HTTP/1.1 by the HTTP proxy.
+    Mysql,
+    Redis,
+    /// Neither declared nor inferable from the port name. The explicit sidecar carries it as
+    /// HTTP/1.1; captured traffic treats it as opaque TCP (Strait does not sniff protocols).
     Unknown,
+}
+
+/// How a sidecar tells captured outbound traffic for a port apart (Istio's listener model).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CapturedProtocol {
+    /// Routed by the Host header.
+    Http,
+    /// TLS originated by the app: passed through, told apart by SNI when the service has no
+    /// address.
+    Tls,
+    /// Opaque bytes: told apart by destination address only.
+    Tcp,
 }
 
 impl Protocol {
@@ -68,6 +84,22 @@ impl Protocol {
     /// Whether the upstream speaks HTTP/2.
     pub fn is_http2(self) -> bool {
         matches!(self, Protocol::Http2 | Protocol::Grpc)
+    }
+
+    /// How captured traffic for this protocol is handled. Unlike the explicit sidecar, an
+    /// unknown protocol is TCP here: captured bytes may be anything.
+    pub fn captured(self) -> CapturedProtocol {
+        match self {
+            Protocol::Http | Protocol::Http2 | Protocol::Grpc | Protocol::GrpcWeb => {
+                CapturedProtocol::Http
+            }
+            Protocol::Https | Protocol::Tls => CapturedProtocol::Tls,
+            Protocol::Tcp
+            | Protocol::Mongo
+            | Protocol::Mysql
+            | Protocol::Redis
+            | Protocol::Unknown => CapturedProtocol::Tcp,
+        }
     }
 }
 
@@ -126,6 +158,9 @@ impl Endpoint {
 pub struct Service {
     pub hostname: String,
     pub namespace: String,
+    /// Virtual IPs (ServiceEntry `addresses`; a Kubernetes ClusterIP): captured traffic to one of
+    /// them on a service port is this service's. A range (CIDR) claims every address in it.
+    pub addresses: Vec<ipnet::IpNet>,
     pub ports: Vec<ServicePort>,
     pub resolution: Resolution,
     pub mesh_external: bool,
@@ -229,6 +264,8 @@ pub struct ConnectionPool {
     pub max_requests_per_connection: Option<u32>,
     pub max_retries: Option<u32>,
     pub idle_timeout: Option<Duration>,
+    /// How long a proxied TCP connection may stay idle (`tcp.idleTimeout`); zero: forever.
+    pub tcp_idle_timeout: Option<Duration>,
     pub h2_upgrade: bool,
     pub max_concurrent_streams: Option<u32>,
 }
@@ -547,6 +584,7 @@ impl Model {
             &mut warnings,
         );
 
+        warnings.extend(outbound::plan(&services).1);
         if errors.is_empty() {
             Ok(Model {
                 services,
@@ -560,6 +598,11 @@ impl Model {
         } else {
             Err(ValidationErrors(errors))
         }
+    }
+
+    /// How a captured sidecar tells outbound connections apart, per destination port.
+    pub fn outbound_plan(&self) -> BTreeMap<u16, outbound::PortPlan<'_>> {
+        outbound::plan(&self.services).0
     }
 
     /// The DestinationRule for a host: exact first, then the most specific wildcard.

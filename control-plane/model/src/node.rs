@@ -21,9 +21,29 @@ pub mod keys {
     /// `"true"`: the proxy makes its own key and has it certified through the CA API (as
     /// strait-proxy does), so straitd sends it no private key over SDS.
     pub const OWN_CERTIFICATE: &str = "STRAIT_OWN_CERTIFICATE";
+    /// Istio's: `REDIRECT` when iptables sends the pod's traffic to the sidecar, `NONE` when the
+    /// app talks to the sidecar explicitly (the default here).
+    pub const INTERCEPTION_MODE: &str = "INTERCEPTION_MODE";
+    /// Istio's: the workload's own addresses, comma-separated. A captured sidecar serves the
+    /// service ports whose endpoints are these addresses.
+    pub const INSTANCE_IPS: &str = "INSTANCE_IPS";
 }
 
 pub const DEFAULT_OUTBOUND_PORT: u16 = 15001;
+/// Where captured inbound connections arrive (Istio's 15006).
+pub const DEFAULT_INBOUND_CAPTURE_PORT: u16 = 15006;
+
+/// How the workload's traffic reaches its sidecar.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Interception {
+    /// The app sends to the sidecar's outbound port and names the service in Host.
+    #[default]
+    None,
+    /// iptables redirects the pod's TCP to the outbound port and, for inbound connections, to
+    /// `inbound_port`; the sidecar routes by each connection's original destination.
+    Redirect { inbound_port: u16 },
+}
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -71,6 +91,9 @@ pub struct ProxyNode {
     pub inbound: Option<(u16, u16)>,
     /// The proxy certifies its own key; straitd sends it only the trust bundle.
     pub own_certificate: bool,
+    pub interception: Interception,
+    /// The workload's addresses (`INSTANCE_IPS`).
+    pub instance_ips: Vec<IpAddr>,
 }
 
 /// What a proxy tells straitd about itself: the writer's side of [`ProxyNode::from_metadata`],
@@ -88,6 +111,8 @@ pub struct NodeMetadata {
     /// (inbound port, app port).
     pub inbound: Option<(u16, u16)>,
     pub own_certificate: bool,
+    pub interception: Interception,
+    pub instance_ips: Vec<IpAddr>,
 }
 
 impl NodeMetadata {
@@ -136,7 +161,67 @@ impl NodeMetadata {
         if self.own_certificate {
             m.insert(keys::OWN_CERTIFICATE.into(), Value::String("true".into()));
         }
+        if let Interception::Redirect { inbound_port } = self.interception {
+            m.insert(
+                keys::INTERCEPTION_MODE.into(),
+                Value::String("REDIRECT".into()),
+            );
+            m.insert(
+                keys::INBOUND_PORT.into(),
+                Value::String(inbound_port.to_string()),
+            );
+        }
+        if !self.instance_ips.is_empty() {
+            let ips: Vec<String> = self.instance_ips.iter().map(ToString::to_string).collect();
+            m.insert(keys::INSTANCE_IPS.into(), Value::String(ips.join(",")));
+        }
         m
+    }
+}
+
+/// `--interception` as `straitctl bootstrap` and strait-proxy take it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InterceptionMode {
+    #[default]
+    None,
+    Redirect,
+}
+
+impl std::str::FromStr for InterceptionMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "none" => Ok(Self::None),
+            "redirect" => Ok(Self::Redirect),
+            other => Err(format!("expected \"redirect\" or \"none\", got {other:?}")),
+        }
+    }
+}
+
+/// A sidecar's inbound side from its flags (`--interception`, `--inbound-port`, `--app-port`):
+/// explicit (both ports) or none without capture; with capture, the inbound capture port
+/// (default 15006), the app's ports coming from the registry.
+pub fn inbound_from_flags(
+    mode: InterceptionMode,
+    inbound_port: Option<u16>,
+    app_port: Option<u16>,
+) -> Result<(Interception, Option<(u16, u16)>), String> {
+    match (mode, inbound_port, app_port) {
+        (InterceptionMode::None, Some(i), Some(a)) => Ok((Interception::None, Some((i, a)))),
+        (InterceptionMode::None, None, None) => Ok((Interception::None, None)),
+        (InterceptionMode::None, Some(_), None) => {
+            Err("--inbound-port needs --app-port (or --interception redirect)".into())
+        }
+        (InterceptionMode::None, None, Some(_)) => Err("--app-port needs --inbound-port".into()),
+        (InterceptionMode::Redirect, _, Some(_)) => Err(
+            "--app-port is for the explicit sidecar: with --interception redirect the workload's ports come from the registry (its --instance-ips)".into(),
+        ),
+        (InterceptionMode::Redirect, port, None) => Ok((
+            Interception::Redirect {
+                inbound_port: port.unwrap_or(DEFAULT_INBOUND_CAPTURE_PORT),
+            },
+            None,
+        )),
     }
 }
 
@@ -241,10 +326,32 @@ impl ProxyNode {
             None => DEFAULT_OUTBOUND_PORT,
             Some(p) => port(keys::OUTBOUND_PORT, &p)?,
         };
+        let redirect = match string(keys::INTERCEPTION_MODE)?.as_deref() {
+            None | Some("NONE") => false,
+            Some("REDIRECT") => true,
+            Some("TPROXY") => {
+                return Err(err(
+                    keys::INTERCEPTION_MODE,
+                    "TPROXY is not supported by Strait yet; use REDIRECT".into(),
+                ));
+            }
+            Some(other) => {
+                return Err(err(
+                    keys::INTERCEPTION_MODE,
+                    format!("expected \"REDIRECT\" or \"NONE\", got {other:?}"),
+                ));
+            }
+        };
+        if redirect && mode == ProxyMode::Gateway {
+            return Err(err(
+                keys::INTERCEPTION_MODE,
+                "gateways are not captured; REDIRECT is for sidecars".into(),
+            ));
+        }
         let listen_address = match string(keys::LISTEN_ADDRESS)? {
             None => match mode {
-                ProxyMode::Sidecar => IpAddr::from([127, 0, 0, 1]),
-                ProxyMode::Gateway => IpAddr::from([0, 0, 0, 0]),
+                ProxyMode::Sidecar if !redirect => IpAddr::from([127, 0, 0, 1]),
+                _ => IpAddr::from([0, 0, 0, 0]),
             },
             Some(a) => a.parse().map_err(|_| {
                 err(
@@ -268,7 +375,45 @@ impl ProxyNode {
                 );
             }
         }
+        let mut instance_ips = Vec::new();
+        for ip in string(keys::INSTANCE_IPS)?
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|ip| !ip.is_empty())
+        {
+            instance_ips.push(ip.parse().map_err(|_| {
+                err(
+                    keys::INSTANCE_IPS,
+                    format!("expected comma-separated IP addresses, got {ip:?}"),
+                )
+            })?);
+        }
+        let interception = if redirect {
+            if string(keys::APP_PORT)?.is_some() {
+                return Err(err(
+                    keys::APP_PORT,
+                    "not used with INTERCEPTION_MODE REDIRECT: the workload's ports come from the services whose endpoints are its INSTANCE_IPS".into(),
+                ));
+            }
+            let inbound_port = match string(keys::INBOUND_PORT)? {
+                None => DEFAULT_INBOUND_CAPTURE_PORT,
+                Some(p) => port(keys::INBOUND_PORT, &p)?,
+            };
+            if inbound_port == outbound_port {
+                return Err(err(
+                    keys::INBOUND_PORT,
+                    format!(
+                        "the inbound capture port must differ from the outbound one ({outbound_port})"
+                    ),
+                ));
+            }
+            Interception::Redirect { inbound_port }
+        } else {
+            Interception::None
+        };
         let inbound = match (string(keys::INBOUND_PORT)?, string(keys::APP_PORT)?) {
+            _ if redirect => None,
             (None, None) => None,
             (Some(i), Some(a)) => Some((port(keys::INBOUND_PORT, &i)?, port(keys::APP_PORT, &a)?)),
             (Some(_), None) => {
@@ -303,6 +448,8 @@ impl ProxyNode {
         Ok(ProxyNode {
             inbound,
             own_certificate,
+            interception,
+            instance_ips,
             id: id.to_string(),
             namespace,
             labels,
@@ -320,6 +467,11 @@ impl ProxyNode {
             .as_deref()
             .filter(|s| !s.is_empty())
             .unwrap_or("default")
+    }
+
+    /// Whether iptables sends this sidecar its workload's traffic.
+    pub fn captured(&self) -> bool {
+        self.interception != Interception::None
     }
 
     /// The port a gateway binds for a Gateway server port.
@@ -377,6 +529,7 @@ mod tests {
             gateway_ports: [(80, 18080), (443, 18443)].into(),
             inbound: None,
             own_certificate: true,
+            ..Default::default()
         };
         let n = ProxyNode::from_metadata("gw-1", &written.to_json()).unwrap();
         assert_eq!(
@@ -396,6 +549,69 @@ mod tests {
         let n = ProxyNode::from_metadata("s", &sidecar.to_json()).unwrap();
         assert_eq!(n.inbound, Some((15006, 8080)));
         assert!(!n.own_certificate);
+        assert!(!n.captured());
+        let captured = NodeMetadata {
+            namespace: "default".into(),
+            outbound_port: 15001,
+            interception: Interception::Redirect {
+                inbound_port: 15106,
+            },
+            instance_ips: vec![IpAddr::from([10, 77, 1, 2]), "fd77::2".parse().unwrap()],
+            ..Default::default()
+        };
+        let n = ProxyNode::from_metadata("c", &captured.to_json()).unwrap();
+        assert_eq!(n.interception, captured.interception);
+        assert_eq!(n.instance_ips, captured.instance_ips);
+        assert_eq!(n.inbound, None);
+        assert_eq!(n.listen_address, IpAddr::from([0, 0, 0, 0]));
+    }
+
+    #[test]
+    fn captured_sidecars_default_to_istio_ports_and_refuse_what_does_not_apply() {
+        let n =
+            ProxyNode::from_metadata("c", &meta(json!({"INTERCEPTION_MODE": "REDIRECT"}))).unwrap();
+        assert_eq!(
+            n.interception,
+            Interception::Redirect {
+                inbound_port: 15006
+            }
+        );
+        for (metadata, key, fragment) in [
+            (
+                json!({"INTERCEPTION_MODE": "TPROXY"}),
+                keys::INTERCEPTION_MODE,
+                "use REDIRECT",
+            ),
+            (
+                json!({"INTERCEPTION_MODE": "redirect"}),
+                keys::INTERCEPTION_MODE,
+                "\"REDIRECT\" or \"NONE\"",
+            ),
+            (
+                json!({"INTERCEPTION_MODE": "REDIRECT", "STRAIT_MODE": "gateway"}),
+                keys::INTERCEPTION_MODE,
+                "gateways are not captured",
+            ),
+            (
+                json!({"INTERCEPTION_MODE": "REDIRECT", "STRAIT_APP_PORT": "8080"}),
+                keys::APP_PORT,
+                "INSTANCE_IPS",
+            ),
+            (
+                json!({"INTERCEPTION_MODE": "REDIRECT", "STRAIT_INBOUND_PORT": "15001"}),
+                keys::INBOUND_PORT,
+                "must differ",
+            ),
+            (
+                json!({"INSTANCE_IPS": "10.0.0.1,nope"}),
+                keys::INSTANCE_IPS,
+                "\"nope\"",
+            ),
+        ] {
+            let e = ProxyNode::from_metadata("x", &meta(metadata)).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.to_string().contains(fragment), "{e}");
+        }
     }
 
     #[test]

@@ -470,6 +470,40 @@ fn service_entries_are_checked() {
             "already defined by ServiceEntry default/ext",
         ],
     );
+    rejects(
+        &se(
+            "  hosts: [db.example.com]\n  addresses: [10.0.0.1/8, 10.0.0.300, 10.9.0.1, 10.9.0.1]\n  resolution: DNS\n  ports: [{number: 3306, name: tcp}]\n",
+        ),
+        &[
+            "spec.addresses[0]: CIDR \"10.0.0.1/8\" has host bits set; did you mean \"10.0.0.0/8\"",
+            "spec.addresses[1]: expected an IP address or CIDR, got \"10.0.0.300\"",
+            "spec.addresses[3]: address \"10.9.0.1\" is listed twice",
+        ],
+    );
+    rejects(
+        &(se(
+            "  hosts: [db.example.com]\n  addresses: [10.9.0.1]\n  resolution: DNS\n  ports: [{number: 3306, name: tcp}]\n",
+        ) + "\n---\n"
+            + &se("  hosts: [db2.example.com]\n  addresses: [10.9.0.1, 10.9.0.2]\n  resolution: DNS\n  ports: [{number: 3306, name: mysql}]\n")
+                .replace("name: ext", "name: ext2")),
+        &[
+            "ServiceEntry default/ext2",
+            "address 10.9.0.1/32 port 3306 of host \"db2.example.com\" is already claimed by host \"db.example.com\" of ServiceEntry default/ext",
+        ],
+    );
+    let m = build(&se(
+        "  hosts: [db.example.com]\n  addresses: [10.9.0.1, 10.10.0.0/16, fd96::1]\n  resolution: DNS\n  ports: [{number: 3306, name: mysql}]\n",
+    ))
+    .unwrap();
+    let db = &m.services["db.example.com"];
+    assert_eq!(
+        db.addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["10.9.0.1/32", "10.10.0.0/16", "fd96::1/128"]
+    );
+    assert_eq!(db.ports[0].protocol, strait_model::Protocol::Mysql);
     let m = build(&se(
         "  hosts: [api.example.com]\n  resolution: DNS\n  ports: [{number: 80, name: http}]\n",
     ))

@@ -11,7 +11,7 @@ use clap::{CommandFactory, Parser, Subcommand, error::ErrorKind};
 use strait_control_plane::bootstrap::{BootstrapParams, XdsProtocol, XdsTls, envoy_bootstrap};
 use strait_control_plane::ctl;
 use strait_model::ProxyMode;
-use strait_model::node::DEFAULT_OUTBOUND_PORT;
+use strait_model::node::{DEFAULT_OUTBOUND_PORT, InterceptionMode, inbound_from_flags};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -112,13 +112,21 @@ struct BootstrapArgs {
     /// Where a gateway binds each Gateway server port, as 80=18080,443=18443.
     #[arg(long, value_parser = parse_gateway_ports, default_value = "")]
     gateway_ports: GatewayPorts,
-    /// Write the bootstrap here instead of stdout.
-    /// The sidecar's inbound port for its workload (mTLS and authorization happen there).
-    #[arg(long, value_parser = parse_port, requires = "app_port")]
+    /// How the workload's traffic reaches the sidecar: `none` (the app sends to the outbound
+    /// port) or `redirect` (iptables captures it: `strait-proxy iptables`).
+    #[arg(long, default_value = "none")]
+    interception: InterceptionMode,
+    /// The sidecar's inbound port for its workload (mTLS and authorization happen there); with
+    /// `--interception redirect`, the inbound capture port [default: 15006].
+    #[arg(long, value_parser = parse_port)]
     inbound_port: Option<u16>,
-    /// The workload's own port on 127.0.0.1, where inbound traffic goes.
-    #[arg(long, value_parser = parse_port, requires = "inbound_port")]
+    /// The workload's own port on 127.0.0.1, where inbound traffic goes (explicit sidecar only).
+    #[arg(long, value_parser = parse_port)]
     app_port: Option<u16>,
+    /// The workload's own addresses, comma-separated (a captured sidecar serves the service
+    /// ports whose endpoints they are).
+    #[arg(long, value_delimiter = ',')]
+    instance_ips: Vec<IpAddr>,
     /// Connect to straitd's TLS port, verifying it against this mesh root (PEM).
     #[arg(long, requires = "token")]
     xds_ca_cert: Option<PathBuf>,
@@ -239,6 +247,9 @@ fn bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
             )
             .exit();
     }
+    let (interception, inbound) =
+        inbound_from_flags(args.interception, args.inbound_port, args.app_port)
+            .unwrap_or_else(|e| Cli::command().error(ErrorKind::ArgumentConflict, e).exit());
     let cluster = args
         .cluster
         .or_else(|| args.labels.0.get("app").cloned())
@@ -258,7 +269,9 @@ fn bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
         admin_port: args.admin_port,
         listen_address: args.listen_address,
         gateway_ports: args.gateway_ports.0,
-        inbound: args.inbound_port.zip(args.app_port),
+        inbound,
+        interception,
+        instance_ips: args.instance_ips,
         tls: match (args.xds_ca_cert, args.token) {
             (Some(ca_cert), Some(token)) => Some(XdsTls {
                 ca_cert,

@@ -18,6 +18,7 @@ use strait_control_plane::controller::Controller;
 use strait_control_plane::store::ConfigStore;
 use strait_control_plane::telemetry::{self, LogFormat, TelemetryOptions};
 use strait_control_plane::watch;
+use strait_model::mesh::MeshConfig;
 use strait_translate::MeshSettings;
 use strait_xds::cache::SnapshotCache;
 use strait_xds::metrics::XdsMetrics;
@@ -52,9 +53,14 @@ struct Args {
     /// cacerts (root-cert.pem, ca-cert.pem, ca-key.pem, cert-chain.pem).
     #[arg(long, env = "STRAIT_PLUGIN_CA_DIR")]
     plugin_ca_dir: Option<PathBuf>,
-    /// SPIFFE trust domain of workload identities.
-    #[arg(long, env = "STRAIT_TRUST_DOMAIN", default_value = "cluster.local")]
-    trust_domain: String,
+    /// SPIFFE trust domain of workload identities [default: the mesh config's, else
+    /// cluster.local].
+    #[arg(long, env = "STRAIT_TRUST_DOMAIN")]
+    trust_domain: Option<String>,
+    /// Istio MeshConfig YAML (the `mesh` key of Istio's `istio` ConfigMap): mesh-wide settings
+    /// such as `outboundTrafficPolicy.mode` (ALLOW_ANY or REGISTRY_ONLY) and `trustDomain`.
+    #[arg(long, env = "STRAIT_MESH_CONFIG")]
+    mesh_config: Option<PathBuf>,
     /// Lifetime of workload certificates (renewed at half of it), e.g. 24h or 30s.
     #[arg(long, env = "STRAIT_WORKLOAD_CERT_TTL", default_value = "24h", value_parser = parse_duration)]
     workload_cert_ttl: std::time::Duration,
@@ -85,6 +91,27 @@ async fn main() -> anyhow::Result<()> {
         service_name: "straitd",
     })?;
 
+    let mesh = match &args.mesh_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --mesh-config {}", path.display()))?;
+            MeshConfig::parse(&text, &path.display().to_string())
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+        }
+        None => MeshConfig::default(),
+    };
+    if let (Some(flag), Some(mesh)) = (&args.trust_domain, &mesh.trust_domain) {
+        anyhow::ensure!(
+            flag == mesh,
+            "--trust-domain {flag:?} disagrees with the mesh config's trustDomain {mesh:?}"
+        );
+    }
+    let mut settings = MeshSettings::from_mesh_config(&mesh);
+    if let Some(td) = &args.trust_domain {
+        settings.trust_domain = td.clone();
+    }
+    tracing::info!(trust_domain = %settings.trust_domain, outbound_traffic_policy = ?settings.outbound_traffic_policy, "mesh settings");
+
     let mut registry = Registry::default();
     let store = ConfigStore::new(&mut registry);
     let cache = SnapshotCache::new();
@@ -93,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
 
     // The mesh CA: its root survives restarts in --data-dir (or comes from --plugin-ca-dir).
     let options = CaOptions {
-        trust_domain: args.trust_domain.clone(),
+        trust_domain: settings.trust_domain.clone(),
         workload_ttl: args.workload_cert_ttl,
         ..CaOptions::default()
     };
@@ -106,9 +133,6 @@ async fn main() -> anyhow::Result<()> {
     let ca = CertificateAuthority::load(source, options).context("loading the mesh CA")?;
     let tokens =
         TokenIssuer::load_or_create(&args.data_dir).context("loading the token signing key")?;
-    let settings = MeshSettings {
-        trust_domain: args.trust_domain.clone(),
-    };
     let controller = Controller::new(
         cache,
         &mut registry,

@@ -353,3 +353,83 @@ fn protocol_options(port: &ServicePort, pool: &ConnectionPool) -> Option<HttpPro
         ..Default::default()
     })
 }
+
+// === Clusters of captured sidecars ===
+
+/// Where captured traffic for unknown destinations goes under ALLOW_ANY: its original destination.
+pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+/// A cluster with no endpoints: connections sent to it are closed (REGISTRY_ONLY, loops).
+pub const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
+/// Inbound connections to ports no service declares, on to the app's original destination.
+pub const INBOUND_PASSTHROUGH_CLUSTER: &str = "InboundPassthroughCluster";
+/// The source address of connections a sidecar makes to its own app, which iptables lets by
+/// (Istio's `-o lo -s 127.0.0.6 -j RETURN`); `::6` for IPv6.
+pub const INBOUND_SOURCE_V4: &str = "127.0.0.6";
+pub const INBOUND_SOURCE_V6: &str = "::6";
+
+fn original_dst(name: &str) -> Cluster {
+    Cluster {
+        name: name.to_string(),
+        connect_timeout: Some(duration(CONNECT_TIMEOUT)),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+            DiscoveryType::OriginalDst as i32,
+        )),
+        lb_policy: LbPolicy::ClusterProvided as i32,
+        circuit_breakers: Some(circuit_breakers(&ConnectionPool::default())),
+        ..Default::default()
+    }
+}
+
+/// The clusters every captured sidecar has: passthrough and black hole.
+pub fn captured_clusters() -> Vec<Cluster> {
+    vec![
+        original_dst(PASSTHROUGH_CLUSTER),
+        Cluster {
+            name: BLACKHOLE_CLUSTER.to_string(),
+            connect_timeout: Some(duration(CONNECT_TIMEOUT)),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+            ..Default::default()
+        },
+    ]
+}
+
+/// A cluster to the workload itself at the connection's original destination, from 127.0.0.6
+/// (and `::6` when the workload has IPv6), so the connection is not captured again.
+pub fn inbound_original_dst(name: &str, dual_stack: bool, http2: bool) -> Cluster {
+    use envoy_types::pb::envoy::config::core::v3::{BindConfig, ExtraSourceAddress};
+    let source = |ip: &str| SocketAddress {
+        address: ip.to_string(),
+        port_specifier: Some(socket_address::PortSpecifier::PortValue(0)),
+        ..Default::default()
+    };
+    let mut c = original_dst(name);
+    c.upstream_bind_config = Some(BindConfig {
+        source_address: Some(source(INBOUND_SOURCE_V4)),
+        extra_source_addresses: if dual_stack {
+            vec![ExtraSourceAddress {
+                address: Some(source(INBOUND_SOURCE_V6)),
+                ..Default::default()
+            }]
+        } else {
+            Vec::new()
+        },
+        ..Default::default()
+    });
+    if http2 {
+        let options = HttpProtocolOptions {
+            upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+                ExplicitHttpConfig {
+                    protocol_config: Some(
+                        explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                            Http2ProtocolOptions::default(),
+                        ),
+                    ),
+                },
+            )),
+            ..Default::default()
+        };
+        c.typed_extension_protocol_options
+            .insert(HTTP_PROTOCOL_OPTIONS.to_string(), any(&options));
+    }
+    c
+}

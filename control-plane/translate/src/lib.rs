@@ -4,18 +4,26 @@
 //! same inputs always give the same output (which is what makes snapshots comparable).
 
 mod cluster;
+mod inbound;
 mod listener;
+mod outbound;
 mod proto;
 mod route;
 mod security;
+mod tcp;
 
 use envoy_types::pb::envoy::config::{
     cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
     route::v3::RouteConfiguration,
 };
+use strait_model::mesh::{MeshConfig, OutboundTrafficPolicy};
+use strait_model::node::Interception;
 use strait_model::{Model, ProxyMode, ProxyNode};
 
+pub use cluster::{BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER};
+pub use inbound::VIRTUAL_INBOUND;
 pub use listener::OUTBOUND_ROUTE_NAME;
+pub use outbound::VIRTUAL_OUTBOUND;
 pub use security::{ROOT_SECRET, WORKLOAD_SECRET, spiffe};
 
 /// Mesh-wide settings that are not policy objects.
@@ -23,12 +31,26 @@ pub use security::{ROOT_SECRET, WORKLOAD_SECRET, spiffe};
 pub struct MeshSettings {
     /// The SPIFFE trust domain of workload identities.
     pub trust_domain: String,
+    /// What captured traffic to destinations the mesh does not know gets.
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
 }
 
 impl Default for MeshSettings {
     fn default() -> Self {
         MeshSettings {
             trust_domain: "cluster.local".to_string(),
+            outbound_traffic_policy: OutboundTrafficPolicy::default(),
+        }
+    }
+}
+
+impl MeshSettings {
+    /// The settings a MeshConfig gives, over the defaults.
+    pub fn from_mesh_config(config: &MeshConfig) -> Self {
+        let defaults = MeshSettings::default();
+        MeshSettings {
+            trust_domain: config.trust_domain.clone().unwrap_or(defaults.trust_domain),
+            outbound_traffic_policy: config.outbound_traffic_policy,
         }
     }
 }
@@ -50,14 +72,23 @@ pub fn translate(model: &Model, node: &ProxyNode) -> Output {
 /// Translates the model for one proxy.
 pub fn translate_with(model: &Model, node: &ProxyNode, settings: &MeshSettings) -> Output {
     let (mut clusters, endpoints) = cluster::clusters(model, settings);
-    let (mut listeners, routes) = match node.mode {
-        ProxyMode::Sidecar => {
+    let (mut listeners, routes) = match (node.mode, node.interception) {
+        (ProxyMode::Sidecar, Interception::Redirect { inbound_port }) => {
+            let (mut listeners, routes) = outbound::captured(model, node, settings, inbound_port);
+            let (virtual_inbound, inbound_clusters) =
+                inbound::captured(model, node, settings, inbound_port);
+            listeners.push(virtual_inbound);
+            clusters.extend(cluster::captured_clusters());
+            clusters.extend(inbound_clusters);
+            (listeners, routes)
+        }
+        (ProxyMode::Sidecar, Interception::None) => {
             let routes = vec![route::sidecar_routes(model, node)];
             (vec![listener::sidecar_outbound(node)], routes)
         }
-        ProxyMode::Gateway => listener::gateway(model, node),
+        (ProxyMode::Gateway, _) => listener::gateway(model, node),
     };
-    if let Some((listener, app)) = security::inbound(model, node, settings) {
+    if let Some((listener, app)) = inbound::explicit(model, node, settings) {
         listeners.push(listener);
         clusters.push(app);
     }

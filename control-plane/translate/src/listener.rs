@@ -47,7 +47,7 @@ pub fn sidecar_outbound(node: &ProxyNode) -> Listener {
 
 /// An HTTP connection manager that takes its routes over RDS and can inject faults. Gateways
 /// ignore the Host header's port, as clients reach them on mapped or defaulted ports.
-fn hcm(stat_prefix: &str, route_config: &str, strip_port: bool) -> Filter {
+pub(crate) fn hcm(stat_prefix: &str, route_config: &str, strip_port: bool) -> Filter {
     let manager = HttpConnectionManager {
         stat_prefix: stat_prefix.to_string(),
         codec_type: CodecType::Auto as i32,

@@ -33,6 +33,7 @@ use strait_model::{
     StringMatch, VirtualService, cluster_name, host,
 };
 
+use crate::cluster::PASSTHROUGH_CLUSTER;
 use crate::listener::OUTBOUND_ROUTE_NAME;
 use crate::proto::{any, boolv, duration, headers_to_add, percent, u32v};
 
@@ -48,48 +49,22 @@ pub struct Context<'a> {
 
 /// The sidecar's one outbound route config: a virtual host per service port, picked by Host.
 pub fn sidecar_routes(model: &Model, node: &ProxyNode) -> RouteConfiguration {
-    let mut used = BTreeSet::new();
-    let mut hosts: Vec<(VirtualHost, Vec<String>)> = Vec::new();
+    let mut ports: Vec<(&Service, &ServicePort, bool)> = Vec::new();
     for service in model.services.values() {
-        let http_ports: Vec<&ServicePort> = service
-            .ports
-            .iter()
-            .filter(|p| p.protocol.is_http())
-            .collect();
-        for (i, port) in http_ports.iter().enumerate() {
-            let cx = Context {
-                scope: GatewayRef::Mesh,
-                node,
-                port: Some(port.number),
-            };
-            let routes = match mesh_virtual_service(model, &service.hostname) {
-                Some(vs) => virtual_service_routes(model, vs, &cx),
-                None => vec![default_route(model, service, port)],
-            };
-            let explicit = [
-                service.hostname.clone(),
-                format!("{}:{}", service.hostname, port.number),
-            ];
-            used.extend(explicit.iter().cloned());
-            let vh = VirtualHost {
-                name: format!("{}:{}", service.hostname, port.number),
-                domains: explicit.to_vec(),
-                routes,
-                ..Default::default()
-            };
-            hosts.push((vh, aliases(service, port.number, i == 0, node)));
-        }
+        let http = service.ports.iter().filter(|p| p.protocol.is_http());
+        // Names without a port go to the service's first HTTP port.
+        ports.extend(http.enumerate().map(|(i, p)| (service, p, i == 0)));
     }
-    // Short names only where they name one service: an explicit host always wins.
-    for (vh, aliases) in &mut hosts {
-        for alias in aliases.drain(..) {
-            if used.insert(alias.clone()) {
-                vh.domains.push(alias);
-            }
-        }
+    let mut hosts = ServiceHosts::new(model, node);
+    for (service, port, portless) in ports {
+        hosts.add(service, port, portless, false);
     }
-    let mut virtual_hosts: Vec<VirtualHost> = hosts.into_iter().map(|(vh, _)| vh).collect();
+    let mut virtual_hosts = hosts.finish();
     // VirtualService hosts that name no service get a virtual host of their own.
+    let mut used: BTreeSet<String> = virtual_hosts
+        .iter()
+        .flat_map(|vh| vh.domains.iter().cloned())
+        .collect();
     for vs in model
         .virtual_services
         .iter()
@@ -116,6 +91,143 @@ pub fn sidecar_routes(model: &Model, node: &ProxyNode) -> RouteConfiguration {
         name: OUTBOUND_ROUTE_NAME.to_string(),
         virtual_hosts,
         ..Default::default()
+    }
+}
+
+/// A captured sidecar's route config for one destination port (named by the port, as Istio's
+/// `9080`): the HTTP services on that port by name and by address, then what happens to a
+/// request for any other host.
+pub fn port_routes(
+    model: &Model,
+    node: &ProxyNode,
+    port: u16,
+    services: &[(&Service, &ServicePort)],
+    unknown: Unknown,
+) -> RouteConfiguration {
+    let mut hosts = ServiceHosts::new(model, node);
+    for (service, service_port) in services {
+        hosts.add(service, service_port, true, true);
+    }
+    let mut virtual_hosts = hosts.finish();
+    let catch_all = |name: &str, action: route::Action| VirtualHost {
+        name: name.to_string(),
+        domains: vec!["*".to_string()],
+        routes: vec![Route {
+            name: name.to_string(),
+            r#match: Some(PbRouteMatch {
+                path_specifier: Some(route_match::PathSpecifier::Prefix("/".to_string())),
+                ..Default::default()
+            }),
+            action: Some(action),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    virtual_hosts.push(match unknown {
+        Unknown::Passthrough => catch_all(
+            "allow_any",
+            route::Action::Route(PbRouteAction {
+                cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                    PASSTHROUGH_CLUSTER.to_string(),
+                )),
+                timeout: Some(duration(Duration::ZERO)),
+                ..Default::default()
+            }),
+        ),
+        Unknown::Refuse => catch_all(
+            "block_all",
+            route::Action::DirectResponse(DirectResponseAction {
+                status: 502,
+                ..Default::default()
+            }),
+        ),
+    });
+    RouteConfiguration {
+        name: port.to_string(),
+        virtual_hosts,
+        ..Default::default()
+    }
+}
+
+/// What a captured sidecar does with traffic for a destination the mesh does not know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unknown {
+    /// ALLOW_ANY: on to the original destination.
+    Passthrough,
+    /// REGISTRY_ONLY: refused (502 for HTTP, closed for TCP).
+    Refuse,
+}
+
+/// Virtual hosts for service ports, with each domain given to one of them only: a service's
+/// own names first, then short names and addresses where they are still free.
+struct ServiceHosts<'a> {
+    model: &'a Model,
+    node: &'a ProxyNode,
+    used: BTreeSet<String>,
+    hosts: Vec<(VirtualHost, Vec<String>)>,
+}
+
+impl<'a> ServiceHosts<'a> {
+    fn new(model: &'a Model, node: &'a ProxyNode) -> Self {
+        ServiceHosts {
+            model,
+            node,
+            used: BTreeSet::new(),
+            hosts: Vec::new(),
+        }
+    }
+
+    /// `portless`: also the names without a port; `addresses`: also the service's addresses,
+    /// as an HTTP client that called an address sends them in Host.
+    fn add(&mut self, service: &Service, port: &ServicePort, portless: bool, addresses: bool) {
+        let cx = Context {
+            scope: GatewayRef::Mesh,
+            node: self.node,
+            port: Some(port.number),
+        };
+        let routes = match mesh_virtual_service(self.model, &service.hostname) {
+            Some(vs) => virtual_service_routes(self.model, vs, &cx),
+            None => vec![default_route(self.model, service, port)],
+        };
+        let explicit = [
+            service.hostname.clone(),
+            format!("{}:{}", service.hostname, port.number),
+        ];
+        self.used.extend(explicit.iter().cloned());
+        let vh = VirtualHost {
+            name: format!("{}:{}", service.hostname, port.number),
+            domains: explicit.to_vec(),
+            routes,
+            ..Default::default()
+        };
+        let mut others = aliases(service, port.number, portless, self.node);
+        if addresses {
+            for ip in service
+                .addresses
+                .iter()
+                .filter(|a| a.prefix_len() == a.max_prefix_len())
+            {
+                let ip = match ip.addr() {
+                    std::net::IpAddr::V4(v4) => v4.to_string(),
+                    std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                };
+                others.push(format!("{ip}:{}", port.number));
+                others.push(ip);
+            }
+        }
+        self.hosts.push((vh, others));
+    }
+
+    /// Short names only where they name one service: an explicit host always wins.
+    fn finish(mut self) -> Vec<VirtualHost> {
+        for (vh, others) in &mut self.hosts {
+            for alias in others.drain(..) {
+                if self.used.insert(alias.clone()) {
+                    vh.domains.push(alias);
+                }
+            }
+        }
+        self.hosts.into_iter().map(|(vh, _)| vh).collect()
     }
 }
 

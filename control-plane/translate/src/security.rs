@@ -1,33 +1,16 @@
-//! mTLS and authorization: upstream TLS for clusters, the sidecar's inbound listener
-//! (PeerAuthentication) and its RBAC filters (AuthorizationPolicy, in Istio's order).
+//! mTLS and authorization: TLS contexts for clusters and inbound listeners (PeerAuthentication)
+//! and the RBAC filters of AuthorizationPolicy, in Istio's order, for HTTP and for TCP.
 
-use envoy_types::pb::envoy::config::cluster::v3::{
-    Cluster, cluster::ClusterDiscoveryType, cluster::DiscoveryType,
-};
 use envoy_types::pb::envoy::config::core::v3::{
     CidrRange, DataSource, TransportSocket, data_source, transport_socket,
 };
-use envoy_types::pb::envoy::config::endpoint::v3::{
-    ClusterLoadAssignment, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
-};
-use envoy_types::pb::envoy::config::listener::v3::{
-    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
-};
+use envoy_types::pb::envoy::config::listener::v3::{Filter, filter};
 use envoy_types::pb::envoy::config::rbac::v3::{
     Permission, Policy, Principal, permission, principal,
 };
-use envoy_types::pb::envoy::config::route::v3::{
-    HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, header_matcher,
-    route, route_action, route_match,
-};
-use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
-use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use envoy_types::pb::envoy::config::route::v3::{HeaderMatcher, header_matcher};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, HttpFilter,
-    http_connection_manager::{
-        CodecType, ForwardClientCertDetails, RouteSpecifier, SetCurrentClientCertDetails,
-    },
-    http_filter,
+    HttpFilter, http_filter,
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
@@ -40,12 +23,11 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 use envoy_types::pb::google::protobuf::Any;
 use strait_model::{
     AuthorizationPolicy, AuthzAction, AuthzRule, ClientTls, ClientTlsMode, ConditionKey,
-    ConditionMatch, Model, MtlsMode, OperationMatch, ProxyNode, SourceMatch,
+    ConditionMatch, OperationMatch, SourceMatch,
 };
 
 use crate::MeshSettings;
-use crate::cluster::socket;
-use crate::proto::{ads, any, boolv, duration, u32v};
+use crate::proto::{ads, any, boolv, u32v};
 
 /// The SDS names Istio uses: the workload's certificate and the mesh's trust bundle.
 pub const WORKLOAD_SECRET: &str = "default";
@@ -54,8 +36,8 @@ pub const ROOT_SECRET: &str = "ROOTCA";
 pub const TLS_MODE_MATCH: &str = "envoy.transport_socket_match";
 
 const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
-const HCM: &str = "envoy.filters.network.http_connection_manager";
 const RBAC_FILTER: &str = "envoy.filters.http.rbac";
+const NETWORK_RBAC_FILTER: &str = "envoy.filters.network.rbac";
 
 fn sds(name: &str) -> SdsSecretConfig {
     SdsSecretConfig {
@@ -116,6 +98,24 @@ pub fn istio_mutual(identities: &[String], sni: &str) -> TransportSocket {
     tls_socket(any(&context))
 }
 
+/// The server side of mesh mTLS: the workload's certificate, clients verified against the mesh
+/// roots.
+pub fn downstream_mtls() -> TransportSocket {
+    tls_socket(any(&DownstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![sds(WORKLOAD_SECRET)],
+            validation_context_type: Some(
+                common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(sds(
+                    ROOT_SECRET,
+                )),
+            ),
+            ..Default::default()
+        }),
+        require_client_certificate: Some(boolv(true)),
+        ..Default::default()
+    }))
+}
+
 /// TLS with the files a DestinationRule names (SIMPLE or MUTUAL).
 pub fn file_tls(tls: &ClientTls, default_sni: &str) -> TransportSocket {
     let file = |f: &str| DataSource {
@@ -163,193 +163,47 @@ pub fn file_tls(tls: &ClientTls, default_sni: &str) -> TransportSocket {
     tls_socket(any(&context))
 }
 
-/// The sidecar's inbound listener and the cluster to its app, when it serves a workload.
-pub fn inbound(
-    model: &Model,
-    node: &ProxyNode,
-    settings: &MeshSettings,
-) -> Option<(Listener, Cluster)> {
-    let (inbound_port, app_port) = node.inbound?;
-    let cluster_name = format!("inbound|{app_port}||");
-    let app = Cluster {
-        name: cluster_name.clone(),
-        connect_timeout: Some(duration(std::time::Duration::from_secs(10))),
-        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
-        load_assignment: Some(ClusterLoadAssignment {
-            cluster_name: cluster_name.clone(),
-            endpoints: vec![LocalityLbEndpoints {
-                lb_endpoints: vec![LbEndpoint {
-                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(
-                        envoy_types::pb::envoy::config::endpoint::v3::Endpoint {
-                            address: Some(socket("127.0.0.1", app_port)),
-                            ..Default::default()
-                        },
-                    )),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let policies = model.authorization_for(&node.namespace, &node.labels);
-    let hcm = inbound_hcm(
-        &format!("inbound_{inbound_port}"),
-        &cluster_name,
-        &policies,
-        settings,
-        InboundPorts {
-            listener: inbound_port,
-            app: app_port,
-        },
-    );
-    let mtls = FilterChain {
-        filters: vec![hcm.clone()],
-        transport_socket: Some(tls_socket(any(&DownstreamTlsContext {
-            common_tls_context: Some(CommonTlsContext {
-                tls_certificate_sds_secret_configs: vec![sds(WORKLOAD_SECRET)],
-                validation_context_type: Some(
-                    common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(
-                        sds(ROOT_SECRET),
-                    ),
-                ),
-                ..Default::default()
-            }),
-            require_client_certificate: Some(boolv(true)),
-            ..Default::default()
-        }))),
-        ..Default::default()
-    };
-    let plain = FilterChain {
-        filters: vec![hcm],
-        ..Default::default()
-    };
-    let matching = |chain: FilterChain, protocol: &str| FilterChain {
-        filter_chain_match: Some(FilterChainMatch {
-            transport_protocol: protocol.to_string(),
-            ..Default::default()
-        }),
-        ..chain
-    };
-    let mode = model.mtls_mode(&node.namespace, &node.labels, app_port);
-    let (filter_chains, inspect) = match mode {
-        MtlsMode::Strict => (vec![mtls], false),
-        MtlsMode::Disable => (vec![plain], false),
-        // Both on one port: the TLS inspector tells a TLS hello from plaintext.
-        MtlsMode::Permissive => (
-            vec![matching(mtls, "tls"), matching(plain, "raw_buffer")],
-            true,
-        ),
-    };
-    let listener = Listener {
-        name: format!("inbound_{inbound_port}"),
-        address: Some(socket(&node.listen_address.to_string(), inbound_port)),
-        filter_chains,
-        listener_filters: if inspect {
-            vec![ListenerFilter {
-                name: "envoy.filters.listener.tls_inspector".to_string(),
-                config_type: Some(listener_filter::ConfigType::TypedConfig(any(
-                    &TlsInspector::default(),
-                ))),
-                ..Default::default()
-            }]
-        } else {
-            Vec::new()
-        },
-        traffic_direction: envoy_types::pb::envoy::config::core::v3::TrafficDirection::Inbound
-            as i32,
-        ..Default::default()
-    };
-    Some((listener, app))
-}
-
-fn inbound_hcm(
-    stat_prefix: &str,
-    cluster: &str,
-    policies: &[&AuthorizationPolicy],
-    settings: &MeshSettings,
-    ports: InboundPorts,
-) -> Filter {
-    let mut http_filters = rbac_filters(policies, settings, ports);
-    http_filters.push(HttpFilter {
-        name: "envoy.filters.http.router".to_string(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(
-            any(&Router::default()),
-        )),
-        ..Default::default()
-    });
-    let manager = HttpConnectionManager {
-        stat_prefix: stat_prefix.to_string(),
-        codec_type: CodecType::Auto as i32,
-        route_specifier: Some(RouteSpecifier::RouteConfig(RouteConfiguration {
-            name: stat_prefix.to_string(),
-            virtual_hosts: vec![VirtualHost {
-                name: "inbound".to_string(),
-                domains: vec!["*".to_string()],
-                routes: vec![Route {
-                    name: "default".to_string(),
-                    r#match: Some(RouteMatch {
-                        path_specifier: Some(route_match::PathSpecifier::Prefix("/".to_string())),
-                        ..Default::default()
-                    }),
-                    action: Some(route::Action::Route(RouteAction {
-                        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
-                            cluster.to_string(),
-                        )),
-                        timeout: Some(duration(std::time::Duration::ZERO)),
-                        ..Default::default()
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        })),
-        http_filters,
-        // The app learns the caller's SPIFFE identity, as behind an Istio sidecar.
-        forward_client_cert_details: ForwardClientCertDetails::SanitizeSet as i32,
-        set_current_client_cert_details: Some(SetCurrentClientCertDetails {
-            uri: true,
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    Filter {
-        name: HCM.to_string(),
-        config_type: Some(filter::ConfigType::TypedConfig(any(&manager))),
-    }
-}
-
 // === Authorization ===
 
-/// Istio's order: DENY, then AUDIT (logging only), then ALLOW. With no ALLOW policy, whatever
-/// is not denied is allowed; with one, a request must match an ALLOW rule.
-/// The sidecar's inbound port and the app port behind it. Envoy's RBAC `destination_port` is the
-/// port the connection arrived on: with no traffic redirection, that is the inbound port, so a
-/// policy naming the app's port is written with the inbound port (as the app port would be seen
-/// behind Istio's iptables redirect).
+/// How RBAC's `destination_port` sees a workload's port.
 #[derive(Clone, Copy, Debug)]
-pub struct InboundPorts {
-    pub listener: u16,
-    pub app: u16,
+pub enum PortView {
+    /// Explicit inbound: connections arrive on the listener port, which stands for the app's
+    /// port, so a policy naming the app's port is written with the listener's (as the app port
+    /// would be seen behind Istio's iptables redirect).
+    Explicit { listener: u16, app: u16 },
+    /// Captured: connections keep their original destination port.
+    Captured,
 }
 
-impl InboundPorts {
+impl PortView {
     fn destination(self, port: u16) -> u32 {
-        u32::from(if port == self.app {
-            self.listener
-        } else {
-            port
+        u32::from(match self {
+            PortView::Explicit { listener, app } if port == app => listener,
+            _ => port,
         })
     }
 }
 
-pub fn rbac_filters(
+/// What an RBAC filter sees: HTTP requests, or TCP connections (no method, path, host or
+/// headers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layer {
+    Http,
+    Tcp,
+}
+
+/// One RBAC filter's worth: its label, Envoy's action, and its named policies.
+type RbacRules = (&'static str, i32, Vec<(String, Policy)>);
+
+/// Istio's order: DENY, then AUDIT (logging only), then ALLOW. With no ALLOW policy, whatever
+/// is not denied is allowed; with one, a request must match an ALLOW rule.
+fn rbac_rules(
     policies: &[&AuthorizationPolicy],
     settings: &MeshSettings,
-    ports: InboundPorts,
-) -> Vec<HttpFilter> {
+    ports: PortView,
+    layer: Layer,
+) -> Vec<RbacRules> {
     use envoy_types::pb::envoy::config::rbac::v3::rbac::Action;
     [
         (AuthzAction::Deny, Action::Deny, "deny"),
@@ -366,28 +220,101 @@ pub fn rbac_filters(
         let mut named: Vec<(String, Policy)> = Vec::new();
         for p in of_kind {
             for (i, rule) in p.rules.iter().enumerate() {
-                named.push((
-                    format!("ns[{}]-policy[{}]-rule[{i}]", p.id.namespace, p.id.name),
-                    policy(rule, settings, ports),
-                ));
+                let rule = match layer {
+                    Layer::Http => Some(rule.clone()),
+                    Layer::Tcp => tcp_rule(rule, kind),
+                };
+                if let Some(rule) = rule {
+                    named.push((
+                        format!("ns[{}]-policy[{}]-rule[{i}]", p.id.namespace, p.id.name),
+                        policy(&rule, settings, ports),
+                    ));
+                }
             }
         }
-        Some(HttpFilter {
-            name: format!("{RBAC_FILTER}.{label}"),
-            config_type: Some(http_filter::ConfigType::TypedConfig(sorted_rbac(
-                action as i32,
-                named,
-            ))),
-            ..Default::default()
-        })
+        Some((label, action as i32, named))
     })
     .collect()
 }
 
-/// The RBAC filter config, encoded with its policies in name order. prost encodes protobuf maps
-/// in hash order, which would make identical configs differ byte for byte (and resource
-/// versions with them); these mirror types are wire-identical with the map's entries sorted.
-fn sorted_rbac(action: i32, mut policies: Vec<(String, Policy)>) -> Any {
+/// A rule as it applies to a TCP connection, as Istio reads it: fields only HTTP has (methods,
+/// paths, hosts, request headers) make an ALLOW or AUDIT rule match nothing, and are dropped
+/// from a DENY rule, which then denies more. Either way the result is stricter, never looser.
+fn tcp_rule(rule: &AuthzRule, action: AuthzAction) -> Option<AuthzRule> {
+    let http_only = rule.to.iter().any(|op| {
+        !(op.methods.is_empty()
+            && op.not_methods.is_empty()
+            && op.paths.is_empty()
+            && op.not_paths.is_empty()
+            && op.hosts.is_empty()
+            && op.not_hosts.is_empty())
+    }) || rule
+        .when
+        .iter()
+        .any(|c| matches!(c.key, ConditionKey::RequestHeader(_)));
+    if !http_only {
+        return Some(rule.clone());
+    }
+    if action != AuthzAction::Deny {
+        return None;
+    }
+    let mut rule = rule.clone();
+    for op in &mut rule.to {
+        op.methods.clear();
+        op.not_methods.clear();
+        op.paths.clear();
+        op.not_paths.clear();
+        op.hosts.clear();
+        op.not_hosts.clear();
+    }
+    rule.when
+        .retain(|c| !matches!(c.key, ConditionKey::RequestHeader(_)));
+    Some(rule)
+}
+
+/// The HTTP RBAC filters for a workload's policies.
+pub fn rbac_filters(
+    policies: &[&AuthorizationPolicy],
+    settings: &MeshSettings,
+    ports: PortView,
+) -> Vec<HttpFilter> {
+    rbac_rules(policies, settings, ports, Layer::Http)
+        .into_iter()
+        .map(|(label, action, named)| HttpFilter {
+            name: format!("{RBAC_FILTER}.{label}"),
+            config_type: Some(http_filter::ConfigType::TypedConfig(sorted_rbac(
+                action, named, None,
+            ))),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// The network RBAC filters for a workload's policies, on connections that are not HTTP.
+pub fn network_rbac_filters(
+    policies: &[&AuthorizationPolicy],
+    settings: &MeshSettings,
+    ports: PortView,
+    stat_prefix: &str,
+) -> Vec<Filter> {
+    rbac_rules(policies, settings, ports, Layer::Tcp)
+        .into_iter()
+        .map(|(label, action, named)| Filter {
+            name: format!("{NETWORK_RBAC_FILTER}.{label}"),
+            config_type: Some(filter::ConfigType::TypedConfig(sorted_rbac(
+                action,
+                named,
+                Some(&format!("{stat_prefix}.{label}.")),
+            ))),
+        })
+        .collect()
+}
+
+/// The RBAC filter config (HTTP, or network with a stat prefix), encoded with its policies in
+/// name order. prost encodes protobuf maps in hash order, which would make identical configs
+/// differ byte for byte (and resource versions with them); these mirror types are
+/// wire-identical with the map's entries sorted.
+fn sorted_rbac(action: i32, mut policies: Vec<(String, Policy)>, network: Option<&str>) -> Any {
     #[derive(Clone, PartialEq, prost::Message)]
     struct Entry {
         #[prost(string, tag = "1")]
@@ -402,13 +329,16 @@ fn sorted_rbac(action: i32, mut policies: Vec<(String, Policy)>) -> Any {
         #[prost(message, repeated, tag = "2")]
         policies: Vec<Entry>,
     }
+    /// Both RBAC filters: `rules` is field 1; the network filter's `stat_prefix` is field 3.
     #[derive(Clone, PartialEq, prost::Message)]
-    struct HttpRbac {
+    struct Rbac {
         #[prost(message, optional, tag = "1")]
         rules: Option<Rules>,
+        #[prost(string, tag = "3")]
+        stat_prefix: String,
     }
     policies.sort_by(|a, b| a.0.cmp(&b.0));
-    let config = HttpRbac {
+    let config = Rbac {
         rules: Some(Rules {
             action,
             policies: policies
@@ -419,14 +349,19 @@ fn sorted_rbac(action: i32, mut policies: Vec<(String, Policy)>) -> Any {
                 })
                 .collect(),
         }),
+        stat_prefix: network.unwrap_or_default().to_string(),
+    };
+    let type_url = match network {
+        None => <envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as prost::Name>::type_url(),
+        Some(_) => <envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as prost::Name>::type_url(),
     };
     Any {
-        type_url: <envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as prost::Name>::type_url(),
+        type_url,
         value: prost::Message::encode_to_vec(&config),
     }
 }
 
-fn policy(rule: &AuthzRule, settings: &MeshSettings, ports: InboundPorts) -> Policy {
+fn policy(rule: &AuthzRule, settings: &MeshSettings, ports: PortView) -> Policy {
     let mut permissions: Vec<Permission> = Vec::new();
     if !rule.to.is_empty() {
         permissions.push(or_rules(
@@ -561,7 +496,7 @@ fn field_ids<T>(
     (!parts.is_empty()).then(|| and_ids(parts))
 }
 
-fn operation(op: &OperationMatch, ports: InboundPorts) -> Permission {
+fn operation(op: &OperationMatch, ports: PortView) -> Permission {
     let method = |m: &String| Permission {
         rule: Some(permission::Rule::Header(header(":method", m, false))),
     };
@@ -678,7 +613,7 @@ enum Condition {
     Principal(Principal),
 }
 
-fn condition(c: &ConditionMatch, _settings: &MeshSettings, ports: InboundPorts) -> Condition {
+fn condition(c: &ConditionMatch, _settings: &MeshSettings, ports: PortView) -> Condition {
     match &c.key {
         ConditionKey::RequestHeader(name) => Condition::Permission(
             field(&c.values, &c.not_values, |v| Permission {

@@ -1,9 +1,9 @@
 //! Golden tests: policy YAML in, xDS out, rendered as Envoy-style JSON and compared to files.
 //!
 //! Each case is a directory under `tests/golden/` with `config.yaml` (the objects), `node.json`
-//! (node id and metadata, as `straitctl bootstrap` writes them) and `xds.json` (the expected
-//! output). `UPDATE_GOLDEN=1 cargo test -p strait-translate` rewrites the expectations; review
-//! the diff before committing it.
+//! (node id and metadata, as `straitctl bootstrap` writes them), optionally `mesh.yaml` (Istio
+//! MeshConfig), and `xds.json` (the expected output). `UPDATE_GOLDEN=1 cargo test -p
+//! strait-translate` rewrites the expectations; review the diff before committing it.
 
 use std::path::{Path, PathBuf};
 
@@ -82,10 +82,18 @@ fn run_case(pool: &DescriptorPool, dir: &Path) -> Result<(), String> {
             .expect("node.json: metadata map"),
     )
     .map_err(|e| e.to_string())?;
-    let out = strait_translate::translate(&model, &node);
+    // An optional MeshConfig beside the objects.
+    let settings = match std::fs::read_to_string(dir.join("mesh.yaml")) {
+        Ok(text) => strait_translate::MeshSettings::from_mesh_config(
+            &strait_model::mesh::MeshConfig::parse(&text, "mesh.yaml")
+                .map_err(|e| e.to_string())?,
+        ),
+        Err(_) => strait_translate::MeshSettings::default(),
+    };
+    let out = strait_translate::translate_with(&model, &node, &settings);
     assert_eq!(
         out,
-        strait_translate::translate(&model, &node),
+        strait_translate::translate_with(&model, &node, &settings),
         "translation is deterministic"
     );
     let got = render(pool, &out);

@@ -450,12 +450,11 @@ fn connection_pool(
             .max_connection_duration
             .as_deref()
             .and_then(|d| positive(d, &format!("{p}.maxConnectionDuration"), r));
-        if tcp.idle_timeout.is_some() {
-            r.unsupported(
-                format!("{p}.idleTimeout"),
-                "tcp.idleTimeout (use http.idleTimeout)",
-            );
-        }
+        // Istio's default is an hour, as Envoy's; `0s` turns the timeout off.
+        out.tcp_idle_timeout = tcp
+            .idle_timeout
+            .as_deref()
+            .and_then(|d| r.duration(d, format!("{p}.idleTimeout")));
         if let Some(k) = &tcp.tcp_keepalive {
             out.tcp_keepalive = Some(TcpKeepalive {
                 probes: k.probes,

@@ -34,6 +34,8 @@ pub(super) fn build(
 
     let mut services: BTreeMap<String, Service> = BTreeMap::new();
     let mut owners: BTreeMap<String, String> = BTreeMap::new();
+    // Captured traffic to an address and port must name one service.
+    let mut claims: BTreeMap<(ipnet::IpNet, u16), String> = BTreeMap::new();
     for o in service_entries {
         let spec = spec_of(o, |s| match s {
             Spec::ServiceEntry(se) => Some(se),
@@ -59,6 +61,27 @@ pub(super) fn build(
                 continue;
             }
             if r.count() > before {
+                continue;
+            }
+            let mut claimed = false;
+            for net in &template.addresses {
+                for port in &template.ports {
+                    let owner = format!("host {hostname:?} of {}", o.id);
+                    if let Some(first) = claims.get(&(*net, port.number)) {
+                        r.error(
+                            "spec.addresses",
+                            format!(
+                                "address {net} port {} of host {hostname:?} is already claimed by {first}",
+                                port.number
+                            ),
+                        );
+                        claimed = true;
+                    } else {
+                        claims.insert((*net, port.number), owner);
+                    }
+                }
+            }
+            if claimed {
                 continue;
             }
             owners.insert(hostname.clone(), format!("{} ({})", o.id, o.origin));
@@ -104,13 +127,15 @@ fn service_entry(
             r.error(format!("spec.hosts[{i}]"), m);
         }
     }
+    let mut addresses = Vec::new();
     for (i, a) in spec.addresses.iter().enumerate() {
-        let ip = a.split_once('/').map(|(ip, _)| ip).unwrap_or(a);
-        if ip.parse::<IpAddr>().is_err() {
-            r.error(
+        match address(a) {
+            Ok(net) if addresses.contains(&net) => r.error(
                 format!("spec.addresses[{i}]"),
-                format!("expected an IP address or CIDR, got {a:?}"),
-            );
+                format!("address {a:?} is listed twice"),
+            ),
+            Ok(net) => addresses.push(net),
+            Err(m) => r.error(format!("spec.addresses[{i}]"), m),
         }
     }
     if spec.export_to.iter().any(|e| e != "*") {
@@ -225,12 +250,30 @@ fn service_entry(
     Some(Service {
         hostname: String::new(),
         namespace: o.id.namespace.clone(),
+        addresses,
         ports,
         resolution,
         mesh_external,
         endpoints,
         source: o.id.clone(),
     })
+}
+
+/// A service address: an IP (a /32 or /128) or a CIDR range with no host bits set.
+fn address(a: &str) -> Result<ipnet::IpNet, String> {
+    if let Ok(ip) = a.parse::<IpAddr>() {
+        return Ok(ipnet::IpNet::from(ip));
+    }
+    let net: ipnet::IpNet = a
+        .parse()
+        .map_err(|_| format!("expected an IP address or CIDR, got {a:?}"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "CIDR {a:?} has host bits set; did you mean {:?}?",
+            net.trunc().to_string()
+        ));
+    }
+    Ok(net)
 }
 
 pub(super) fn service_ports(ports: &[Port], path: &str, r: &mut Report<'_>) -> Vec<ServicePort> {
@@ -307,11 +350,13 @@ pub(super) fn protocol(declared: Option<&str>, port_name: &str) -> Result<Protoc
         "TLS" => Some(Protocol::Tls),
         "TCP" => Some(Protocol::Tcp),
         "MONGO" => Some(Protocol::Mongo),
+        "MYSQL" => Some(Protocol::Mysql),
+        "REDIS" => Some(Protocol::Redis),
         _ => None,
     };
     match declared {
         Some(p) => parse(p).ok_or_else(|| {
-            format!("unsupported protocol {p:?}; expected HTTP, HTTPS, HTTP2, GRPC, GRPC-WEB, TLS, TCP or MONGO")
+            format!("unsupported protocol {p:?}; expected HTTP, HTTPS, HTTP2, GRPC, GRPC-WEB, TLS, TCP, MONGO, MYSQL or REDIS")
         }),
         None => {
             let prefix = port_name.split('-').next().unwrap_or_default();

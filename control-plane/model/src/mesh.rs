@@ -1,0 +1,127 @@
+//! Istio's MeshConfig, the part Strait reads: mesh-wide settings that are not policy objects.
+
+use serde::Deserialize;
+
+use crate::error::{ValidationError, ValidationErrors};
+use crate::loader::{clean, join};
+
+/// What captured traffic to a destination the mesh does not know gets (Istio's
+/// `outboundTrafficPolicy.mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutboundTrafficPolicy {
+    /// Passed through to the original destination.
+    #[default]
+    AllowAny,
+    /// Refused: only services in the registry are reachable.
+    RegistryOnly,
+}
+
+/// The validated mesh settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MeshConfig {
+    pub trust_domain: Option<String>,
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+struct MeshConfigSpec {
+    trust_domain: Option<String>,
+    outbound_traffic_policy: Option<OutboundTrafficPolicySpec>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+struct OutboundTrafficPolicySpec {
+    mode: Option<String>,
+}
+
+impl MeshConfig {
+    /// Reads MeshConfig YAML (the `mesh` document of Istio's `istio` ConfigMap). Fields Strait
+    /// does not implement are refused by name.
+    pub fn parse(text: &str, origin: &str) -> Result<MeshConfig, ValidationErrors> {
+        let error = |path: &str, message: String| {
+            ValidationErrors(vec![ValidationError {
+                origin: origin.to_string(),
+                object: None,
+                path: path.to_string(),
+                message,
+            }])
+        };
+        let value: serde_json::Value = if text.trim().is_empty() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            serde_yaml_ng::from_str(text).map_err(|e| error("", e.to_string()))?
+        };
+        let spec: MeshConfigSpec = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = join("", &e.path().to_string());
+            error(path.trim_start_matches('.'), clean(e.inner()))
+        })?;
+        let outbound_traffic_policy =
+            match spec.outbound_traffic_policy.and_then(|p| p.mode).as_deref() {
+                None | Some("ALLOW_ANY") => OutboundTrafficPolicy::AllowAny,
+                Some("REGISTRY_ONLY") => OutboundTrafficPolicy::RegistryOnly,
+                Some(other) => {
+                    return Err(error(
+                        "outboundTrafficPolicy.mode",
+                        format!("unknown mode {other:?}; expected ALLOW_ANY or REGISTRY_ONLY"),
+                    ));
+                }
+            };
+        if let Some(td) = &spec.trust_domain
+            && (td.is_empty() || td.contains('/'))
+        {
+            return Err(error(
+                "trustDomain",
+                format!("expected a trust domain such as \"cluster.local\", got {td:?}"),
+            ));
+        }
+        Ok(MeshConfig {
+            trust_domain: spec.trust_domain,
+            outbound_traffic_policy,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_istio_mesh_config() {
+        let m = MeshConfig::parse(
+            "trustDomain: example.org\noutboundTrafficPolicy:\n  mode: REGISTRY_ONLY\n",
+            "mesh.yaml",
+        )
+        .unwrap();
+        assert_eq!(m.trust_domain.as_deref(), Some("example.org"));
+        assert_eq!(
+            m.outbound_traffic_policy,
+            OutboundTrafficPolicy::RegistryOnly
+        );
+        assert_eq!(
+            MeshConfig::parse("", "empty").unwrap(),
+            MeshConfig::default()
+        );
+    }
+
+    #[test]
+    fn bad_or_unknown_fields_are_named() {
+        let e = MeshConfig::parse("outboundTrafficPolicy: {mode: DENY}\n", "mesh.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("mesh.yaml: outboundTrafficPolicy.mode: unknown mode \"DENY\""),
+            "{e}"
+        );
+        let e = MeshConfig::parse("enableTracing: true\n", "mesh.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `enableTracing`"), "{e}");
+        let e = MeshConfig::parse("outboundTrafficPolicy: {mod: ALLOW_ANY}\n", "m")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outboundTrafficPolicy"), "{e}");
+    }
+}
