@@ -13,6 +13,7 @@ pub mod rbac;
 pub mod routing;
 pub mod sockets;
 pub mod stats;
+pub mod tcp;
 pub mod tls;
 pub mod trace;
 pub mod xds;
