@@ -13,7 +13,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::proxy::Shared;
+use crate::runtime::Shared;
 
 /// Serves the admin API on `socket` until `shutdown`.
 pub async fn serve(shared: Arc<Shared>, socket: TcpListener, mut shutdown: watch::Receiver<bool>) {

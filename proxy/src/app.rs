@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::proxy::Shared;
+use crate::runtime::Shared;
 use crate::xds::XdsSettings;
 
 #[derive(Clone, Debug)]
@@ -70,7 +70,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             tracing::error!(%error, "xds client stopped");
         }
     });
-    let data = tokio::spawn(crate::proxy::run(
+    let data = tokio::spawn(crate::accept::run(
         shared.clone(),
         configs,
         shutdown_rx.clone(),

@@ -77,7 +77,7 @@ pub struct HttpManager {
     /// What happens to `x-forwarded-client-cert`.
     pub client_cert_details: ClientCertDetails,
     /// RBAC filters in order (Istio's: DENY, AUDIT, ALLOW), before routing.
-    pub rbac: Arc<[crate::rbac::Rbac]>,
+    pub rbac: Arc<[crate::authz::Rbac]>,
 }
 
 /// Envoy's `forward_client_cert_details` with `set_current_client_cert_details`.

@@ -1,19 +1,23 @@
 //! strait-proxy: a small sidecar and gateway that takes straitd's xDS and carries HTTP traffic.
+//!
+//! Rooms follow a connection's path: `accept` (listeners, filter-chain choice, TLS handshake),
+//! then `http` (routing, authorization, forwarding) or `tcp`, reaching endpoints through
+//! `upstream` (balancing, breakers, pools). Below them: the typed `config`, `authz` (RBAC
+//! evaluation) and `tls`; beside them: `xds` (the client and protobuf conversion), `runtime`
+//! (the snapshot the data path loads), `identity`, `admin`, `stats` and `trace`.
 
+pub mod accept;
 pub mod admin;
 pub mod app;
-pub mod balance;
-pub mod breaker;
+pub mod authz;
+pub mod body;
 pub mod config;
-pub mod convert;
+pub mod http;
 pub mod identity;
-pub mod pool;
-pub mod proxy;
-pub mod rbac;
-pub mod routing;
-pub mod sockets;
+pub mod runtime;
 pub mod stats;
 pub mod tcp;
 pub mod tls;
 pub mod trace;
+pub mod upstream;
 pub mod xds;

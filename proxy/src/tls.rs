@@ -228,7 +228,7 @@ impl PeerVerifier {
             };
             candidates
                 .iter()
-                .any(|n| crate::routing::string_matches(&m.matcher, n))
+                .any(|n| crate::http::routing::string_matches(&m.matcher, n))
         });
         if named {
             Ok(())

@@ -1,5 +1,7 @@
 //! The ADS client: subscribes like Envoy, converts, ACKs or NACKs, publishes complete configs.
 
+pub mod convert;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,11 +17,11 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 
+use crate::accept::Sockets;
 use crate::config::{Cluster, Config, Endpoint, Listener, RouteConfig};
-use crate::convert::{Assignment, Resource};
 use crate::identity::Proof;
-use crate::sockets::Sockets;
 use crate::stats::Stats;
+use crate::xds::convert::{Assignment, Resource};
 
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";

@@ -9,7 +9,7 @@ use strait_proxy::config::{
     Action, ClusterChoice, Discovery, HeaderMatch, LbPolicy, Listener, RouteConfig, RouteSource,
     StringMatch,
 };
-use strait_proxy::convert::eds_endpoints;
+use strait_proxy::xds::convert::eds_endpoints;
 use strait_translate::Output;
 
 fn golden(case: &str) -> Output {
@@ -311,8 +311,8 @@ fn sidecar_mtls_converts_with_the_workload_certificate_identities_and_authorizat
     assert_eq!(
         actions,
         [
-            strait_proxy::rbac::RbacAction::Deny,
-            strait_proxy::rbac::RbacAction::Allow
+            strait_proxy::authz::RbacAction::Deny,
+            strait_proxy::authz::RbacAction::Allow
         ]
     );
     // SIMPLE with a CA file that is not on this machine: refused with the field and the file.

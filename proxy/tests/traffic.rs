@@ -1300,7 +1300,7 @@ async fn bodies_are_replayed_on_retries_and_sent_to_mirrors() {
     );
 
     // Beyond the 1 MiB buffer limit a body streams once, without retries, as Envoy's does.
-    let big = Bytes::from(vec![b'x'; strait_proxy::proxy::RETRY_BUFFER_LIMIT + 1]);
+    let big = Bytes::from(vec![b'x'; strait_proxy::http::RETRY_BUFFER_LIMIT + 1]);
     let (status, _, _) = send(&c, addr, "POST", "bodies:9080", "/fail", &[], big.clone()).await;
     assert_eq!(status, 503);
     let fails: Vec<Seen> = recorded(&record)

@@ -12,7 +12,7 @@ use http::HeaderMap;
 use serde::{Serialize, Serializer};
 
 use crate::config::{HeaderMatch, HeaderMatcher, StringMatch};
-use crate::routing::string_matches;
+use crate::http::routing::string_matches;
 
 /// What Envoy answers a request an RBAC filter denies.
 pub const DENIED_STATUS: u16 = 403;

@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
-use crate::proxy::{BoxError, ProxyBody};
+use crate::body::{BoxError, ProxyBody};
 use crate::stats::ClusterStats;
 
 /// How a cluster's connections are made and kept: shared by its endpoints' pools and carried

@@ -1,0 +1,408 @@
+//! Serving HTTP on an accepted connection: one request at a time from routing to the response,
+//! through RBAC, faults, redirects and direct responses; forwarding is in `forward`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Bytes, Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::Watcher;
+
+use crate::body::{BoxError, ProxyBody, full};
+use crate::config::{Action, Redirect};
+use crate::runtime::{Runtime, Shared};
+use crate::stats::{ClusterStats, RequestKey};
+use crate::tls::PeerTls;
+use crate::trace::ServerSpan;
+use forward::*;
+use headers::*;
+use routing::RequestView;
+
+mod forward;
+pub use forward::RETRY_BUFFER_LIMIT;
+mod headers;
+pub mod routing;
+
+/// What the data path knows of a downstream connection.
+#[derive(Debug)]
+pub struct Conn {
+    pub listener: Arc<str>,
+    /// The filter chain it was matched to.
+    pub chain: usize,
+    pub peer: SocketAddr,
+    /// Set on TLS connections.
+    pub tls: Option<PeerTls>,
+    /// The peer's IP as `x-forwarded-for` names it, made once per connection.
+    pub peer_ip: HeaderValue,
+}
+
+impl Conn {
+    pub fn new(listener: Arc<str>, chain: usize, peer: SocketAddr, tls: Option<PeerTls>) -> Conn {
+        let peer_ip = HeaderValue::try_from(peer.ip().to_string())
+            .expect("an IP address is a valid header value");
+        Conn {
+            listener,
+            chain,
+            peer,
+            tls,
+            peer_ip,
+        }
+    }
+}
+
+pub(crate) async fn serve_http<I>(
+    shared: Arc<Shared>,
+    conn: Conn,
+    io: I,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+) -> Result<(), BoxError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let conn = Arc::new(conn);
+    let service = service_fn(move |req| {
+        let shared = shared.clone();
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(handle(&shared, &conn, req).await) }
+    });
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    watcher.watch(connection.into_owned()).await
+}
+
+pub(crate) fn local(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    if !body.is_empty() {
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    resp
+}
+
+/// What routing decided about a request, for stats and its span.
+#[derive(Default)]
+struct Served {
+    virtual_host: Option<Arc<str>>,
+    route: Option<Arc<str>>,
+    cluster: Option<Arc<str>>,
+    stats: Option<Arc<ClusterStats>>,
+}
+
+/// The request's authority: from the URI (HTTP/2, absolute form) or the Host header; empty
+/// if neither is there as text. A header value, so that it goes upstream without a copy.
+pub(crate) fn authority_of<B>(req: &Request<B>) -> HeaderValue {
+    let value = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .filter(|h| h.to_str().is_ok())
+            .cloned(),
+    };
+    value.unwrap_or_else(|| HeaderValue::from_static(""))
+}
+
+/// `authority_of`'s value as text (it is text by construction).
+pub(crate) fn text(value: &HeaderValue) -> &str {
+    value.to_str().unwrap_or_default()
+}
+
+/// One request, start to finish. Loads the runtime once.
+pub async fn handle(
+    shared: &Shared,
+    conn: &Conn,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    static NONE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+    let started = Instant::now();
+    let mut span = shared.tracing.as_ref().map(|t| {
+        // Envoy's default operation name: host and path.
+        let name = format!("{}{}", text(&authority_of(&req)), req.uri().path());
+        let method = req.method().clone();
+        t.start(name, method.as_str(), req.headers_mut())
+    });
+    let Some(runtime) = shared.runtime.load_full() else {
+        return local(StatusCode::SERVICE_UNAVAILABLE, "no configuration");
+    };
+    let (resp, served) = route_and_forward(&runtime, conn, req).await;
+    let status = resp.status().as_u16();
+    let name = |n: &Option<Arc<str>>| n.clone().unwrap_or_else(|| NONE.clone());
+    shared.stats.request(RequestKey {
+        virtual_host: name(&served.virtual_host),
+        route: name(&served.route),
+        cluster: name(&served.cluster),
+        code: status,
+    });
+    if let Some(span) = &mut span {
+        if let Some(route) = &served.route {
+            span.routed(route, served.cluster.as_deref());
+        }
+        span.responded(status);
+    }
+    if span.is_none() && served.stats.is_none() {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let body = Finished {
+        inner: body,
+        started,
+        stats: served.stats,
+        _span: span,
+    };
+    Response::from_parts(parts, body.boxed())
+}
+
+async fn route_and_forward(
+    runtime: &Runtime,
+    conn: &Conn,
+    mut req: Request<Incoming>,
+) -> (Response<ProxyBody>, Served) {
+    let config = &runtime.config;
+    let none = Served::default;
+    let peer = conn.peer;
+    let Some(l) = config.listeners.get(&conn.listener) else {
+        return (local(StatusCode::NOT_FOUND, ""), none());
+    };
+    // The chain the connection was matched to, unless an update changed what it does with TLS:
+    // then the connection is closed and the client reconnects to the new chains.
+    let Some(http) = l
+        .chains
+        .get(conn.chain)
+        .filter(|c| c.tls.is_some() == conn.tls.is_some())
+        .map(|c| &c.http)
+    else {
+        let mut resp = local(StatusCode::SERVICE_UNAVAILABLE, "listener changed");
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return (resp, none());
+    };
+    client_cert_details(
+        req.headers_mut(),
+        http.client_cert_details,
+        conn.tls.as_ref(),
+    );
+    if conn.tls.is_some() {
+        req.headers_mut()
+            .entry("x-forwarded-proto")
+            .or_insert(HeaderValue::from_static("https"));
+    }
+    let Some(rc) = config.route_config(http) else {
+        return (local(StatusCode::NOT_FOUND, ""), none());
+    };
+    let authority_value = authority_of(&req);
+    let authority = text(&authority_value);
+    let host = if http.strip_any_host_port {
+        routing::strip_port(authority)
+    } else {
+        authority
+    };
+    let Some(vh) = routing::virtual_host(rc, host) else {
+        return (local(StatusCode::NOT_FOUND, ""), none());
+    };
+    let mut served = Served {
+        virtual_host: Some(vh.name.clone()),
+        ..Served::default()
+    };
+    if !http.rbac.is_empty() {
+        let input = crate::authz::RbacInput {
+            method: req.method().as_str(),
+            path: req.uri().path(),
+            authority,
+            headers: req.headers(),
+            destination_port: l.address.port(),
+            direct_remote_ip: peer.ip(),
+            principal: conn.tls.as_ref().and_then(|t| t.principal.as_deref()),
+        };
+        let decision = crate::authz::authorize(&http.rbac, &input);
+        if !decision.allowed {
+            tracing::debug!(policy = ?decision.policy, %peer, "RBAC denied the request");
+            return (
+                local(StatusCode::FORBIDDEN, crate::authz::DENIED_BODY),
+                served,
+            );
+        }
+    }
+    let upgrade = wants_websocket(req.headers());
+    if upgrade && !http.websocket {
+        return (local(StatusCode::FORBIDDEN, "upgrade failed"), served);
+    }
+    if vh.require_tls {
+        let location = format!(
+            "https://{authority}{}",
+            req.uri().path_and_query().map_or("/", |p| p.as_str())
+        );
+        return (
+            redirect_response(StatusCode::MOVED_PERMANENTLY, &location),
+            served,
+        );
+    }
+    let view = RequestView {
+        method: req.method().as_str(),
+        authority,
+        scheme: "http",
+        path: req.uri().path(),
+        query: req.uri().query(),
+        headers: req.headers(),
+    };
+    let Some(route) = routing::route(vh, &view) else {
+        return (local(StatusCode::NOT_FOUND, ""), served);
+    };
+    served.route = Some(route.name.clone());
+    if let Some(fault) = &route.fault {
+        let hit = |per_million: u32| fastrand::u32(..1_000_000) < per_million;
+        if let Some(delay) = &fault.delay
+            && hit(delay.per_million)
+        {
+            tokio::time::sleep(delay.fixed).await;
+        }
+        if let Some(abort) = &fault.abort
+            && hit(abort.per_million)
+        {
+            let status =
+                StatusCode::from_u16(abort.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return (local(status, "fault filter abort"), served);
+        }
+    }
+    match &route.action {
+        Action::Direct { status, body } => {
+            let mut resp = Response::new(full(body.as_deref().unwrap_or("").to_string()));
+            *resp.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+            apply_response_headers(resp.headers_mut(), &route.headers);
+            (resp, served)
+        }
+        Action::Redirect(rd) => {
+            let location = redirect_location(rd, authority, req.uri());
+            let status = StatusCode::from_u16(rd.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+            let mut resp = redirect_response(status, &location);
+            apply_response_headers(resp.headers_mut(), &route.headers);
+            (resp, served)
+        }
+        Action::Forward(fwd) => {
+            let (cluster, extra) = choose_cluster(fwd);
+            let Some(upstream) = runtime.upstreams.get(&cluster) else {
+                // Assembly guarantees every route's clusters exist; keep failing closed anyway.
+                served.cluster = Some(cluster);
+                return (
+                    local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+                    served,
+                );
+            };
+            let downstream = Downstream {
+                authority: &authority_value,
+                peer,
+                peer_ip: &conn.peer_ip,
+            };
+            let resp = forward(
+                runtime, upstream, route, fwd, extra, downstream, upgrade, req,
+            )
+            .await;
+            served.stats = Some(upstream.stats.clone());
+            served.cluster = Some(cluster);
+            (resp, served)
+        }
+    }
+}
+
+fn redirect_response(status: StatusCode, location: &str) -> Response<ProxyBody> {
+    let mut resp = local(status, "");
+    if let Ok(v) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+fn redirect_location(rd: &Redirect, authority: &str, uri: &Uri) -> String {
+    let scheme = rd.scheme.as_deref().unwrap_or("http");
+    let original_host = routing::strip_port(authority);
+    let host = rd.host.as_deref().unwrap_or(original_host);
+    let port = match (rd.port, rd.host.is_some()) {
+        (Some(p), _) => format!(":{p}"),
+        // A new host drops the original port; otherwise it stays.
+        (None, true) => String::new(),
+        (None, false) => authority[original_host.len()..].to_string(),
+    };
+    let path = match &rd.path {
+        Some(p) => p.to_string(),
+        None => uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
+    };
+    format!("{scheme}://{host}{port}{path}")
+}
+
+/// The response body as sent downstream: when it is done (or dropped), the request's duration
+/// is recorded and its span ends.
+struct Finished {
+    inner: ProxyBody,
+    started: Instant,
+    stats: Option<Arc<ClusterStats>>,
+    _span: Option<ServerSpan>,
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        if let Some(stats) = &self.stats {
+            stats.duration.observe(self.started.elapsed());
+        }
+    }
+}
+
+impl Body for Finished {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects_keep_what_they_do_not_change() {
+        let uri: Uri = "/a?b=1".parse().expect("valid");
+        let rd = Redirect {
+            scheme: None,
+            host: Some("new.example".into()),
+            port: None,
+            path: None,
+            status: 301,
+        };
+        assert_eq!(
+            redirect_location(&rd, "old.example:8080", &uri),
+            "http://new.example/a?b=1"
+        );
+        let rd = Redirect {
+            scheme: Some("https".into()),
+            host: None,
+            port: None,
+            path: Some("/v2".into()),
+            status: 302,
+        };
+        assert_eq!(
+            redirect_location(&rd, "old.example:8080", &uri),
+            "https://old.example:8080/v2"
+        );
+    }
+}

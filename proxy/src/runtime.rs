@@ -1,0 +1,260 @@
+//! The runtime snapshot: a config with the balancers, pools and TLS server configs built beside
+//! it, swapped whole; and what every listener and the admin API share.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use http::uri::{Authority, Scheme};
+use hyper_rustls::{FixedServerNameResolver, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use rustls::server::ServerConfig;
+
+use crate::config::{Cluster, Config};
+use crate::identity::Identity;
+use crate::stats::{ClusterGauges, ClusterStats, Stats};
+use crate::trace::Tracing;
+use crate::upstream::balance::Balancer;
+use crate::upstream::breaker::Breaker;
+use crate::upstream::pool::{Connector, Endpoint, Pool};
+
+/// A config with what the data path builds beside it: balancers, connection pools and the
+/// TLS server configs of filter chains.
+pub struct Runtime {
+    pub config: Arc<Config>,
+    /// Keys come from config, not from requests, so a fast hasher is safe.
+    pub(crate) upstreams: HashMap<Arc<str>, Arc<Upstream>, foldhash::fast::RandomState>,
+    /// By (listener, chain index).
+    pub(crate) chain_tls: HashMap<(Arc<str>, usize), Arc<ServerConfig>>,
+}
+
+/// A cluster's balancer, connection pools, circuit breakers and stats.
+pub struct Upstream {
+    pub(crate) cluster: Arc<Cluster>,
+    pub(crate) balancer: Arc<Balancer>,
+    /// Why there is no pool: TLS settings that cannot be put in force.
+    pub(crate) pool: Result<Arc<Pool>, Arc<str>>,
+    pub(crate) breaker: Arc<Breaker>,
+    pub(crate) stats: Arc<ClusterStats>,
+    /// Each endpoint's connections (`https` when its transport is TLS), by the balancer's
+    /// endpoint index; `None` for an endpoint that makes no valid authority, or when there is
+    /// no pool.
+    pub(crate) endpoints: Box<[Option<Arc<Endpoint>>]>,
+}
+
+impl Upstream {
+    pub(crate) fn endpoint(&self, index: usize) -> Option<&Arc<Endpoint>> {
+        self.endpoints.get(index)?.as_ref()
+    }
+}
+
+/// The endpoints' pools of `cluster`, keeping those of `old` (same pool, same origin) with
+/// their open connections.
+fn endpoints(
+    cluster: &Cluster,
+    pool: &Result<Arc<Pool>, Arc<str>>,
+    old: Option<&Upstream>,
+) -> Box<[Option<Arc<Endpoint>>]> {
+    let Ok(pool) = pool else {
+        return cluster.endpoints.iter().map(|_| None).collect();
+    };
+    let kept: HashMap<(Scheme, Authority), &Arc<Endpoint>> = old
+        .filter(|o| o.pool.as_ref().is_ok_and(|p| Arc::ptr_eq(p, pool)))
+        .map(|o| {
+            o.endpoints
+                .iter()
+                .flatten()
+                .filter_map(|e| Some(((e.scheme()?.clone(), e.authority()?.clone()), e)))
+                .collect()
+        })
+        .unwrap_or_default();
+    cluster
+        .endpoints
+        .iter()
+        .map(|e| {
+            let scheme = match cluster.transport_for(e) {
+                Some(_) => Scheme::HTTPS,
+                None => Scheme::HTTP,
+            };
+            let authority = Authority::try_from(format!("{}:{}", e.host, e.port)).ok()?;
+            Some(match kept.get(&(scheme.clone(), authority.clone())) {
+                Some(endpoint) => Arc::clone(endpoint),
+                None => pool.endpoint(scheme, authority),
+            })
+        })
+        .collect()
+}
+
+impl Runtime {
+    /// Builds a runtime for `config`, keeping pools and counters of unchanged clusters.
+    pub fn build(
+        config: Arc<Config>,
+        previous: Option<&Runtime>,
+        identity: Option<&Arc<Identity>>,
+    ) -> Runtime {
+        let upstreams = config
+            .clusters
+            .iter()
+            .map(|(name, cluster)| {
+                let old = previous.and_then(|p| p.upstreams.get(name));
+                let stats = old.map(|u| u.stats.clone()).unwrap_or_default();
+                let upstream = match old {
+                    Some(u) if u.cluster == *cluster => u.clone(),
+                    _ => {
+                        let pool = match old {
+                            Some(u)
+                                if u.cluster.connect_timeout == cluster.connect_timeout
+                                    && u.cluster.http2 == cluster.http2
+                                    && u.cluster.idle_timeout == cluster.idle_timeout
+                                    && u.cluster.tls_settings() == cluster.tls_settings()
+                                    && u.cluster.max_requests_per_connection
+                                        == cluster.max_requests_per_connection =>
+                            {
+                                u.pool.clone()
+                            }
+                            _ => pool(cluster, identity, &stats),
+                        };
+                        Arc::new(Upstream {
+                            cluster: cluster.clone(),
+                            balancer: match old {
+                                Some(u) if u.balancer.fits(cluster) => u.balancer.clone(),
+                                _ => Arc::new(Balancer::new(cluster)),
+                            },
+                            endpoints: endpoints(cluster, &pool, old.map(|u| &**u)),
+                            pool,
+                            breaker: match old {
+                                Some(u) if u.breaker.fits(cluster) => u.breaker.clone(),
+                                _ => Arc::new(Breaker::new(cluster)),
+                            },
+                            stats,
+                        })
+                    }
+                };
+                (name.clone(), upstream)
+            })
+            .collect();
+        let mut chain_tls = HashMap::new();
+        for (name, l) in &config.listeners {
+            for (i, chain) in l.chains.iter().enumerate() {
+                let Some(tls) = &chain.tls else { continue };
+                match crate::tls::server_config(tls, identity) {
+                    Ok(server) => {
+                        chain_tls.insert((name.clone(), i), server);
+                    }
+                    Err(error) => {
+                        tracing::error!(listener = %name, chain = i, %error, "TLS for this filter chain is not available; its connections are refused");
+                    }
+                }
+            }
+        }
+        Runtime {
+            config,
+            upstreams,
+            chain_tls,
+        }
+    }
+
+    /// Each cluster's stats, with what its breaker and balancer hold now.
+    pub fn cluster_stats(&self) -> Vec<(Arc<str>, Arc<ClusterStats>, ClusterGauges)> {
+        let mut out: Vec<_> = self
+            .upstreams
+            .iter()
+            .map(|(name, u)| {
+                let gauges = ClusterGauges {
+                    pending_requests: u.breaker.pending_requests(),
+                    active_requests: u.breaker.active_requests(),
+                    ejected_endpoints: u.balancer.ejected(),
+                };
+                (name.clone(), u.stats.clone(), gauges)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+/// Envoy's default idle timeout for upstream connections.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A cluster's connection pool; its connections are counted in `stats`.
+fn pool(
+    cluster: &Cluster,
+    identity: Option<&Arc<Identity>>,
+    stats: &Arc<ClusterStats>,
+) -> Result<Arc<Pool>, Arc<str>> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(cluster.connect_timeout));
+    connector.set_nodelay(true);
+    let pool = |connector| {
+        Ok(Arc::new(Pool::new(
+            connector,
+            cluster.http2,
+            cluster.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
+            cluster.max_requests_per_connection,
+            stats.clone(),
+        )))
+    };
+    let settings = cluster.tls_settings();
+    let [tls] = settings.as_slice() else {
+        // Conversion allows at most one TLS setting per cluster.
+        return match settings.len() {
+            0 => pool(Connector::Plain(connector)),
+            n => Err(format!("{n} different TLS settings").into()),
+        };
+    };
+    let failed = |e: String| -> Arc<str> {
+        tracing::error!(cluster = %cluster.name, error = %e, "TLS to this cluster is not available");
+        e.into()
+    };
+    let config = crate::tls::client_config(tls, identity).map_err(|e| failed(e.to_string()))?;
+    connector.enforce_http(false);
+    let https = HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http();
+    let https = match &tls.sni {
+        Some(sni) => {
+            let name = rustls_pki_types::ServerName::try_from(sni.to_string())
+                .map_err(|e| failed(format!("SNI {sni:?}: {e}")))?;
+            https.with_server_name_resolver(FixedServerNameResolver::new(name))
+        }
+        None => https,
+    };
+    let connector = if cluster.http2 {
+        https.enable_http2().wrap_connector(connector)
+    } else {
+        https.enable_http1().wrap_connector(connector)
+    };
+    pool(Connector::Tls(connector))
+}
+
+/// What every listener and the admin API share.
+#[derive(Default)]
+pub struct Shared {
+    pub runtime: ArcSwapOption<Runtime>,
+    pub stats: Arc<Stats>,
+    /// Set once the first complete config is in force with its listeners bound.
+    pub ready: AtomicBool,
+    /// Listener sockets bound by the xDS client before it ACKed them.
+    pub sockets: Arc<crate::accept::Sockets>,
+    /// Span export, when an OTLP endpoint is configured.
+    pub tracing: Option<Tracing>,
+    /// This proxy's workload identity, when it has one (mTLS).
+    pub identity: Option<Arc<Identity>>,
+}
+
+impl Shared {
+    pub fn new(identity: Option<Arc<Identity>>) -> Shared {
+        Shared {
+            identity,
+            ..Shared::default()
+        }
+    }
+
+    /// A complete config is in force and, if the proxy has an identity, its certificate too.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+            && self.identity.as_ref().is_none_or(|i| i.current().is_some())
+    }
+}
