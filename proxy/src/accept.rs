@@ -45,6 +45,7 @@ struct ListenerHandle {
 /// Returns when `shutdown` fires, after draining every listener.
 pub async fn run(
     shared: Arc<Shared>,
+    sockets: Arc<Sockets>,
     mut configs: watch::Receiver<Option<Arc<Config>>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -59,7 +60,7 @@ pub async fn run(
                 shared.identity.as_ref(),
             );
             shared.runtime.store(Some(Arc::new(runtime)));
-            reconcile(&shared, &config, &mut listeners).await;
+            reconcile(&shared, &sockets, &config, &mut listeners).await;
             if listeners.len() == config.listeners.len() {
                 shared.ready.store(true, Ordering::Relaxed);
             }
@@ -80,6 +81,7 @@ pub async fn run(
 
 async fn reconcile(
     shared: &Arc<Shared>,
+    sockets: &Sockets,
     config: &Config,
     listeners: &mut HashMap<Arc<str>, ListenerHandle>,
 ) {
@@ -91,7 +93,7 @@ async fn reconcile(
         if !keep {
             tracing::info!(listener = %name, address = %handle.address, "closing listener");
             let _ = handle.stop.send(true);
-            shared.sockets.set_active(handle.address, false);
+            sockets.set_active(handle.address, false);
         }
         keep
     });
@@ -99,17 +101,15 @@ async fn reconcile(
         if listeners.contains_key(name) {
             continue;
         }
-        let mut bound =
-            shared
-                .sockets
-                .take(l.address)
-                .and_then(|s| match TcpListener::from_std(s) {
-                    Ok(s) => Some(s),
-                    Err(error) => {
-                        tracing::warn!(listener = %name, %error, "cannot use the reserved socket");
-                        None
-                    }
-                });
+        let mut bound = sockets
+            .take(l.address)
+            .and_then(|s| match TcpListener::from_std(s) {
+                Ok(s) => Some(s),
+                Err(error) => {
+                    tracing::warn!(listener = %name, %error, "cannot use the reserved socket");
+                    None
+                }
+            });
         // A closing listener may still hold the address for a moment.
         for _ in 0..20 {
             if bound.is_some() {
@@ -131,7 +131,7 @@ async fn reconcile(
             continue;
         };
         tracing::info!(listener = %name, address = %l.address, "listening");
-        shared.sockets.set_active(l.address, true);
+        sockets.set_active(l.address, true);
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(serve(shared.clone(), name.clone(), socket, stop_rx));
         listeners.insert(

@@ -61,7 +61,9 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (publish, configs) = watch::channel(None);
     let stats = shared.stats.clone();
-    let sockets = shared.sockets.clone();
+    // Listener sockets: bound by the xDS client before it ACKs, then served by `accept`.
+    let sockets = Arc::new(crate::accept::Sockets::default());
+    let bound = sockets.clone();
     let xds_shutdown = shutdown_rx.clone();
     let xds = tokio::spawn(async move {
         if let Err(error) =
@@ -72,6 +74,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     });
     let data = tokio::spawn(crate::accept::run(
         shared.clone(),
+        bound,
         configs,
         shutdown_rx.clone(),
     ));

@@ -1,86 +1,19 @@
-//! Authorization as Envoy's RBAC HTTP filter decides it: typed policies and their evaluator.
+//! Authorization as Envoy's RBAC filters decide it: the policies (`config::Rbac`) evaluated on a
+//! request or a connection.
 //!
 //! A filter's policies are kept in name order, which is also the order Envoy examines them in
 //! (a `std::map`), so the policy a decision names is the one Envoy would name.
 
 use std::borrow::Cow;
-use std::fmt;
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use http::HeaderMap;
-use serde::{Serialize, Serializer};
 
-use crate::config::{HeaderMatch, HeaderMatcher, StringMatch};
-use crate::http::routing::string_matches;
+use crate::config::{HeaderMatch, HeaderMatcher, Permission, Policy, Principal, Rbac, RbacAction};
 
 /// What Envoy answers a request an RBAC filter denies.
 pub const DENIED_STATUS: u16 = 403;
 pub const DENIED_BODY: &str = "RBAC: access denied";
-
-/// One RBAC HTTP filter.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Rbac {
-    pub action: RbacAction,
-    /// Sorted by name.
-    #[serde(serialize_with = "as_map")]
-    pub policies: Arc<[(Arc<str>, Policy)]>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RbacAction {
-    /// A request must match a policy (none: nothing is allowed).
-    Allow,
-    /// A request that matches a policy is denied.
-    Deny,
-    /// Never denies; a match is recorded (Istio's AUDIT, Envoy's `access_log_hint`).
-    Log,
-}
-
-/// Matches when some permission and some principal match.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Policy {
-    pub permissions: Arc<[Permission]>,
-    pub principals: Arc<[Principal]>,
-}
-
-/// What the request does.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Permission {
-    Any,
-    And(Arc<[Permission]>),
-    Or(Arc<[Permission]>),
-    Not(Box<Permission>),
-    /// `:method`, `:authority` (or `host`) or a request header.
-    Header(HeaderMatcher),
-    /// The path without query or fragment.
-    UrlPath(StringMatch),
-    /// The local port of the downstream connection.
-    DestinationPort(u16),
-}
-
-/// Who sends it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Principal {
-    Any,
-    And(Arc<[Principal]>),
-    Or(Arc<[Principal]>),
-    Not(Box<Principal>),
-    /// A TLS peer whose name matches (`None`: any TLS peer). Never matches plaintext.
-    Authenticated(Option<StringMatch>),
-    /// The TCP peer's address.
-    DirectRemoteIp(Cidr),
-}
-
-/// An address range; the network address is stored with its host bits cleared, as Envoy does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cidr {
-    network: IpAddr,
-    prefix_len: u8,
-}
 
 /// What a decision looks at, borrowed from the connection and the request.
 #[derive(Clone, Copy, Debug)]
@@ -163,10 +96,6 @@ pub fn authorize<'a>(filters: &'a [Rbac], input: &RbacInput<'_>) -> Decision<'a>
     out
 }
 
-fn as_map<S: Serializer>(policies: &Arc<[(Arc<str>, Policy)]>, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_map(policies.iter().map(|(name, p)| (name, p)))
-}
-
 // === impl Policy ===
 
 impl Policy {
@@ -187,7 +116,7 @@ impl Permission {
             Permission::UrlPath(sm) => {
                 // The contract is a path without them; stripping again costs nothing.
                 let path = input.path.split(['?', '#']).next().unwrap_or_default();
-                str_matches(sm, path)
+                sm.matches(path)
             }
             Permission::DestinationPort(port) => input.destination_port == *port,
         }
@@ -203,7 +132,7 @@ impl Principal {
             Principal::Not(p) => !p.matches(input),
             Principal::Authenticated(name) => input
                 .principal
-                .is_some_and(|peer| name.as_ref().is_none_or(|sm| str_matches(sm, peer))),
+                .is_some_and(|peer| name.as_ref().is_none_or(|sm| sm.matches(peer))),
             Principal::DirectRemoteIp(cidr) => cidr.contains(input.direct_remote_ip),
         }
     }
@@ -216,7 +145,7 @@ fn header_matches(h: &HeaderMatcher, input: &RbacInput<'_>) -> bool {
     let hit = match (&h.matches, value) {
         (HeaderMatch::Present(want), v) => v.is_some() == *want,
         (HeaderMatch::Value(_), None) => return false,
-        (HeaderMatch::Value(sm), Some(v)) => str_matches(sm, &v),
+        (HeaderMatch::Value(sm), Some(v)) => sm.matches(&v),
     };
     hit != h.invert
 }
@@ -245,88 +174,12 @@ fn header_value<'a>(name: &str, input: &RbacInput<'a>) -> Option<Cow<'a, str>> {
     }
 }
 
-/// `string_matches`, with `ignore_case` compared in place (ASCII, as Envoy) instead of on a
-/// lowercased copy. Values are stored lowercased when `ignore_case` is set.
-fn str_matches(sm: &StringMatch, input: &str) -> bool {
-    let (input, value) = match sm {
-        StringMatch::Exact {
-            value,
-            ignore_case: true,
-        } => return input.eq_ignore_ascii_case(value),
-        StringMatch::Prefix {
-            value,
-            ignore_case: true,
-        } => {
-            let (input, value) = (input.as_bytes(), value.as_bytes());
-            return input.len() >= value.len() && input[..value.len()].eq_ignore_ascii_case(value);
-        }
-        StringMatch::Suffix {
-            value,
-            ignore_case: true,
-        } => {
-            let (input, value) = (input.as_bytes(), value.as_bytes());
-            return input.len() >= value.len()
-                && input[input.len() - value.len()..].eq_ignore_ascii_case(value);
-        }
-        StringMatch::Contains {
-            value,
-            ignore_case: true,
-        } => (input.as_bytes(), value.as_bytes()),
-        _ => return string_matches(sm, input),
-    };
-    value.is_empty()
-        || input
-            .windows(value.len())
-            .any(|w| w.eq_ignore_ascii_case(value))
-}
-
-// === impl Cidr ===
-
-impl Cidr {
-    /// `None` when the prefix is longer than the address.
-    pub fn new(address: IpAddr, prefix_len: u8) -> Option<Cidr> {
-        let network = match address {
-            IpAddr::V4(a) if prefix_len <= 32 => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(prefix_len))
-                    .unwrap_or(0);
-                IpAddr::V4((u32::from(a) & mask).into())
-            }
-            IpAddr::V6(a) if prefix_len <= 128 => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(prefix_len))
-                    .unwrap_or(0);
-                IpAddr::V6((u128::from(a) & mask).into())
-            }
-            _ => return None,
-        };
-        Some(Cidr {
-            network,
-            prefix_len,
-        })
-    }
-
-    /// Families never mix; an IPv4-mapped IPv6 peer counts as IPv4, as Envoy reports it.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        Cidr::new(ip.to_canonical(), self.prefix_len).is_some_and(|c| c.network == self.network)
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix_len)
-    }
-}
-
-impl Serialize for Cidr {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    use crate::config::{Cidr, StringMatch};
 
     fn input(headers: &HeaderMap) -> RbacInput<'_> {
         RbacInput {
@@ -430,7 +283,7 @@ mod tests {
 
     #[test]
     fn ignore_case_matches_without_copying() {
-        let sm = |m: fn(Arc<str>) -> StringMatch, input: &str| str_matches(&m("ab".into()), input);
+        let sm = |m: fn(Arc<str>) -> StringMatch, input: &str| m("ab".into()).matches(input);
         let exact = |value| StringMatch::Exact {
             value,
             ignore_case: true,

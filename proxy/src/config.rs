@@ -1,6 +1,8 @@
 //! The runtime configuration: plain immutable types, rebuilt whole per xDS change.
 
 mod cluster;
+mod matchers;
+mod rbac;
 mod route;
 mod tls;
 
@@ -13,11 +15,12 @@ use serde::Serialize;
 pub use cluster::{
     Cluster, Discovery, Endpoint, LbPolicy, Limits, OutlierDetection, TransportMatch,
 };
+pub use matchers::{HeaderMatch, HeaderMatcher, Pattern, QueryMatcher, StringMatch};
+pub use rbac::{Cidr, Permission, Policy, Principal, Rbac, RbacAction};
 pub use route::{
     Action, ClusterChoice, Fault, FaultAbort, FaultDelay, Forward, GrpcRetryOn, HashKey,
-    HashPolicy, HeaderAdd, HeaderChanges, HeaderMatch, HeaderMatcher, Mirror, PathMatch, Pattern,
-    QueryMatcher, Redirect, RegexRewrite, RetryOn, RetryPolicy, Route, RouteConfig, RouteMatch,
-    StringMatch, VirtualHost, WeightedCluster,
+    HashPolicy, HeaderAdd, HeaderChanges, Mirror, PathMatch, Redirect, RegexRewrite, RetryOn,
+    RetryPolicy, Route, RouteConfig, RouteMatch, VirtualHost, WeightedCluster,
 };
 pub use tls::{
     CertificateSource, DownstreamTls, Loaded, RootsSource, SanKind, SanMatcher, UpstreamTls,
@@ -77,7 +80,7 @@ pub struct HttpManager {
     /// What happens to `x-forwarded-client-cert`.
     pub client_cert_details: ClientCertDetails,
     /// RBAC filters in order (Istio's: DENY, AUDIT, ALLOW), before routing.
-    pub rbac: Arc<[crate::authz::Rbac]>,
+    pub rbac: Arc<[Rbac]>,
 }
 
 /// Envoy's `forward_client_cert_details` with `set_current_client_cert_details`.

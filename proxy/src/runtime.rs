@@ -236,8 +236,6 @@ pub struct Shared {
     pub stats: Arc<Stats>,
     /// Set once the first complete config is in force with its listeners bound.
     pub ready: AtomicBool,
-    /// Listener sockets bound by the xDS client before it ACKed them.
-    pub sockets: Arc<crate::accept::Sockets>,
     /// Span export, when an OTLP endpoint is configured.
     pub tracing: Option<Tracing>,
     /// This proxy's workload identity, when it has one (mTLS).

@@ -226,9 +226,7 @@ impl PeerVerifier {
                 SanKind::Uri => &uris,
                 SanKind::Dns => &dns,
             };
-            candidates
-                .iter()
-                .any(|n| crate::http::routing::string_matches(&m.matcher, n))
+            candidates.iter().any(|n| m.matcher.matches(n))
         });
         if named {
             Ok(())

@@ -311,8 +311,8 @@ fn sidecar_mtls_converts_with_the_workload_certificate_identities_and_authorizat
     assert_eq!(
         actions,
         [
-            strait_proxy::authz::RbacAction::Deny,
-            strait_proxy::authz::RbacAction::Allow
+            strait_proxy::config::RbacAction::Deny,
+            strait_proxy::config::RbacAction::Allow
         ]
     );
     // SIMPLE with a CA file that is not on this machine: refused with the field and the file.

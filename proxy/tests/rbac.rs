@@ -15,8 +15,9 @@ use envoy_types::pb::google::protobuf::{Any, UInt32Value};
 use http::HeaderMap;
 use prost::Message;
 use strait_model::{Model, ProxyNode, loader};
-use strait_proxy::authz::{Rbac, RbacAction, RbacInput, authorize};
+use strait_proxy::authz::{RbacInput, authorize};
 use strait_proxy::config::Listener;
+use strait_proxy::config::{Rbac, RbacAction};
 
 const LISTENER: &str = "inbound_15108";
 const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";

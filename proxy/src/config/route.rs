@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Serialize, Serializer};
+use serde::Serialize;
+
+use super::{HeaderMatcher, Pattern, QueryMatcher};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RouteConfig {
@@ -67,79 +69,6 @@ pub enum PathMatch {
     Exact(Arc<str>),
     /// Matches the whole path.
     Regex(Pattern),
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct HeaderMatcher {
-    /// Lowercase; `:method`, `:authority`, `:scheme` and `:path` name the pseudo-headers.
-    pub name: Arc<str>,
-    pub matches: HeaderMatch,
-    pub invert: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HeaderMatch {
-    /// `true`: the header is present; `false`: it is absent.
-    Present(bool),
-    Value(StringMatch),
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct QueryMatcher {
-    pub name: Arc<str>,
-    /// `None`: the parameter is present.
-    pub value: Option<StringMatch>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StringMatch {
-    Exact { value: Arc<str>, ignore_case: bool },
-    Prefix { value: Arc<str>, ignore_case: bool },
-    Suffix { value: Arc<str>, ignore_case: bool },
-    Contains { value: Arc<str>, ignore_case: bool },
-    Regex(Pattern),
-}
-
-/// A regular expression that must match the whole input (Envoy's `safe_regex`).
-#[derive(Clone, Debug)]
-pub struct Pattern {
-    pub source: Arc<str>,
-    pub regex: regex::Regex,
-}
-
-impl Pattern {
-    pub fn new(source: &str) -> Result<Pattern, regex::Error> {
-        Ok(Pattern {
-            source: source.into(),
-            regex: regex::Regex::new(&format!("^(?:{source})$"))?,
-        })
-    }
-
-    /// A pattern that may match anywhere (for rewrites).
-    pub fn unanchored(source: &str) -> Result<Pattern, regex::Error> {
-        Ok(Pattern {
-            source: source.into(),
-            regex: regex::Regex::new(source)?,
-        })
-    }
-
-    pub fn matches(&self, input: &str) -> bool {
-        self.regex.is_match(input)
-    }
-}
-
-impl PartialEq for Pattern {
-    fn eq(&self, other: &Self) -> bool {
-        self.source == other.source
-    }
-}
-
-impl Serialize for Pattern {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.source)
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -4,7 +4,7 @@ use http::HeaderMap;
 
 use crate::config::{
     HeaderMatch, HeaderMatcher, PathMatch, QueryMatcher, Route, RouteConfig, RouteMatch,
-    StringMatch, VirtualHost,
+    VirtualHost,
 };
 
 /// What a route match looks at, borrowed from the request.
@@ -111,7 +111,7 @@ fn header_matches(h: &HeaderMatcher, req: &RequestView<'_>) -> bool {
             // A missing header never matches, inverted or not (Envoy).
             return false;
         }
-        (HeaderMatch::Value(sm), Some(v)) => string_matches(sm, v),
+        (HeaderMatch::Value(sm), Some(v)) => sm.matches(v),
     };
     hit != h.invert
 }
@@ -124,24 +124,7 @@ fn query_matches(q: &QueryMatcher, query: Option<&str>) -> bool {
     match (&q.value, found) {
         (_, None) => false,
         (None, Some(_)) => true,
-        (Some(sm), Some(v)) => string_matches(sm, v),
-    }
-}
-
-pub fn string_matches(sm: &StringMatch, input: &str) -> bool {
-    let fold = |ignore_case: bool| -> std::borrow::Cow<'_, str> {
-        if ignore_case {
-            input.to_lowercase().into()
-        } else {
-            input.into()
-        }
-    };
-    match sm {
-        StringMatch::Exact { value, ignore_case } => *fold(*ignore_case) == **value,
-        StringMatch::Prefix { value, ignore_case } => fold(*ignore_case).starts_with(&**value),
-        StringMatch::Suffix { value, ignore_case } => fold(*ignore_case).ends_with(&**value),
-        StringMatch::Contains { value, ignore_case } => fold(*ignore_case).contains(&**value),
-        StringMatch::Regex(p) => p.matches(input),
+        (Some(sm), Some(v)) => sm.matches(v),
     }
 }
 
@@ -162,6 +145,8 @@ pub fn strip_port(host: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    use crate::config::StringMatch;
 
     use super::*;
     use crate::config::{Action, HeaderChanges, Pattern};

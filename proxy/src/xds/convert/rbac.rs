@@ -1,4 +1,4 @@
-//! Envoy's RBAC HTTP filter config -> `crate::rbac`: what straitd emits, everything else refused.
+//! Envoy's RBAC HTTP filter config -> `config::Rbac`: what straitd emits, everything else refused.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as PbRbac;
 use envoy_types::pb::envoy::r#type::matcher::v3::path_matcher;
 
 use super::{At, ConvertError, header_matcher, string_match};
-use crate::authz::{Cidr, Permission, Policy, Principal, Rbac, RbacAction};
+use crate::config::{Cidr, Permission, Policy, Principal, Rbac, RbacAction};
 
 /// The type of an RBAC HTTP filter's `typed_config`.
 pub(super) const TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
