@@ -1,6 +1,7 @@
-//! Accepting connections: the listener set follows the config, each accepted connection is
-//! matched to a filter chain (TLS or not, SNI), TLS is terminated if the chain says so, and the
-//! connection is handed to the HTTP server.
+//! Accepting connections: the listener set follows the config; each accepted connection gets
+//! its original destination (and is handed to the listener for it), is inspected (TLS or not,
+//! SNI, ALPN), matched to a filter chain as Envoy matches it, has TLS terminated if the chain
+//! says so, and goes to the HTTP server or the TCP proxy.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,25 +19,24 @@ use tokio::task::JoinHandle;
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::body::BoxError;
-use crate::config::Config;
+use crate::config::{Config, ConnectionInfo, Listener, Serve, Transport};
 use crate::http::{Conn, serve_http};
 use crate::runtime::{Runtime, Shared};
 use crate::tls::PeerTls;
 
+mod inspect;
 mod sockets;
 
-pub use sockets::Sockets;
+pub use inspect::{Hello, original_dst};
+pub use sockets::{Sockets, bind};
 
-/// How long a TLS client may take to say hello and finish its handshake.
+/// How long a TLS client may take to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The first byte of a TLS record carrying a handshake (the client hello).
-const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// How long a removed listener or a draining proxy waits for in-flight requests.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct ListenerHandle {
-    address: SocketAddr,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -49,7 +49,8 @@ pub async fn run(
     mut configs: watch::Receiver<Option<Arc<Config>>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut listeners: HashMap<Arc<str>, ListenerHandle> = HashMap::new();
+    // One accept loop per bound address of each listener.
+    let mut listeners: HashMap<(Arc<str>, SocketAddr), ListenerHandle> = HashMap::new();
     loop {
         let config = configs.borrow_and_update().clone();
         if let Some(config) = config {
@@ -61,7 +62,7 @@ pub async fn run(
             );
             shared.runtime.store(Some(Arc::new(runtime)));
             reconcile(&shared, &sockets, &config, &mut listeners).await;
-            if listeners.len() == config.listeners.len() {
+            if listeners.len() == bound_addresses(&config).count() {
                 shared.ready.store(true, Ordering::Relaxed);
             }
         }
@@ -79,30 +80,41 @@ pub async fn run(
     }
 }
 
+/// Every (listener, address) the config binds; listeners that only take handed-over
+/// connections bind nothing.
+pub fn bound_addresses(config: &Config) -> impl Iterator<Item = (&Arc<str>, SocketAddr)> {
+    config
+        .listeners
+        .iter()
+        .filter(|(_, l)| l.bind)
+        .flat_map(|(name, l)| l.addresses.iter().map(move |a| (name, *a)))
+}
+
 async fn reconcile(
     shared: &Arc<Shared>,
     sockets: &Sockets,
     config: &Config,
-    listeners: &mut HashMap<Arc<str>, ListenerHandle>,
+    listeners: &mut HashMap<(Arc<str>, SocketAddr), ListenerHandle>,
 ) {
-    listeners.retain(|name, handle| {
+    listeners.retain(|(name, address), handle| {
         let keep = config
             .listeners
             .get(name)
-            .is_some_and(|l| l.address == handle.address);
+            .is_some_and(|l| l.bind && l.addresses.contains(address));
         if !keep {
-            tracing::info!(listener = %name, address = %handle.address, "closing listener");
+            tracing::info!(listener = %name, %address, "closing listener");
             let _ = handle.stop.send(true);
-            sockets.set_active(handle.address, false);
+            sockets.set_active(*address, false);
         }
         keep
     });
-    for (name, l) in &config.listeners {
-        if listeners.contains_key(name) {
+    for (name, address) in bound_addresses(config) {
+        let key = (name.clone(), address);
+        if listeners.contains_key(&key) {
             continue;
         }
-        let mut bound = sockets
-            .take(l.address)
+        let mut socket = sockets
+            .take(address)
             .and_then(|s| match TcpListener::from_std(s) {
                 Ok(s) => Some(s),
                 Err(error) => {
@@ -112,36 +124,26 @@ async fn reconcile(
             });
         // A closing listener may still hold the address for a moment.
         for _ in 0..20 {
-            if bound.is_some() {
+            if socket.is_some() {
                 break;
             }
-            match TcpListener::bind(l.address).await {
-                Ok(socket) => {
-                    bound = Some(socket);
-                    break;
-                }
+            match bind(address).and_then(TcpListener::from_std) {
+                Ok(s) => socket = Some(s),
                 Err(error) => {
-                    tracing::warn!(listener = %name, address = %l.address, %error, "cannot bind listener yet");
+                    tracing::warn!(listener = %name, %address, %error, "cannot bind listener yet");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
         }
-        let Some(socket) = bound else {
-            tracing::error!(listener = %name, address = %l.address, "giving up binding listener until the next update");
+        let Some(socket) = socket else {
+            tracing::error!(listener = %name, %address, "giving up binding listener until the next update");
             continue;
         };
-        tracing::info!(listener = %name, address = %l.address, "listening");
-        sockets.set_active(l.address, true);
+        tracing::info!(listener = %name, %address, "listening");
+        sockets.set_active(address, true);
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(serve(shared.clone(), name.clone(), socket, stop_rx));
-        listeners.insert(
-            name.clone(),
-            ListenerHandle {
-                address: l.address,
-                stop,
-                task,
-            },
-        );
+        listeners.insert(key, ListenerHandle { stop, task });
     }
 }
 
@@ -192,11 +194,11 @@ async fn serve(
     }
 }
 
-/// Matches a connection to a filter chain (TLS or not, SNI), terminates TLS if the chain says
-/// so, and serves HTTP on it.
+/// One accepted connection, in Envoy's order: the original destination and the hand-off to
+/// its listener, that listener's inspection, the filter chain, TLS, then HTTP or TCP.
 async fn connection(
     shared: Arc<Shared>,
-    listener: Arc<str>,
+    accepted_on: Arc<str>,
     stream: TcpStream,
     peer: SocketAddr,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -205,53 +207,89 @@ async fn connection(
     let Some(runtime) = shared.runtime.load_full() else {
         return Ok(());
     };
-    let Some(l) = runtime.config.listeners.get(&listener) else {
+    let Some(first) = runtime.config.listeners.get(&accepted_on) else {
         return Ok(());
     };
-    let tls = if l.inspects() {
-        let mut first = [0u8; 1];
-        let n = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await??;
-        n == 1 && first[0] == TLS_HANDSHAKE_RECORD
-    } else {
-        l.serves_tls()
+    let mut local = stream.local_addr()?;
+    if first.use_original_dst || first.inspect.original_dst {
+        local = original_dst(&stream).unwrap_or(local);
+    }
+    // Envoy hands a restored connection to the listener for its destination, if there is one.
+    let (name, l) = match first
+        .use_original_dst
+        .then(|| runtime.listener_for(local))
+        .flatten()
+    {
+        Some((name, l)) => (name.clone(), l),
+        None => (accepted_on, first),
     };
+    if l.inspect.original_dst && !first.use_original_dst {
+        local = original_dst(&stream).unwrap_or(local);
+    }
+    let hello = if l.inspect.tls {
+        match inspect::client_hello(&stream, l.inspect.timeout).await {
+            Ok(hello) => hello,
+            Err(inspect::Timeout) if l.inspect.continue_on_timeout => None,
+            Err(inspect::Timeout) => {
+                tracing::debug!(listener = %name, %peer, "listener filters timed out; closing");
+                return Ok(());
+            }
+        }
+    } else {
+        None
+    };
+    let info = ConnectionInfo {
+        local,
+        transport: if hello.is_some() {
+            Transport::Tls
+        } else {
+            Transport::Raw
+        },
+        sni: hello.as_ref().and_then(|h| h.sni.as_deref()),
+        alpn: hello.as_ref().map_or(&[], |h| &h.alpn),
+    };
+    let Some(chain) = l.select(&info) else {
+        shared.stats.no_filter_chain(&name);
+        tracing::debug!(listener = %name, %peer, %local, sni = ?info.sni, "no filter chain matches this connection; closing it");
+        return Ok(());
+    };
+    let tls = l.chains[chain].tls.is_some();
+    let is_tcp = matches!(l.chains[chain].serve, Serve::Tcp(_));
     if !tls {
-        let Some(chain) = l.select(false, None).filter(|i| l.chains[*i].tls.is_none()) else {
-            tracing::debug!(%listener, %peer, "no filter chain takes a plaintext connection; closing it");
-            return Ok(());
-        };
-        let conn = Conn::new(listener, chain, peer, None);
+        let conn = Conn::new(name, chain, peer, local, None);
         drop(runtime);
+        if is_tcp {
+            return crate::tcp::serve(shared, conn, stream).await;
+        }
         return serve_http(shared, conn, TokioIo::new(stream), &builder, watcher).await;
     }
-    let handshake = async {
-        let start = LazyConfigAcceptor::new(Acceptor::default(), stream).await?;
-        let sni = start.client_hello().server_name().map(str::to_string);
-        let chain = l.select(true, sni.as_deref());
-        let Some((chain, config)) =
-            chain.and_then(|i| Some((i, runtime.chain_tls.get(&(listener.clone(), i))?.clone())))
-        else {
-            tracing::debug!(%listener, %peer, ?sni, "no filter chain takes this TLS connection; closing it");
-            return Ok::<_, std::io::Error>(None);
-        };
-        let local_uri = match l.chains[chain].tls.as_ref().map(|t| &t.certificate) {
-            Some(crate::config::CertificateSource::Workload) => shared
-                .identity
-                .as_ref()
-                .and_then(|i| i.current())
-                .map(|w| w.spiffe_id.clone()),
-            _ => None,
-        };
-        let stream = start.into_stream(config).await?;
-        let peer_tls = PeerTls::of(stream.get_ref().1.peer_certificates(), local_uri);
-        Ok(Some((chain, stream, peer_tls)))
-    };
-    let Some((chain, stream, peer_tls)) =
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await??
-    else {
+    let Some(config) = runtime.chain_tls.get(&(name.clone(), chain)).cloned() else {
+        tracing::debug!(listener = %name, chain, %peer, "TLS for this filter chain is not available; closing");
         return Ok(());
     };
-    let conn = Conn::new(listener, chain, peer, Some(peer_tls));
+    let local_uri = workload_uri(&shared, l, chain);
     drop(runtime);
+    let handshake = async {
+        let start = LazyConfigAcceptor::new(Acceptor::default(), stream).await?;
+        start.into_stream(config).await
+    };
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await??;
+    let peer_tls = PeerTls::of(stream.get_ref().1.peer_certificates(), local_uri);
+    let conn = Conn::new(name, chain, peer, local, Some(peer_tls));
+    if is_tcp {
+        return crate::tcp::serve(shared, conn, stream).await;
+    }
     serve_http(shared, conn, TokioIo::new(stream), &builder, watcher).await
+}
+
+/// The workload's SPIFFE ID, for XFCC's `By`, when the chain serves the workload certificate.
+fn workload_uri(shared: &Shared, l: &Listener, chain: usize) -> Option<Arc<str>> {
+    match l.chains[chain].tls.as_ref().map(|t| &t.certificate) {
+        Some(crate::config::CertificateSource::Workload) => shared
+            .identity
+            .as_ref()
+            .and_then(|i| i.current())
+            .map(|w| w.spiffe_id.clone()),
+        _ => None,
+    }
 }

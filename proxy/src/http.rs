@@ -39,6 +39,8 @@ pub struct Conn {
     /// The filter chain it was matched to.
     pub chain: usize,
     pub peer: SocketAddr,
+    /// The connection's local address: its original destination when that was restored.
+    pub local: SocketAddr,
     /// Set on TLS connections.
     pub tls: Option<PeerTls>,
     /// The peer's IP as `x-forwarded-for` names it, made once per connection.
@@ -46,13 +48,20 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(listener: Arc<str>, chain: usize, peer: SocketAddr, tls: Option<PeerTls>) -> Conn {
+    pub fn new(
+        listener: Arc<str>,
+        chain: usize,
+        peer: SocketAddr,
+        local: SocketAddr,
+        tls: Option<PeerTls>,
+    ) -> Conn {
         let peer_ip = HeaderValue::try_from(peer.ip().to_string())
             .expect("an IP address is a valid header value");
         Conn {
             listener,
             chain,
             peer,
+            local,
             tls,
             peer_ip,
         }
@@ -179,7 +188,7 @@ async fn route_and_forward(
         .chains
         .get(conn.chain)
         .filter(|c| c.tls.is_some() == conn.tls.is_some())
-        .map(|c| &c.http)
+        .and_then(|c| c.http())
     else {
         let mut resp = local(StatusCode::SERVICE_UNAVAILABLE, "listener changed");
         resp.headers_mut()
@@ -219,7 +228,7 @@ async fn route_and_forward(
             path: req.uri().path(),
             authority,
             headers: req.headers(),
-            destination_port: l.address.port(),
+            destination_port: conn.local.port(),
             direct_remote_ip: peer.ip(),
             principal: conn.tls.as_ref().and_then(|t| t.principal.as_deref()),
         };
@@ -299,6 +308,7 @@ async fn route_and_forward(
             };
             let downstream = Downstream {
                 authority: &authority_value,
+                local: conn.local,
                 peer,
                 peer_ip: &conn.peer_ip,
             };

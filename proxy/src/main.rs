@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, error::ErrorKind};
 use serde_json::{Map, Value};
 use strait_model::ProxyMode;
-use strait_model::node::NodeMetadata;
+use strait_model::node::{InterceptionMode, NodeMetadata, inbound_from_flags};
 use strait_proxy::app::{self, Settings};
 use strait_proxy::identity::{Identity, IdentitySettings};
 use strait_proxy::xds::{NodeInfo, Protocol, XdsSettings};
@@ -56,10 +56,21 @@ struct Args {
     mode: String,
     #[arg(long, env = "STRAIT_OUTBOUND_PORT", default_value_t = 15001)]
     outbound_port: u16,
-    #[arg(long, env = "STRAIT_INBOUND_PORT", requires = "app_port")]
+    /// How the workload's traffic reaches the proxy: `none` (the app sends to the outbound
+    /// port) or `redirect` (iptables captures it: `strait-proxy iptables`).
+    #[arg(long, env = "STRAIT_INTERCEPTION", default_value = "none")]
+    interception: InterceptionMode,
+    /// The inbound port for the workload (explicit), or the inbound capture port with
+    /// `--interception redirect` [default there: 15006].
+    #[arg(long, env = "STRAIT_INBOUND_PORT")]
     inbound_port: Option<u16>,
-    #[arg(long, env = "STRAIT_APP_PORT", requires = "inbound_port")]
+    /// The workload's own port on 127.0.0.1 (explicit sidecar only).
+    #[arg(long, env = "STRAIT_APP_PORT")]
     app_port: Option<u16>,
+    /// The workload's own addresses, comma-separated (a captured sidecar serves the service
+    /// ports whose endpoints they are; in Kubernetes, the pod IPs).
+    #[arg(long, env = "STRAIT_INSTANCE_IPS", value_delimiter = ',')]
+    instance_ips: Vec<IpAddr>,
     #[arg(long, env = "STRAIT_SERVICE_ACCOUNT")]
     service_account: Option<String>,
     #[arg(long, env = "STRAIT_LISTEN_ADDRESS")]
@@ -110,6 +121,9 @@ fn metadata(args: &Args) -> anyhow::Result<Map<String, Value>> {
             parsed.with_context(|| format!("--gateway-ports: {server}={bind} is not PORT=PORT"))?;
         gateway_ports.insert(server, bind);
     }
+    let (interception, inbound) =
+        inbound_from_flags(args.interception, args.inbound_port, args.app_port)
+            .unwrap_or_else(|e| Args::command().error(ErrorKind::ArgumentConflict, e).exit());
     Ok(NodeMetadata {
         namespace: args.namespace.clone(),
         labels: labels.into_iter().collect(),
@@ -118,12 +132,11 @@ fn metadata(args: &Args) -> anyhow::Result<Map<String, Value>> {
         outbound_port: args.outbound_port,
         listen_address: args.listen_address,
         gateway_ports,
-        inbound: args.inbound_port.zip(args.app_port),
+        inbound,
         // With the TLS port, the key is made here and certified through the CA API.
         own_certificate: args.xds.starts_with("https://"),
-        // Captured traffic (original-destination listeners) is not served yet: explicit only.
-        interception: Default::default(),
-        instance_ips: Vec::new(),
+        interception,
+        instance_ips: args.instance_ips.clone(),
     }
     .to_json())
 }

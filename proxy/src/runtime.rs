@@ -2,8 +2,9 @@
 //! it, swapped whole; and what every listener and the admin API share.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -12,7 +13,7 @@ use hyper_rustls::{FixedServerNameResolver, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use rustls::server::ServerConfig;
 
-use crate::config::{Cluster, Config};
+use crate::config::{Cluster, Config, Listener};
 use crate::identity::Identity;
 use crate::stats::{ClusterGauges, ClusterStats, Stats};
 use crate::trace::Tracing;
@@ -28,6 +29,8 @@ pub struct Runtime {
     pub(crate) upstreams: HashMap<Arc<str>, Arc<Upstream>, foldhash::fast::RandomState>,
     /// By (listener, chain index).
     pub(crate) chain_tls: HashMap<(Arc<str>, usize), Arc<ServerConfig>>,
+    /// Listener names by each of their addresses, for original-destination hand-offs.
+    by_address: HashMap<SocketAddr, Arc<str>, foldhash::fast::RandomState>,
 }
 
 /// A cluster's balancer, connection pools, circuit breakers and stats.
@@ -42,11 +45,43 @@ pub struct Upstream {
     /// endpoint index; `None` for an endpoint that makes no valid authority, or when there is
     /// no pool.
     pub(crate) endpoints: Box<[Option<Arc<Endpoint>>]>,
+    /// TLS for TCP connections to the cluster's TLS endpoints (the same settings as the pool's).
+    pub(crate) tls: Option<TlsClient>,
+    /// An original-destination cluster's pools, by destination, made as requests need them.
+    original: Mutex<HashMap<SocketAddr, Arc<Endpoint>>>,
 }
+
+/// A rustls client config and the SNI to send, for TCP connections.
+#[derive(Clone)]
+pub(crate) struct TlsClient {
+    pub config: Arc<rustls::ClientConfig>,
+    pub sni: Option<rustls_pki_types::ServerName<'static>>,
+}
+
+/// Original-destination pools kept before unused ones are dropped.
+const ORIGINAL_DST_POOLS: usize = 256;
 
 impl Upstream {
     pub(crate) fn endpoint(&self, index: usize) -> Option<&Arc<Endpoint>> {
         self.endpoints.get(index)?.as_ref()
+    }
+
+    /// The pool for `destination` of an original-destination cluster (plaintext). Pools no
+    /// request holds are dropped once there are many, so passthrough traffic to ever new
+    /// addresses does not grow without bound (Envoy's original-dst host cleanup).
+    pub(crate) fn original_dst_endpoint(&self, destination: SocketAddr) -> Option<Arc<Endpoint>> {
+        let pool = self.pool.as_ref().ok()?;
+        let mut original = self.original.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = original.get(&destination) {
+            return Some(e.clone());
+        }
+        if original.len() >= ORIGINAL_DST_POOLS {
+            original.retain(|_, e| Arc::strong_count(e) > 1);
+        }
+        let authority = Authority::try_from(destination.to_string()).ok()?;
+        let endpoint = pool.endpoint(Scheme::HTTP, authority);
+        original.insert(destination, endpoint.clone());
+        Some(endpoint)
     }
 }
 
@@ -110,12 +145,14 @@ impl Runtime {
                                     && u.cluster.idle_timeout == cluster.idle_timeout
                                     && u.cluster.tls_settings() == cluster.tls_settings()
                                     && u.cluster.max_requests_per_connection
-                                        == cluster.max_requests_per_connection =>
+                                        == cluster.max_requests_per_connection
+                                    && u.cluster.upstream_bind == cluster.upstream_bind =>
                             {
-                                u.pool.clone()
+                                (u.pool.clone(), u.tls.clone())
                             }
                             _ => pool(cluster, identity, &stats),
                         };
+                        let (pool, tls) = pool;
                         Arc::new(Upstream {
                             cluster: cluster.clone(),
                             balancer: match old {
@@ -124,6 +161,8 @@ impl Runtime {
                             },
                             endpoints: endpoints(cluster, &pool, old.map(|u| &**u)),
                             pool,
+                            tls,
+                            original: Mutex::default(),
                             breaker: match old {
                                 Some(u) if u.breaker.fits(cluster) => u.breaker.clone(),
                                 _ => Arc::new(Breaker::new(cluster)),
@@ -149,11 +188,32 @@ impl Runtime {
                 }
             }
         }
+        let by_address = config
+            .listeners
+            .iter()
+            .flat_map(|(name, l)| l.addresses.iter().map(move |a| (*a, name.clone())))
+            .collect();
         Runtime {
             config,
             upstreams,
             chain_tls,
+            by_address,
         }
+    }
+
+    /// The listener a connection to `destination` is handed to by a listener that uses
+    /// original destinations, as Envoy finds it: one on exactly that address, else one on the
+    /// unspecified address of the same family and port.
+    pub fn listener_for(&self, destination: SocketAddr) -> Option<(&Arc<str>, &Listener)> {
+        let wildcard = match destination {
+            SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], destination.port())),
+            SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], destination.port())),
+        };
+        let name = self
+            .by_address
+            .get(&destination)
+            .or_else(|| self.by_address.get(&wildcard))?;
+        Some((name, self.config.listeners.get(name)?))
     }
 
     /// Each cluster's stats, with what its breaker and balancer hold now.
@@ -178,15 +238,24 @@ impl Runtime {
 /// Envoy's default idle timeout for upstream connections.
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// A cluster's connection pool; its connections are counted in `stats`.
+/// A cluster's connection pool (its connections counted in `stats`), and the TLS client its
+/// TCP connections use.
+type PoolAndTls = (Result<Arc<Pool>, Arc<str>>, Option<TlsClient>);
+
 fn pool(
     cluster: &Cluster,
     identity: Option<&Arc<Identity>>,
     stats: &Arc<ClusterStats>,
-) -> Result<Arc<Pool>, Arc<str>> {
+) -> PoolAndTls {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(cluster.connect_timeout));
     connector.set_nodelay(true);
+    if let Some(bind) = &cluster.upstream_bind {
+        connector.set_local_addresses(
+            bind.v4.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+            bind.v6.unwrap_or(std::net::Ipv6Addr::UNSPECIFIED),
+        );
+    }
     let pool = |connector| {
         Ok(Arc::new(Pool::new(
             connector,
@@ -200,25 +269,35 @@ fn pool(
     let [tls] = settings.as_slice() else {
         // Conversion allows at most one TLS setting per cluster.
         return match settings.len() {
-            0 => pool(Connector::Plain(connector)),
-            n => Err(format!("{n} different TLS settings").into()),
+            0 => (pool(Connector::Plain(connector)), None),
+            n => (Err(format!("{n} different TLS settings").into()), None),
         };
     };
-    let failed = |e: String| -> Arc<str> {
+    let failed = |e: String| -> PoolAndTls {
         tracing::error!(cluster = %cluster.name, error = %e, "TLS to this cluster is not available");
-        e.into()
+        (Err(e.into()), None)
     };
-    let config = crate::tls::client_config(tls, identity).map_err(|e| failed(e.to_string()))?;
+    let config = match crate::tls::client_config(tls, identity) {
+        Ok(c) => c,
+        Err(e) => return failed(e.to_string()),
+    };
+    let sni = match &tls.sni {
+        Some(sni) => match rustls_pki_types::ServerName::try_from(sni.to_string()) {
+            Ok(name) => Some(name),
+            Err(e) => return failed(format!("SNI {sni:?}: {e}")),
+        },
+        None => None,
+    };
+    let tcp = TlsClient {
+        config: Arc::new(config.clone()),
+        sni: sni.clone(),
+    };
     connector.enforce_http(false);
     let https = HttpsConnectorBuilder::new()
         .with_tls_config(config)
         .https_or_http();
-    let https = match &tls.sni {
-        Some(sni) => {
-            let name = rustls_pki_types::ServerName::try_from(sni.to_string())
-                .map_err(|e| failed(format!("SNI {sni:?}: {e}")))?;
-            https.with_server_name_resolver(FixedServerNameResolver::new(name))
-        }
+    let https = match sni {
+        Some(name) => https.with_server_name_resolver(FixedServerNameResolver::new(name)),
         None => https,
     };
     let connector = if cluster.http2 {
@@ -226,7 +305,7 @@ fn pool(
     } else {
         https.enable_http1().wrap_connector(connector)
     };
-    pool(Connector::Tls(connector))
+    (pool(Connector::Tls(connector)), Some(tcp))
 }
 
 /// What every listener and the admin API share.

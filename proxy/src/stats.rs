@@ -17,6 +17,8 @@ pub struct Stats {
     requests: DashMap<RequestKey, AtomicU64, foldhash::fast::RandomState>,
     xds: Mutex<BTreeMap<&'static str, TypeStats>>,
     connected: AtomicBool,
+    /// Connections closed because no filter chain of their listener matched, by listener.
+    no_filter_chain: DashMap<Arc<str>, AtomicU64, foldhash::fast::RandomState>,
 }
 
 /// What a finished request is counted by; empty names where there was none (404, direct
@@ -57,6 +59,14 @@ impl Stats {
         }
         self.requests
             .entry(key)
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection that no filter chain of `listener` takes (Envoy's `no_filter_chain_match`).
+    pub fn no_filter_chain(&self, listener: &Arc<str>) {
+        self.no_filter_chain
+            .entry(listener.clone())
             .or_default()
             .fetch_add(1, Ordering::Relaxed);
     }
@@ -103,6 +113,23 @@ impl Stats {
                 k.code,
                 escape(&k.virtual_host),
                 escape(&k.route),
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# TYPE strait_proxy_downstream_no_filter_chain_total counter"
+        );
+        let mut unmatched: Vec<(Arc<str>, u64)> = self
+            .no_filter_chain
+            .iter()
+            .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
+            .collect();
+        unmatched.sort();
+        for (listener, n) in unmatched {
+            let _ = writeln!(
+                out,
+                "strait_proxy_downstream_no_filter_chain_total{{listener=\"{}\"}} {n}",
+                escape(&listener)
             );
         }
         let xds = self.xds();
@@ -193,6 +220,13 @@ pub struct ClusterStats {
     pub overflow_max_requests: AtomicU64,
     pub overflow_max_retries: AtomicU64,
     pub ejections: AtomicU64,
+    /// Connections or requests that found no endpoint to go to (Envoy's
+    /// `upstream_cx_none_healthy`): no healthy endpoint, or none at all (a black hole).
+    pub none_healthy: AtomicU64,
+    /// Upstream connections that could not be made.
+    pub connect_failures: AtomicU64,
+    /// Proxied TCP connections (TCP chains) in progress.
+    pub tcp_active: AtomicU64,
 }
 
 /// What a cluster's balancer and breaker know at scrape time.
@@ -237,7 +271,7 @@ pub fn render_clusters(
         );
     }
     type Counter = fn(&ClusterStats, &ClusterGauges) -> u64;
-    let families: [(&str, &str, Counter); 7] = [
+    let families: [(&str, &str, Counter); 10] = [
         (
             "strait_proxy_upstream_connections_total",
             "counter",
@@ -262,6 +296,19 @@ pub fn render_clusters(
         }),
         ("strait_proxy_outlier_ejections_active", "gauge", |_, g| {
             g.ejected_endpoints as u64
+        }),
+        (
+            "strait_proxy_upstream_none_healthy_total",
+            "counter",
+            |s, _| s.none_healthy.load(Ordering::Relaxed),
+        ),
+        (
+            "strait_proxy_upstream_connect_failures_total",
+            "counter",
+            |s, _| s.connect_failures.load(Ordering::Relaxed),
+        ),
+        ("strait_proxy_tcp_connections_active", "gauge", |s, _| {
+            s.tcp_active.load(Ordering::Relaxed)
         }),
     ];
     for (family, kind, value) in families {

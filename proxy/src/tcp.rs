@@ -1,15 +1,229 @@
-//! Opaque TCP proxying: bytes both ways, each side's end of stream passed on as a half-close, and
-//! the connection closed when neither side has sent anything for the idle timeout.
+//! The TCP proxy: a connection that a TCP chain takes is authorized (network RBAC), given an
+//! upstream connection to its cluster (balanced, under the cluster's connection limit, from its
+//! bind address, over TLS when the endpoint's transport says so), and spliced to it: bytes both
+//! ways, each side's end of stream passed on as a half-close, closed when idle too long.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::HeaderMap;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
+
+use crate::authz::{RbacInput, authorize};
+use crate::body::BoxError;
+use crate::config::{Serve, TcpProxy};
+use crate::http::Conn;
+use crate::runtime::{Shared, Upstream};
+use crate::stats::ClusterStats;
+use crate::upstream::balance::{Outcome, hash_of};
+
+/// Anything the proxy splices: a TCP stream or TLS over one.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Serves a connection that a TCP chain took: authorization, then the upstream, then bytes.
+pub async fn serve<S: Io>(shared: Arc<Shared>, conn: Conn, downstream: S) -> Result<(), BoxError> {
+    let Some(runtime) = shared.runtime.load_full() else {
+        return Ok(());
+    };
+    let chain = runtime
+        .config
+        .listeners
+        .get(&conn.listener)
+        .and_then(|l| l.chains.get(conn.chain));
+    let Some(Serve::Tcp(proxy)) = chain.map(|c| &c.serve) else {
+        // The listener changed under the connection.
+        return Ok(());
+    };
+    if !proxy.rbac.is_empty() {
+        let headers = HeaderMap::new();
+        let input = RbacInput {
+            method: "",
+            path: "",
+            authority: "",
+            headers: &headers,
+            destination_port: conn.local.port(),
+            direct_remote_ip: conn.peer.ip(),
+            principal: conn.tls.as_ref().and_then(|t| t.principal.as_deref()),
+        };
+        let decision = authorize(&proxy.rbac, &input);
+        if !decision.allowed {
+            tracing::debug!(listener = %conn.listener, peer = %conn.peer, policy = ?decision.policy, "RBAC denied the connection");
+            return Ok(());
+        }
+    }
+    let Some(upstream) = runtime.upstreams.get(&proxy.cluster).cloned() else {
+        // Assembly guarantees a TCP chain's cluster exists; keep failing closed anyway.
+        return Ok(());
+    };
+    let proxy: TcpProxy = proxy.clone();
+    drop(runtime);
+    let Some(connected) = connect(&upstream, &conn, &proxy).await else {
+        return Ok(());
+    };
+    let ended = splice(downstream, connected.io, proxy.idle_timeout).await;
+    drop(connected.held);
+    match ended {
+        Ok(Ended::Idle) => {
+            tracing::debug!(cluster = %proxy.cluster, peer = %conn.peer, "idle TCP connection closed")
+        }
+        Ok(Ended::Closed { .. }) => {}
+        Err(error) => {
+            tracing::debug!(cluster = %proxy.cluster, peer = %conn.peer, %error, "TCP connection ended with an error")
+        }
+    }
+    Ok(())
+}
+
+/// An upstream connection and what it holds while it is open.
+struct Connected {
+    io: Box<dyn Io>,
+    held: Box<dyn Send>,
+}
+
+/// Counts a proxied connection as active (and as an open upstream connection) until dropped.
+struct Active(Arc<ClusterStats>);
+
+impl Active {
+    fn new(stats: &Arc<ClusterStats>) -> Active {
+        stats.connections_opened.fetch_add(1, Ordering::Relaxed);
+        stats.connections_active.fetch_add(1, Ordering::Relaxed);
+        stats.tcp_active.fetch_add(1, Ordering::Relaxed);
+        Active(stats.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.connections_active.fetch_sub(1, Ordering::Relaxed);
+        self.0.tcp_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Connects to the cluster as Envoy's TCP proxy does: one attempt, at an endpoint the balancer
+/// picks (or, for an original-destination cluster, where the downstream was going), under
+/// max_connections. `None`: the downstream is closed (the reason is counted and logged).
+async fn connect(upstream: &Upstream, conn: &Conn, proxy: &TcpProxy) -> Option<Connected> {
+    let cluster = &upstream.cluster;
+    let stats = &upstream.stats;
+    let Ok(slot) = upstream.breaker.tcp_connection(stats) else {
+        tracing::debug!(cluster = %cluster.name, "max_connections reached: closing the connection");
+        return None;
+    };
+    let (address, pick, tls) = if cluster.original_dst() {
+        (conn.local, None, None)
+    } else {
+        let hash = proxy
+            .hash_source_ip
+            .then(|| hash_of(conn.peer.ip().to_string().as_str()));
+        let Some(pick) = upstream.balancer.pick(hash) else {
+            stats.none_healthy.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(cluster = %cluster.name, peer = %conn.peer, "no healthy upstream: closing the connection");
+            return None;
+        };
+        let endpoint = pick.endpoint();
+        let tls = cluster
+            .transport_for(endpoint)
+            .and_then(|_| upstream.tls.clone());
+        if cluster.transport_for(endpoint).is_some() && tls.is_none() {
+            tracing::debug!(cluster = %cluster.name, "upstream TLS is not available: closing the connection");
+            return None;
+        }
+        let address = match resolve(&endpoint.host, endpoint.port).await {
+            Some(a) => a,
+            None => {
+                stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                pick.report(Outcome::LocalFailure);
+                return None;
+            }
+        };
+        (address, Some(pick), tls)
+    };
+    let bind = cluster.upstream_bind.and_then(|b| match address {
+        SocketAddr::V4(_) => b.v4.map(std::net::IpAddr::from),
+        SocketAddr::V6(_) => b.v6.map(std::net::IpAddr::from),
+    });
+    let attempt = tokio::time::timeout(cluster.connect_timeout, dial(address, bind)).await;
+    let stream = match attempt {
+        Ok(Ok(stream)) => stream,
+        failed => {
+            stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+            if let Some(pick) = &pick
+                && pick.report(Outcome::LocalFailure)
+            {
+                stats.ejections.fetch_add(1, Ordering::Relaxed);
+            }
+            let error = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => "connect timeout".to_string(),
+            };
+            tracing::debug!(cluster = %cluster.name, %address, %error, "upstream connect failed: closing the connection");
+            return None;
+        }
+    };
+    if let Some(pick) = &pick {
+        // A connection made is a success to outlier detection.
+        pick.report(Outcome::Status(200));
+    }
+    let active = Active::new(stats);
+    let io: Box<dyn Io> = match tls {
+        None => Box::new(stream),
+        Some(tls) => {
+            let name = tls
+                .sni
+                .clone()
+                .unwrap_or_else(|| rustls_pki_types::ServerName::IpAddress(address.ip().into()));
+            let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+            match tokio::time::timeout(cluster.connect_timeout, connector.connect(name, stream))
+                .await
+            {
+                Ok(Ok(s)) => Box::new(s),
+                failed => {
+                    stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    let error = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "TLS handshake timeout".to_string(),
+                    };
+                    tracing::debug!(cluster = %cluster.name, %address, %error, "upstream TLS failed: closing the connection");
+                    return None;
+                }
+            }
+        }
+    };
+    Some(Connected {
+        io,
+        held: Box::new((slot, pick, active)),
+    })
+}
+
+/// An endpoint's address: its IP, or its name resolved (STRICT_DNS clusters).
+async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Some(SocketAddr::new(ip, port));
+    }
+    tokio::net::lookup_host((host, port)).await.ok()?.next()
+}
+
+/// A TCP connection to `address`, from `bind` when given.
+async fn dial(address: SocketAddr, bind: Option<std::net::IpAddr>) -> io::Result<TcpStream> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(ip) = bind {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    socket.set_nodelay(true)?;
+    socket.connect(address).await
+}
 
 /// How a spliced connection ended.
 #[derive(Debug, PartialEq, Eq)]

@@ -216,17 +216,22 @@ impl State {
                 )?;
                 let mut addresses = BTreeMap::new();
                 for (name, l) in &items {
-                    if let Some(other) = addresses.insert(l.address, name) {
-                        return Err(format!(
-                            "listeners {other:?} and {name:?} both bind {}",
-                            l.address
-                        ));
+                    for address in &l.addresses {
+                        if let Some(other) = addresses.insert(*address, name) {
+                            return Err(format!(
+                                "listeners {other:?} and {name:?} both have the address {address}"
+                            ));
+                        }
                     }
                 }
                 if let Some(sockets) = &self.sockets {
                     let mut next = self.listeners.clone();
                     merge(&mut next, update, items);
-                    sockets.reserve(next.iter().map(|(n, l)| (n.as_str(), l.address)))?;
+                    sockets.reserve(
+                        next.iter()
+                            .filter(|(_, l)| l.bind)
+                            .flat_map(|(n, l)| l.addresses.iter().map(move |a| (n.as_str(), *a))),
+                    )?;
                     self.listeners = next;
                 } else {
                     merge(&mut self.listeners, update, items);
@@ -295,8 +300,12 @@ impl State {
         let mut routes = BTreeMap::new();
         let mut listeners = BTreeMap::new();
         for (name, l) in &self.listeners {
-            for chain in &l.chains {
-                let rc = match &chain.http.routes {
+            // A TCP chain's cluster must be there, as a route's must.
+            if l.tcp_clusters().any(|c| !clusters.contains_key(c)) {
+                return None;
+            }
+            for http in l.chains.iter().filter_map(|c| c.http()) {
+                let rc = match &http.routes {
                     crate::config::RouteSource::Rds(rds) => {
                         let rc = self.routes.get(&**rds)?;
                         routes.insert(rds.clone(), rc.clone());

@@ -27,7 +27,13 @@ fn golden(case: &str) -> Output {
         node["metadata"].as_object().expect("metadata"),
     )
     .expect("node");
-    strait_translate::translate(&model, &node)
+    let settings = match std::fs::read_to_string(dir.join("mesh.yaml")) {
+        Ok(text) => strait_translate::MeshSettings::from_mesh_config(
+            &strait_model::mesh::MeshConfig::parse(&text, "mesh.yaml").expect("mesh config"),
+        ),
+        Err(_) => strait_translate::MeshSettings::default(),
+    };
+    strait_translate::translate_with(&model, &node, &settings)
 }
 
 fn has_fault(rc: &RouteConfiguration) -> bool {
@@ -63,9 +69,16 @@ fn sidecar_bookinfo_converts_with_its_faults() {
         panic!("one listener: {:?}", out.listeners)
     };
     let listener = Listener::try_from(listener).expect("listener converts");
-    assert_eq!(listener.address.to_string(), "127.0.0.1:15001");
-    assert!(matches!(&listener.chains[0].http.routes, RouteSource::Rds(n) if &**n == "outbound"));
-    assert!(!listener.chains[0].http.strip_any_host_port);
+    assert_eq!(listener.addresses[0].to_string(), "127.0.0.1:15001");
+    assert!(
+        matches!(&listener.chains[0].http().expect("an HTTP chain").routes, RouteSource::Rds(n) if &**n == "outbound")
+    );
+    assert!(
+        !listener.chains[0]
+            .http()
+            .expect("an HTTP chain")
+            .strip_any_host_port
+    );
 
     let [rc] = out.routes.as_slice() else {
         panic!("one route config")
@@ -226,7 +239,13 @@ fn gateway_https_listeners_read_their_certificate_files_and_name_a_missing_one()
         match Listener::try_from(l) {
             Ok(listener) => {
                 plain += 1;
-                assert!(listener.chains[0].http.strip_any_host_port, "{listener:?}");
+                assert!(
+                    listener.chains[0]
+                        .http()
+                        .expect("an HTTP chain")
+                        .strip_any_host_port,
+                    "{listener:?}"
+                );
             }
             Err(e) => {
                 // The golden case names certificate files that do not exist here: refused, as
@@ -301,13 +320,19 @@ fn sidecar_mtls_converts_with_the_workload_certificate_identities_and_authorizat
         Some(&RootsSource::Mesh)
     );
     assert_eq!(
-        chain.http.client_cert_details,
+        chain.http().expect("an HTTP chain").client_cert_details,
         strait_proxy::config::ClientCertDetails::SanitizeSet {
             uri: true,
             dns: false
         }
     );
-    let actions: Vec<_> = chain.http.rbac.iter().map(|r| r.action).collect();
+    let actions: Vec<_> = chain
+        .http()
+        .expect("an HTTP chain")
+        .rbac
+        .iter()
+        .map(|r| r.action)
+        .collect();
     assert_eq!(
         actions,
         [
@@ -407,4 +432,187 @@ fn mesh_tls_is_refused_by_a_proxy_without_a_workload_identity() {
         .with_identity(true)
         .apply(&update)
         .expect("accepted with an identity");
+}
+
+fn listeners(out: &Output) -> std::collections::BTreeMap<String, Listener> {
+    out.listeners
+        .iter()
+        .map(|l| {
+            let converted = Listener::try_from(l).unwrap_or_else(|e| panic!("{e}"));
+            (l.name.clone(), converted)
+        })
+        .collect()
+}
+
+#[test]
+fn a_captured_sidecar_converts_as_istios_listener_model() {
+    use std::net::SocketAddr;
+    use strait_proxy::config::{ConnectionInfo, Serve, Transport};
+    let out = golden("sidecar-captured");
+    let by_name = listeners(&out);
+    let info = |local: &str, transport, sni| ConnectionInfo {
+        local: local.parse::<SocketAddr>().expect("address"),
+        transport,
+        sni,
+        alpn: &[],
+    };
+    let tcp_cluster = |l: &Listener, i: Option<usize>| -> Option<String> {
+        match &l.chains[i?].serve {
+            Serve::Tcp(t) => Some(t.cluster.to_string()),
+            Serve::Http(_) => None,
+        }
+    };
+    // The capture port: bound, hands connections on, keeps only what no listener takes.
+    let outbound = &by_name["virtualOutbound"];
+    assert!(outbound.bind && outbound.use_original_dst);
+    assert_eq!(
+        tcp_cluster(
+            outbound,
+            outbound.select(&info("192.0.2.1:5432", Transport::Raw, None))
+        ),
+        Some("PassthroughCluster".into())
+    );
+    assert_eq!(
+        tcp_cluster(
+            outbound,
+            outbound.select(&info("127.0.0.1:15001", Transport::Raw, None))
+        ),
+        Some("BlackHoleCluster".into()),
+        "a connection to the capture port itself would loop"
+    );
+    // Per destination port: not bound; TCP by address, TLS by SNI, HTTP by Host.
+    let echo = &by_name["0.0.0.0_7000"];
+    assert!(!echo.bind && !echo.use_original_dst);
+    let Serve::Tcp(proxy) = &echo.chains[echo
+        .select(&info("10.96.0.20:7000", Transport::Raw, None))
+        .expect("a chain")]
+    .serve
+    else {
+        panic!("TCP")
+    };
+    assert_eq!(
+        &*proxy.cluster,
+        "outbound|7000||echo.default.svc.cluster.local"
+    );
+    assert!(proxy.hash_source_ip);
+    assert_eq!(proxy.idle_timeout, Some(std::time::Duration::from_secs(30)));
+    assert_eq!(
+        tcp_cluster(
+            echo,
+            echo.select(&info("10.96.9.9:7000", Transport::Raw, None))
+        ),
+        Some("PassthroughCluster".into())
+    );
+    let tls = &by_name["0.0.0.0_443"];
+    assert!(tls.inspect.tls);
+    assert_eq!(
+        tcp_cluster(
+            tls,
+            tls.select(&info(
+                "203.0.113.7:443",
+                Transport::Tls,
+                Some("api.example.com")
+            ))
+        ),
+        Some("outbound|443||api.example.com".into())
+    );
+    let http = &by_name["0.0.0.0_9080"];
+    let chain = http
+        .select(&info("10.96.0.10:9080", Transport::Raw, None))
+        .expect("a chain");
+    assert!(
+        matches!(&http.chains[chain].http().expect("HTTP").routes, RouteSource::Rds(n) if &**n == "9080")
+    );
+    // Inbound: the original destination, then a chain per workload port under its mode.
+    let inbound = &by_name["virtualInbound"];
+    assert!(inbound.inspect.original_dst);
+    assert!(
+        !inbound.inspect.tls,
+        "no PERMISSIVE port: nothing to tell apart"
+    );
+    let web = inbound
+        .select(&info("10.77.1.2:9080", Transport::Raw, None))
+        .expect("the 9080 chain");
+    assert!(inbound.chains[web].tls.is_some(), "STRICT");
+    let stats = inbound
+        .select(&info("10.77.1.2:9000", Transport::Raw, None))
+        .expect("the 9000 chain");
+    let Serve::Tcp(stats) = &inbound.chains[stats].serve else {
+        panic!("TCP")
+    };
+    assert!(
+        inbound.chains[inbound
+            .select(&info("10.77.1.2:9000", Transport::Raw, None))
+            .expect("chain")]
+        .tls
+        .is_none(),
+        "DISABLE"
+    );
+    assert_eq!(&*stats.cluster, "inbound|9000||");
+    assert_eq!(stats.rbac.len(), 2, "DENY and ALLOW on the connection");
+    // The inbound clusters go to the original destination from 127.0.0.6.
+    let app = out
+        .clusters
+        .iter()
+        .find(|c| c.name == "inbound|9080||")
+        .expect("inbound cluster");
+    let app = Cluster::try_from(app).expect("converts");
+    assert!(app.original_dst());
+    assert_eq!(
+        app.upstream_bind.and_then(|b| b.v4),
+        Some("127.0.0.6".parse().expect("ip"))
+    );
+    for c in &out.clusters {
+        Cluster::try_from(c).unwrap_or_else(|e| panic!("{e}"));
+    }
+    for rc in &out.routes {
+        RouteConfig::try_from(rc).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+#[test]
+fn registry_only_and_dual_stack_capture_convert() {
+    use strait_proxy::config::{ConnectionInfo, Transport};
+    let out = golden("sidecar-captured-registry-only");
+    let by_name = listeners(&out);
+    let outbound = &by_name["virtualOutbound"];
+    assert_eq!(
+        outbound
+            .addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["0.0.0.0:15001", "[::]:15001"]
+    );
+    let chain = outbound
+        .select(&ConnectionInfo {
+            local: "[2001:db8::1]:443".parse().expect("address"),
+            transport: Transport::Raw,
+            sni: None,
+            alpn: &[],
+        })
+        .expect("a chain");
+    assert_eq!(
+        outbound.chains[chain].tcp_cluster().map(|c| &**c),
+        Some("BlackHoleCluster")
+    );
+    let rc = RouteConfig::try_from(&out.routes[0]).expect("converts");
+    let Some(block) = rc.virtual_hosts.iter().find(|vh| &*vh.name == "block_all") else {
+        panic!("{rc:?}")
+    };
+    assert!(matches!(
+        block.routes[0].action,
+        Action::Direct { status: 502, .. }
+    ));
+    let bind = out
+        .clusters
+        .iter()
+        .find(|c| c.name == "InboundPassthroughCluster")
+        .map(|c| Cluster::try_from(c).expect("converts").upstream_bind)
+        .expect("the inbound passthrough cluster");
+    assert_eq!(
+        bind.and_then(|b| b.v6),
+        Some("::6".parse().expect("ip")),
+        "dual-stack: IPv6 connections to the app come from ::6"
+    );
 }

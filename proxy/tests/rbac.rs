@@ -67,7 +67,7 @@ fn filters(yaml: &str) -> Vec<Rbac> {
     let mut per_chain: Vec<Vec<Rbac>> = listener
         .chains
         .iter()
-        .map(|c| c.http.rbac.to_vec())
+        .map(|c| c.http().expect("an HTTP chain").rbac.to_vec())
         .collect();
     let first = per_chain.remove(0);
     assert!(per_chain.iter().all(|f| *f == first), "chains agree");
@@ -482,7 +482,7 @@ spec:
         value: hcm.encode_to_vec(),
     }));
     Listener::try_from(&listener)
-        .map(|l| l.chains[0].http.rbac.to_vec())
+        .map(|l| l.chains[0].http().expect("an HTTP chain").rbac.to_vec())
         .map_err(|e| e.to_string())
 }
 

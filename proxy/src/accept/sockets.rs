@@ -36,10 +36,7 @@ impl Sockets {
             if inner.active.contains(&addr) || inner.reserved.contains_key(&addr) {
                 continue;
             }
-            let bound = std::net::TcpListener::bind(addr).and_then(|l| {
-                l.set_nonblocking(true)?;
-                Ok(l)
-            });
+            let bound = bind(addr);
             match bound {
                 Ok(socket) => {
                     inner.reserved.insert(addr, socket);
@@ -70,6 +67,22 @@ impl Sockets {
             inner.active.remove(&addr);
         }
     }
+}
+
+/// A listening socket on `addr`, as Envoy binds one: address reuse on, and an IPv6 socket for
+/// IPv6 only (so `[::]:P` and `0.0.0.0:P` can both be bound, as a dual-stack listener's two
+/// addresses are). Non-blocking, for tokio.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 #[cfg(test)]

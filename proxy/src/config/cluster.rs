@@ -27,6 +27,8 @@ pub struct Cluster {
     pub max_requests_per_connection: Option<u32>,
     /// From the load assignment (STATIC, STRICT_DNS) or from EDS.
     pub endpoints: Arc<[Endpoint]>,
+    /// Where upstream connections are made from; `None`: wherever the kernel picks.
+    pub upstream_bind: Option<UpstreamBind>,
     /// TLS to endpoints that no transport match picks; none: plaintext.
     pub tls: Option<Arc<UpstreamTls>>,
     /// Per-endpoint transport, by the endpoint's `envoy.transport_socket_match` metadata
@@ -52,6 +54,18 @@ pub enum Discovery {
     Static,
     /// Endpoint hosts are names, resolved when connecting.
     StrictDns,
+    /// No endpoints of its own: each connection goes to its downstream's original destination
+    /// (or, with `use_http_header`, to the `x-envoy-original-dst-host` a request names).
+    OriginalDst {
+        use_http_header: bool,
+    },
+}
+
+/// The source addresses of upstream connections (Envoy's `upstream_bind_config`), by family.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct UpstreamBind {
+    pub v4: Option<std::net::Ipv4Addr>,
+    pub v6: Option<std::net::Ipv6Addr>,
 }
 
 /// Consecutive-error ejection (Envoy's outlier detection without the success-rate detectors).
@@ -80,6 +94,8 @@ pub enum LbPolicy {
     ConsistentHash {
         ring_size: u64,
     },
+    /// The cluster chooses (original destination clusters).
+    ClusterProvided,
 }
 
 /// Circuit-breaker thresholds (default priority).
@@ -114,11 +130,16 @@ pub struct Endpoint {
 }
 
 impl Cluster {
+    /// Whether connections go to their downstream's original destination.
+    pub fn original_dst(&self) -> bool {
+        matches!(self.discovery, Discovery::OriginalDst { .. })
+    }
+
     /// The EDS name this cluster's endpoints arrive under, if it is an EDS cluster.
     pub fn eds_name(&self) -> Option<&Arc<str>> {
         match &self.discovery {
             Discovery::Eds { service_name } => Some(service_name),
-            Discovery::Static | Discovery::StrictDns => None,
+            Discovery::Static | Discovery::StrictDns | Discovery::OriginalDst { .. } => None,
         }
     }
 

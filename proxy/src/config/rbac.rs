@@ -52,6 +52,18 @@ pub enum Permission {
     DestinationPort(u16),
 }
 
+impl Permission {
+    /// Whether it looks at something only an HTTP request has.
+    pub fn needs_http(&self) -> bool {
+        match self {
+            Permission::Any | Permission::DestinationPort(_) => false,
+            Permission::Header(_) | Permission::UrlPath(_) => true,
+            Permission::Not(p) => p.needs_http(),
+            Permission::And(all) | Permission::Or(all) => all.iter().any(Permission::needs_http),
+        }
+    }
+}
+
 /// Who sends it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -101,6 +113,10 @@ impl Cidr {
             network,
             prefix_len,
         })
+    }
+
+    pub fn prefix_len(&self) -> u8 {
+        self.prefix_len
     }
 
     /// Families never mix; an IPv4-mapped IPv6 peer counts as IPv4, as Envoy reports it.

@@ -46,7 +46,7 @@ pub(super) fn choose_cluster(fwd: &Forward) -> (Arc<str>, Option<&HeaderChanges>
 
 /// How one attempt ended.
 pub(super) enum Attempt {
-    Response(Response<Incoming>, Pick, ConnectionSlot, Lease),
+    Response(Response<Incoming>, Option<Pick>, ConnectionSlot, Lease),
     /// The per-try timeout fired.
     TimedOut,
     ConnectFailed(SendError),
@@ -87,6 +87,24 @@ pub(super) fn grpc_retriable(on: &crate::config::GrpcRetryOn, headers: &HeaderMa
         14 => on.unavailable,
         _ => false,
     }
+}
+
+/// Where a request to an original-destination cluster goes: the `x-envoy-original-dst-host`
+/// it names (when the cluster says to read it), else its connection's original destination.
+pub(super) fn original_destination<B>(
+    use_http_header: bool,
+    req: &Request<B>,
+    local: SocketAddr,
+) -> Option<SocketAddr> {
+    if !use_http_header {
+        return Some(local);
+    }
+    req.headers()
+        .get("x-envoy-original-dst-host")?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// An endpoint for the next attempt: with `other_host`, one not tried yet when there is one.
@@ -204,6 +222,8 @@ pub(super) fn overflow() -> Response<ProxyBody> {
 pub(super) struct Downstream<'a> {
     /// As `authority_of` found it.
     pub(super) authority: &'a HeaderValue,
+    /// The connection's local address (its original destination, when restored).
+    pub(super) local: SocketAddr,
     pub(super) peer: SocketAddr,
     pub(super) peer_ip: &'a HeaderValue,
 }
@@ -221,9 +241,19 @@ pub(super) async fn forward(
 ) -> Response<ProxyBody> {
     let Downstream {
         authority,
+        local: local_addr,
         peer,
         peer_ip,
     } = downstream;
+    let original_dst = match &upstream.cluster.discovery {
+        crate::config::Discovery::OriginalDst { use_http_header } => {
+            match original_destination(*use_http_header, &req, local_addr) {
+                Some(d) => Some(d),
+                None => return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+            }
+        }
+        _ => None,
+    };
     let cluster = &upstream.cluster.name;
     let stats = &upstream.stats;
     let Ok(request_slot) = upstream.breaker.request(stats) else {
@@ -303,8 +333,16 @@ pub(super) async fn forward(
     // The retry in progress, counted against max_retries until its attempt has ended.
     let mut retrying = None;
     for n in 0..attempts {
-        let Some(pick) = pick_for_attempt(&upstream.balancer, hash, retry, &tried) else {
-            return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+        let pick = match original_dst {
+            // The cluster provides the host: no balancing, no outlier detection.
+            Some(_) => None,
+            None => match pick_for_attempt(&upstream.balancer, hash, retry, &tried) {
+                Some(pick) => Some(pick),
+                None => {
+                    stats.none_healthy.fetch_add(1, Ordering::Relaxed);
+                    return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+                }
+            },
         };
         // A pending request waits for a connection at most until the route timeout.
         let connection = match deadline {
@@ -316,10 +354,6 @@ pub(super) async fn forward(
             Ok(Err(_)) => return overflow(),
             Ok(Ok(slot)) => slot,
         };
-        let endpoint = pick.endpoint();
-        if retry.is_some_and(|r| r.other_host) {
-            tried.push((endpoint.host.clone(), endpoint.port));
-        }
         if let Err(reason) = &upstream.pool {
             tracing::debug!(cluster = %cluster, %reason, "no connection pool");
             return local(
@@ -327,9 +361,23 @@ pub(super) async fn forward(
                 "upstream TLS is not available",
             );
         }
-        let Some(connections) = upstream.endpoint(pick.index()) else {
-            tracing::warn!(host = %endpoint.host, port = endpoint.port, "cannot build upstream uri");
-            return local(StatusCode::BAD_REQUEST, "");
+        let connections = match (&pick, original_dst) {
+            (Some(pick), _) => {
+                let endpoint = pick.endpoint();
+                if retry.is_some_and(|r| r.other_host) {
+                    tried.push((endpoint.host.clone(), endpoint.port));
+                }
+                let Some(connections) = upstream.endpoint(pick.index()) else {
+                    tracing::warn!(host = %endpoint.host, port = endpoint.port, "cannot build upstream uri");
+                    return local(StatusCode::BAD_REQUEST, "");
+                };
+                connections.clone()
+            }
+            (None, Some(destination)) => match upstream.original_dst_endpoint(destination) {
+                Some(c) => c,
+                None => return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+            },
+            (None, None) => unreachable!("a pick unless the cluster provides the host"),
         };
         let mut attempt_req = Request::new(body.take());
         *attempt_req.method_mut() = parts.method.clone();
@@ -356,9 +404,11 @@ pub(super) async fn forward(
             Some(at) => tokio::time::timeout_at(at, call).await,
             None => Ok(call.await),
         };
-        let ejected = pick.report(match &result {
-            Ok(Ok((resp, _))) => Outcome::Status(resp.status().as_u16()),
-            _ => Outcome::LocalFailure,
+        let ejected = pick.as_ref().is_some_and(|pick| {
+            pick.report(match &result {
+                Ok(Ok((resp, _))) => Outcome::Status(resp.status().as_u16()),
+                _ => Outcome::LocalFailure,
+            })
         });
         if ejected {
             stats.ejections.fetch_add(1, Ordering::Relaxed);
@@ -579,7 +629,7 @@ pub(super) struct Guarded {
     inner: Incoming,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     lease: Option<Lease>,
-    _held: (Pick, RequestSlot, ConnectionSlot),
+    _held: (Option<Pick>, RequestSlot, ConnectionSlot),
 }
 
 impl Guarded {

@@ -213,7 +213,9 @@ impl Balancer {
         let at = |n: u64| cumulative.partition_point(|c| *c <= n);
         let random = || at(fastrand::u64(..total));
         match self.policy {
-            LbPolicy::RoundRobin => at(self.next.fetch_add(1, Ordering::Relaxed) % total),
+            LbPolicy::RoundRobin | LbPolicy::ClusterProvided => {
+                at(self.next.fetch_add(1, Ordering::Relaxed) % total)
+            }
             // Without a hash (no key in the request) Envoy picks at random too.
             LbPolicy::Random | LbPolicy::ConsistentHash { .. } => random(),
             LbPolicy::LeastRequest => {
@@ -339,6 +341,7 @@ mod tests {
                 })
                 .collect(),
             tls: None,
+            upstream_bind: None,
             transport_matches: Vec::new(),
         }
     }

@@ -27,6 +27,7 @@ pub struct Breaker {
 pub enum Overflow {
     MaxRequests,
     MaxPendingRequests,
+    MaxConnections,
 }
 
 /// Counts against max_requests until dropped.
@@ -125,6 +126,22 @@ impl Breaker {
         }
     }
 
+    /// A proxied TCP connection under max_connections: at once or not at all (Envoy's TCP
+    /// proxy does not queue; the connection is closed and counted as an overflow).
+    pub fn tcp_connection(&self, stats: &ClusterStats) -> Result<ConnectionSlot, Overflow> {
+        match self.connections.clone().try_acquire_owned() {
+            Ok(permit) => Ok(ConnectionSlot {
+                _permit: Some(permit),
+            }),
+            Err(_) => {
+                stats
+                    .overflow_max_connections
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(Overflow::MaxConnections)
+            }
+        }
+    }
+
     /// Admits one retry under max_retries (retries in progress, cluster-wide); `None`: the
     /// retry is not attempted.
     pub fn retry(self: &Arc<Self>, stats: &ClusterStats) -> Option<RetrySlot> {
@@ -167,6 +184,7 @@ mod tests {
             max_requests_per_connection: None,
             endpoints: Arc::from([]),
             tls: None,
+            upstream_bind: None,
             transport_matches: Vec::new(),
         }
     }

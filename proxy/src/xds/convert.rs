@@ -24,7 +24,8 @@ use envoy_types::pb::envoy::config::core::v3::{
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
 use envoy_types::pb::envoy::config::listener::v3::{
-    FilterChain as PbFilterChain, Listener as PbListener, filter, listener_filter,
+    Filter as PbFilter, FilterChain as PbFilterChain, Listener as PbListener, filter,
+    listener_filter,
 };
 use envoy_types::pb::envoy::config::route::v3::{
     HeaderMatcher as PbHeaderMatcher, QueryParameterMatcher, RedirectAction,
@@ -40,6 +41,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     http_connection_manager::{ForwardClientCertDetails, RouteSpecifier, StripPortMode},
     http_filter,
 };
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy as PbTcpProxy;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions,
     http_protocol_options::{UpstreamProtocolOptions, explicit_http_config},
@@ -49,12 +51,14 @@ use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent::
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 use prost::Message;
 
+use crate::config::listener_defaults::{DEFAULT_INSPECT_TIMEOUT, DEFAULT_TCP_IDLE_TIMEOUT};
 use crate::config::{
     Action, ChainMatch, ClientCertDetails, Cluster, ClusterChoice, Discovery, Endpoint, Fault,
     FaultAbort, FaultDelay, FilterChain, Forward, HashKey, HashPolicy, HeaderAdd, HeaderChanges,
-    HeaderMatch, HeaderMatcher, HttpManager, LbPolicy, Limits, Listener, Mirror, OutlierDetection,
-    PathMatch, Pattern, QueryMatcher, Redirect, RegexRewrite, RetryOn, RetryPolicy, Route,
-    RouteConfig, RouteMatch, RouteSource, StringMatch, Transport, VirtualHost, WeightedCluster,
+    HeaderMatch, HeaderMatcher, HttpManager, Inspect, LbPolicy, Limits, Listener, Mirror,
+    OutlierDetection, PathMatch, Pattern, QueryMatcher, Redirect, RegexRewrite, RetryOn,
+    RetryPolicy, Route, RouteConfig, RouteMatch, RouteSource, Serve, StringMatch, TcpProxy,
+    Transport, UpstreamBind, VirtualHost, WeightedCluster,
 };
 
 const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";

@@ -62,6 +62,9 @@ impl TryFrom<&PbCluster> for Cluster {
                         .clamp(1, 1 << 23),
                 }
             }
+            (Ok(PbLbPolicy::ClusterProvided), None | Some(LbConfig::OriginalDstLbConfig(_))) => {
+                LbPolicy::ClusterProvided
+            }
             (_, Some(_)) => {
                 return Err(at.at("lb_config").unsupported("this load balancer config"));
             }
@@ -143,11 +146,46 @@ impl TryFrom<&PbCluster> for Cluster {
                 },
                 Ok(DiscoveryType::Static) => Discovery::Static,
                 Ok(DiscoveryType::StrictDns) => Discovery::StrictDns,
+                Ok(DiscoveryType::OriginalDst) => {
+                    let use_http_header = match &c.lb_config {
+                        None => false,
+                        Some(LbConfig::OriginalDstLbConfig(o)) => {
+                            let mut rest = o.clone();
+                            rest.use_http_header = false;
+                            if rest != Default::default() {
+                                return Err(at.at("original_dst_lb_config").unsupported(
+                                    "original destination settings other than use_http_header",
+                                ));
+                            }
+                            o.use_http_header
+                        }
+                        Some(_) => {
+                            return Err(at.at("lb_config").invalid(
+                                "an original destination cluster takes original_dst_lb_config",
+                            ));
+                        }
+                    };
+                    Discovery::OriginalDst { use_http_header }
+                }
                 _ => return Err(at.at("type").unsupported(format!("discovery type {t}"))),
             },
             None => Discovery::Static,
             Some(_) => return Err(at.at("cluster_type").unsupported("custom cluster types")),
         };
+        match (&discovery, lb_policy) {
+            (Discovery::OriginalDst { .. }, LbPolicy::ClusterProvided) => {}
+            (Discovery::OriginalDst { .. }, _) | (_, LbPolicy::ClusterProvided) => {
+                return Err(at.at("lb_policy").invalid(
+                    "CLUSTER_PROVIDED goes with ORIGINAL_DST discovery, and only with it",
+                ));
+            }
+            _ => {}
+        }
+        let upstream_bind = c
+            .upstream_bind_config
+            .as_ref()
+            .map(|b| upstream_bind(&at.at("upstream_bind_config"), b))
+            .transpose()?;
         let endpoints = match (&discovery, &c.load_assignment) {
             (Discovery::Eds { .. }, _) => Arc::from([]),
             (_, Some(cla)) => endpoints(&at.at("load_assignment"), cla, &discovery)?,
@@ -165,6 +203,7 @@ impl TryFrom<&PbCluster> for Cluster {
             idle_timeout,
             max_requests_per_connection,
             endpoints,
+            upstream_bind,
             tls,
             transport_matches,
         };
@@ -175,6 +214,54 @@ impl TryFrom<&PbCluster> for Cluster {
         }
         Ok(cluster)
     }
+}
+
+/// The source addresses of upstream connections: one per family, port 0.
+pub(super) fn upstream_bind(
+    at: &At<'_>,
+    b: &envoy_types::pb::envoy::config::core::v3::BindConfig,
+) -> Result<UpstreamBind, ConvertError> {
+    let mut rest = b.clone();
+    rest.source_address = None;
+    rest.extra_source_addresses.clear();
+    if rest != Default::default() {
+        return Err(at.unsupported("bind settings other than source addresses"));
+    }
+    let mut bind = UpstreamBind::default();
+    let extra = b.extra_source_addresses.iter().enumerate().map(|(i, e)| {
+        (
+            at.at(format!("extra_source_addresses[{i}].address")),
+            e.address.as_ref(),
+            e.socket_options.is_some(),
+        )
+    });
+    let first = (at.at("source_address"), b.source_address.as_ref(), false);
+    for (at, address, options) in std::iter::once(first).chain(extra) {
+        if options {
+            return Err(at.unsupported("socket options"));
+        }
+        let Some(a) = address else {
+            return Err(at.invalid("missing"));
+        };
+        let ip: std::net::IpAddr = a
+            .address
+            .parse()
+            .map_err(|_| at.invalid(format!("expected an IP address, got {:?}", a.address)))?;
+        if !matches!(
+            a.port_specifier,
+            None | Some(socket_address::PortSpecifier::PortValue(0))
+        ) {
+            return Err(at.unsupported("a fixed source port"));
+        }
+        let taken = match ip {
+            std::net::IpAddr::V4(v4) => bind.v4.replace(v4).is_some(),
+            std::net::IpAddr::V6(v6) => bind.v6.replace(v6).is_some(),
+        };
+        if taken {
+            return Err(at.invalid("a second source address of the same family"));
+        }
+    }
+    Ok(bind)
 }
 
 /// Envoy's defaults where a field is unset: 5 consecutive errors, 30s base ejection, 10%.

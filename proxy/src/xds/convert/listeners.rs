@@ -7,6 +7,11 @@ use super::*;
 pub(super) const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
 pub(super) const TLS_INSPECTOR_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+const ORIGINAL_DST: &str = "envoy.filters.listener.original_dst";
+const ORIGINAL_DST_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
+const TCP_PROXY: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 
 pub(super) fn filter_chain(
     at: &At<'_>,
@@ -16,13 +21,34 @@ pub(super) fn filter_chain(
     if let Some(m) = &chain.filter_chain_match {
         let at = at.at("filter_chain_match");
         let mut rest = m.clone();
+        rest.destination_port = None;
+        rest.prefix_ranges.clear();
         rest.transport_protocol.clear();
         rest.server_names.clear();
+        rest.application_protocols.clear();
         if rest != Default::default() {
             return Err(at.unsupported(
-                "filter chain matches other than transport_protocol and server_names",
+                "filter chain matches on the source (address, port or type) or the direct source",
             ));
         }
+        matches.destination_port = m
+            .destination_port
+            .map(|p| {
+                u16::try_from(p.value)
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| {
+                        at.at("destination_port")
+                            .invalid(format!("{} is not a port", p.value))
+                    })
+            })
+            .transpose()?;
+        matches.prefix_ranges = m
+            .prefix_ranges
+            .iter()
+            .enumerate()
+            .map(|(i, c)| rbac::cidr(&at.at(format!("prefix_ranges[{i}]")), c))
+            .collect::<Result<_, _>>()?;
         matches.transport = match m.transport_protocol.as_str() {
             "" => None,
             "tls" => Some(Transport::Tls),
@@ -33,33 +59,121 @@ pub(super) fn filter_chain(
                     .unsupported(format!("transport protocol {other:?}")));
             }
         };
-        matches.server_names = m
-            .server_names
-            .iter()
-            .map(|n| Arc::from(n.as_str()))
-            .collect();
+        let names = |v: &[String]| v.iter().map(|n| Arc::from(n.as_str())).collect();
+        matches.server_names = names(&m.server_names);
+        matches.application_protocols = names(&m.application_protocols);
     }
     let tls = tls::downstream(&at.at("transport_socket"), chain.transport_socket.as_ref())?;
-    if tls.is_none()
-        && (matches.transport == Some(Transport::Tls) || !matches.server_names.is_empty())
-    {
+    let serve = network_filters(at, &chain.filters)?;
+    let tls_bytes = matches.transport == Some(Transport::Tls) || !matches.server_names.is_empty();
+    if tls.is_none() && tls_bytes && matches!(serve, Serve::Http(_)) {
         return Err(at.at("transport_socket").unsupported(
-            "terminating nothing on a chain that matches TLS connections (TLS passthrough)",
+            "HTTP on TLS connections that are not terminated (TLS passthrough is for TCP chains)",
         ));
     }
-    let [f] = chain.filters.as_slice() else {
-        return Err(at.at("filters").unsupported(format!(
-            "{} network filters (exactly one http connection manager is supported)",
-            chain.filters.len()
-        )));
+    Ok(FilterChain {
+        name: chain.name.as_str().into(),
+        matches,
+        tls,
+        serve,
+    })
+}
+
+/// A chain's network filters: one HTTP connection manager, or RBAC filters then a TCP proxy.
+fn network_filters(at: &At<'_>, filters: &[PbFilter]) -> Result<Serve, ConvertError> {
+    let typed = |i: usize, f: &PbFilter| -> Result<(At<'_>, Any), ConvertError> {
+        let at = at.at(format!("filters[{i}]"));
+        match &f.config_type {
+            Some(filter::ConfigType::TypedConfig(any)) => Ok((at.at("typed_config"), any.clone())),
+            _ => Err(at.at("typed_config").invalid("missing")),
+        }
     };
-    let at = at.at("filters[0]");
-    let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
-        return Err(at.at("typed_config").invalid("missing"));
+    let Some((last, before)) = filters.split_last() else {
+        return Err(at.at("filters").invalid("no network filter"));
     };
-    let hcm: HttpConnectionManager = at.at("typed_config").decode(any, HCM)?;
-    let http = http_manager(&at.at("typed_config"), &hcm)?;
-    Ok(FilterChain { matches, tls, http })
+    let (last_at, last_any) = typed(before.len(), last)?;
+    match last_any.type_url.as_str() {
+        HCM => {
+            if !before.is_empty() {
+                return Err(at
+                    .at("filters")
+                    .unsupported("network filters before the HTTP connection manager"));
+            }
+            let hcm: HttpConnectionManager = last_at.decode(&last_any, HCM)?;
+            Ok(Serve::Http(http_manager(&last_at, &hcm)?))
+        }
+        TCP_PROXY => {
+            let mut rbac_filters = Vec::new();
+            for (i, f) in before.iter().enumerate() {
+                let (at, any) = typed(i, f)?;
+                if any.type_url != rbac::NETWORK_TYPE_URL {
+                    return Err(at.unsupported(format!(
+                        "network filter {:?} before the TCP proxy (only RBAC)",
+                        f.name
+                    )));
+                }
+                rbac_filters.push(rbac::network_rbac(
+                    &at,
+                    &at.decode(&any, rbac::NETWORK_TYPE_URL)?,
+                )?);
+            }
+            let proxy: PbTcpProxy = last_at.decode(&last_any, TCP_PROXY)?;
+            Ok(Serve::Tcp(tcp_proxy(&last_at, &proxy, rbac_filters)?))
+        }
+        other => Err(last_at.unsupported(format!(
+            "network filter {:?} ({other}); the last filter must be an HTTP connection manager or a TCP proxy",
+            last.name
+        ))),
+    }
+}
+
+fn tcp_proxy(
+    at: &At<'_>,
+    p: &PbTcpProxy,
+    rbac: Vec<crate::config::Rbac>,
+) -> Result<TcpProxy, ConvertError> {
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
+    let mut rest = p.clone();
+    rest.stat_prefix.clear();
+    rest.cluster_specifier = None;
+    rest.idle_timeout = None;
+    rest.hash_policy.clear();
+    if rest != Default::default() {
+        return Err(at.unsupported(
+            "TCP proxy settings other than the cluster, idle_timeout and a source_ip hash policy",
+        ));
+    }
+    let cluster = match &p.cluster_specifier {
+        Some(ClusterSpecifier::Cluster(c)) if !c.is_empty() => Arc::from(c.as_str()),
+        Some(ClusterSpecifier::WeightedClusters(_)) => {
+            return Err(at
+                .at("weighted_clusters")
+                .unsupported("weighted TCP routes"));
+        }
+        _ => return Err(at.at("cluster").invalid("missing")),
+    };
+    let idle_timeout = match &p.idle_timeout {
+        None => Some(DEFAULT_TCP_IDLE_TIMEOUT),
+        Some(d) => Some(duration(&at.at("idle_timeout"), d)?).filter(|d| !d.is_zero()),
+    };
+    let mut hash_source_ip = false;
+    for (i, h) in p.hash_policy.iter().enumerate() {
+        use envoy_types::pb::envoy::r#type::v3::hash_policy::PolicySpecifier;
+        match &h.policy_specifier {
+            Some(PolicySpecifier::SourceIp(_)) => hash_source_ip = true,
+            _ => {
+                return Err(at
+                    .at(format!("hash_policy[{i}]"))
+                    .unsupported("TCP hash policies other than source_ip"));
+            }
+        }
+    }
+    Ok(TcpProxy {
+        rbac: rbac.into(),
+        cluster,
+        idle_timeout,
+        hash_source_ip,
+    })
 }
 
 impl TryFrom<&PbListener> for Listener {
@@ -71,31 +185,87 @@ impl TryFrom<&PbListener> for Listener {
         if l.name.is_empty() {
             return Err(at.at("name").invalid("must not be empty"));
         }
-        let address = socket_addr(&at.at("address"), l.address.as_ref())?;
-        let mut inspector = false;
+        if l.default_filter_chain.is_some() {
+            return Err(at
+                .at("default_filter_chain")
+                .unsupported("a default filter chain"));
+        }
+        let mut rest = l.clone();
+        rest.name.clear();
+        rest.address = None;
+        rest.additional_addresses.clear();
+        rest.filter_chains.clear();
+        rest.use_original_dst = None;
+        rest.bind_to_port = None;
+        rest.listener_filters.clear();
+        rest.listener_filters_timeout = None;
+        rest.continue_on_listener_filters_timeout = false;
+        rest.traffic_direction = 0;
+        if rest != Default::default() {
+            return Err(at.unsupported(
+                "listener settings other than addresses, filter chains, listener filters (and their timeout), use_original_dst, bind_to_port and traffic_direction",
+            ));
+        }
+        let mut addresses = vec![socket_addr(&at.at("address"), l.address.as_ref())?];
+        for (i, a) in l.additional_addresses.iter().enumerate() {
+            let at = at.at(format!("additional_addresses[{i}]"));
+            if a.socket_options.is_some() {
+                return Err(at.at("socket_options").unsupported("socket options"));
+            }
+            let address = socket_addr(&at.at("address"), a.address.as_ref())?;
+            if addresses.contains(&address) {
+                return Err(at.invalid(format!("{address} is listed twice")));
+            }
+            addresses.push(address);
+        }
+        let mut inspect = Inspect {
+            timeout: match &l.listener_filters_timeout {
+                None => Some(DEFAULT_INSPECT_TIMEOUT),
+                Some(d) => {
+                    Some(duration(&at.at("listener_filters_timeout"), d)?).filter(|d| !d.is_zero())
+                }
+            },
+            continue_on_timeout: l.continue_on_listener_filters_timeout,
+            ..Inspect::default()
+        };
         for (i, f) in l.listener_filters.iter().enumerate() {
             let at = at.at(format!("listener_filters[{i}]"));
             let typed = match &f.config_type {
-                Some(listener_filter::ConfigType::TypedConfig(any)) => Some(any.type_url.as_str()),
+                Some(listener_filter::ConfigType::TypedConfig(any)) => Some(any),
                 _ => None,
             };
-            if f.name != TLS_INSPECTOR && typed != Some(TLS_INSPECTOR_TYPE) {
-                return Err(at.unsupported(format!(
-                    "listener filter {:?} (only the TLS inspector)",
-                    f.name
-                )));
-            }
             if f.filter_disabled.is_some() {
                 return Err(at
                     .at("filter_disabled")
                     .unsupported("disabling a listener filter"));
             }
-            inspector = true;
-        }
-        if l.default_filter_chain.is_some() {
-            return Err(at
-                .at("default_filter_chain")
-                .unsupported("a default filter chain"));
+            let type_url = typed.map(|a| a.type_url.as_str());
+            if f.name == TLS_INSPECTOR || type_url == Some(TLS_INSPECTOR_TYPE) {
+                if let Some(any) = typed {
+                    let config: envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector =
+                        at.at("typed_config").decode(any, TLS_INSPECTOR_TYPE)?;
+                    if config != Default::default() {
+                        return Err(at.at("typed_config").unsupported("TLS inspector settings"));
+                    }
+                }
+                inspect.tls = true;
+            } else if f.name == ORIGINAL_DST || type_url == Some(ORIGINAL_DST_TYPE) {
+                if let Some(any) = typed {
+                    let config: envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst =
+                        at.at("typed_config").decode(any, ORIGINAL_DST_TYPE)?;
+                    if config != Default::default() {
+                        return Err(at
+                            .at("typed_config")
+                            .unsupported("original destination settings"));
+                    }
+                }
+                inspect.original_dst = true;
+            } else {
+                return Err(at.unsupported(format!(
+                    "listener filter {:?} (only the TLS inspector and the original destination)",
+                    f.name
+                )));
+            }
         }
         if l.filter_chains.is_empty() {
             return Err(at.at("filter_chains").invalid("no filter chain"));
@@ -107,9 +277,13 @@ impl TryFrom<&PbListener> for Listener {
             .map(|(i, c)| filter_chain(&at.at(format!("filter_chains[{i}]")), c))
             .collect::<Result<Vec<_>, _>>()?;
         for (i, c) in chains.iter().enumerate() {
-            if c.matches != ChainMatch::default() && !inspector {
+            let m = &c.matches;
+            let needs_inspector = m.transport.is_some()
+                || !m.server_names.is_empty()
+                || !m.application_protocols.is_empty();
+            if needs_inspector && !inspect.tls {
                 return Err(at.at(format!("filter_chains[{i}].filter_chain_match")).invalid(
-                    "matching on the transport or the server name needs the TLS inspector listener filter",
+                    "matching on the transport, server name or ALPN needs the TLS inspector listener filter",
                 ));
             }
             if let Some(j) = chains[..i].iter().position(|o| o.matches == c.matches) {
@@ -120,7 +294,10 @@ impl TryFrom<&PbListener> for Listener {
         }
         Ok(Listener {
             name: l.name.as_str().into(),
-            address,
+            addresses,
+            bind: l.bind_to_port.as_ref().is_none_or(|b| b.value),
+            use_original_dst: l.use_original_dst.as_ref().is_some_and(|b| b.value),
+            inspect,
             chains,
         })
     }

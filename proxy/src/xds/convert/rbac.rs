@@ -1,4 +1,5 @@
-//! Envoy's RBAC HTTP filter config -> `config::Rbac`: what straitd emits, everything else refused.
+//! Envoy's RBAC filter configs (HTTP and network) -> `config::Rbac`: what straitd emits, everything
+//! else refused.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use envoy_types::pb::envoy::config::rbac::v3::{
     permission, principal, rbac::Action as PbAction,
 };
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as PbRbac;
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as PbNetworkRbac;
 use envoy_types::pb::envoy::r#type::matcher::v3::path_matcher;
 
 use super::{At, ConvertError, header_matcher, string_match};
@@ -16,6 +18,40 @@ use crate::config::{Cidr, Permission, Policy, Principal, Rbac, RbacAction};
 
 /// The type of an RBAC HTTP filter's `typed_config`.
 pub(super) const TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+
+/// The type of an RBAC network filter's `typed_config`.
+pub(super) const NETWORK_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC";
+
+/// One RBAC network filter's config: as the HTTP filter's, for connections. It is evaluated
+/// when the connection is accepted, before the upstream is connected (Envoy waits for the
+/// first byte; for the rules straitd emits, which never look at data, the answer is the same).
+pub(super) fn network_rbac(at: &At<'_>, proto: &PbNetworkRbac) -> Result<Rbac, ConvertError> {
+    use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::rbac::EnforcementType;
+    let mut rest = proto.clone();
+    rest.rules = None;
+    rest.stat_prefix.clear();
+    rest.enforcement_type = EnforcementType::OneTimeOnFirstByte as i32;
+    if rest != Default::default() {
+        return Err(at.unsupported(
+            "network RBAC settings other than rules and stat_prefix (matchers, shadow rules, continuous enforcement, delayed denial)",
+        ));
+    }
+    let Some(rules) = &proto.rules else {
+        return Err(at
+            .at("rules")
+            .unsupported("an RBAC filter without rules (it would enforce nothing)"));
+    };
+    let rbac = rules_of(&at.at("rules"), rules)?;
+    for (name, p) in rbac.policies.iter() {
+        if p.permissions.iter().any(Permission::needs_http) {
+            return Err(at
+                .at(format!("rules.policies[{name:?}].permissions"))
+                .invalid("a header or path permission never matches a TCP connection"));
+        }
+    }
+    Ok(rbac)
+}
 
 /// One RBAC filter's config. Its policies are sorted by name, the order Envoy examines them in.
 pub(super) fn rbac(at: &At<'_>, proto: &PbRbac) -> Result<Rbac, ConvertError> {
@@ -249,7 +285,7 @@ fn principal(at: &At<'_>, p: &PbPrincipal) -> Result<Principal, ConvertError> {
     })
 }
 
-fn cidr(at: &At<'_>, c: &CidrRange) -> Result<Cidr, ConvertError> {
+pub(super) fn cidr(at: &At<'_>, c: &CidrRange) -> Result<Cidr, ConvertError> {
     let address: IpAddr = c.address_prefix.parse().map_err(|_| {
         at.at("address_prefix")
             .invalid(format!("{:?} is not an IP address", c.address_prefix))
