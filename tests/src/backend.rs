@@ -67,11 +67,12 @@ impl Backend {
             .expect("starting a backend on 127.0.0.1:0")
     }
 
-    /// Starts a backend on a given loopback address, e.g. to bring one back on its old port.
+    /// Starts a backend on a given address: loopback (e.g. to bring one back on its old port),
+    /// or one of a test network's own (see `netns`), from a thread inside that namespace.
     pub fn start_at(name: &str, addr: SocketAddr) -> anyhow::Result<Backend> {
         anyhow::ensure!(
-            addr.ip().is_loopback(),
-            "backends only listen on loopback, not {addr}"
+            addr.ip().is_loopback() || crate::netns::is_test_address(addr.ip()),
+            "backends only listen on loopback or a test network's addresses, not {addr}"
         );
         let listener =
             std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
@@ -311,5 +312,74 @@ impl Bookinfo {
             &self.reviews_v2,
             &self.reviews_v3,
         ]
+    }
+}
+
+/// A TCP echo server: answers each connection with `NAME: ` and then every byte it reads, and
+/// half-closes when the client does (so a half-close that crosses a proxy is seen).
+pub struct TcpEcho {
+    addr: SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TcpEcho {
+    /// Listens on `addr` (loopback, or a test network's address from inside its namespace).
+    pub fn start_at(name: &str, addr: SocketAddr) -> anyhow::Result<TcpEcho> {
+        anyhow::ensure!(
+            addr.ip().is_loopback() || crate::netns::is_test_address(addr.ip()),
+            "echo servers only listen on loopback or a test network's addresses, not {addr}"
+        );
+        let listener =
+            std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let greeting = format!("{name}: ");
+        let thread = std::thread::Builder::new()
+            .name(format!("echo-{name}"))
+            .spawn(move || {
+                while !stopping.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let greeting = greeting.clone();
+                            std::thread::spawn(move || echo(stream, &greeting));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            })?;
+        Ok(TcpEcho {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+fn echo(stream: std::net::TcpStream, greeting: &str) {
+    use std::io::Write;
+    let _ = stream.set_nonblocking(false);
+    let Ok(mut reader) = stream.try_clone() else {
+        return;
+    };
+    let mut writer = stream;
+    if writer.write_all(greeting.as_bytes()).is_ok() {
+        let _ = std::io::copy(&mut reader, &mut writer);
+    }
+    let _ = writer.shutdown(std::net::Shutdown::Write);
+}
+
+impl Drop for TcpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }

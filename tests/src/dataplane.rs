@@ -48,7 +48,28 @@ pub struct ProxySpec {
     pub inbound: Option<(u16, u16)>,
     /// Connect to straitd's TLS port with a bootstrap token (needed for mTLS keys).
     pub secure: bool,
+    /// Traffic captured by iptables (`--interception redirect`): the capture ports are
+    /// Istio's (15001 out, 15006 in) and the proxy runs in a pod's namespace (see `netns`).
+    pub capture: Option<Capture>,
 }
+
+/// How a captured sidecar runs: the pod's addresses (`--instance-ips`), and the group the
+/// proxy runs as, which the capture rules leave alone (`strait-proxy iptables --proxy-gid`).
+///
+/// The proxy keeps uid 0 and takes only the group: the capture rules exclude by uid or gid
+/// alike, and a root process reads the harness's files and binaries wherever the checkout is
+/// (uid 1337 could not get into a 0700 home directory).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capture {
+    pub instance_ips: Vec<IpAddr>,
+    pub gid: u32,
+}
+
+/// The capture ports the rules redirect to by default, as Istio's.
+pub const CAPTURE_OUTBOUND_PORT: u16 = 15001;
+pub const CAPTURE_INBOUND_PORT: u16 = 15006;
+/// The proxy's group the capture rules exclude by default.
+pub const PROXY_GID: u32 = 1337;
 
 impl ProxySpec {
     pub fn sidecar(node_id: &str, namespace: &str, labels: &[(&str, &str)]) -> ProxySpec {
@@ -66,6 +87,7 @@ impl ProxySpec {
             service_account: None,
             inbound: None,
             secure: false,
+            capture: None,
         }
     }
 
@@ -102,9 +124,53 @@ impl ProxySpec {
         self
     }
 
+    /// A sidecar whose traffic the pod's iptables rules capture; `instance_ips` are the pod's.
+    pub fn captured(mut self, instance_ips: &[IpAddr]) -> ProxySpec {
+        self.capture = Some(Capture {
+            instance_ips: instance_ips.to_vec(),
+            gid: PROXY_GID,
+        });
+        self
+    }
+
+    /// The outbound listener's port: the capture port, or `free` in explicit mode.
+    pub fn outbound_port_or(&self, free: u16) -> u16 {
+        if self.capture.is_some() {
+            CAPTURE_OUTBOUND_PORT
+        } else {
+            free
+        }
+    }
+
+    /// `--interception` and `--instance-ips`, for straitctl bootstrap and strait-proxy alike.
+    pub fn interception_args(&self) -> Vec<String> {
+        match &self.capture {
+            None => Vec::new(),
+            Some(c) => {
+                let ips: Vec<String> = c.instance_ips.iter().map(IpAddr::to_string).collect();
+                vec![
+                    "--interception".into(),
+                    "redirect".into(),
+                    "--instance-ips".into(),
+                    ips.join(","),
+                ]
+            }
+        }
+    }
+
+    /// Runs the proxy in the capture's group (a no-op without capture).
+    pub fn apply_identity(&self, cmd: &mut std::process::Command) {
+        if let Some(c) = &self.capture {
+            std::os::unix::process::CommandExt::gid(cmd, c.gid);
+        }
+    }
+
     /// The port a sidecar accepts its workload's traffic on.
     pub fn inbound_port(&self) -> Option<u16> {
-        self.inbound.map(|(port, _)| port)
+        match self.capture {
+            Some(_) => Some(CAPTURE_INBOUND_PORT),
+            None => self.inbound.map(|(port, _)| port),
+        }
     }
 
     pub fn with_xds_protocol(mut self, protocol: XdsProtocol) -> ProxySpec {
@@ -151,7 +217,7 @@ impl ProxySpec {
 }
 
 /// A running proxy. Dropping it stops it.
-pub trait Proxy: Send {
+pub trait Proxy: Send + Sync {
     /// Where the app sends outbound traffic (a sidecar's outbound listener).
     fn outbound_addr(&self) -> SocketAddr;
     /// Where the sidecar accepts its workload's traffic, when it has an inbound side.
@@ -188,13 +254,27 @@ pub trait Proxy: Send {
 pub trait DataPlane: Send + Sync {
     fn name(&self) -> &'static str;
     /// Starts a proxy connected to `straitd` and returns once it has its initial configuration.
-    fn start(&self, straitd: &Straitd, spec: &ProxySpec) -> anyhow::Result<Box<dyn Proxy>>;
+    fn start(&self, straitd: &Straitd, spec: &ProxySpec) -> anyhow::Result<Box<dyn Proxy>> {
+        let target = crate::envoy::XdsTarget::for_spec(straitd, spec)?;
+        self.launch(&target, spec)
+    }
+    /// Starts a proxy connected to the xDS server at `xds` and returns once it has its initial
+    /// configuration. Runs in the calling thread's network namespace (a pod's, for capture).
+    fn launch(
+        &self,
+        xds: &crate::envoy::XdsTarget,
+        spec: &ProxySpec,
+    ) -> anyhow::Result<Box<dyn Proxy>>;
 }
 
 /// The data plane chosen by `STRAIT_DATA_PLANE` (`envoy`, the default, or `strait-proxy`).
 pub fn data_plane() -> Box<dyn DataPlane> {
-    let name = std::env::var("STRAIT_DATA_PLANE").unwrap_or_default();
-    match name.as_str() {
+    named(&std::env::var("STRAIT_DATA_PLANE").unwrap_or_default())
+}
+
+/// A data plane by its [`DataPlane::name`] (`""` is the default, Envoy).
+pub fn named(name: &str) -> Box<dyn DataPlane> {
+    match name {
         "" | "envoy" => Box::new(crate::envoy::Envoy),
         "strait-proxy" => Box::new(crate::strait_proxy::StraitProxy),
         other => panic!(

@@ -14,7 +14,6 @@ use crate::dataplane::{DataPlane, Proxy, ProxySpec};
 use crate::eventually::POLL_INTERVAL;
 use crate::ports::free_port;
 use crate::process::{ManagedChild, workdir};
-use crate::straitd::Straitd;
 
 /// How long Envoy may take to answer on its admin port, and to become configured.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -27,9 +26,8 @@ impl DataPlane for Envoy {
         "envoy"
     }
 
-    fn start(&self, straitd: &Straitd, spec: &ProxySpec) -> anyhow::Result<Box<dyn Proxy>> {
-        let target = XdsTarget::for_spec(straitd, spec)?;
-        let mut proxy = Envoy::launch(&target, spec)?;
+    fn launch(&self, xds: &XdsTarget, spec: &ProxySpec) -> anyhow::Result<Box<dyn Proxy>> {
+        let mut proxy = Envoy::launch(xds, spec)?;
         proxy.process.wait_configured(READY_TIMEOUT)?;
         Ok(Box::new(proxy))
     }
@@ -41,15 +39,16 @@ impl Envoy {
     /// [`EnvoyProcess::wait_configured`]).
     pub fn launch(xds: &XdsTarget, spec: &ProxySpec) -> anyhow::Result<EnvoyProxy> {
         let workdir = workdir(&format!("envoy-{}-", spec.node_id))?;
-        let outbound_port = free_port();
+        let outbound_port = spec.outbound_port_or(free_port());
         let admin_port = free_port();
         let bootstrap = workdir.path().join("bootstrap.json");
         straitctl_bootstrap(xds, spec, outbound_port, admin_port, &bootstrap)?;
-        let process = EnvoyProcess::spawn(
+        let process = EnvoyProcess::spawn_as(
             &format!("envoy {}", spec.node_id),
             &bootstrap,
             admin_port,
             workdir,
+            |cmd| spec.apply_identity(cmd),
         )?;
         Ok(EnvoyProxy {
             process,
@@ -113,6 +112,7 @@ pub fn straitctl_bootstrap(
     if let Some(sa) = &spec.service_account {
         cmd.args(["--service-account", sa]);
     }
+    cmd.args(spec.interception_args());
     if let Some((inbound, app)) = spec.inbound {
         cmd.args([
             "--inbound-port",
@@ -183,8 +183,20 @@ impl EnvoyProcess {
         admin_port: u16,
         workdir: TempDir,
     ) -> anyhow::Result<EnvoyProcess> {
+        Self::spawn_as(name, bootstrap, admin_port, workdir, |_| {})
+    }
+
+    /// Like [`Self::spawn`], with `prepare` adjusting the command first (its group, say).
+    pub fn spawn_as(
+        name: &str,
+        bootstrap: &Path,
+        admin_port: u16,
+        workdir: TempDir,
+        prepare: impl FnOnce(&mut Command),
+    ) -> anyhow::Result<EnvoyProcess> {
         let level = std::env::var("STRAIT_ENVOY_LOG_LEVEL").unwrap_or_else(|_| "warning".into());
         let mut cmd = Command::new(crate::bins::envoy_path());
+        prepare(&mut cmd);
         cmd.arg("-c")
             .arg(bootstrap)
             // Parallel tests run many Envoys; each needs its own shared-memory base id.

@@ -11,7 +11,6 @@ use crate::client::get_blocking;
 use crate::dataplane::{DataPlane, Proxy, ProxySpec};
 use crate::ports::free_port;
 use crate::process::{ManagedChild, workdir};
-use crate::straitd::Straitd;
 
 /// How long strait-proxy may take to have its first complete config.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -24,10 +23,12 @@ impl DataPlane for StraitProxy {
         "strait-proxy"
     }
 
-    fn start(&self, straitd: &Straitd, spec: &ProxySpec) -> anyhow::Result<Box<dyn Proxy>> {
-        let target = crate::envoy::XdsTarget::for_spec(straitd, spec)?;
-        let proxy = StraitProxyProcess::spawn(&target, spec)?;
-        Ok(Box::new(proxy))
+    fn launch(
+        &self,
+        xds: &crate::envoy::XdsTarget,
+        spec: &ProxySpec,
+    ) -> anyhow::Result<Box<dyn Proxy>> {
+        Ok(Box::new(StraitProxyProcess::spawn(xds, spec)?))
     }
 }
 
@@ -50,9 +51,10 @@ impl StraitProxyProcess {
         spec: &ProxySpec,
     ) -> anyhow::Result<StraitProxyProcess> {
         let workdir = workdir(&format!("strait-proxy-{}-", spec.node_id))?;
-        let outbound_port = free_port();
+        let outbound_port = spec.outbound_port_or(free_port());
         let admin_port = free_port();
         let mut cmd = Command::new(crate::bins::cargo_bin("strait-proxy"));
+        spec.apply_identity(&mut cmd);
         match &xds.tls {
             None => {
                 cmd.args(["--xds", &format!("http://{}", xds.addr)]);
@@ -87,6 +89,7 @@ impl StraitProxyProcess {
         if let Some(sa) = &spec.service_account {
             cmd.args(["--service-account", sa]);
         }
+        cmd.args(spec.interception_args());
         if let Some((inbound, app)) = spec.inbound {
             cmd.args(["--inbound-port", &inbound.to_string()])
                 .args(["--app-port", &app.to_string()]);

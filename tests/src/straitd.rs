@@ -21,6 +21,9 @@ pub struct StraitdOptions {
     pub config_dir: PathBuf,
     /// Appended to the command line after the harness's own flags.
     pub extra_args: Vec<String>,
+    /// Where the xDS ports (plaintext and TLS) listen: 127.0.0.1 unless set (a hub's bridge
+    /// address, so pods in other namespaces reach them). The admin API stays on 127.0.0.1.
+    pub xds_ip: Option<std::net::IpAddr>,
 }
 
 impl StraitdOptions {
@@ -28,6 +31,7 @@ impl StraitdOptions {
         Self {
             config_dir: config_dir.into(),
             extra_args: Vec::new(),
+            xds_ip: None,
         }
     }
 }
@@ -48,9 +52,12 @@ impl Straitd {
     pub fn start(options: StraitdOptions) -> anyhow::Result<Straitd> {
         let binary = crate::bins::straitd();
         let workdir = workdir("straitd-")?;
-        let xds_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let xds_ip = options
+            .xds_ip
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        let xds_addr = SocketAddr::new(xds_ip, free_port());
         let admin_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let tls_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let tls_addr = SocketAddr::new(xds_ip, free_port());
         let log_path = workdir.path().join("straitd.log");
         let addrs = Addrs {
             xds: xds_addr,
@@ -243,7 +250,12 @@ fn spawn(
         .arg(addrs.tls.to_string())
         .arg("--data-dir")
         .arg(data_dir)
-        .args(["--log-format", "text"])
-        .args(&options.extra_args);
+        .args(["--log-format", "text"]);
+    if let Some(ip) = options.xds_ip {
+        // The serving certificate must name the address proxies dial.
+        cmd.arg("--server-names")
+            .arg(format!("localhost,127.0.0.1,straitd,{ip}"));
+    }
+    cmd.args(&options.extra_args);
     ManagedChild::spawn("straitd", cmd, log_path)
 }
