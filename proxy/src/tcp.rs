@@ -330,13 +330,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
-    /// A connected pair of loopback TCP sockets.
-    async fn pair() -> (TcpStream, TcpStream) {
+    /// A connected pair of loopback TCP sockets (for other modules' tests too).
+    pub(crate) async fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());

@@ -49,11 +49,17 @@ fn works(program: &str, args: &[&str]) -> bool {
 /// Whether `test` can run here (root, `ip`, `iptables`). Prints why not; under `CI=true` a
 /// missing requirement panics instead, so CI never skips silently.
 pub fn available(test: &str) -> bool {
+    available_with(test, &[])
+}
+
+/// [`available`], also needing each `(program, args)` in `also` to run.
+pub fn available_with(test: &str, also: &[(&str, &[&str])]) -> bool {
     let mut missing = Vec::new();
     if !rustix::process::geteuid().is_root() {
         missing.push("root".to_string());
     }
-    for (program, args) in [("ip", &["-V"][..]), ("iptables", &["--version"][..])] {
+    let needed: [(&str, &[&str]); 2] = [("ip", &["-V"]), ("iptables", &["--version"])];
+    for (program, args) in needed.iter().chain(also) {
         if !works(program, args) {
             missing.push(format!("`{program}`"));
         }

@@ -5,13 +5,10 @@
 //! `CI=true`, where it fails. The only addresses used are loopback and the ones a test assigns
 //! inside the namespaces it made (TEST-NET-1 192.0.2.0/24 and TEST-NET-2 198.51.100.0/24).
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -35,28 +32,10 @@ fn works(program: &str, args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Whether this test can run here; under `CI=true` a missing requirement fails the test.
+/// Whether this test can run here (the harness's check, plus `also`); under `CI=true` a
+/// missing requirement fails the test.
 fn ready(test: &str, also: &[(&str, &[&str])]) -> bool {
-    let mut missing = Vec::new();
-    if !rustix::process::geteuid().is_root() {
-        missing.push("root".to_string());
-    }
-    let needed: [(&str, &[&str]); 2] = [("ip", &["-V"]), ("iptables", &["--version"])];
-    for (program, args) in needed.iter().chain(also) {
-        if !works(program, args) {
-            missing.push(format!("`{program}`"));
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let missing = missing.join(", ");
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} needs {missing} (CI=true: not skipping)"
-    );
-    println!("skipped {test}: needs {missing}");
-    false
+    strait_tests::netns::available_with(test, also)
 }
 
 fn legacy_available(test: &str) -> bool {
@@ -69,49 +48,32 @@ fn legacy_available(test: &str) -> bool {
 
 // === impl Netns ===
 
-/// A network namespace of this test's own, deleted when dropped (also when the test fails).
+/// A network namespace of this test's own (the harness's), deleted when dropped (also when the
+/// test fails); its helpers panic, as a test's set-up should.
 struct Netns {
-    name: String,
+    ns: strait_tests::netns::Netns,
 }
 
 impl Netns {
     fn new() -> Netns {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "strait-ipt-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        ip(&["netns", "add", &name]);
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
+        Netns {
+            ns: strait_tests::netns::Netns::new("ipt").expect("making a network namespace"),
+        }
+    }
+
+    fn name(&self) -> &str {
+        self.ns.name()
     }
 
     /// `ip -n NAME ...`
     fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        ip(&all);
+        self.ns.ip(args).expect("ip in the test namespace");
     }
 
     /// Runs `f` on a thread that has entered the namespace: sockets it makes and processes it
     /// starts live there.
     fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let file = File::open(&path).expect("the namespace's file");
-                rustix::thread::move_into_link_name_space(
-                    file.as_fd(),
-                    Some(rustix::thread::LinkNameSpaceType::Network),
-                )
-                .expect("setns into the test namespace");
-                f()
-            })
-            .join()
-            .expect("the namespace thread")
-        })
+        self.ns.enter(f)
     }
 
     /// `strait-proxy iptables ARGS` in the namespace: its output, or its error's message.
@@ -167,28 +129,6 @@ impl Netns {
         });
         assert!(status.success(), "{binary} {input}");
     }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let ok = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("could not delete network namespace {}", self.name);
-        }
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 // === rules in the table ===
@@ -499,7 +439,16 @@ fn pod_and_peer() -> (Netns, Netns) {
     let pod = Netns::new();
     let peer = Netns::new();
     pod.ip(&[
-        "link", "add", "c0", "type", "veth", "peer", "name", "p0", "netns", &peer.name,
+        "link",
+        "add",
+        "c0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "p0",
+        "netns",
+        peer.name(),
     ]);
     pod.ip(&["addr", "add", &format!("{POD}/24"), "dev", "c0"]);
     pod.ip(&["link", "set", "c0", "up"]);

@@ -102,16 +102,9 @@ async fn read_hello(stream: &TcpStream) -> io::Result<Option<Hello>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tcp::tests::pair;
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (a.unwrap(), b.unwrap().0)
-    }
 
     /// A real client hello from rustls, with SNI and ALPN.
     fn hello_bytes(sni: &str, alpn: &[&[u8]]) -> Vec<u8> {
