@@ -1,11 +1,14 @@
-//! The config store: sources in layers, validated as one batch, published as versioned models.
+//! The config store: sources in layers, validated together, published as versioned models.
 //!
-//! Two layers feed the store: the file layer (the config directory, replaced whole on every
-//! reload) and the API layer (objects applied through the admin API, keyed by id; an API
-//! object overrides the file object with the same id while it exists). Every change builds the
-//! union of both layers and runs it through `Model::build`, the one validator. A change that
-//! fails is rejected whole: the last good configuration stays in force and the failure becomes
-//! the store's status.
+//! Three layers feed the store: the file layer (the config directory, replaced whole on every
+//! reload), the Kubernetes layer (objects watched from the API server, see [`kube`]) and the
+//! API layer (objects applied through the admin API, keyed by id; an API object overrides a
+//! file or Kubernetes object with the same id while it exists). Every change builds the union
+//! of the layers and runs it through `Model::build`, the one validator. A file reload or an
+//! apply that fails is rejected whole: the last good configuration stays in force and the
+//! failure becomes the store's status. Kubernetes objects are accepted or refused one by one.
+
+pub mod kube;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -36,6 +39,8 @@ pub enum Source {
     Files,
     /// The admin API (`/apply`, `/delete`).
     Api,
+    /// The Kubernetes API server.
+    Kubernetes,
 }
 
 impl Source {
@@ -43,6 +48,7 @@ impl Source {
         match self {
             Source::Files => "files",
             Source::Api => "api",
+            Source::Kubernetes => "kubernetes",
         }
     }
 }
@@ -108,6 +114,7 @@ pub enum StoreError {
 #[derive(Default)]
 struct Layers {
     files: Vec<Object>,
+    kube: kube::KubeLayer,
     api: BTreeMap<ObjectId, Object>,
     loaded: bool,
     /// Outstanding rejections, one per source.
@@ -188,7 +195,7 @@ impl ConfigStore {
         let _span = tracing::info_span!("config.apply", source = "files", objects = objects.len())
             .entered();
         let mut layers = self.lock();
-        let candidate = union(&objects, &layers.api, &[]);
+        let candidate = union(&objects, &layers.kube.accepted, &layers.api, &[]);
         let model = match Model::build(candidate.iter().copied()) {
             Ok(model) => model,
             Err(errors) => {
@@ -245,6 +252,7 @@ impl ConfigStore {
             let current = layers
                 .api
                 .get(&object.id)
+                .or_else(|| layers.kube.accepted.get(&object.id))
                 .or_else(|| layers.files.iter().find(|f| f.id == object.id));
             match current {
                 None => outcome.created.push(object.id.clone()),
@@ -258,7 +266,12 @@ impl ConfigStore {
         // Validate the whole batch, unchanged objects included, so that an object given twice
         // is reported; unchanged objects are identical to what is stored, so the model is the
         // same as the one of what gets stored.
-        let model = match Model::build(union(&layers.files, &layers.api, &objects)) {
+        let model = match Model::build(union(
+            &layers.files,
+            &layers.kube.accepted,
+            &layers.api,
+            &objects,
+        )) {
             Ok(model) => model,
             Err(errors) => {
                 if !dry_run {
@@ -280,7 +293,12 @@ impl ConfigStore {
         for object in changed {
             layers.api.insert(object.id.clone(), object);
         }
-        let accepted = sorted(union(&layers.files, &layers.api, &[]));
+        let accepted = sorted(union(
+            &layers.files,
+            &layers.kube.accepted,
+            &layers.api,
+            &[],
+        ));
         outcome.generation = self.publish(Source::Api, model, accepted).generation;
         Ok(outcome)
     }
@@ -308,7 +326,7 @@ impl ConfigStore {
         for &id in &ids {
             api.remove(id);
         }
-        let candidate = union(&layers.files, &api, &[]);
+        let candidate = union(&layers.files, &layers.kube.accepted, &api, &[]);
         let model = match Model::build(candidate.iter().copied()) {
             Ok(model) => model,
             Err(errors) => {
@@ -330,6 +348,61 @@ impl ConfigStore {
             deleted: ids.into_iter().cloned().collect(),
             restored,
         })
+    }
+
+    /// Applies changes watched from the API server. Each object is accepted or refused alone
+    /// (see [`kube`]); the result is published when what is in force changed. `Err` only when
+    /// the other layers do not validate with what is in force here (nothing changes then).
+    pub fn kube_apply(
+        &self,
+        changes: Vec<kube::KubeChange>,
+    ) -> Result<Arc<Published>, ValidationErrors> {
+        let _span = tracing::info_span!(
+            "config.apply",
+            source = "kubernetes",
+            changes = changes.len()
+        )
+        .entered();
+        let mut layers = self.lock();
+        let (files, api) = (layers.files.clone(), layers.api.clone());
+        let build =
+            |kube: &BTreeMap<ObjectId, Object>| Model::build(union(&files, kube, &api, &[]));
+        let before: BTreeSet<ObjectId> = layers.kube.refused.keys().cloned().collect();
+        let model = match layers.kube.apply(changes, &build) {
+            Ok(model) => model,
+            Err(errors) => {
+                self.reject(&mut layers, Source::Kubernetes, &errors);
+                return Err(errors);
+            }
+        };
+        for (id, (object, errors)) in &layers.kube.refused {
+            if !before.contains(id) {
+                self.inner.errors_total.inc();
+                tracing::error!(
+                    object = %id,
+                    origin = %object.origin,
+                    error = %ValidationErrors(errors.clone()),
+                    "object refused; its last good version, if any, stays in force"
+                );
+            }
+        }
+        layers.errors.remove(&Source::Kubernetes);
+        let accepted = sorted(union(
+            &layers.files,
+            &layers.kube.accepted,
+            &layers.api,
+            &[],
+        ));
+        if accepted == self.current().objects {
+            return Ok(self.current());
+        }
+        Ok(self.publish(Source::Kubernetes, model, accepted))
+    }
+
+    /// Where each object from the API server stands (for its `status`).
+    pub fn kube_statuses(&self) -> BTreeMap<ObjectId, kube::KubeObjectStatus> {
+        let warnings = self.current().model.warnings.clone();
+        self.lock().kube.statuses(&warnings)
     }
 
     /// Objects in force, filtered by kind, namespace and name.
@@ -428,17 +501,21 @@ impl ConfigStore {
     }
 }
 
-/// The objects in force for a set of layers: files, overridden by the API layer, overridden by
-/// `batch` (kept whole, duplicates included, so that `Model::build` can report them).
+/// The objects in force for a set of layers: files, overridden by Kubernetes objects,
+/// overridden by the API layer, overridden by `batch` (kept whole, duplicates included, so
+/// that `Model::build` can report them).
 fn union<'a>(
     files: &'a [Object],
+    kube: &'a BTreeMap<ObjectId, Object>,
     api: &'a BTreeMap<ObjectId, Object>,
     batch: &'a [Object],
 ) -> Vec<&'a Object> {
     let in_batch: BTreeSet<&ObjectId> = batch.iter().map(|o| &o.id).collect();
+    let above_kube = |id: &ObjectId| api.contains_key(id) || in_batch.contains(id);
     files
         .iter()
-        .filter(|o| !api.contains_key(&o.id) && !in_batch.contains(&o.id))
+        .filter(|o| !kube.contains_key(&o.id) && !above_kube(&o.id))
+        .chain(kube.values().filter(|o| !above_kube(&o.id)))
         .chain(api.values().filter(|o| !in_batch.contains(&o.id)))
         .chain(batch)
         .collect()
@@ -795,5 +872,132 @@ spec:
         assert_eq!(json["last_error"]["source"], "files");
         assert_eq!(json["last_error"]["errors"][0]["path"], "kind");
         assert_eq!(json["loaded"], false);
+    }
+
+    mod kube_layer {
+        use super::*;
+        use crate::store::kube::{KubeChange, KubeObjectStatus};
+        use pretty_assertions::assert_eq;
+
+        const DR: &str = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews.default.svc.cluster.local
+  subsets: [{name: v1, labels: {version: v1}}]
+";
+
+        fn vs_subset(subset: &str) -> String {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews.default.svc.cluster.local]\n  http:\n  - route:\n    - destination: {{host: reviews.default.svc.cluster.local, subset: {subset}}}\n"
+            )
+        }
+
+        fn upserts(text: &str) -> Vec<KubeChange> {
+            parse(text, "kubernetes")
+                .into_iter()
+                .map(KubeChange::Upsert)
+                .collect()
+        }
+
+        fn status(store: &ConfigStore, kind: Kind, name: &str) -> Option<KubeObjectStatus> {
+            store.kube_statuses().get(&id(kind, name)).cloned()
+        }
+
+        fn refused(store: &ConfigStore, kind: Kind, name: &str) -> (String, bool) {
+            match status(store, kind, name) {
+                Some(KubeObjectStatus::Refused {
+                    errors,
+                    last_good_in_force,
+                }) => (ValidationErrors(errors).to_string(), last_good_in_force),
+                other => panic!("{kind} {name} should be refused: {other:?}"),
+            }
+        }
+
+        #[test]
+        fn an_object_waits_for_what_it_names_without_holding_the_rest_back() {
+            let (store, _) = store();
+            store.kube_apply(upserts(SERVICES)).unwrap();
+            // The VirtualService comes before the DestinationRule that defines its subset.
+            let published = store.kube_apply(upserts(&vs_subset("v1"))).unwrap();
+            assert!(published.model.virtual_services.is_empty());
+            let (errors, in_force) = refused(&store, Kind::VirtualService, "reviews");
+            assert!(errors.contains("v1"), "{errors}");
+            assert!(!in_force);
+            // Others still go into force meanwhile.
+            let published = store
+                .kube_apply(upserts(&vs("ratings", "ratings")))
+                .unwrap();
+            assert_eq!(published.model.virtual_services.len(), 1);
+            // The DestinationRule arrives: the waiting VirtualService is tried again and fits.
+            let published = store.kube_apply(upserts(DR)).unwrap();
+            assert_eq!(published.model.virtual_services.len(), 2);
+            assert!(matches!(
+                status(&store, Kind::VirtualService, "reviews"),
+                Some(KubeObjectStatus::Accepted { .. })
+            ));
+        }
+
+        #[test]
+        fn a_bad_new_version_leaves_the_last_good_one_in_force() {
+            let (store, _) = store();
+            let mut changes = upserts(SERVICES);
+            changes.extend(upserts(DR));
+            changes.extend(upserts(&vs_subset("v1")));
+            let good = store.kube_apply(changes).unwrap();
+            assert_eq!(good.model.virtual_services.len(), 1);
+            let after = store.kube_apply(upserts(&vs_subset("v9"))).unwrap();
+            assert_eq!(
+                after.generation, good.generation,
+                "nothing in force changed"
+            );
+            let (errors, in_force) = refused(&store, Kind::VirtualService, "reviews");
+            assert!(errors.contains("v9"), "{errors}");
+            assert!(in_force, "the last good version stays in force");
+            let in_force = store.get(Some(Kind::VirtualService), None, Some("reviews"));
+            assert!(in_force[0].raw.to_string().contains("\"v1\""));
+            // A good change to something else still goes through.
+            let later = store
+                .kube_apply(upserts(&vs("ratings", "ratings")))
+                .unwrap();
+            assert!(later.generation > good.generation);
+            assert_eq!(later.model.virtual_services.len(), 2);
+        }
+
+        #[test]
+        fn removing_what_an_object_needs_sets_it_aside_until_it_returns() {
+            let (store, _) = store();
+            let mut changes = upserts(SERVICES);
+            changes.extend(upserts(DR));
+            changes.extend(upserts(&vs_subset("v1")));
+            store.kube_apply(changes).unwrap();
+            let dr = id(Kind::DestinationRule, "reviews");
+            let published = store.kube_apply(vec![KubeChange::Remove(dr)]).unwrap();
+            assert!(published.model.virtual_services.is_empty());
+            assert!(published.model.destination_rules.is_empty());
+            let (_, in_force) = refused(&store, Kind::VirtualService, "reviews");
+            assert!(!in_force);
+            let published = store.kube_apply(upserts(DR)).unwrap();
+            assert_eq!(published.model.virtual_services.len(), 1);
+        }
+
+        #[test]
+        fn a_broken_file_is_not_blamed_on_kubernetes_objects() {
+            let (store, _) = store();
+            store.kube_apply(upserts(SERVICES)).unwrap();
+            store
+                .replace_files(parse(&vs("files-vs", "reviews"), "vs.yaml"))
+                .unwrap();
+            // Deleting the services the file's VirtualService routes to is refused as a whole:
+            // the file is the one in error, and nothing changes.
+            let ids: Vec<KubeChange> = parse(SERVICES, "k")
+                .into_iter()
+                .map(|o| KubeChange::Remove(o.id))
+                .collect();
+            let before = store.current().generation;
+            assert!(store.kube_apply(ids).is_err());
+            assert_eq!(store.current().generation, before);
+            assert_eq!(store.current().model.virtual_services.len(), 1);
+        }
     }
 }

@@ -1,0 +1,194 @@
+//! The Kubernetes layer: objects watched from the API server arrive one by one, in any order,
+//! and each is accepted or refused alone.
+//!
+//! A file or an `apply` batch is one author's change, rejected whole. Objects from the API
+//! server have many authors and no order: a VirtualService may come before the
+//! DestinationRule whose subset it names. So here an object that does not validate with the
+//! rest is set aside (refused, with the errors that name it) instead of holding the others
+//! back; its last good version stays in force; and refused versions are tried again after
+//! every change, so the VirtualService goes into force when its DestinationRule arrives.
+
+use std::collections::BTreeMap;
+
+use strait_model::{Model, Object, ObjectId, ValidationError, ValidationErrors};
+
+/// One change from a watcher.
+#[derive(Clone, Debug)]
+pub enum KubeChange {
+    Upsert(Object),
+    Remove(ObjectId),
+}
+
+/// What the API server holds, split by whether it is in force.
+#[derive(Clone, Debug, Default)]
+pub(super) struct KubeLayer {
+    /// In force.
+    pub(super) accepted: BTreeMap<ObjectId, Object>,
+    /// The latest version of each object that is not in force, and why. An object may be here
+    /// and in `accepted` at once: its new version refused, its last good one in force.
+    pub(super) refused: BTreeMap<ObjectId, (Object, Vec<ValidationError>)>,
+}
+
+/// Where an object from the API server stands, for its `status`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum KubeObjectStatus {
+    /// In force, with the model's warnings about it.
+    Accepted { warnings: Vec<ValidationError> },
+    /// Not in force as it is now; `last_good_in_force` says whether an earlier version is.
+    Refused {
+        errors: Vec<ValidationError>,
+        last_good_in_force: bool,
+    },
+}
+
+impl KubeLayer {
+    /// Applies `changes`, then settles: every version that validates with the rest is in
+    /// force, every one that does not is refused. Errors that name no object of this layer
+    /// (a broken file) come back as `Err`, and nothing changes.
+    pub(super) fn apply(
+        &mut self,
+        changes: Vec<KubeChange>,
+        build: &dyn Fn(&BTreeMap<ObjectId, Object>) -> Result<Model, ValidationErrors>,
+    ) -> Result<Model, ValidationErrors> {
+        let mut next = self.clone();
+        let mut previous = BTreeMap::new();
+        for change in changes {
+            match change {
+                KubeChange::Upsert(object) => {
+                    let id = object.id.clone();
+                    next.refused.remove(&id);
+                    if let Some(old) = next.accepted.insert(id.clone(), object) {
+                        previous.entry(id).or_insert(old);
+                    }
+                }
+                KubeChange::Remove(id) => {
+                    next.accepted.remove(&id);
+                    next.refused.remove(&id);
+                    previous.remove(&id);
+                }
+            }
+        }
+        let model = next.settle(build)?;
+        // A refused new version: its last good version goes back into force, if it still fits.
+        let mut restored = false;
+        for (id, old) in previous {
+            if next.refused.contains_key(&id) && !next.accepted.contains_key(&id) {
+                let mut trial = next.accepted.clone();
+                trial.insert(id.clone(), old);
+                if build(&trial).is_ok() {
+                    next.accepted = trial;
+                    restored = true;
+                }
+            }
+        }
+        let model = if restored {
+            build(&next.accepted)?
+        } else {
+            model
+        };
+        let model = next.retry_refused(build, model);
+        *self = next;
+        Ok(model)
+    }
+
+    /// Builds; while the errors name objects of this layer, sets them aside and builds again.
+    fn settle(
+        &mut self,
+        build: &dyn Fn(&BTreeMap<ObjectId, Object>) -> Result<Model, ValidationErrors>,
+    ) -> Result<Model, ValidationErrors> {
+        loop {
+            let errors = match build(&self.accepted) {
+                Ok(model) => return Ok(model),
+                Err(errors) => errors,
+            };
+            let mut named: BTreeMap<ObjectId, Vec<ValidationError>> = BTreeMap::new();
+            for e in &errors.0 {
+                if let Some(id) = e
+                    .object
+                    .as_ref()
+                    .filter(|id| self.accepted.contains_key(id))
+                {
+                    named.entry(id.clone()).or_default().push(e.clone());
+                }
+            }
+            if named.is_empty() {
+                return Err(errors);
+            }
+            for (id, errors) in named {
+                if let Some(object) = self.accepted.remove(&id) {
+                    // A newer refused version, if any, stays the one to retry.
+                    self.refused.entry(id).or_insert((object, errors));
+                }
+            }
+        }
+    }
+
+    /// Tries each refused version again, one at a time, keeping those that now fit.
+    fn retry_refused(
+        &mut self,
+        build: &dyn Fn(&BTreeMap<ObjectId, Object>) -> Result<Model, ValidationErrors>,
+        mut model: Model,
+    ) -> Model {
+        loop {
+            let mut progress = false;
+            let ids: Vec<ObjectId> = self.refused.keys().cloned().collect();
+            for id in ids {
+                let Some((object, _)) = self.refused.get(&id) else {
+                    continue;
+                };
+                let mut trial = self.accepted.clone();
+                trial.insert(id.clone(), object.clone());
+                match build(&trial) {
+                    Ok(m) => {
+                        model = m;
+                        self.accepted = trial;
+                        self.refused.remove(&id);
+                        progress = true;
+                    }
+                    Err(errors) => {
+                        let mine: Vec<ValidationError> = errors
+                            .0
+                            .iter()
+                            .filter(|e| e.object.as_ref() == Some(&id))
+                            .cloned()
+                            .collect();
+                        let why = if mine.is_empty() { errors.0 } else { mine };
+                        if let Some(entry) = self.refused.get_mut(&id) {
+                            entry.1 = why;
+                        }
+                    }
+                }
+            }
+            if !progress {
+                return model;
+            }
+        }
+    }
+
+    /// Every object's standing; `warnings` are the model's.
+    pub(super) fn statuses(
+        &self,
+        warnings: &[ValidationError],
+    ) -> BTreeMap<ObjectId, KubeObjectStatus> {
+        let mut out = BTreeMap::new();
+        for id in self.accepted.keys() {
+            let warnings = warnings
+                .iter()
+                .filter(|w| w.object.as_ref() == Some(id))
+                .cloned()
+                .collect();
+            out.insert(id.clone(), KubeObjectStatus::Accepted { warnings });
+        }
+        for (id, (_, errors)) in &self.refused {
+            out.insert(
+                id.clone(),
+                KubeObjectStatus::Refused {
+                    errors: errors.clone(),
+                    last_good_in_force: self.accepted.contains_key(id),
+                },
+            );
+        }
+        out
+    }
+}
