@@ -12,6 +12,10 @@ use std::collections::BTreeMap;
 
 use strait_model::{Model, Object, ObjectId, ValidationError, ValidationErrors};
 
+/// Validates the other layers together with a version of this one.
+pub(super) type Build<'a> =
+    &'a dyn Fn(&BTreeMap<ObjectId, Object>) -> Result<Model, ValidationErrors>;
+
 /// One change from a watcher.
 #[derive(Clone, Debug)]
 pub enum KubeChange {
@@ -49,7 +53,7 @@ impl KubeLayer {
     pub(super) fn apply(
         &mut self,
         changes: Vec<KubeChange>,
-        build: &dyn Fn(&BTreeMap<ObjectId, Object>) -> Result<Model, ValidationErrors>,
+        build: Build<'_>,
     ) -> Result<Model, ValidationErrors> {
         let mut next = self.clone();
         let mut previous = BTreeMap::new();
@@ -93,10 +97,7 @@ impl KubeLayer {
     }
 
     /// Builds; while the errors name objects of this layer, sets them aside and builds again.
-    fn settle(
-        &mut self,
-        build: &dyn Fn(&BTreeMap<ObjectId, Object>) -> Result<Model, ValidationErrors>,
-    ) -> Result<Model, ValidationErrors> {
+    fn settle(&mut self, build: Build<'_>) -> Result<Model, ValidationErrors> {
         loop {
             let errors = match build(&self.accepted) {
                 Ok(model) => return Ok(model),
@@ -125,11 +126,7 @@ impl KubeLayer {
     }
 
     /// Tries each refused version again, one at a time, keeping those that now fit.
-    fn retry_refused(
-        &mut self,
-        build: &dyn Fn(&BTreeMap<ObjectId, Object>) -> Result<Model, ValidationErrors>,
-        mut model: Model,
-    ) -> Model {
+    fn retry_refused(&mut self, build: Build<'_>, mut model: Model) -> Model {
         loop {
             let mut progress = false;
             let ids: Vec<ObjectId> = self.refused.keys().cloned().collect();
