@@ -1093,6 +1093,7 @@ ratings (ServiceEntry default/ratings) created
             registry: Arc::new(registry),
             proxies: Arc::new(|| json!([])),
             ready: Arc::new(AtomicBool::new(true)),
+            read_only: false,
         });
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))

@@ -6,6 +6,7 @@ pub mod bootstrap;
 pub mod certs;
 pub mod controller;
 pub mod ctl;
+pub mod kube;
 pub mod store;
 pub mod telemetry;
 pub mod watch;

@@ -76,6 +76,15 @@ struct Args {
         default_value = "localhost,127.0.0.1,straitd"
     )]
     server_names: Vec<String>,
+    /// Watch the Kubernetes API server (kubeconfig from $KUBECONFIG or ~/.kube/config, else the
+    /// in-cluster service account): Services, EndpointSlices/Endpoints, Pods and Istio's kinds.
+    /// The admin API's /apply and /delete are off then: configuration goes through the API
+    /// server and its RBAC.
+    #[arg(long, env = "STRAIT_KUBERNETES")]
+    kubernetes: bool,
+    /// The cluster's DNS domain (Service hosts are NAME.NAMESPACE.svc.DOMAIN).
+    #[arg(long, env = "STRAIT_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -157,6 +166,20 @@ async fn main() -> anyhow::Result<()> {
             None
         }
     };
+    if args.kubernetes {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API server (--kubernetes)")?;
+        let options = strait_control_plane::kube::KubeSourceOptions {
+            cluster_domain: args.cluster_domain.clone(),
+        };
+        let store = store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = strait_control_plane::kube::run(client, store, options).await {
+                tracing::error!("the Kubernetes source stopped: {e:#}");
+            }
+        });
+    }
     tokio::spawn(controller.run(store.subscribe(), events_rx));
 
     let xds_listener = tokio::net::TcpListener::bind(args.xds_addr)
@@ -200,6 +223,7 @@ async fn main() -> anyhow::Result<()> {
         registry: Arc::new(registry),
         proxies,
         ready: ready.clone(),
+        read_only: args.kubernetes,
     });
 
     let shutdown = shutdown_signal();
