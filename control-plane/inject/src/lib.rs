@@ -7,6 +7,7 @@
 //!   mesh root.
 //! - [`inject_manifest`] does it to workload YAML (`straitctl kube-inject`), writing back
 //!   everything it leaves alone byte for byte.
+//! - [`review`] answers an admission webhook's AdmissionReview with a JSONPatch.
 //!
 //! The settings ([`InjectSettings`]) are the chart's injection ConfigMap.
 
@@ -20,6 +21,7 @@ mod merge;
 mod pod;
 mod policy;
 mod quantity;
+mod review;
 mod settings;
 pub mod sidecar;
 
@@ -30,6 +32,7 @@ pub use manifest::inject_manifest;
 pub use pod::{Decision, Injection, Status, inject_pod};
 pub use policy::SkipReason;
 pub use quantity::{Quantity, QuantityError};
+pub use review::{API_VERSION, review};
 pub use settings::{
     CaptureSettings, CpuMemory, DEFAULT_IMAGE, InjectSettings, ProxyPorts, ProxyResources,
 };
