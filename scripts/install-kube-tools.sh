@@ -18,7 +18,9 @@ set -euo pipefail
 # Failures inside $(...) stop the script too.
 shopt -s inherit_errexit
 
-cache="${STRAIT_CACHE:-$HOME/.cache/strait}/kube"
+# $HOME may be unset in a bare CI environment: the account's home directory then.
+home="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
+cache="${STRAIT_CACHE:-$home/.cache/strait}/kube"
 bin="$cache/bin"
 stamps="$cache/stamps"
 

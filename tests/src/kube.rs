@@ -213,7 +213,7 @@ impl KubeApi {
             .arg(format!("--secure-port={port}"))
             .arg("--bind-address=127.0.0.1")
             .arg("--advertise-address=127.0.0.1")
-            // No unauthenticated port at all (1.20 still has one, off by default).
+            // No unauthenticated HTTP port (a hidden, deprecated flag in 1.20; 0 turns it off).
             .arg("--insecure-port=0")
             .arg(format!("--cert-dir={}", pki.dir.display()))
             .arg(format!("--tls-cert-file={}", pki.serving_cert.display()))
