@@ -10,3 +10,4 @@ pub mod kube;
 pub mod store;
 pub mod telemetry;
 pub mod watch;
+pub mod webhook;

@@ -82,6 +82,13 @@ struct Args {
     /// server and its RBAC.
     #[arg(long, env = "STRAIT_KUBERNETES")]
     kubernetes: bool,
+    /// Where the admission webhooks (/inject, /validate) are served over HTTPS with a
+    /// certificate from the mesh CA (for --server-names); off when not given.
+    #[arg(long, env = "STRAIT_WEBHOOK_ADDR")]
+    webhook_addr: Option<SocketAddr>,
+    /// Sidecar injection settings (the chart's `strait-injector` ConfigMap, YAML).
+    #[arg(long, env = "STRAIT_INJECTION_SETTINGS")]
+    injection_settings: Option<PathBuf>,
     /// The cluster's DNS domain (Service hosts are NAME.NAMESPACE.svc.DOMAIN).
     #[arg(long, env = "STRAIT_CLUSTER_DOMAIN", default_value = "cluster.local")]
     cluster_domain: String,
@@ -198,6 +205,39 @@ async fn main() -> anyhow::Result<()> {
             std::time::Duration::from_secs(365 * 24 * 3600),
         )
         .context("issuing straitd's serving certificate")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_rx_webhook = stop_rx.clone();
+    let webhook_task = match args.webhook_addr {
+        None => None,
+        Some(addr) => {
+            let injection = match &args.injection_settings {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).with_context(|| {
+                        format!("reading --injection-settings {}", path.display())
+                    })?;
+                    strait_inject::InjectSettings::from_yaml(&text).map_err(|e| {
+                        anyhow::anyhow!("--injection-settings {}: {e}", path.display())
+                    })?
+                }
+                None => strait_inject::InjectSettings::default(),
+            };
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the webhook address {addr}"))?;
+            let app = strait_control_plane::webhook::router(
+                strait_control_plane::webhook::WebhookState {
+                    store: store.clone(),
+                    injection: Arc::new(injection),
+                },
+            );
+            let (cert, key) = (serving.cert.chain_pem.concat(), serving.key_pem.to_string());
+            let stop = stop_rx_webhook.clone();
+            tracing::info!(%addr, "serving the admission webhooks (/inject, /validate) over HTTPS");
+            Some(tokio::spawn(async move {
+                strait_control_plane::webhook::serve_tls(listener, app, &cert, &key, stop).await
+            }))
+        }
+    };
     let tls = tonic::transport::ServerTlsConfig::new()
         .identity(tonic::transport::Identity::from_pem(
             serving.cert.chain_pem.concat(),
@@ -227,7 +267,6 @@ async fn main() -> anyhow::Result<()> {
     });
 
     let shutdown = shutdown_signal();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_rx_tls = stop_rx.clone();
     let xds = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
@@ -265,6 +304,11 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("TLS server task")?
         .context("TLS server")?;
+    if let Some(task) = webhook_task {
+        task.await
+            .context("webhook server task")?
+            .context("webhook server")?;
+    }
     Ok(())
 }
 
