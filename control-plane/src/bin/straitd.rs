@@ -173,10 +173,15 @@ async fn main() -> anyhow::Result<()> {
             None
         }
     };
-    if args.kubernetes {
-        let client = kube::Client::try_default()
-            .await
-            .context("connecting to the Kubernetes API server (--kubernetes)")?;
+    let kube_client = match args.kubernetes {
+        false => None,
+        true => Some(
+            kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API server (--kubernetes)")?,
+        ),
+    };
+    if let Some(client) = kube_client.clone() {
         let options = strait_control_plane::kube::KubeSourceOptions {
             cluster_domain: args.cluster_domain.clone(),
         };
@@ -221,6 +226,16 @@ async fn main() -> anyhow::Result<()> {
                 }
                 None => strait_inject::InjectSettings::default(),
             };
+            let mut injection = injection;
+            if let Some(client) = &kube_client
+                && injection.native_sidecars
+                && !serves_native_sidecars(client).await
+            {
+                tracing::info!(
+                    "the API server predates native sidecars (1.29): injecting the proxy as a regular container"
+                );
+                injection.native_sidecars = false;
+            }
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding the webhook address {addr}"))?;
@@ -310,6 +325,22 @@ async fn main() -> anyhow::Result<()> {
             .context("webhook server")?;
     }
     Ok(())
+}
+
+/// Whether the API server runs init containers with `restartPolicy: Always` as sidecars
+/// (on by default from Kubernetes 1.29).
+async fn serves_native_sidecars(client: &kube::Client) -> bool {
+    match client.apiserver_version().await {
+        Ok(info) => {
+            let major: u32 = info.major.trim_end_matches('+').parse().unwrap_or(0);
+            let minor: u32 = info.minor.trim_end_matches('+').parse().unwrap_or(0);
+            (major, minor) >= (1, 29)
+        }
+        Err(e) => {
+            tracing::warn!("cannot read the API server's version ({e}); assuming native sidecars");
+            true
+        }
+    }
 }
 
 fn tokio_stream_incoming(
