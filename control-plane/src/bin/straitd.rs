@@ -89,6 +89,13 @@ struct Args {
     /// Sidecar injection settings (the chart's `strait-injector` ConfigMap, YAML).
     #[arg(long, env = "STRAIT_INJECTION_SETTINGS")]
     injection_settings: Option<PathBuf>,
+    /// With --kubernetes: the namespace of the Lease that elects the replica writing objects'
+    /// status [default: $POD_NAMESPACE, else strait-system].
+    #[arg(long, env = "STRAIT_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// This replica's name in the Lease [default: $POD_NAME, else HOSTNAME-PID].
+    #[arg(long, env = "STRAIT_REPLICA_ID")]
+    replica_id: Option<String>,
     /// The cluster's DNS domain (Service hosts are NAME.NAMESPACE.svc.DOMAIN).
     #[arg(long, env = "STRAIT_CLUSTER_DOMAIN", default_value = "cluster.local")]
     cluster_domain: String,
@@ -185,12 +192,37 @@ async fn main() -> anyhow::Result<()> {
         let options = strait_control_plane::kube::KubeSourceOptions {
             cluster_domain: args.cluster_domain.clone(),
         };
-        let store = store.clone();
+        let source_store = store.clone();
+        let source_client = client.clone();
         tokio::spawn(async move {
-            if let Err(e) = strait_control_plane::kube::run(client, store, options).await {
+            if let Err(e) =
+                strait_control_plane::kube::run(source_client, source_store, options).await
+            {
                 tracing::error!("the Kubernetes source stopped: {e:#}");
             }
         });
+        let lease = strait_control_plane::kube::lease::LeaseOptions {
+            namespace: args
+                .lease_namespace
+                .clone()
+                .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                .unwrap_or_else(|| "strait-system".into()),
+            name: "straitd-status".into(),
+            identity: args.replica_id.clone().unwrap_or_else(replica_identity),
+            duration: std::time::Duration::from_secs(15),
+            renew: std::time::Duration::from_secs(2),
+        };
+        let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(strait_control_plane::kube::lease::run(
+            client.clone(),
+            lease,
+            leader_tx,
+        ));
+        tokio::spawn(strait_control_plane::kube::status::run(
+            client,
+            store.clone(),
+            leader_rx,
+        ));
     }
     tokio::spawn(controller.run(store.subscribe(), events_rx));
 
@@ -325,6 +357,16 @@ async fn main() -> anyhow::Result<()> {
             .context("webhook server")?;
     }
     Ok(())
+}
+
+/// `$POD_NAME`, else the host name and process id.
+fn replica_identity() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "straitd".into());
+        format!("{host}-{}", std::process::id())
+    })
 }
 
 /// Whether the API server runs init containers with `restartPolicy: Always` as sidecars
