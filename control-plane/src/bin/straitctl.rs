@@ -38,6 +38,8 @@ enum Command {
     ProxyStatus(ctl::ProxyStatusArgs),
     /// Print a stock Envoy bootstrap that connects a proxy to straitd over ADS.
     Bootstrap(BootstrapArgs),
+    /// Print the CustomResourceDefinitions of the Istio kinds straitd reads, for Kubernetes.
+    Crds(ctl::CrdsArgs),
     /// Bootstrap tokens that let a workload prove its identity to straitd.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -223,6 +225,7 @@ fn main() -> ExitCode {
         Command::Analyze(a) => ctl::run_analyze(&a),
         Command::ProxyStatus(a) => ctl::run_proxy_status(&a),
         Command::Bootstrap(args) => bootstrap(args).map(|()| 0),
+        Command::Crds(a) => ctl::run_crds(&a),
         Command::Token(TokenCommand::Create(args)) => token_create(args),
     };
     match result {
