@@ -1,4 +1,4 @@
-//! straitctl subcommands: apply, delete, get, analyze, proxy-status, kube-inject.
+//! straitctl subcommands: apply, delete, get, analyze, proxy-status, kube-inject, crds.
 //!
 //! Each `run_*` returns the process exit code: 0 on success, 1 when the configuration (or the
 //! server) said no. Transport failures are errors, for the binary to print.
@@ -90,6 +90,13 @@ pub struct AnalyzeArgs {
         value_name = "FILE|DIR|-"
     )]
     pub filenames: Vec<PathBuf>,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct CrdsArgs {
+    /// Write to this file instead of stdout.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -519,6 +526,19 @@ fn plural(n: usize, word: &str) -> String {
     } else {
         format!("{n} {word}s")
     }
+}
+
+// === crds ===
+
+pub fn run_crds(args: &CrdsArgs) -> anyhow::Result<i32> {
+    let text = crate::crds::render_yaml()?;
+    match &args.output {
+        Some(path) => {
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => print!("{text}"),
+    }
+    Ok(0)
 }
 
 // === proxy-status ===

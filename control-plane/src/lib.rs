@@ -5,6 +5,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod certs;
 pub mod controller;
+pub mod crds;
 pub mod ctl;
 pub mod kube;
 pub mod store;

@@ -41,6 +41,8 @@ enum Command {
     KubeInject(ctl::KubeInjectArgs),
     /// Print a stock Envoy bootstrap that connects a proxy to straitd over ADS.
     Bootstrap(BootstrapArgs),
+    /// Print the CustomResourceDefinitions of the Istio kinds straitd reads, for Kubernetes.
+    Crds(ctl::CrdsArgs),
     /// Bootstrap tokens that let a workload prove its identity to straitd.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -227,6 +229,7 @@ fn main() -> ExitCode {
         Command::ProxyStatus(a) => ctl::run_proxy_status(&a),
         Command::KubeInject(a) => ctl::run_kube_inject(&a),
         Command::Bootstrap(args) => bootstrap(args).map(|()| 0),
+        Command::Crds(a) => ctl::run_crds(&a),
         Command::Token(TokenCommand::Create(args)) => token_create(args),
     };
     match result {

@@ -1,0 +1,802 @@
+//! The Helm charts (`charts/strait-base`, `charts/strait`):
+//! `helm lint --strict`, every rendering checked by `kubernetes-validate` against Kubernetes
+//! 1.33's schemas, what the rendered objects say (replicas, ports, selectors, RBAC, injector
+//! settings, the CA straitd is given).
+//!
+//! helm and kubernetes-validate come from `STRAIT_HELM` and `STRAIT_KUBERNETES_VALIDATE`, else
+//! `~/.cache/strait/kube/bin/`. Without them a test says it was skipped, unless `CI=true`,
+//! where it fails.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_path_buf()
+}
+
+/// The tool from `env`, else from `~/.cache/strait/kube/bin`; `None` (after saying so) when
+/// it is not there, except under `CI=true`.
+fn tool(test: &str, env: &str, name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os(env).map(PathBuf::from).or_else(|| {
+        std::env::var_os("HOME")
+            .map(|home| Path::new(&home).join(".cache/strait/kube/bin").join(name))
+    });
+    if let Some(path) = path.filter(|p| p.is_file()) {
+        return Some(path);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} needs {name} ({env}, or ~/.cache/strait/kube/bin/{name}); CI=true: not skipping"
+    );
+    println!("skipped {test}: needs {name} (set {env}, or install it in ~/.cache/strait/kube/bin)");
+    None
+}
+
+fn helm(test: &str) -> Option<PathBuf> {
+    tool(test, "STRAIT_HELM", "helm")
+}
+
+fn run(program: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", program.display()));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(text)
+    }
+}
+
+/// `helm template` of a chart in strait-system with `--set` values, as text.
+fn template_text(helm: &Path, chart: &str, sets: &[&str]) -> Result<String, String> {
+    let chart = format!("charts/{chart}");
+    let mut args = vec!["template", "strait", chart.as_str(), "-n", "strait-system"];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    run(helm, &args)
+}
+
+fn documents(text: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|d| Value::deserialize(d).expect("helm renders YAML"))
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+fn render(helm: &Path, chart: &str, sets: &[&str]) -> Vec<Value> {
+    let text = template_text(helm, chart, sets)
+        .unwrap_or_else(|e| panic!("helm template {chart} {sets:?}: {e}"));
+    documents(&text)
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+}
+
+fn get<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    find(docs, kind, name).unwrap_or_else(|| panic!("no {kind} {name} rendered"))
+}
+
+fn strings(value: &Value) -> Vec<&str> {
+    value
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+fn container<'a>(deployment: &'a Value, name: &str) -> &'a Value {
+    deployment["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+fn container_ports(container: &Value) -> BTreeSet<u64> {
+    container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["containerPort"].as_u64().unwrap())
+        .collect()
+}
+
+fn service_ports(service: &Value) -> Vec<(String, u64)> {
+    service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["port"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn b64(text: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+fn unb64(value: &Value) -> String {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(value.as_str().expect("base64 text"))
+        .expect("base64");
+    String::from_utf8(bytes).expect("PEM is text")
+}
+
+// === helm lint, kubernetes-validate ===
+
+#[test]
+fn charts_lint_strictly() {
+    let Some(helm) = helm("charts_lint_strictly") else {
+        return;
+    };
+    for (chart, sets) in [
+        ("strait-base", &[][..]),
+        ("strait", &[][..]),
+        (
+            "strait",
+            &["gateway.enabled=true", "xds.plaintext.enabled=true"][..],
+        ),
+    ] {
+        let path = format!("charts/{chart}");
+        let mut args = vec!["lint", "--strict", path.as_str()];
+        for set in sets {
+            args.extend(["--set", set]);
+        }
+        let out = run(&helm, &args).unwrap_or_else(|e| panic!("helm lint {chart} {sets:?}:\n{e}"));
+        assert!(out.contains("0 chart(s) failed"), "{out}");
+    }
+}
+
+#[test]
+fn rendered_charts_pass_kubernetes_validate() {
+    let test = "rendered_charts_pass_kubernetes_validate";
+    let (Some(helm), Some(validate)) = (
+        helm(test),
+        tool(test, "STRAIT_KUBERNETES_VALIDATE", "kubernetes-validate"),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let renderings: [(&str, &[&str]); 5] = [
+        ("strait-base", &[]),
+        ("strait", &[]),
+        ("strait", &["gateway.enabled=true", "straitd.replicas=3"]),
+        (
+            "strait",
+            &[
+                "xds.plaintext.enabled=true",
+                "webhook.failurePolicy=Ignore",
+                "gateway.enabled=true",
+                "gateway.podDisruptionBudget.enabled=true",
+                "gateway.service.type=ClusterIP",
+            ],
+        ),
+        (
+            "strait",
+            &[
+                "straitd.podDisruptionBudget.enabled=false",
+                "straitd.replicas=1",
+            ],
+        ),
+    ];
+    for (i, (chart, sets)) in renderings.iter().enumerate() {
+        let text = template_text(&helm, chart, sets)
+            .unwrap_or_else(|e| panic!("helm template {chart} {sets:?}: {e}"));
+        // Helm's text as it is (re-serializing would change what YAML 1.1 readers see).
+        // Instances of the Istio kinds would be unknown to the Kubernetes schemas; the charts
+        // make none, but the CRDs themselves are checked as CustomResourceDefinitions.
+        let docs: Vec<&str> = text
+            .split("\n---\n")
+            .filter(|doc| {
+                documents(doc).first().is_some_and(|d| {
+                    !d["apiVersion"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("istio.io/")
+                })
+            })
+            .collect();
+        let text = docs.join("\n---\n");
+        let file = dir.path().join(format!("{i}-{chart}.yaml"));
+        std::fs::write(&file, text).unwrap();
+        let file = file.to_string_lossy().to_string();
+        let out = run(
+            &validate,
+            &["--strict", "--kubernetes-version", "1.33", &file],
+        )
+        .unwrap_or_else(|e| panic!("kubernetes-validate {chart} {sets:?}:\n{e}"));
+        let passed = out.lines().filter(|l| l.contains(" passed ")).count();
+        assert_eq!(
+            passed,
+            docs.len(),
+            "{chart} {sets:?}: not every object passed:\n{out}"
+        );
+    }
+}
+
+// === straitd ===
+
+#[test]
+fn straitd_runs_as_the_values_say() {
+    let Some(helm) = helm("straitd_runs_as_the_values_say") else {
+        return;
+    };
+    let docs = render(&helm, "strait", &[]);
+    let deployment = get(&docs, "Deployment", "straitd");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(pod_labels["sidecar.istio.io/inject"], "false");
+    let selector = &deployment["spec"]["selector"]["matchLabels"];
+    let pdb = get(&docs, "PodDisruptionBudget", "straitd");
+    assert_eq!(&pdb["spec"]["selector"]["matchLabels"], selector);
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    for (key, value) in selector.as_object().unwrap() {
+        assert_eq!(&pod_labels[key], value, "the selector picks the pods");
+    }
+    assert_eq!(
+        &get(&docs, "Service", "straitd")["spec"]["selector"],
+        selector
+    );
+
+    let straitd = container(deployment, "straitd");
+    assert!(
+        straitd.get("command").is_none(),
+        "the image's entrypoint is straitd"
+    );
+    let args = strings(&straitd["args"]);
+    for expected in [
+        "--kubernetes",
+        "--cluster-domain=cluster.local",
+        "--xds-addr=127.0.0.1:15010",
+        "--xds-tls-addr=0.0.0.0:15012",
+        "--admin-addr=0.0.0.0:15014",
+        "--plugin-ca-dir=/etc/cacerts",
+        "--mesh-config=/etc/strait/mesh/mesh.yaml",
+        "--server-names=straitd,straitd.strait-system,straitd.strait-system.svc,straitd.strait-system.svc.cluster.local",
+    ] {
+        assert!(args.contains(&expected), "{expected} missing from {args:?}");
+    }
+    assert_eq!(
+        container_ports(straitd),
+        BTreeSet::from([15012, 15014, 15017])
+    );
+    assert_eq!(
+        service_ports(get(&docs, "Service", "straitd")),
+        [
+            ("grpc-xds-tls".to_string(), 15012),
+            ("https-webhook".to_string(), 15017),
+            ("http-monitoring".to_string(), 15014)
+        ]
+    );
+    assert_eq!(straitd["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let mesh: Value = serde_yaml_ng::from_str(
+        get(&docs, "ConfigMap", "strait-mesh")["data"]["mesh.yaml"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        mesh,
+        json!({"trustDomain": "cluster.local", "outboundTrafficPolicy": {"mode": "ALLOW_ANY"}})
+    );
+
+    let docs = render(
+        &helm,
+        "strait",
+        &[
+            "straitd.replicas=3",
+            "xds.plaintext.enabled=true",
+            "clusterDomain=example.internal",
+        ],
+    );
+    let deployment = get(&docs, "Deployment", "straitd");
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    let straitd = container(deployment, "straitd");
+    let args = strings(&straitd["args"]);
+    assert!(args.contains(&"--xds-addr=0.0.0.0:15010"), "{args:?}");
+    assert!(
+        args.contains(&"--cluster-domain=example.internal"),
+        "{args:?}"
+    );
+    assert_eq!(
+        container_ports(straitd),
+        BTreeSet::from([15010, 15012, 15014, 15017])
+    );
+    assert!(service_ports(get(&docs, "Service", "straitd")).contains(&("grpc-xds".into(), 15010)));
+
+    let docs = render(
+        &helm,
+        "strait",
+        &["straitd.podDisruptionBudget.enabled=false"],
+    );
+    assert!(find(&docs, "PodDisruptionBudget", "straitd").is_none());
+}
+
+/// Whether some rule grants `verb` on `group`/`resource` (optionally only for `name`).
+fn allows(role: &Value, group: &str, resource: &str, verb: &str) -> bool {
+    role["rules"].as_array().unwrap().iter().any(|rule| {
+        strings(&rule["apiGroups"]).contains(&group)
+            && strings(&rule["resources"]).contains(&resource)
+            && strings(&rule["verbs"]).contains(&verb)
+    })
+}
+
+#[test]
+fn rbac_grants_what_straitd_needs() {
+    let Some(helm) = helm("rbac_grants_what_straitd_needs") else {
+        return;
+    };
+    let docs = render(&helm, "strait", &[]);
+    let cluster_role = get(&docs, "ClusterRole", "straitd-strait-system");
+    let read = [
+        ("", "services"),
+        ("", "endpoints"),
+        ("", "pods"),
+        ("", "namespaces"),
+        ("discovery.k8s.io", "endpointslices"),
+    ];
+    let crds = documents(
+        &std::fs::read_to_string(root().join("charts/strait-base/files/crds.yaml")).unwrap(),
+    );
+    let istio: Vec<(String, String)> = crds
+        .iter()
+        .map(|c| {
+            (
+                c["spec"]["group"].as_str().unwrap().to_string(),
+                c["spec"]["names"]["plural"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(istio.len(), 7);
+    for (group, resource) in read
+        .iter()
+        .map(|(g, r)| (g.to_string(), r.to_string()))
+        .chain(istio.iter().cloned())
+    {
+        for verb in ["get", "list", "watch"] {
+            assert!(
+                allows(cluster_role, &group, &resource, verb),
+                "{verb} {group}/{resource}"
+            );
+        }
+        assert!(
+            !allows(cluster_role, &group, &resource, "delete"),
+            "delete {group}/{resource}"
+        );
+    }
+    for (group, plural) in &istio {
+        for verb in ["update", "patch"] {
+            let status = format!("{plural}/status");
+            assert!(
+                allows(cluster_role, group, &status, verb),
+                "{verb} {group}/{status}"
+            );
+        }
+        assert!(
+            !allows(cluster_role, group, plural, "update"),
+            "straitd writes status only"
+        );
+    }
+    assert!(allows(
+        cluster_role,
+        "authentication.k8s.io",
+        "tokenreviews",
+        "create"
+    ));
+    assert!(allows(cluster_role, "", "configmaps", "create"));
+    assert!(
+        !allows(cluster_role, "", "secrets", "get"),
+        "straitd reads its CA from a volume"
+    );
+    let webhook_rule = cluster_role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| strings(&r["resources"]) == ["mutatingwebhookconfigurations"])
+        .unwrap();
+    assert_eq!(
+        strings(&webhook_rule["resourceNames"]),
+        ["strait-sidecar-injector-strait-system"]
+    );
+    let binding = get(&docs, "ClusterRoleBinding", "straitd-strait-system");
+    assert_eq!(binding["roleRef"]["name"], "straitd-strait-system");
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "straitd", "namespace": "strait-system"}])
+    );
+    let role = get(&docs, "Role", "straitd");
+    assert_eq!(role["metadata"]["namespace"], "strait-system");
+    for verb in ["get", "create", "update"] {
+        assert!(
+            allows(role, "coordination.k8s.io", "leases", verb),
+            "{verb} leases"
+        );
+    }
+    assert_eq!(
+        get(&docs, "RoleBinding", "straitd")["roleRef"]["name"],
+        "straitd"
+    );
+    let deployment = get(&docs, "Deployment", "straitd");
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["serviceAccountName"],
+        "straitd"
+    );
+    assert!(find(&docs, "ServiceAccount", "straitd").is_some());
+}
+
+// === webhooks and the CA ===
+
+#[test]
+fn webhooks_select_and_trust_as_istio_does() {
+    let Some(helm) = helm("webhooks_select_and_trust_as_istio_does") else {
+        return;
+    };
+    let docs = render(&helm, "strait", &[]);
+    let root_pem = unb64(&get(&docs, "Secret", "cacerts")["data"]["root-cert.pem"]);
+    assert!(
+        root_pem.starts_with("-----BEGIN CERTIFICATE-----"),
+        "{root_pem}"
+    );
+
+    let mutating = get(
+        &docs,
+        "MutatingWebhookConfiguration",
+        "strait-sidecar-injector-strait-system",
+    );
+    let hooks = mutating["webhooks"].as_array().unwrap();
+    assert_eq!(hooks.len(), 2, "one per injection label, as Istio");
+    let selectors: Vec<&Value> = hooks
+        .iter()
+        .map(|h| &h["namespaceSelector"]["matchExpressions"])
+        .collect();
+    assert_eq!(
+        selectors,
+        [
+            &json!([{"key": "strait-injection", "operator": "In", "values": ["enabled"]}]),
+            &json!([
+                {"key": "istio-injection", "operator": "In", "values": ["enabled"]},
+                {"key": "strait-injection", "operator": "DoesNotExist"},
+            ]),
+        ]
+    );
+    for hook in hooks {
+        assert_eq!(
+            hook["objectSelector"]["matchExpressions"],
+            json!([{"key": "sidecar.istio.io/inject", "operator": "NotIn", "values": ["false"]}])
+        );
+        assert_eq!(
+            hook["clientConfig"]["service"],
+            json!({"name": "straitd", "namespace": "strait-system", "path": "/inject", "port": 15017})
+        );
+        assert_eq!(hook["clientConfig"]["caBundle"], b64(&root_pem));
+        assert_eq!(hook["failurePolicy"], "Fail");
+        assert_eq!(hook["sideEffects"], "None");
+        assert_eq!(
+            hook["rules"],
+            json!([{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                    "resources": ["pods"], "scope": "Namespaced"}])
+        );
+    }
+
+    let validating = get(
+        &docs,
+        "ValidatingWebhookConfiguration",
+        "strait-validator-strait-system",
+    );
+    let hook = &validating["webhooks"][0];
+    assert_eq!(hook["clientConfig"]["service"]["path"], "/validate");
+    assert_eq!(hook["clientConfig"]["caBundle"], b64(&root_pem));
+    assert_eq!(hook["failurePolicy"], "Fail");
+    let mut covered = BTreeSet::new();
+    for rule in hook["rules"].as_array().unwrap() {
+        assert_eq!(strings(&rule["operations"]), ["CREATE", "UPDATE"]);
+        assert_eq!(strings(&rule["apiVersions"]), ["*"]);
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                covered.insert(format!("{resource}.{group}"));
+            }
+        }
+    }
+    let crds = documents(
+        &std::fs::read_to_string(root().join("charts/strait-base/files/crds.yaml")).unwrap(),
+    );
+    let names: BTreeSet<String> = crds
+        .iter()
+        .map(|c| c["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(covered, names, "the validating webhook covers every CRD");
+
+    // Values change what they say they change.
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let docs = render(
+        &helm,
+        "strait",
+        &[
+            "webhook.failurePolicy=Ignore",
+            "webhook.validationFailurePolicy=Ignore",
+            &format!("webhook.caBundle={pem}"),
+        ],
+    );
+    let mutating = get(
+        &docs,
+        "MutatingWebhookConfiguration",
+        "strait-sidecar-injector-strait-system",
+    );
+    for hook in mutating["webhooks"].as_array().unwrap() {
+        assert_eq!(hook["failurePolicy"], "Ignore");
+        assert_eq!(hook["clientConfig"]["caBundle"], b64(pem));
+    }
+    let validating = get(
+        &docs,
+        "ValidatingWebhookConfiguration",
+        "strait-validator-strait-system",
+    );
+    assert_eq!(validating["webhooks"][0]["failurePolicy"], "Ignore");
+
+    // A CA of your own: mounted as it is, and the caBundle must come from somewhere.
+    let refused = template_text(&helm, "strait", &["ca.existingSecret=my-cacerts"]).unwrap_err();
+    assert!(refused.contains("webhook.caBundle"), "{refused}");
+    let docs = render(
+        &helm,
+        "strait",
+        &[
+            "ca.existingSecret=my-cacerts",
+            &format!("webhook.caBundle={pem}"),
+        ],
+    );
+    assert!(find(&docs, "Secret", "cacerts").is_none());
+    let volumes = &get(&docs, "Deployment", "straitd")["spec"]["template"]["spec"]["volumes"];
+    assert!(
+        volumes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["secret"]["secretName"] == "my-cacerts"),
+        "{volumes}"
+    );
+}
+
+#[test]
+fn the_generated_ca_is_one_straitd_loads() {
+    let Some(helm) = helm("the_generated_ca_is_one_straitd_loads") else {
+        return;
+    };
+    let docs = render(&helm, "strait", &[]);
+    let secret = get(&docs, "Secret", "cacerts");
+    assert_eq!(
+        secret["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for file in [
+        "root-cert.pem",
+        "ca-cert.pem",
+        "ca-key.pem",
+        "cert-chain.pem",
+    ] {
+        std::fs::write(dir.path().join(file), unb64(&secret["data"][file])).unwrap();
+    }
+    // What `straitd --plugin-ca-dir` does with the mounted Secret.
+    let ca = strait_ca::CertificateAuthority::load(
+        strait_ca::CaSource::plugin_dir(dir.path()),
+        strait_ca::CaOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("straitd refuses the chart's CA: {e}"));
+    assert_eq!(
+        ca.roots_pem().trim(),
+        unb64(&secret["data"]["root-cert.pem"]).trim()
+    );
+    // The webhooks trust what straitd serves with.
+    let serving = ca
+        .issue_server(
+            &["straitd.strait-system.svc".to_string()],
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
+    assert!(!serving.cert.chain_pem.is_empty());
+}
+
+// === injection ===
+
+/// The injection crate's InjectSettings fields (control-plane/inject/src/settings.rs), which
+/// refuse any other: the ConfigMap must hold these and no more.
+const SETTINGS_FIELDS: [&str; 15] = [
+    "caRootConfigMap",
+    "caRootKey",
+    "capture",
+    "holdApplicationUntilProxyStarts",
+    "image",
+    "imagePullPolicy",
+    "nativeSidecars",
+    "ports",
+    "proxyGid",
+    "proxyUid",
+    "resources",
+    "tokenAudience",
+    "tokenExpirationSeconds",
+    "trustDomain",
+    "xdsAddress",
+];
+
+fn injector_settings(docs: &[Value]) -> Value {
+    let text = get(docs, "ConfigMap", "strait-injector")["data"]["settings.yaml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    serde_yaml_ng::from_str(&text).unwrap()
+}
+
+#[test]
+fn injector_settings_come_from_the_values() {
+    let Some(helm) = helm("injector_settings_come_from_the_values") else {
+        return;
+    };
+    let docs = render(&helm, "strait", &[]);
+    let settings = injector_settings(&docs);
+    let keys: Vec<&str> = settings
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(keys, SETTINGS_FIELDS);
+    assert_eq!(
+        settings["image"],
+        format!("ghcr.io/strait-mesh/strait-proxy:{VERSION}")
+    );
+    assert_eq!(settings["imagePullPolicy"], "IfNotPresent");
+    assert_eq!(settings["xdsAddress"], "straitd.strait-system.svc:15012");
+    assert_eq!(settings["caRootConfigMap"], "strait-ca-root");
+    assert_eq!(
+        (settings["proxyUid"].clone(), settings["proxyGid"].clone()),
+        (json!(1337), json!(1337))
+    );
+    assert_eq!(
+        settings["ports"],
+        json!({"outbound": 15001, "inbound": 15006, "admin": 15000})
+    );
+    assert_eq!(settings["nativeSidecars"], true);
+    assert_eq!(settings["trustDomain"], "cluster.local");
+    assert_eq!(
+        settings["capture"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        [
+            "excludeInboundPorts",
+            "excludeOutboundCidrs",
+            "excludeOutboundPorts",
+            "includeInboundPorts",
+            "includeOutboundCidrs",
+            "includeOutboundPorts",
+            "ipv6"
+        ]
+    );
+
+    let docs = render(
+        &helm,
+        "strait",
+        &[
+            "injection.xdsAddress=straitd.mesh.svc:15012",
+            "injection.nativeSidecars=false",
+            "meshConfig.trustDomain=example.org",
+            "images.proxy.tag=dev",
+        ],
+    );
+    let settings = injector_settings(&docs);
+    assert_eq!(settings["xdsAddress"], "straitd.mesh.svc:15012");
+    assert_eq!(settings["nativeSidecars"], false);
+    assert_eq!(settings["trustDomain"], "example.org");
+    assert_eq!(settings["image"], "ghcr.io/strait-mesh/strait-proxy:dev");
+}
+
+// === the ingress gateway ===
+
+#[test]
+fn the_gateway_is_strait_proxy_in_gateway_mode() {
+    let Some(helm) = helm("the_gateway_is_strait_proxy_in_gateway_mode") else {
+        return;
+    };
+    let docs = render(&helm, "strait", &[]);
+    assert!(
+        find(&docs, "Deployment", "strait-ingressgateway").is_none(),
+        "off by default"
+    );
+    assert!(find(&docs, "Service", "strait-ingressgateway").is_none());
+
+    let docs = render(&helm, "strait", &["gateway.enabled=true"]);
+    let deployment = get(&docs, "Deployment", "strait-ingressgateway");
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(
+        labels["istio"], "ingressgateway",
+        "bookinfo's Gateway selects it"
+    );
+    let proxy = container(deployment, "strait-proxy");
+    assert!(
+        proxy.get("command").is_none(),
+        "the image's entrypoint is strait-proxy"
+    );
+    assert_eq!(
+        proxy["image"],
+        format!("ghcr.io/strait-mesh/strait-proxy:{VERSION}")
+    );
+    let args = strings(&proxy["args"]);
+    for expected in [
+        "--mode=gateway",
+        "--xds=https://straitd.strait-system.svc:15012",
+        "--ca-root=/etc/strait/ca/root-cert.pem",
+        "--token-file=/var/run/secrets/strait/token",
+        "--node-id=$(POD_NAME).$(POD_NAMESPACE)",
+        "--labels=app=strait-ingressgateway,istio=ingressgateway",
+        "--gateway-ports=80=8080,443=8443",
+        "--admin-addr=0.0.0.0:15000",
+    ] {
+        assert!(args.contains(&expected), "{expected} missing from {args:?}");
+    }
+    assert_eq!(container_ports(proxy), BTreeSet::from([8080, 8443, 15000]));
+    assert_eq!(proxy["readinessProbe"]["httpGet"]["path"], "/ready");
+    let service = get(&docs, "Service", "strait-ingressgateway");
+    assert_eq!(service["spec"]["type"], "LoadBalancer");
+    assert_eq!(
+        service_ports(service),
+        [("http2".into(), 80), ("https".into(), 443)]
+    );
+    for (key, value) in service["spec"]["selector"].as_object().unwrap() {
+        assert_eq!(&labels[key], value);
+    }
+    let volumes = deployment["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap();
+    let token = volumes
+        .iter()
+        .find(|v| v["name"] == "strait-token")
+        .unwrap();
+    assert_eq!(
+        token["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+        "strait-ca"
+    );
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v["configMap"]["name"] == "strait-ca-root")
+    );
+}
+
+#[test]
+fn chart_versions_are_the_workspace_version() {
+    for chart in ["strait-base", "strait"] {
+        let path = root().join("charts").join(chart).join("Chart.yaml");
+        let meta: Value =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(meta["apiVersion"], "v2", "{chart}");
+        assert_eq!(meta["name"], chart);
+        assert_eq!(meta["version"], VERSION, "{chart}");
+        assert_eq!(meta["appVersion"], VERSION, "{chart}");
+    }
+}
