@@ -225,6 +225,10 @@ fn services_and_endpoints_from_the_api_server_reach_the_sidecar() -> anyhow::Res
 }
 
 fn webhook_configuration(port: u16, ca_bundle: &str) -> String {
+    webhook_configuration_with(port, ca_bundle, "Fail")
+}
+
+fn webhook_configuration_with(port: u16, ca_bundle: &str, failure_policy: &str) -> String {
     format!(
         "apiVersion: admissionregistration.k8s.io/v1
 kind: MutatingWebhookConfiguration
@@ -233,7 +237,8 @@ webhooks:
 - name: inject.strait.io
   admissionReviewVersions: [v1]
   sideEffects: None
-  failurePolicy: Fail
+  failurePolicy: {failure_policy}
+  timeoutSeconds: 3
   clientConfig: {{url: 'https://127.0.0.1:{port}/inject', caBundle: {ca_bundle}}}
   namespaceSelector: {{matchLabels: {{strait-injection: enabled}}}}
   rules: [{{operations: [CREATE], apiGroups: [''], apiVersions: [v1], resources: [pods]}}]
@@ -297,6 +302,27 @@ fn the_injection_webhook_adds_the_sidecar_where_asked() -> anyhow::Result<()> {
     anyhow::ensure!(
         opted_out == ["app"],
         "the opt-out is honoured: {opted_out:?}"
+    );
+
+    // With straitd gone: failurePolicy Fail refuses the pod, Ignore lets it in uninjected.
+    let mut cluster = cluster;
+    cluster.straitd.kill();
+    let refused = cluster.apply(&pod("meshed", "while-down", ""));
+    anyhow::ensure!(
+        refused.is_err(),
+        "failurePolicy Fail refuses pods while the webhook is down: {refused:?}"
+    );
+    cluster.apply(&webhook_configuration_with(
+        cluster.webhook_port,
+        &bundle,
+        "Ignore",
+    ))?;
+    cluster.apply(&pod("meshed", "while-down", ""))?;
+    let json = cluster.kubectl(&["get", "pod", "-n", "meshed", "while-down", "-o", "json"])?;
+    let uninjected = containers(&json)?;
+    anyhow::ensure!(
+        uninjected == ["app"],
+        "failurePolicy Ignore admits the pod as it is: {uninjected:?}"
     );
     Ok(())
 }
