@@ -1,7 +1,8 @@
-//! The Kubernetes source: Services, their endpoints and Pods, and Istio's kinds, watched from
-//! the API server into the store's Kubernetes layer.
+//! The Kubernetes source: Services, their endpoints and Pods, Istio's kinds, and Ingresses,
+//! watched from the API server into the store's Kubernetes layer.
 
 pub mod convert;
+pub mod ingress;
 pub mod source;
 
 pub use source::{ISTIO_KINDS, KubeSourceOptions, run};
