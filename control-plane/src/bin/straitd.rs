@@ -77,7 +77,8 @@ struct Args {
     )]
     server_names: Vec<String>,
     /// Watch the Kubernetes API server (kubeconfig from $KUBECONFIG or ~/.kube/config, else the
-    /// in-cluster service account): Services, EndpointSlices/Endpoints, Pods and Istio's kinds.
+    /// in-cluster service account): Services, EndpointSlices/Endpoints, Pods, Istio's kinds and
+    /// Ingresses (of class strait or istio, served by the ingress gateway).
     /// The admin API's /apply and /delete are off then: configuration goes through the API
     /// server and its RBAC.
     #[arg(long, env = "STRAIT_KUBERNETES")]
@@ -102,6 +103,23 @@ struct Args {
     /// The cluster's DNS domain (Service hosts are NAME.NAMESPACE.svc.DOMAIN).
     #[arg(long, env = "STRAIT_CLUSTER_DOMAIN", default_value = "cluster.local")]
     cluster_domain: String,
+    /// The ingress gateway's labels (KEY=VALUE, comma-separated): the selector of the Gateways
+    /// made from Kubernetes Ingresses of class strait or istio.
+    #[arg(
+        long,
+        env = "STRAIT_INGRESS_GATEWAY_SELECTOR",
+        value_delimiter = ',',
+        default_value = "istio=ingressgateway",
+        value_parser = parse_label
+    )]
+    ingress_gateway_selector: Vec<(String, String)>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?}: expected KEY=VALUE")),
+    }
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -194,6 +212,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(client) = kube_client.clone() {
         let options = strait_control_plane::kube::KubeSourceOptions {
             cluster_domain: args.cluster_domain.clone(),
+            ingress_selector: args.ingress_gateway_selector.iter().cloned().collect(),
         };
         let source_store = store.clone();
         let source_client = client.clone();

@@ -1,7 +1,7 @@
 //! Watches the API server and feeds the store's Kubernetes layer.
 //!
-//! One watcher per resource (Services, EndpointSlices or Endpoints, Pods, each Istio kind)
-//! sends its events to one task that owns what has been seen, turns it into the model's
+//! One watcher per resource (Services, EndpointSlices or Endpoints, Pods, each Istio kind,
+//! Ingresses) sends its events to one task that owns what has been seen, turns it into the model's
 //! objects (`convert`) and hands the store what changed, in batches gathered over a few
 //! milliseconds. The store accepts or refuses each object alone.
 
@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -18,6 +19,7 @@ use strait_model::{Kind, Object, ObjectId};
 use tokio::sync::mpsc;
 
 use super::convert::{self, EndpointAddress, PodInfo};
+use super::ingress::{self, IngressOptions};
 use crate::store::ConfigStore;
 use crate::store::kube::KubeChange;
 
@@ -69,6 +71,17 @@ pub const ISTIO_KINDS: [(Kind, &str, &str, &str); 7] = [
 pub struct KubeSourceOptions {
     /// The cluster's DNS domain: Service hosts are `NAME.NAMESPACE.svc.DOMAIN`.
     pub cluster_domain: String,
+    /// The ingress gateway's labels: the selector of the Gateways made from Ingresses.
+    pub ingress_selector: BTreeMap<String, String>,
+}
+
+impl Default for KubeSourceOptions {
+    fn default() -> Self {
+        KubeSourceOptions {
+            cluster_domain: "cluster.local".to_string(),
+            ingress_selector: BTreeMap::from([("istio".to_string(), "ingressgateway".to_string())]),
+        }
+    }
 }
 
 /// One watcher's event.
@@ -78,6 +91,7 @@ enum Update {
     Slice(Event<EndpointSlice>),
     Pod(Event<Pod>),
     Istio(Kind, Event<DynamicObject>),
+    Ingress(Event<Ingress>),
 }
 
 /// Runs the watchers until the store is dropped; errors of one watcher are retried with
@@ -88,6 +102,7 @@ pub async fn run(
     options: KubeSourceOptions,
 ) -> anyhow::Result<()> {
     let slices = serves_endpoint_slices(&client).await;
+    let ingresses = serves_ingresses(&client).await;
     tracing::info!(
         endpoints = if slices {
             "discovery.k8s.io/v1 EndpointSlices"
@@ -123,6 +138,16 @@ pub async fn run(
             tx.clone(),
             Update::Endpoints,
         );
+    }
+    if ingresses {
+        spawn_watch(
+            Api::<Ingress>::all(client.clone()),
+            "Ingresses",
+            tx.clone(),
+            Update::Ingress,
+        );
+    } else {
+        tracing::info!("the API server does not serve networking.k8s.io/v1 Ingresses: not watched");
     }
     for (kind, group, version, plural) in ISTIO_KINDS {
         let gvk = GroupVersionKind::gvk(group, version, &kind.to_string());
@@ -176,6 +201,17 @@ pub async fn run(
 async fn serves_endpoint_slices(client: &kube::Client) -> bool {
     match client.list_api_group_resources("discovery.k8s.io/v1").await {
         Ok(list) => list.resources.iter().any(|r| r.name == "endpointslices"),
+        Err(_) => false,
+    }
+}
+
+/// Whether the server serves `networking.k8s.io/v1` Ingresses (1.19 on).
+async fn serves_ingresses(client: &kube::Client) -> bool {
+    match client
+        .list_api_group_resources("networking.k8s.io/v1")
+        .await
+    {
+        Ok(list) => list.resources.iter().any(|r| r.name == "ingresses"),
         Err(_) => false,
     }
 }
@@ -274,10 +310,15 @@ struct State {
     slices: Seen<EndpointSlice>,
     pods: Seen<Pod>,
     istio: BTreeMap<Kind, Seen<DynamicObject>>,
+    ingresses: Seen<Ingress>,
     /// Services whose ServiceEntry must be made again.
     dirty_services: BTreeSet<Key>,
     /// Istio objects that changed.
     dirty_istio: BTreeSet<(Kind, Key)>,
+    /// Ingresses to convert again.
+    dirty_ingresses: BTreeSet<Key>,
+    /// The objects each Ingress last made, and what of it was last warned about.
+    from_ingress: BTreeMap<Key, (BTreeSet<ObjectId>, Vec<String>)>,
     /// What the store was last given, by id (to send only what changed).
     sent: BTreeMap<ObjectId, serde_json::Value>,
 }
@@ -291,8 +332,11 @@ impl State {
             slices: Seen::new(),
             pods: Seen::new(),
             istio: BTreeMap::new(),
+            ingresses: Seen::new(),
             dirty_services: BTreeSet::new(),
             dirty_istio: BTreeSet::new(),
+            dirty_ingresses: BTreeSet::new(),
+            from_ingress: BTreeMap::new(),
             sent: BTreeMap::new(),
         }
     }
@@ -301,6 +345,16 @@ impl State {
         match update {
             Update::Service(e) => {
                 let keys = self.services.apply(e, |s| key_of(&s.metadata));
+                // An Ingress may name a Service's port by name.
+                let namespaces: BTreeSet<&String> = keys.iter().map(|(ns, _)| ns).collect();
+                let ingresses: Vec<Key> = self
+                    .ingresses
+                    .items
+                    .keys()
+                    .filter(|(ns, _)| namespaces.contains(ns))
+                    .cloned()
+                    .collect();
+                self.dirty_ingresses.extend(ingresses);
                 self.dirty_services.extend(keys);
             }
             Update::Endpoints(e) => {
@@ -339,6 +393,10 @@ impl State {
                     .or_insert_with(Seen::new)
                     .apply(e, |o| key_of(&o.metadata));
                 self.dirty_istio.extend(keys.into_iter().map(|k| (kind, k)));
+            }
+            Update::Ingress(e) => {
+                let keys = self.ingresses.apply(e, |i| key_of(&i.metadata));
+                self.dirty_ingresses.extend(keys);
             }
         }
     }
@@ -444,7 +502,58 @@ impl State {
                 }
             }
         }
+        for key in std::mem::take(&mut self.dirty_ingresses) {
+            self.ingress_changes(key, &mut changes);
+        }
         changes
+    }
+
+    /// Converts Ingress `key` again: what it makes now is upserted, what it made before and
+    /// makes no more is removed. One that does not convert is refused whole (logged), and
+    /// what it made before stays in force.
+    fn ingress_changes(&mut self, key: Key, changes: &mut Vec<KubeChange>) {
+        let label = format!("{}/{}", key.0, key.1);
+        let (made, warnings) = match self.ingresses.items.get(&key) {
+            Some(ing) if ingress::is_ours(ing) => {
+                let services = &self.services.items;
+                let converted = ingress::convert(
+                    ing,
+                    |name| services.get(&(key.0.clone(), name.to_string())),
+                    IngressOptions {
+                        selector: &self.options.ingress_selector,
+                        cluster_domain: &self.options.cluster_domain,
+                    },
+                );
+                match converted {
+                    Ok(c) => (
+                        c.objects,
+                        c.warnings.iter().map(ToString::to_string).collect(),
+                    ),
+                    Err(errors) => {
+                        tracing::error!(ingress = %label, "refused: {errors}");
+                        return;
+                    }
+                }
+            }
+            // Gone, or of another class.
+            _ => (Vec::new(), Vec::new()),
+        };
+        let (before, warned) = self.from_ingress.remove(&key).unwrap_or_default();
+        if warnings != warned {
+            for w in &warnings {
+                tracing::warn!(ingress = %label, "{w}");
+            }
+        }
+        let now: BTreeSet<ObjectId> = made.iter().map(|o| o.id.clone()).collect();
+        for id in before.difference(&now) {
+            self.remove(id.clone(), changes);
+        }
+        for object in made {
+            self.upsert(object, changes);
+        }
+        if !now.is_empty() || !warnings.is_empty() {
+            self.from_ingress.insert(key, (now, warnings));
+        }
     }
 
     fn upsert(&mut self, object: Object, changes: &mut Vec<KubeChange>) {
@@ -458,5 +567,82 @@ impl State {
         if self.sent.remove(&id).is_some() {
             changes.push(KubeChange::Remove(id));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pretty_assertions::assert_eq;
+
+    fn ingress(class: &str) -> Ingress {
+        serde_yaml_ng::from_str(&format!(
+            "
+metadata: {{name: shop, namespace: shop}}
+spec:
+  ingressClassName: {class}
+  rules:
+  - http:
+      paths:
+      - {{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{name: http}}}}}}}}
+"
+        ))
+        .unwrap()
+    }
+
+    /// The changes, sorted.
+    fn summary(changes: &[KubeChange]) -> Vec<String> {
+        let mut out: Vec<String> = changes
+            .iter()
+            .map(|c| match c {
+                KubeChange::Upsert(o) => format!("+{}", o.id),
+                KubeChange::Remove(id) => format!("-{id}"),
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn an_ingress_is_converted_again_when_it_or_its_services_change() {
+        let mut state = State::new(KubeSourceOptions::default());
+        // Its port is named: nothing until the Service says which number that is.
+        state.update(Update::Ingress(Event::Apply(ingress("strait"))));
+        assert_eq!(summary(&state.changes()), Vec::<String>::new());
+        let web: Service = serde_yaml_ng::from_str(
+            "metadata: {name: web, namespace: shop}\nspec: {clusterIP: 10.96.0.5, ports: [{name: http, port: 80}]}",
+        )
+        .unwrap();
+        state.update(Update::Service(Event::Apply(web)));
+        assert_eq!(
+            summary(&state.changes()),
+            [
+                "+Gateway shop/k8s-ingress-shop",
+                "+ServiceEntry shop/k8s-svc-web",
+                "+VirtualService shop/k8s-ingress-shop-0",
+            ]
+        );
+        // Unchanged: nothing sent again.
+        state.update(Update::Ingress(Event::Apply(ingress("strait"))));
+        assert_eq!(summary(&state.changes()), Vec::<String>::new());
+        // Another class: what it made goes.
+        state.update(Update::Ingress(Event::Apply(ingress("nginx"))));
+        assert_eq!(
+            summary(&state.changes()),
+            [
+                "-Gateway shop/k8s-ingress-shop",
+                "-VirtualService shop/k8s-ingress-shop-0",
+            ]
+        );
+        state.update(Update::Ingress(Event::Apply(ingress("istio"))));
+        assert_eq!(summary(&state.changes()).len(), 2);
+        state.update(Update::Ingress(Event::Delete(ingress("istio"))));
+        assert_eq!(
+            summary(&state.changes()),
+            [
+                "-Gateway shop/k8s-ingress-shop",
+                "-VirtualService shop/k8s-ingress-shop-0",
+            ]
+        );
     }
 }

@@ -1,0 +1,262 @@
+//! Kubernetes Ingresses served by the ingress gateway: an Ingress of class `strait` (or
+//! `istio`) created with kubectl becomes a Gateway and VirtualServices, and requests to the
+//! gateway reach the backend its paths name; an Ingress of another class is left alone;
+//! deleting an Ingress takes its routes away.
+//!
+//! As in `kubernetes.rs`: etcd, the API server, straitd and the gateway run in the hub of a
+//! network of the test's own, the backends on the hub's bridge address (Kubernetes refuses
+//! loopback endpoints). Needs the kube tools (`scripts/install-kube-tools.sh`) and root.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use strait_tests::client::{HttpClient, Req, Resp};
+use strait_tests::envoy::XdsTarget;
+use strait_tests::kube::KubeApi;
+use strait_tests::netns::{HUB_V4, Network};
+use strait_tests::{
+    Backend, ConfigDir, Proxy, ProxySpec, Straitd, StraitdOptions, data_plane, eventually_blocking,
+};
+
+/// How fast a change in the API server must reach the gateway.
+const PROPAGATION: Duration = Duration::from_secs(2);
+/// How long the first configuration may take (the gateway and the watches are just up).
+const FIRST: Duration = Duration::from_secs(20);
+
+struct Hub {
+    /// Stopped before straitd and the network (field order).
+    gateway: Box<dyn Proxy>,
+    straitd: Straitd,
+    _config: ConfigDir,
+    kube: KubeApi,
+    backends: Vec<Backend>,
+    net: Network,
+}
+
+impl Hub {
+    fn start(test: &str) -> anyhow::Result<Option<Hub>> {
+        if !strait_tests::netns::available(test) || !strait_tests::kube::available(test) {
+            return Ok(None);
+        }
+        let net = Network::new()?;
+        let hub = net.hub().clone();
+        let kube = hub.spawn_from(KubeApi::start)??;
+        let at_hub = SocketAddr::new(IpAddr::V4(HUB_V4), 0);
+        let backends = hub.enter(|| -> anyhow::Result<Vec<Backend>> {
+            Ok(vec![
+                Backend::start_at("api", at_hub)?,
+                Backend::start_at("web", at_hub)?,
+            ])
+        })?;
+        let config = ConfigDir::new()?;
+        let mut options = StraitdOptions::new(config.path());
+        options.xds_ip = Some(IpAddr::V4(HUB_V4));
+        options.extra_args = vec!["--kubernetes".into()];
+        options.env = vec![(
+            "KUBECONFIG".into(),
+            kube.kubeconfig_path().display().to_string(),
+        )];
+        let straitd = hub.spawn_from(move || Straitd::start(options))??;
+        // The ingress gateway, on the hub's loopback, with the labels Ingresses select.
+        let spec = ProxySpec::gateway(
+            "ingress-1.istio-system",
+            "istio-system",
+            &[("istio", "ingressgateway")],
+            &[80],
+        );
+        let xds = XdsTarget::for_spec(&straitd, &spec)?;
+        let plane = data_plane().name();
+        let gateway =
+            hub.spawn_from(move || strait_tests::dataplane::named(plane).launch(&xds, &spec))??;
+        Ok(Some(Hub {
+            gateway,
+            straitd,
+            _config: config,
+            kube,
+            backends,
+            net,
+        }))
+    }
+
+    fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.net.hub().enter(|| self.kube.kubectl(args))
+    }
+
+    fn apply(&self, yaml: &str) -> anyhow::Result<String> {
+        self.net.hub().enter(|| self.kube.apply_yaml(yaml))
+    }
+
+    /// `GET path` with `Host: host` at the gateway's port 80.
+    fn get(&self, host: &str, path: &str) -> anyhow::Result<Resp> {
+        let addr = self.gateway.gateway_addr(80);
+        self.net.hub().block_on(async {
+            HttpClient::without_pooling()
+                .request(addr, &Req::get(host, path))
+                .await
+        })
+    }
+
+    /// What answered `GET path`: the backend's name, or the status when it is not 200.
+    fn who(&self, host: &str, path: &str) -> String {
+        match self.get(host, path) {
+            Ok(r) if r.status == 200 => r.body,
+            Ok(r) => r.status.to_string(),
+            Err(e) => format!("error: {e:#}"),
+        }
+    }
+
+    /// The objects of `kind` straitd has in force: `NAME (ORIGIN)`.
+    fn objects(&self, kind: &str) -> anyhow::Result<Vec<String>> {
+        let (status, body) = self
+            .net
+            .hub()
+            .enter(|| self.straitd.admin_get(&format!("/objects/{kind}")))?;
+        anyhow::ensure!(status == 200, "/objects/{kind} said {status}: {body}");
+        let json: serde_json::Value = serde_json::from_str(&body)?;
+        Ok(json
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|o| {
+                format!(
+                    "{} ({})",
+                    o["name"].as_str().unwrap_or_default(),
+                    o["origin"].as_str().unwrap_or_default()
+                )
+            })
+            .collect())
+    }
+
+    /// A Service with a ClusterIP, its Pod, and Endpoints at backend `i` on the hub.
+    fn service(&self, name: &str, ip: &str, i: usize) -> String {
+        format!(
+            "apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  clusterIP: {ip}
+  selector: {{app: {name}}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}-1, namespace: shop, labels: {{app: {name}}}}}
+spec: {{containers: [{{name: {name}, image: {name}:1}}]}}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: {name}, namespace: shop}}
+subsets:
+- addresses: [{{ip: {HUB_V4}, targetRef: {{kind: Pod, name: {name}-1, namespace: shop}}}}]
+  ports: [{{name: http, port: {}}}]
+",
+            self.backends[i].port()
+        )
+    }
+}
+
+/// `/api` (Prefix) to the api Service, by port name; `/` to web.
+const SHOP: &str = "apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: shop, namespace: shop}
+spec:
+  ingressClassName: strait
+  rules:
+  - http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
+      - {path: /api, pathType: Prefix, backend: {service: {name: api, port: {name: http}}}}
+";
+
+/// Another controller's: must change nothing.
+const NGINX: &str = "apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: theirs, namespace: shop}
+spec:
+  ingressClassName: nginx
+  rules:
+  - http:
+      paths:
+      - {path: /only-nginx, pathType: Exact, backend: {service: {name: api, port: {number: 80}}}}
+";
+
+/// Class by the legacy annotation, for one host: keeps port 80 served once `shop` is gone.
+const ADMIN: &str = "apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: admin
+  namespace: shop
+  annotations: {kubernetes.io/ingress.class: istio}
+spec:
+  rules:
+  - host: admin.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: api, port: {number: 80}}}}
+";
+
+/// Ingresses of class strait (or istio) are served by the gateway with Kubernetes' path
+/// semantics; another class is ignored; a deleted Ingress's routes go within 2 s.
+#[test]
+fn ingresses_are_served_by_the_ingress_gateway() -> anyhow::Result<()> {
+    let Some(hub) = Hub::start("ingresses_are_served_by_the_ingress_gateway")? else {
+        return Ok(());
+    };
+    hub.net.hub().enter(|| hub.kube.ensure_namespace("shop"))?;
+    hub.apply(&hub.service("api", "10.96.0.60", 0))?;
+    hub.apply(&hub.service("web", "10.96.0.61", 1))?;
+    hub.apply(NGINX)?;
+    hub.apply(SHOP)?;
+    hub.apply(ADMIN)?;
+
+    eventually_blocking(FIRST, || {
+        let got = [
+            hub.who("shop.example.com", "/api/x"),
+            hub.who("admin.example.com", "/"),
+        ];
+        anyhow::ensure!(got == ["api", "api"], "{got:?}");
+        Ok(())
+    })?;
+    for (path, expect) in [
+        ("/api/x", "api"),
+        ("/api", "api"),
+        ("/api/", "api"),
+        ("/apix", "web"),
+        ("/", "web"),
+        ("/web/page", "web"),
+        // The nginx Ingress's Exact path is not routed: `/` of `shop` answers it.
+        ("/only-nginx", "web"),
+    ] {
+        let got = hub.who("shop.example.com", path);
+        anyhow::ensure!(got == expect, "{path}: {expect} expected, got {got}");
+    }
+    let gateways = hub.objects("Gateway")?;
+    anyhow::ensure!(
+        gateways
+            == [
+                "k8s-ingress-admin (Kubernetes Ingress shop/admin)",
+                "k8s-ingress-shop (Kubernetes Ingress shop/shop)"
+            ],
+        "one Gateway per Ingress of ours, none for nginx's: {gateways:?}"
+    );
+
+    hub.kubectl(&["delete", "ingress", "-n", "shop", "shop"])?;
+    eventually_blocking(PROPAGATION, || {
+        let got = [
+            hub.who("shop.example.com", "/api/x"),
+            hub.who("shop.example.com", "/"),
+        ];
+        anyhow::ensure!(got == ["404", "404"], "{got:?}");
+        Ok(())
+    })?;
+    let got = hub.who("admin.example.com", "/");
+    anyhow::ensure!(got == "api", "the other Ingress still answers: {got}");
+    let gateways = hub.objects("Gateway")?;
+    anyhow::ensure!(
+        gateways == ["k8s-ingress-admin (Kubernetes Ingress shop/admin)"],
+        "{gateways:?}"
+    );
+
+    let net_hub = hub.net.hub().clone();
+    net_hub.block_on(crate::common::assert_no_nacks(&hub.straitd))
+}
