@@ -1,7 +1,7 @@
-//! The Helm charts (`charts/strait-base`, `charts/strait`):
+//! The Helm charts (`charts/strait-base`, `charts/strait`) and the images (`images/*/Dockerfile`):
 //! `helm lint --strict`, every rendering checked by `kubernetes-validate` against Kubernetes
 //! 1.33's schemas, what the rendered objects say (replicas, ports, selectors, RBAC, injector
-//! settings, the CA straitd is given).
+//! settings, the CA straitd is given), and that the Dockerfiles build what the chart runs.
 //!
 //! helm and kubernetes-validate come from `STRAIT_HELM` and `STRAIT_KUBERNETES_VALIDATE`, else
 //! `~/.cache/strait/kube/bin/`. Without them a test says it was skipped, unless `CI=true`,
@@ -785,6 +785,171 @@ fn the_gateway_is_strait_proxy_in_gateway_mode() {
         volumes
             .iter()
             .any(|v| v["configMap"]["name"] == "strait-ca-root")
+    );
+}
+
+// === images ===
+
+/// The parts of a Dockerfile the chart depends on.
+#[derive(Debug, Default)]
+struct Dockerfile {
+    stages: Vec<String>,
+    labels: Vec<(String, String)>,
+    expose: BTreeSet<u64>,
+    entrypoint: Vec<String>,
+    user: String,
+    run: String,
+}
+
+fn dockerfile(image: &str) -> Dockerfile {
+    let path = root().join("images").join(image).join("Dockerfile");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    // Continuation lines joined, comments dropped.
+    let mut lines = Vec::new();
+    let mut current = String::new();
+    for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        match line.strip_suffix('\\') {
+            Some(part) => current.push_str(part),
+            None => {
+                current.push_str(line);
+                lines.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    let mut file = Dockerfile::default();
+    for line in lines {
+        let line = line.trim();
+        let Some((instruction, rest)) = line.split_once(char::is_whitespace) else {
+            continue;
+        };
+        let rest = rest.trim();
+        match instruction {
+            "FROM" => file.stages.push(rest.to_string()),
+            "EXPOSE" => file
+                .expose
+                .extend(rest.split_whitespace().map(|p| p.parse::<u64>().unwrap())),
+            "ENTRYPOINT" => file.entrypoint = serde_json::from_str(rest).unwrap(),
+            "USER" => file.user = rest.to_string(),
+            "RUN" => file.run.push_str(rest),
+            "LABEL" => {
+                for pair in rest.split("\" ") {
+                    let (key, value) = pair.trim().split_once('=').unwrap();
+                    file.labels
+                        .push((key.to_string(), value.trim_matches('"').to_string()));
+                }
+            }
+            _ => {}
+        }
+    }
+    file
+}
+
+fn label<'a>(file: &'a Dockerfile, key: &str) -> &'a str {
+    file.labels
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no LABEL {key}"))
+}
+
+#[test]
+fn dockerfiles_build_what_the_chart_runs() {
+    let Some(helm) = helm("dockerfiles_build_what_the_chart_runs") else {
+        return;
+    };
+    let docs = render(
+        &helm,
+        "strait",
+        &["gateway.enabled=true", "xds.plaintext.enabled=true"],
+    );
+    let straitd_pod = &get(&docs, "Deployment", "straitd")["spec"]["template"]["spec"];
+    let gateway_pod =
+        &get(&docs, "Deployment", "strait-ingressgateway")["spec"]["template"]["spec"];
+    let settings = injector_settings(&docs);
+
+    for (image, pod, container_name, binary, package) in [
+        (
+            "straitd",
+            straitd_pod,
+            "straitd",
+            "straitd",
+            "strait-control-plane",
+        ),
+        (
+            "strait-proxy",
+            gateway_pod,
+            "strait-proxy",
+            "strait-proxy",
+            "strait-proxy",
+        ),
+    ] {
+        let file = dockerfile(image);
+        assert_eq!(
+            file.stages[0], "rust:1-bookworm AS build",
+            "{image}: the builder"
+        );
+        assert_eq!(label(&file, "org.opencontainers.image.title"), image);
+        assert_eq!(label(&file, "org.opencontainers.image.version"), VERSION);
+        // The chart runs the image by its name and version.
+        let container = pod["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == container_name)
+            .unwrap();
+        assert_eq!(
+            container["image"],
+            format!("ghcr.io/strait-mesh/{image}:{VERSION}")
+        );
+        // The chart gives args only: the entrypoint is the binary, built static.
+        assert!(container.get("command").is_none());
+        assert_eq!(file.entrypoint, [format!("/usr/local/bin/{binary}")]);
+        assert!(
+            file.run.contains(&format!(
+                "cargo rustc --locked --release -p {package} --bin {binary} -- -C target-feature=+crt-static"
+            )),
+            "{image}: {}",
+            file.run
+        );
+        // Non-root, as the chart's pods run.
+        assert_eq!(file.user, "1337:1337");
+        assert_eq!(pod["securityContext"]["runAsUser"], 1337);
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    }
+
+    let straitd = dockerfile("straitd");
+    assert_eq!(straitd.stages[1], "gcr.io/distroless/static-debian12");
+    assert!(
+        straitd.run.contains("--bin straitctl"),
+        "straitctl ships beside straitd"
+    );
+    assert_eq!(
+        straitd.expose,
+        container_ports(container(get(&docs, "Deployment", "straitd"), "straitd")),
+        "EXPOSE and the chart's straitd ports"
+    );
+
+    let proxy = dockerfile("strait-proxy");
+    assert_eq!(proxy.stages[1], "debian:bookworm-slim");
+    assert!(
+        proxy.run.contains("apt-get install") && proxy.run.contains("iptables"),
+        "{}",
+        proxy.run
+    );
+    let mut ports = container_ports(container(
+        get(&docs, "Deployment", "strait-ingressgateway"),
+        "strait-proxy",
+    ));
+    for port in ["outbound", "inbound", "admin"] {
+        ports.insert(settings["ports"][port].as_u64().unwrap());
+    }
+    assert_eq!(
+        proxy.expose, ports,
+        "EXPOSE and the gateway's and sidecar's ports"
+    );
+    assert_eq!(
+        settings["proxyUid"], 1337,
+        "the image's user is the uid capture leaves alone"
     );
 }
 
