@@ -239,6 +239,26 @@ fn rendered_charts_pass_kubernetes_validate() {
     }
 }
 
+#[test]
+fn values_are_checked_against_the_schema() {
+    let Some(helm) = helm("values_are_checked_against_the_schema") else {
+        return;
+    };
+    for (set, expected) in [
+        ("gateway.enabeld=true", "'enabeld' not allowed"),
+        ("webhook.failurePolicy=Sometimes", "failurePolicy"),
+        ("straitd.replicas=0", "replicas"),
+        ("meshConfig.outboundTrafficPolicy.mode=ALLOW", "mode"),
+        (
+            "injection.tokenExpirationSeconds=60",
+            "tokenExpirationSeconds",
+        ),
+    ] {
+        let refused = template_text(&helm, "strait", &[set]).unwrap_err();
+        assert!(refused.contains(expected), "--set {set}: {refused}");
+    }
+}
+
 // === straitd ===
 
 #[test]
