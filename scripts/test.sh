@@ -12,6 +12,16 @@ STRAIT_ENVOY="$(scripts/install-tools.sh)"
 export STRAIT_ENVOY
 "$STRAIT_ENVOY" --version
 
+# Kubernetes tools for tests/tests/kube_*.rs, cached outside the repo (the first build of
+# kube-apiserver takes minutes, later runs reuse it). It prints KEY=path lines for the tools it
+# has; tests whose tools are missing skip, or fail under CI=true.
+step "scripts/install-kube-tools.sh"
+kube_tools="$(scripts/install-kube-tools.sh)"
+set -a
+eval "$kube_tools"
+set +a
+printf '%s\n' "$kube_tools"
+
 step "cargo fmt --all --check"
 cargo fmt --all --check
 

@@ -1,5 +1,6 @@
 //! The admin HTTP API: health, apply, objects, debug and metrics.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -30,14 +31,26 @@ pub struct AdminState {
     pub proxies: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
     /// Set once the xDS server is serving.
     pub ready: Arc<AtomicBool>,
+    /// Configuration comes from elsewhere (the Kubernetes API server, through its RBAC):
+    /// `/apply` and `/delete` are refused, everything else is read-only anyway.
+    pub read_only: bool,
 }
 
 pub fn router(state: AdminState) -> Router {
+    let writes = if state.read_only {
+        Router::new()
+            .route("/apply", post(refuse_writes))
+            .route("/delete", post(refuse_writes))
+    } else {
+        Router::new()
+            .route("/apply", post(apply))
+            .route("/delete", post(delete_documents))
+    };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/apply", post(apply))
-        .route("/delete", post(delete_documents))
+        .merge(writes)
+        .route("/config/kubernetes", get(kubernetes_status))
         .route("/objects", get(list_all))
         .route("/objects/{kind}", get(list_kind))
         .route("/objects/{kind}/{namespace}", get(list_namespace))
@@ -97,6 +110,25 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, reason).into_response();
     }
     "ready\n".into_response()
+}
+
+async fn refuse_writes() -> Response {
+    error_response(
+        StatusCode::FORBIDDEN,
+        "straitd reads its configuration from the Kubernetes API server: apply and delete objects there (kubectl), where its RBAC decides who may".into(),
+        Vec::new(),
+    )
+}
+
+/// Where each object from the API server stands: accepted (with warnings) or refused (why).
+async fn kubernetes_status(State(state): State<AdminState>) -> Response {
+    let statuses: BTreeMap<String, _> = state
+        .store
+        .kube_statuses()
+        .into_iter()
+        .map(|(id, status)| (id.to_string(), status))
+        .collect();
+    axum::Json(statuses).into_response()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -316,6 +348,7 @@ mod tests {
             registry: Arc::new(registry),
             proxies: Arc::new(|| json!([{"node_id": "web-1"}])),
             ready: ready.clone(),
+            read_only: false,
         });
         Admin {
             router,

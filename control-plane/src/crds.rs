@@ -371,9 +371,13 @@ impl Rewriter {
                 }
                 "additionalProperties" => match value {
                     // deny_unknown_fields. Kubernetes refuses `additionalProperties: false`
-                    // (and any additionalProperties beside properties): it prunes unknown
-                    // fields instead, and strict field validation names them.
-                    Value::Bool(false) => {}
+                    // (and any additionalProperties beside properties), and would prune
+                    // unknown fields silently (servers before 1.25 have no strict field
+                    // validation): they are kept instead, so that straitd's validating
+                    // webhook and loader refuse a misspelt field by name.
+                    Value::Bool(false) => {
+                        out.insert("x-kubernetes-preserve-unknown-fields".into(), true.into());
+                    }
                     _ => {
                         let child = self.node(value, &format!("{path}.*"), false)?;
                         out.insert("additionalProperties".into(), Value::Object(child));
@@ -714,9 +718,12 @@ mod tests {
             structural(&schema).unwrap(),
             json!({
                 "type": "object",
+                // deny_unknown_fields: unknown fields are kept for straitd to refuse by name.
+                "x-kubernetes-preserve-unknown-fields": true,
                 "properties": {
                     "a": {"type": "string", "nullable": true},
-                    "b": {"type": "object", "description": "field", "nullable": true, "properties": {}},
+                    "b": {"type": "object", "description": "field", "nullable": true, "properties": {},
+                          "x-kubernetes-preserve-unknown-fields": true},
                     "c": {"x-kubernetes-preserve-unknown-fields": true},
                     "d": {"description": "raw", "x-kubernetes-preserve-unknown-fields": true},
                 },

@@ -1,4 +1,4 @@
-//! straitctl subcommands: apply, delete, get, analyze, proxy-status, crds.
+//! straitctl subcommands: apply, delete, get, analyze, proxy-status, kube-inject, crds.
 //!
 //! Each `run_*` returns the process exit code: 0 on success, 1 when the configuration (or the
 //! server) said no. Transport failures are errors, for the binary to print.
@@ -112,6 +112,23 @@ pub struct ProxyStatusArgs {
     pub output: StatusOutput,
     #[command(flatten)]
     pub admin: AdminArgs,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct KubeInjectArgs {
+    /// The workloads to inject (multi-document YAML), or `-` for stdin.
+    #[arg(short = 'f', long = "filename", required = true, value_name = "FILE|-")]
+    pub filename: PathBuf,
+    /// Injection settings (YAML, as in the chart's injection ConfigMap) [default: the built-in
+    /// ones].
+    #[arg(long, value_name = "FILE")]
+    pub settings: Option<PathBuf>,
+    /// Write the result here instead of stdout; nothing is written on an error.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Inject pods that opt out (`sidecar.istio.io/inject: "false"`) too.
+    #[arg(long)]
+    pub force: bool,
 }
 
 // === apply / delete ===
@@ -637,6 +654,58 @@ pub fn render_proxy_status(proxies: &Value) -> String {
     out
 }
 
+// === kube-inject ===
+
+/// Injects the workloads of one file offline. 1 (with the error printed) when the settings or
+/// the manifest are wrong: then nothing is written.
+pub fn run_kube_inject(args: &KubeInjectArgs) -> anyhow::Result<i32> {
+    let settings = match &args.settings {
+        None => strait_inject::InjectSettings::default(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            match strait_inject::InjectSettings::from_yaml(&text) {
+                Ok(settings) => settings,
+                Err(e) => {
+                    eprintln!("error: {}: {e}", path.display());
+                    return Ok(1);
+                }
+            }
+        }
+    };
+    let (input, origin) = if args.filename == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading stdin")?;
+        (text, "<stdin>".to_string())
+    } else {
+        let text = std::fs::read_to_string(&args.filename)
+            .with_context(|| format!("reading {}", args.filename.display()))?;
+        (text, args.filename.display().to_string())
+    };
+    let output = match strait_inject::inject_manifest(&input, &settings, args.force) {
+        Ok(output) => output,
+        Err(e) => {
+            eprintln!("error: {origin}: {e}");
+            return Ok(1);
+        }
+    };
+    match &args.output {
+        Some(path) => {
+            std::fs::write(path, output).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => {
+            use std::io::Write as _;
+            std::io::stdout()
+                .lock()
+                .write_all(output.as_bytes())
+                .context("writing to stdout")?;
+        }
+    }
+    Ok(0)
+}
+
 // === shared ===
 
 /// Columns padded to their widest cell, three spaces apart, like kubectl.
@@ -820,6 +889,7 @@ mod tests {
         Get(GetArgs),
         Analyze(AnalyzeArgs),
         ProxyStatus(ProxyStatusArgs),
+        KubeInject(KubeInjectArgs),
     }
 
     #[test]
@@ -861,6 +931,34 @@ mod tests {
         );
         assert!(parse(&["analyze", "-f", "dir"]).is_ok());
         assert!(parse(&["proxy-status", "-o", "json"]).is_ok());
+        let Cli::KubeInject(inject) = parse(&[
+            "kube-inject",
+            "-f",
+            "-",
+            "--settings",
+            "s.yaml",
+            "-o",
+            "out.yaml",
+            "--force",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (
+                inject.filename,
+                inject.settings,
+                inject.output,
+                inject.force
+            ),
+            (
+                PathBuf::from("-"),
+                Some(PathBuf::from("s.yaml")),
+                Some(PathBuf::from("out.yaml")),
+                true
+            )
+        );
+        assert!(parse(&["kube-inject"]).is_err());
     }
 
     #[test]
@@ -1113,6 +1211,7 @@ ratings (ServiceEntry default/ratings) created
             registry: Arc::new(registry),
             proxies: Arc::new(|| json!([])),
             ready: Arc::new(AtomicBool::new(true)),
+            read_only: false,
         });
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))

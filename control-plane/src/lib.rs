@@ -7,6 +7,8 @@ pub mod certs;
 pub mod controller;
 pub mod crds;
 pub mod ctl;
+pub mod kube;
 pub mod store;
 pub mod telemetry;
 pub mod watch;
+pub mod webhook;

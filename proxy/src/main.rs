@@ -94,6 +94,53 @@ enum Command {
     /// Install the sidecar's traffic capture in the nat table (Istio's istio-iptables, in
     /// REDIRECT mode) and exit. Run as root in the pod's network namespace, before the app.
     Iptables(strait_iptables::Args),
+    /// Wait until the proxy's admin `/ready` answers 200, then exit 0 (1 at the timeout): the
+    /// injected postStart hook that holds the app until the sidecar is ready.
+    Wait(WaitArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct WaitArgs {
+    /// The proxy's admin address.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin_addr: SocketAddr,
+    /// How long to wait, e.g. 600s or 10m.
+    #[arg(long, default_value = "600s", value_parser = strait_model::duration::parse)]
+    timeout: std::time::Duration,
+}
+
+/// Polls `/ready` every 200 ms until it answers 200 or `timeout` passes.
+fn wait_ready(args: &WaitArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let url: hyper::Uri = format!("http://{}/ready", args.admin_addr).parse()?;
+    runtime.block_on(async {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
+        let deadline = tokio::time::Instant::now() + args.timeout;
+        loop {
+            let last = match tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                client.get(url.clone()),
+            )
+            .await
+            {
+                Ok(Ok(resp)) if resp.status() == hyper::StatusCode::OK => return Ok(()),
+                Ok(Ok(resp)) => format!("/ready said {}", resp.status()),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no answer within 2s".to_string(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "strait-proxy not ready at {url} after {:?}: {last}",
+                    args.timeout
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
 }
 
 fn pairs(arg: &str, what: &str) -> anyhow::Result<BTreeMap<String, String>> {
@@ -166,12 +213,16 @@ fn secure(args: &Args) -> anyhow::Result<Option<IdentitySettings>> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Some(Command::Iptables(capture)) = &args.command {
-        init_tracing();
-        return Ok(strait_iptables::run(
-            capture,
-            &mut std::io::stdout().lock(),
-        )?);
+    match &args.command {
+        Some(Command::Iptables(capture)) => {
+            init_tracing();
+            return Ok(strait_iptables::run(
+                capture,
+                &mut std::io::stdout().lock(),
+            )?);
+        }
+        Some(Command::Wait(wait)) => return wait_ready(wait),
+        None => {}
     }
     let workers = args
         .concurrency

@@ -53,22 +53,22 @@ pub struct ProxySpec {
     pub capture: Option<Capture>,
 }
 
-/// How a captured sidecar runs: the pod's addresses (`--instance-ips`), and the group the
-/// proxy runs as, which the capture rules leave alone (`strait-proxy iptables --proxy-gid`).
-///
-/// The proxy keeps uid 0 and takes only the group: the capture rules exclude by uid or gid
-/// alike, and a root process reads the harness's files and binaries wherever the checkout is
-/// (uid 1337 could not get into a 0700 home directory).
+/// How a captured sidecar runs: the pod's addresses (`--instance-ips`), and the user and group
+/// the proxy runs as, which the capture rules leave alone (`strait-proxy iptables
+/// --proxy-uid/--proxy-gid`). Its binary, workdir and root certificate are made readable to
+/// that user (see `netns::readable`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Capture {
     pub instance_ips: Vec<IpAddr>,
+    pub uid: u32,
     pub gid: u32,
 }
 
 /// The capture ports the rules redirect to by default, as Istio's.
 pub const CAPTURE_OUTBOUND_PORT: u16 = 15001;
 pub const CAPTURE_INBOUND_PORT: u16 = 15006;
-/// The proxy's group the capture rules exclude by default.
+/// The proxy's user and group, which the capture rules exclude by default.
+pub const PROXY_UID: u32 = 1337;
 pub const PROXY_GID: u32 = 1337;
 
 impl ProxySpec {
@@ -128,6 +128,7 @@ impl ProxySpec {
     pub fn captured(mut self, instance_ips: &[IpAddr]) -> ProxySpec {
         self.capture = Some(Capture {
             instance_ips: instance_ips.to_vec(),
+            uid: PROXY_UID,
             gid: PROXY_GID,
         });
         self
@@ -158,11 +159,28 @@ impl ProxySpec {
         }
     }
 
-    /// Runs the proxy in the capture's group (a no-op without capture).
-    pub fn apply_identity(&self, cmd: &mut std::process::Command) {
-        if let Some(c) = &self.capture {
-            std::os::unix::process::CommandExt::gid(cmd, c.gid);
+    /// The command for a proxy `program`: run as the capture's user and group, from a copy
+    /// that user can run, when captured; as it is otherwise.
+    pub fn proxy_command(
+        &self,
+        program: &std::path::Path,
+    ) -> anyhow::Result<std::process::Command> {
+        let Some(c) = &self.capture else {
+            return Ok(std::process::Command::new(program));
+        };
+        let mut cmd = std::process::Command::new(crate::netns::readable(program)?);
+        std::os::unix::process::CommandExt::uid(&mut cmd, c.uid);
+        std::os::unix::process::CommandExt::gid(&mut cmd, c.gid);
+        Ok(cmd)
+    }
+
+    /// Lets the proxy's user into its workdir (a no-op without capture).
+    pub fn share_workdir(&self, dir: &std::path::Path) -> anyhow::Result<()> {
+        if self.capture.is_some() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
         }
+        Ok(())
     }
 
     /// The port a sidecar accepts its workload's traffic on.

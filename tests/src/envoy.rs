@@ -43,12 +43,13 @@ impl Envoy {
         let admin_port = free_port();
         let bootstrap = workdir.path().join("bootstrap.json");
         straitctl_bootstrap(xds, spec, outbound_port, admin_port, &bootstrap)?;
-        let process = EnvoyProcess::spawn_as(
+        spec.share_workdir(workdir.path())?;
+        let process = EnvoyProcess::spawn_with(
             &format!("envoy {}", spec.node_id),
+            spec.proxy_command(&crate::bins::envoy_path())?,
             &bootstrap,
             admin_port,
             workdir,
-            |cmd| spec.apply_identity(cmd),
         )?;
         Ok(EnvoyProxy {
             process,
@@ -183,20 +184,19 @@ impl EnvoyProcess {
         admin_port: u16,
         workdir: TempDir,
     ) -> anyhow::Result<EnvoyProcess> {
-        Self::spawn_as(name, bootstrap, admin_port, workdir, |_| {})
+        let cmd = Command::new(crate::bins::envoy_path());
+        Self::spawn_with(name, cmd, bootstrap, admin_port, workdir)
     }
 
-    /// Like [`Self::spawn`], with `prepare` adjusting the command first (its group, say).
-    pub fn spawn_as(
+    /// Like [`Self::spawn`], with the command for the Envoy binary given (its user, say).
+    pub fn spawn_with(
         name: &str,
+        mut cmd: Command,
         bootstrap: &Path,
         admin_port: u16,
         workdir: TempDir,
-        prepare: impl FnOnce(&mut Command),
     ) -> anyhow::Result<EnvoyProcess> {
         let level = std::env::var("STRAIT_ENVOY_LOG_LEVEL").unwrap_or_else(|_| "warning".into());
-        let mut cmd = Command::new(crate::bins::envoy_path());
-        prepare(&mut cmd);
         cmd.arg("-c")
             .arg(bootstrap)
             // Parallel tests run many Envoys; each needs its own shared-memory base id.

@@ -268,6 +268,54 @@ impl Netns {
     }
 }
 
+/// `path`, readable and (for programs) runnable by any user: a sidecar under capture runs as
+/// uid 1337, which may not get into the checkout (a home directory is often 0700) or a temp
+/// dir of the harness. Files are linked (else copied) once per test process into
+/// `/tmp/strait-e2e-shared-<pid>/` (0755); the dirs of finished runs are removed.
+pub fn readable(path: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let dir = DIR.get_or_init(|| {
+        if let Ok(entries) = std::fs::read_dir("/tmp") {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = name.strip_prefix("strait-e2e-shared-")
+                    && pid.parse::<u32>().is_ok()
+                    && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        std::path::PathBuf::from(format!("/tmp/strait-e2e-shared-{}", std::process::id()))
+    });
+    let _guard = LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    let digest = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        path.hash(&mut h);
+        h.finish()
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let target = dir.join(format!("{digest:016x}-{name}"));
+    if !target.exists() && std::fs::hard_link(path, &target).is_err() {
+        std::fs::copy(path, &target)
+            .with_context(|| format!("copying {} to {}", path.display(), target.display()))?;
+    }
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    let mode = if mode & 0o111 != 0 { 0o755 } else { 0o644 };
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
+    Ok(target)
+}
+
 /// A hub with a bridge, and the pods attached to it.
 pub struct Network {
     hub: Netns,
@@ -385,7 +433,11 @@ impl Pod {
     ) -> anyhow::Result<PodProxy> {
         let spec = spec.captured(&[IpAddr::V4(self.v4), IpAddr::V6(self.v6)]);
         let name = plane.name();
-        let xds = xds.clone();
+        let mut xds = xds.clone();
+        // The proxy runs as uid 1337: it gets a root certificate it can read.
+        if let Some((root, _)) = &mut xds.tls {
+            *root = readable(root)?;
+        }
         let proxy = self
             .ns
             .spawn_from(move || crate::dataplane::named(name).launch(&xds, &spec))??;

@@ -1,7 +1,6 @@
 //! Strait's own proxy as a data plane: the `strait-proxy` binary, run as a process.
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -53,8 +52,8 @@ impl StraitProxyProcess {
         let workdir = workdir(&format!("strait-proxy-{}-", spec.node_id))?;
         let outbound_port = spec.outbound_port_or(free_port());
         let admin_port = free_port();
-        let mut cmd = Command::new(crate::bins::cargo_bin("strait-proxy"));
-        spec.apply_identity(&mut cmd);
+        spec.share_workdir(workdir.path())?;
+        let mut cmd = spec.proxy_command(&crate::bins::cargo_bin("strait-proxy"))?;
         match &xds.tls {
             None => {
                 cmd.args(["--xds", &format!("http://{}", xds.addr)]);

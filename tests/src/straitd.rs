@@ -24,6 +24,8 @@ pub struct StraitdOptions {
     /// Where the xDS ports (plaintext and TLS) listen: 127.0.0.1 unless set (a hub's bridge
     /// address, so pods in other namespaces reach them). The admin API stays on 127.0.0.1.
     pub xds_ip: Option<std::net::IpAddr>,
+    /// Environment variables for the process (e.g. `KUBECONFIG`).
+    pub env: Vec<(String, String)>,
 }
 
 impl StraitdOptions {
@@ -32,6 +34,7 @@ impl StraitdOptions {
             config_dir: config_dir.into(),
             extra_args: Vec::new(),
             xds_ip: None,
+            env: Vec::new(),
         }
     }
 }
@@ -257,5 +260,6 @@ fn spawn(
             .arg(format!("localhost,127.0.0.1,straitd,{ip}"));
     }
     cmd.args(&options.extra_args);
+    cmd.envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     ManagedChild::spawn("straitd", cmd, log_path)
 }

@@ -36,6 +36,9 @@ enum Command {
     Analyze(ctl::AnalyzeArgs),
     /// Each connected proxy's xDS sync state, with NACK reasons.
     ProxyStatus(ctl::ProxyStatusArgs),
+    /// Add the Strait sidecar to workload YAML offline (Pods, Deployments, StatefulSets,
+    /// DaemonSets, ReplicaSets, Jobs, CronJobs, Lists); other documents pass through.
+    KubeInject(ctl::KubeInjectArgs),
     /// Print a stock Envoy bootstrap that connects a proxy to straitd over ADS.
     Bootstrap(BootstrapArgs),
     /// Print the CustomResourceDefinitions of the Istio kinds straitd reads, for Kubernetes.
@@ -224,6 +227,7 @@ fn main() -> ExitCode {
         Command::Get(a) => ctl::run_get(&a),
         Command::Analyze(a) => ctl::run_analyze(&a),
         Command::ProxyStatus(a) => ctl::run_proxy_status(&a),
+        Command::KubeInject(a) => ctl::run_kube_inject(&a),
         Command::Bootstrap(args) => bootstrap(args).map(|()| 0),
         Command::Crds(a) => ctl::run_crds(&a),
         Command::Token(TokenCommand::Create(args)) => token_create(args),

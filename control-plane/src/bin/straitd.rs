@@ -76,6 +76,29 @@ struct Args {
         default_value = "localhost,127.0.0.1,straitd"
     )]
     server_names: Vec<String>,
+    /// Watch the Kubernetes API server (kubeconfig from $KUBECONFIG or ~/.kube/config, else the
+    /// in-cluster service account): Services, EndpointSlices/Endpoints, Pods and Istio's kinds.
+    /// The admin API's /apply and /delete are off then: configuration goes through the API
+    /// server and its RBAC.
+    #[arg(long, env = "STRAIT_KUBERNETES")]
+    kubernetes: bool,
+    /// Where the admission webhooks (/inject, /validate) are served over HTTPS with a
+    /// certificate from the mesh CA (for --server-names); off when not given.
+    #[arg(long, env = "STRAIT_WEBHOOK_ADDR")]
+    webhook_addr: Option<SocketAddr>,
+    /// Sidecar injection settings (the chart's `strait-injector` ConfigMap, YAML).
+    #[arg(long, env = "STRAIT_INJECTION_SETTINGS")]
+    injection_settings: Option<PathBuf>,
+    /// With --kubernetes: the namespace of the Lease that elects the replica writing objects'
+    /// status [default: $POD_NAMESPACE, else strait-system].
+    #[arg(long, env = "STRAIT_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// This replica's name in the Lease [default: $POD_NAME, else HOSTNAME-PID].
+    #[arg(long, env = "STRAIT_REPLICA_ID")]
+    replica_id: Option<String>,
+    /// The cluster's DNS domain (Service hosts are NAME.NAMESPACE.svc.DOMAIN).
+    #[arg(long, env = "STRAIT_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -157,6 +180,50 @@ async fn main() -> anyhow::Result<()> {
             None
         }
     };
+    let kube_client = match args.kubernetes {
+        false => None,
+        true => Some(
+            kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API server (--kubernetes)")?,
+        ),
+    };
+    if let Some(client) = kube_client.clone() {
+        let options = strait_control_plane::kube::KubeSourceOptions {
+            cluster_domain: args.cluster_domain.clone(),
+        };
+        let source_store = store.clone();
+        let source_client = client.clone();
+        tokio::spawn(async move {
+            if let Err(e) =
+                strait_control_plane::kube::run(source_client, source_store, options).await
+            {
+                tracing::error!("the Kubernetes source stopped: {e:#}");
+            }
+        });
+        let lease = strait_control_plane::kube::lease::LeaseOptions {
+            namespace: args
+                .lease_namespace
+                .clone()
+                .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                .unwrap_or_else(|| "strait-system".into()),
+            name: "straitd-status".into(),
+            identity: args.replica_id.clone().unwrap_or_else(replica_identity),
+            duration: std::time::Duration::from_secs(15),
+            renew: std::time::Duration::from_secs(2),
+        };
+        let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(strait_control_plane::kube::lease::run(
+            client.clone(),
+            lease,
+            leader_tx,
+        ));
+        tokio::spawn(strait_control_plane::kube::status::run(
+            client,
+            store.clone(),
+            leader_rx,
+        ));
+    }
     tokio::spawn(controller.run(store.subscribe(), events_rx));
 
     let xds_listener = tokio::net::TcpListener::bind(args.xds_addr)
@@ -175,6 +242,49 @@ async fn main() -> anyhow::Result<()> {
             std::time::Duration::from_secs(365 * 24 * 3600),
         )
         .context("issuing straitd's serving certificate")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_rx_webhook = stop_rx.clone();
+    let webhook_task = match args.webhook_addr {
+        None => None,
+        Some(addr) => {
+            let injection = match &args.injection_settings {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).with_context(|| {
+                        format!("reading --injection-settings {}", path.display())
+                    })?;
+                    strait_inject::InjectSettings::from_yaml(&text).map_err(|e| {
+                        anyhow::anyhow!("--injection-settings {}: {e}", path.display())
+                    })?
+                }
+                None => strait_inject::InjectSettings::default(),
+            };
+            let mut injection = injection;
+            if let Some(client) = &kube_client
+                && injection.native_sidecars
+                && !serves_native_sidecars(client).await
+            {
+                tracing::info!(
+                    "the API server predates native sidecars (1.29): injecting the proxy as a regular container"
+                );
+                injection.native_sidecars = false;
+            }
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the webhook address {addr}"))?;
+            let app = strait_control_plane::webhook::router(
+                strait_control_plane::webhook::WebhookState {
+                    store: store.clone(),
+                    injection: Arc::new(injection),
+                },
+            );
+            let (cert, key) = (serving.cert.chain_pem.concat(), serving.key_pem.to_string());
+            let stop = stop_rx_webhook.clone();
+            tracing::info!(%addr, "serving the admission webhooks (/inject, /validate) over HTTPS");
+            Some(tokio::spawn(async move {
+                strait_control_plane::webhook::serve_tls(listener, app, &cert, &key, stop).await
+            }))
+        }
+    };
     let tls = tonic::transport::ServerTlsConfig::new()
         .identity(tonic::transport::Identity::from_pem(
             serving.cert.chain_pem.concat(),
@@ -200,10 +310,10 @@ async fn main() -> anyhow::Result<()> {
         registry: Arc::new(registry),
         proxies,
         ready: ready.clone(),
+        read_only: args.kubernetes,
     });
 
     let shutdown = shutdown_signal();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_rx_tls = stop_rx.clone();
     let xds = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
@@ -241,7 +351,38 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("TLS server task")?
         .context("TLS server")?;
+    if let Some(task) = webhook_task {
+        task.await
+            .context("webhook server task")?
+            .context("webhook server")?;
+    }
     Ok(())
+}
+
+/// `$POD_NAME`, else the host name and process id.
+fn replica_identity() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "straitd".into());
+        format!("{host}-{}", std::process::id())
+    })
+}
+
+/// Whether the API server runs init containers with `restartPolicy: Always` as sidecars
+/// (on by default from Kubernetes 1.29).
+async fn serves_native_sidecars(client: &kube::Client) -> bool {
+    match client.apiserver_version().await {
+        Ok(info) => {
+            let major: u32 = info.major.trim_end_matches('+').parse().unwrap_or(0);
+            let minor: u32 = info.minor.trim_end_matches('+').parse().unwrap_or(0);
+            (major, minor) >= (1, 29)
+        }
+        Err(e) => {
+            tracing::warn!("cannot read the API server's version ({e}); assuming native sidecars");
+            true
+        }
+    }
 }
 
 fn tokio_stream_incoming(

@@ -5,7 +5,8 @@
 //! (10.77.0.2) calls services by their VIPs (ServiceEntry `addresses`, 10.96.0.0/16, which
 //! exist nowhere: only the sidecar's routing makes them answer); pod `ratings` (10.77.0.3) runs
 //! an app on its own port behind a captured inbound side with STRICT mTLS and a DENY policy.
-//! Needs root, `ip` and `iptables` (see `strait_tests::netns`).
+//! Sidecars run as uid and gid 1337, which the capture rules leave alone. Needs root, `ip` and
+//! `iptables` (see `strait_tests::netns`).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};

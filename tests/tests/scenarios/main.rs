@@ -7,6 +7,7 @@ mod common;
 mod config_changes;
 mod discovery;
 mod gateway;
+mod kubernetes;
 mod mtls;
 mod resilience;
 mod samples;

@@ -1,0 +1,251 @@
+//! The containers and volumes a sidecar adds: `strait-init` (the capture), `strait-proxy`, the
+//! projected ServiceAccount token and the mesh root.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, ExecAction,
+    HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
+    VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::capture::Capture;
+use crate::controls::Interception;
+use crate::settings::InjectSettings;
+
+pub const PROXY_CONTAINER: &str = "strait-proxy";
+pub const INIT_CONTAINER: &str = "strait-init";
+pub const TOKEN_VOLUME: &str = "strait-token";
+pub const ROOT_VOLUME: &str = "strait-ca-root";
+pub const TOKEN_DIR: &str = "/var/run/secrets/strait/tokens";
+/// The token's file name in [`TOKEN_DIR`].
+pub const TOKEN_FILE: &str = "strait-token";
+pub const ROOT_DIR: &str = "/var/run/secrets/strait/root";
+
+/// Where the proxy container goes, which decides how the app waits for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// An init container with `restartPolicy: Always`: its startup probe holds the containers
+    /// after it until the proxy is ready, and it stops after the app.
+    Native,
+    /// The first container, whose postStart hook returns only once the proxy is ready: the
+    /// kubelet starts the next container after that (Istio's holdApplicationUntilProxyStarts).
+    Held,
+    /// The last container, started beside the app.
+    Beside,
+}
+
+/// `iptables --proxy-uid 1337 …` as root with NET_ADMIN and NET_RAW, and nothing else.
+pub(crate) fn init_container(
+    settings: &InjectSettings,
+    capture: &Capture,
+    resources: Option<ResourceRequirements>,
+) -> Container {
+    Container {
+        name: INIT_CONTAINER.to_string(),
+        image: Some(settings.image.clone()),
+        image_pull_policy: settings.image_pull_policy.clone(),
+        args: Some(capture.args()),
+        resources,
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
+                drop: Some(vec!["ALL".into()]),
+            }),
+            privileged: Some(false),
+            // iptables takes its lock under /run.
+            read_only_root_filesystem: Some(false),
+            run_as_group: Some(0),
+            run_as_non_root: Some(false),
+            run_as_user: Some(0),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    }
+}
+
+/// The proxy: identity from the projected token, node metadata from the downward API.
+pub(crate) fn proxy_container(
+    settings: &InjectSettings,
+    interception: Interception,
+    labels: &BTreeMap<String, String>,
+    resources: Option<ResourceRequirements>,
+    placement: Placement,
+) -> Container {
+    let admin = i32::from(settings.ports.admin);
+    let mut args: Vec<String> = Vec::new();
+    let mut flag = |name: &str, value: String| {
+        args.push(format!("--{name}"));
+        args.push(value);
+    };
+    flag("xds", format!("https://{}", settings.xds_address));
+    flag("ca-root", format!("{ROOT_DIR}/{}", settings.ca_root_key));
+    flag("token-file", format!("{TOKEN_DIR}/{TOKEN_FILE}"));
+    flag("trust-domain", settings.trust_domain.clone());
+    flag("node-id", "$(POD_NAME).$(POD_NAMESPACE)".into());
+    flag("namespace", "$(POD_NAMESPACE)".into());
+    flag("service-account", "$(SERVICE_ACCOUNT)".into());
+    if !labels.is_empty() {
+        let pairs: Vec<String> = labels
+            .keys()
+            .enumerate()
+            .map(|(i, key)| format!("{key}=$({})", label_env(i)))
+            .collect();
+        flag("labels", pairs.join(","));
+    }
+    flag("outbound-port", settings.ports.outbound.to_string());
+    match interception {
+        Interception::Redirect => {
+            flag("interception", "redirect".into());
+            flag("inbound-port", settings.ports.inbound.to_string());
+            flag("instance-ips", "$(INSTANCE_IPS)".into());
+        }
+        Interception::None => flag("interception", "none".into()),
+    }
+    // All addresses: the kubelet probes /ready on the pod's IP.
+    flag("admin-addr", format!("0.0.0.0:{admin}"));
+
+    let mut env = vec![
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+        field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+    ];
+    if interception == Interception::Redirect {
+        env.push(field_env("INSTANCE_IPS", "status.podIPs"));
+    }
+    // One variable per label known now: the downward API gives labels to variables only by
+    // key. Values are read when the container starts.
+    env.extend(
+        labels
+            .keys()
+            .enumerate()
+            .map(|(i, key)| field_env(&label_env(i), &format!("metadata.labels['{key}']"))),
+    );
+
+    let ready = |period: i32, failures: i32, initial_delay: Option<i32>| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/ready".into()),
+            port: IntOrString::Int(admin),
+            ..HTTPGetAction::default()
+        }),
+        initial_delay_seconds: initial_delay,
+        period_seconds: Some(period),
+        timeout_seconds: Some(3),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    };
+    let (restart_policy, startup_probe, lifecycle) = match placement {
+        Placement::Native => (Some("Always".to_string()), Some(ready(1, 600, None)), None),
+        Placement::Held => (
+            None,
+            None,
+            Some(Lifecycle {
+                post_start: Some(LifecycleHandler {
+                    exec: Some(ExecAction {
+                        command: Some(vec![
+                            "strait-proxy".into(),
+                            "wait".into(),
+                            "--admin-addr".into(),
+                            format!("127.0.0.1:{admin}"),
+                            "--timeout".into(),
+                            "600s".into(),
+                        ]),
+                    }),
+                    ..LifecycleHandler::default()
+                }),
+                ..Lifecycle::default()
+            }),
+        ),
+        Placement::Beside => (None, None, None),
+    };
+    Container {
+        name: PROXY_CONTAINER.to_string(),
+        image: Some(settings.image.clone()),
+        image_pull_policy: settings.image_pull_policy.clone(),
+        args: Some(args),
+        env: Some(env),
+        restart_policy,
+        startup_probe,
+        readiness_probe: Some(ready(2, 30, Some(1))),
+        lifecycle,
+        resources,
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_group: Some(settings.proxy_gid),
+            run_as_non_root: Some(true),
+            run_as_user: Some(settings.proxy_uid),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: TOKEN_VOLUME.into(),
+                mount_path: TOKEN_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: ROOT_VOLUME.into(),
+                mount_path: ROOT_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ]),
+        ..Container::default()
+    }
+}
+
+/// The token (audience `strait-ca`, renewed by the kubelet) and the root ConfigMap.
+pub(crate) fn volumes(settings: &InjectSettings) -> Vec<Volume> {
+    vec![
+        Volume {
+            name: TOKEN_VOLUME.into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(settings.token_audience.clone()),
+                        expiration_seconds: Some(settings.token_expiration_seconds),
+                        path: TOKEN_FILE.into(),
+                    }),
+                    ..VolumeProjection::default()
+                }]),
+                ..ProjectedVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: ROOT_VOLUME.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: settings.ca_root_config_map.clone(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ]
+}
+
+fn label_env(index: usize) -> String {
+    format!("STRAIT_LABEL_{index}")
+}
+
+fn field_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}

@@ -1,0 +1,10 @@
+//! The Kubernetes source: Services, their endpoints and Pods, and Istio's kinds, watched from
+//! the API server into the store's Kubernetes layer; each object's standing written back into
+//! its `status` by the replica that holds the Lease.
+
+pub mod convert;
+pub mod lease;
+pub mod source;
+pub mod status;
+
+pub use source::{ISTIO_KINDS, KubeSourceOptions, run};

@@ -1,0 +1,448 @@
+//! Watches the API server and feeds the store's Kubernetes layer.
+//!
+//! One watcher per resource (Services, EndpointSlices or Endpoints, Pods, each Istio kind)
+//! sends its events to one task that owns what has been seen, turns it into the model's
+//! objects (`convert`) and hands the store what changed, in batches gathered over a few
+//! milliseconds. The store accepts or refuses each object alone.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use strait_model::{Kind, Object, ObjectId};
+use tokio::sync::mpsc;
+
+use super::convert::{self, EndpointAddress, PodInfo};
+use crate::store::ConfigStore;
+use crate::store::kube::KubeChange;
+
+/// How long events are gathered into one batch for the store.
+const BATCH_WINDOW: Duration = Duration::from_millis(20);
+
+/// Istio's kinds, as the API server serves them: (kind, group, version, plural).
+pub const ISTIO_KINDS: [(Kind, &str, &str, &str); 7] = [
+    (
+        Kind::VirtualService,
+        "networking.istio.io",
+        "v1",
+        "virtualservices",
+    ),
+    (
+        Kind::DestinationRule,
+        "networking.istio.io",
+        "v1",
+        "destinationrules",
+    ),
+    (Kind::Gateway, "networking.istio.io", "v1", "gateways"),
+    (
+        Kind::ServiceEntry,
+        "networking.istio.io",
+        "v1",
+        "serviceentries",
+    ),
+    (
+        Kind::WorkloadEntry,
+        "networking.istio.io",
+        "v1",
+        "workloadentries",
+    ),
+    (
+        Kind::PeerAuthentication,
+        "security.istio.io",
+        "v1",
+        "peerauthentications",
+    ),
+    (
+        Kind::AuthorizationPolicy,
+        "security.istio.io",
+        "v1",
+        "authorizationpolicies",
+    ),
+];
+
+#[derive(Clone, Debug)]
+pub struct KubeSourceOptions {
+    /// The cluster's DNS domain: Service hosts are `NAME.NAMESPACE.svc.DOMAIN`.
+    pub cluster_domain: String,
+}
+
+/// One watcher's event.
+enum Update {
+    Service(Event<Service>),
+    Endpoints(Event<Endpoints>),
+    Slice(Event<EndpointSlice>),
+    Pod(Event<Pod>),
+    Istio(Kind, Event<DynamicObject>),
+}
+
+/// Runs the watchers until the store is dropped; errors of one watcher are retried with
+/// backoff and logged, never fatal.
+pub async fn run(
+    client: kube::Client,
+    store: ConfigStore,
+    options: KubeSourceOptions,
+) -> anyhow::Result<()> {
+    let slices = serves_endpoint_slices(&client).await;
+    tracing::info!(
+        endpoints = if slices {
+            "discovery.k8s.io/v1 EndpointSlices"
+        } else {
+            "core/v1 Endpoints"
+        },
+        "watching the Kubernetes API server"
+    );
+    let (tx, mut rx) = mpsc::channel::<Update>(1024);
+    spawn_watch(
+        Api::<Service>::all(client.clone()),
+        "Services",
+        tx.clone(),
+        Update::Service,
+    );
+    spawn_watch(
+        Api::<Pod>::all(client.clone()),
+        "Pods",
+        tx.clone(),
+        Update::Pod,
+    );
+    if slices {
+        spawn_watch(
+            Api::<EndpointSlice>::all(client.clone()),
+            "EndpointSlices",
+            tx.clone(),
+            Update::Slice,
+        );
+    } else {
+        spawn_watch(
+            Api::<Endpoints>::all(client.clone()),
+            "Endpoints",
+            tx.clone(),
+            Update::Endpoints,
+        );
+    }
+    for (kind, group, version, plural) in ISTIO_KINDS {
+        let gvk = GroupVersionKind::gvk(group, version, &kind.to_string());
+        let resource = ApiResource::from_gvk_with_plural(&gvk, plural);
+        let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
+        let tx = tx.clone();
+        let what = format!("{plural}.{group}");
+        tokio::spawn(async move {
+            let mut stream = watcher::watcher(api, watcher::Config::default())
+                .default_backoff()
+                .boxed();
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(event) => {
+                        if tx.send(Update::Istio(kind, event)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::warn!(resource = %what, "watch failed (retrying): {e}"),
+                }
+            }
+        });
+    }
+    drop(tx);
+
+    let mut state = State::new(options);
+    while let Some(first) = rx.recv().await {
+        state.update(first);
+        let deadline = tokio::time::sleep(BATCH_WINDOW);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                next = rx.recv() => match next {
+                    Some(u) => state.update(u),
+                    None => break,
+                },
+            }
+        }
+        let changes = state.changes();
+        if !changes.is_empty()
+            && let Err(errors) = store.kube_apply(changes)
+        {
+            tracing::error!(%errors, "Kubernetes objects not applied: the other sources do not validate with them");
+        }
+    }
+    Ok(())
+}
+
+/// Whether the server serves `discovery.k8s.io/v1` EndpointSlices (1.21 on).
+async fn serves_endpoint_slices(client: &kube::Client) -> bool {
+    match client.list_api_group_resources("discovery.k8s.io/v1").await {
+        Ok(list) => list.resources.iter().any(|r| r.name == "endpointslices"),
+        Err(_) => false,
+    }
+}
+
+fn spawn_watch<K>(
+    api: Api<K>,
+    what: &'static str,
+    tx: mpsc::Sender<Update>,
+    wrap: fn(Event<K>) -> Update,
+) where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default,
+{
+    tokio::spawn(async move {
+        let mut stream = watcher::watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(event) => {
+                    if tx.send(wrap(event)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!(resource = what, "watch failed (retrying): {e}"),
+            }
+        }
+    });
+}
+
+/// `(namespace, name)`.
+type Key = (String, String);
+
+fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Key {
+    (
+        meta.namespace.clone().unwrap_or_else(|| "default".into()),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// A resource's objects as watched, with the relist in progress.
+struct Seen<T> {
+    items: BTreeMap<Key, T>,
+    relist: Option<BTreeMap<Key, T>>,
+}
+
+impl<T> Seen<T> {
+    fn new() -> Self {
+        Seen {
+            items: BTreeMap::new(),
+            relist: None,
+        }
+    }
+
+    /// Applies an event; returns the keys whose object changed (or went).
+    fn apply(&mut self, event: Event<T>, key: impl Fn(&T) -> Key) -> Vec<Key> {
+        match event {
+            Event::Apply(o) => {
+                let k = key(&o);
+                self.items.insert(k.clone(), o);
+                vec![k]
+            }
+            Event::Delete(o) => {
+                let k = key(&o);
+                self.items.remove(&k);
+                vec![k]
+            }
+            Event::Init => {
+                self.relist = Some(BTreeMap::new());
+                Vec::new()
+            }
+            Event::InitApply(o) => {
+                let k = key(&o);
+                self.relist.get_or_insert_with(BTreeMap::new).insert(k, o);
+                Vec::new()
+            }
+            Event::InitDone => {
+                let fresh = self.relist.take().unwrap_or_default();
+                let old = std::mem::replace(&mut self.items, fresh);
+                old.into_keys().chain(self.items.keys().cloned()).collect()
+            }
+        }
+    }
+}
+
+struct State {
+    options: KubeSourceOptions,
+    services: Seen<Service>,
+    endpoints: Seen<Endpoints>,
+    slices: Seen<EndpointSlice>,
+    pods: Seen<Pod>,
+    istio: BTreeMap<Kind, Seen<DynamicObject>>,
+    /// Services whose ServiceEntry must be made again.
+    dirty_services: BTreeSet<Key>,
+    /// Istio objects that changed.
+    dirty_istio: BTreeSet<(Kind, Key)>,
+    /// What the store was last given, by id (to send only what changed).
+    sent: BTreeMap<ObjectId, serde_json::Value>,
+}
+
+impl State {
+    fn new(options: KubeSourceOptions) -> State {
+        State {
+            options,
+            services: Seen::new(),
+            endpoints: Seen::new(),
+            slices: Seen::new(),
+            pods: Seen::new(),
+            istio: BTreeMap::new(),
+            dirty_services: BTreeSet::new(),
+            dirty_istio: BTreeSet::new(),
+            sent: BTreeMap::new(),
+        }
+    }
+
+    fn update(&mut self, update: Update) {
+        match update {
+            Update::Service(e) => {
+                let keys = self.services.apply(e, |s| key_of(&s.metadata));
+                self.dirty_services.extend(keys);
+            }
+            Update::Endpoints(e) => {
+                let keys = self.endpoints.apply(e, |s| key_of(&s.metadata));
+                self.dirty_services.extend(keys);
+            }
+            Update::Slice(e) => {
+                let keys = self.slices.apply(e, |s| key_of(&s.metadata));
+                // A slice names its Service by label; a changed slice dirties that Service.
+                // (A deleted one is gone from the map: dirty every Service of its namespace.)
+                for (ns, slice) in keys {
+                    let service = self
+                        .slices
+                        .items
+                        .get(&(ns.clone(), slice))
+                        .and_then(convert::slice_service);
+                    match service {
+                        Some(name) => {
+                            self.dirty_services.insert((ns, name));
+                        }
+                        None => self.dirty_namespace(&ns),
+                    }
+                }
+            }
+            Update::Pod(e) => {
+                let keys = self.pods.apply(e, |p| key_of(&p.metadata));
+                let namespaces: BTreeSet<String> = keys.into_iter().map(|(ns, _)| ns).collect();
+                for ns in namespaces {
+                    self.dirty_namespace(&ns);
+                }
+            }
+            Update::Istio(kind, e) => {
+                let keys = self
+                    .istio
+                    .entry(kind)
+                    .or_insert_with(Seen::new)
+                    .apply(e, |o| key_of(&o.metadata));
+                self.dirty_istio.extend(keys.into_iter().map(|k| (kind, k)));
+            }
+        }
+    }
+
+    fn dirty_namespace(&mut self, ns: &str) {
+        let keys: Vec<Key> = self
+            .services
+            .items
+            .keys()
+            .filter(|(n, _)| n == ns)
+            .cloned()
+            .collect();
+        self.dirty_services.extend(keys);
+    }
+
+    /// The endpoints of Service `key`, from its slices or its Endpoints.
+    fn endpoints_of(&self, key: &Key) -> Vec<EndpointAddress> {
+        let from_slices: Vec<EndpointAddress> = self
+            .slices
+            .items
+            .iter()
+            .filter(|((ns, _), s)| {
+                ns == &key.0 && convert::slice_service(s).as_ref() == Some(&key.1)
+            })
+            .flat_map(|(_, s)| convert::from_slice(s))
+            .collect();
+        if !from_slices.is_empty() {
+            return from_slices;
+        }
+        self.endpoints
+            .items
+            .get(key)
+            .map(convert::from_endpoints)
+            .unwrap_or_default()
+    }
+
+    /// What changed since the last call, as the store takes it.
+    fn changes(&mut self) -> Vec<KubeChange> {
+        let mut changes = Vec::new();
+        for key in std::mem::take(&mut self.dirty_services) {
+            let id = ObjectId {
+                kind: Kind::ServiceEntry,
+                namespace: key.0.clone(),
+                name: convert::service_entry_name(&key.1),
+            };
+            let made = self.services.items.get(&key).and_then(|svc| {
+                let pods: BTreeMap<String, PodInfo> = self
+                    .pods
+                    .items
+                    .iter()
+                    .filter(|((ns, _), _)| ns == &key.0)
+                    .map(|((_, name), pod)| (name.clone(), PodInfo::of(pod)))
+                    .collect();
+                convert::service_entry(
+                    svc,
+                    &self.endpoints_of(&key),
+                    &pods,
+                    &self.options.cluster_domain,
+                )
+            });
+            match made {
+                Some(Ok(object)) => self.upsert(object, &mut changes),
+                Some(Err(e)) => {
+                    tracing::error!(service = %format!("{}/{}", key.0, key.1), "{e}");
+                }
+                None => self.remove(id, &mut changes),
+            }
+        }
+        for (kind, key) in std::mem::take(&mut self.dirty_istio) {
+            let id = ObjectId {
+                kind,
+                namespace: key.0.clone(),
+                name: key.1.clone(),
+            };
+            let present = self
+                .istio
+                .get(&kind)
+                .and_then(|s| s.items.get(&key))
+                .cloned();
+            match present {
+                None => self.remove(id, &mut changes),
+                Some(object) => match serde_json::to_value(&object)
+                    .map_err(|e| e.to_string())
+                    .and_then(|v| convert::istio_object(&v).map_err(|e| e.to_string()))
+                {
+                    Ok(object) => self.upsert(object, &mut changes),
+                    // Malformed: refused alone; its last good version (if any) stays in force.
+                    Err(e) => tracing::error!(object = %id, "refused: {e}"),
+                },
+            }
+        }
+        changes
+    }
+
+    fn upsert(&mut self, object: Object, changes: &mut Vec<KubeChange>) {
+        if self.sent.get(&object.id) != Some(&object.raw) {
+            self.sent.insert(object.id.clone(), object.raw.clone());
+            changes.push(KubeChange::Upsert(object));
+        }
+    }
+
+    fn remove(&mut self, id: ObjectId, changes: &mut Vec<KubeChange>) {
+        if self.sent.remove(&id).is_some() {
+            changes.push(KubeChange::Remove(id));
+        }
+    }
+}
