@@ -3,9 +3,12 @@
 //! 1.33's schemas, what the rendered objects say (replicas, ports, selectors, RBAC, injector
 //! settings, the CA straitd is given), and that the Dockerfiles build what the chart runs.
 //!
-//! helm and kubernetes-validate come from `STRAIT_HELM` and `STRAIT_KUBERNETES_VALIDATE`, else
-//! `~/.cache/strait/kube/bin/`. Without them a test says it was skipped, unless `CI=true`,
-//! where it fails.
+//! The charts are also installed on a real kube-apiserver (the kube harness): the CRDs become
+//! established, Istio's samples are stored through them, upgrades keep the CA.
+//!
+//! The tools are the kube harness's (`STRAIT_HELM`, `STRAIT_KUBERNETES_VALIDATE`, ... else the
+//! tools cache of scripts/install-kube-tools.sh). Without them a test says it was skipped,
+//! unless `CI=true`, where it fails.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
@@ -15,6 +18,8 @@ use std::process::Command;
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use strait_tests::eventually_blocking;
+use strait_tests::kube::{self, KubeApi, Tool};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -25,26 +30,14 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The tool from `env`, else from `~/.cache/strait/kube/bin`; `None` (after saying so) when
-/// it is not there, except under `CI=true`.
-fn tool(test: &str, env: &str, name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os(env).map(PathBuf::from).or_else(|| {
-        std::env::var_os("HOME")
-            .map(|home| Path::new(&home).join(".cache/strait/kube/bin").join(name))
-    });
-    if let Some(path) = path.filter(|p| p.is_file()) {
-        return Some(path);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} needs {name} ({env}, or ~/.cache/strait/kube/bin/{name}); CI=true: not skipping"
-    );
-    println!("skipped {test}: needs {name} (set {env}, or install it in ~/.cache/strait/kube/bin)");
-    None
+/// A tool of the kube harness (`$STRAIT_HELM`, ... else the tools cache), or `None` after
+/// saying the test was skipped (under `CI=true`, a panic instead).
+fn tool(test: &str, tool: Tool) -> Option<PathBuf> {
+    kube::tools_available(test, &[tool]).then(|| tool.path().expect("just found"))
 }
 
 fn helm(test: &str) -> Option<PathBuf> {
-    tool(test, "STRAIT_HELM", "helm")
+    tool(test, Tool::Helm)
 }
 
 fn run(program: &Path, args: &[&str]) -> Result<String, String> {
@@ -175,10 +168,7 @@ fn charts_lint_strictly() {
 #[test]
 fn rendered_charts_pass_kubernetes_validate() {
     let test = "rendered_charts_pass_kubernetes_validate";
-    let (Some(helm), Some(validate)) = (
-        helm(test),
-        tool(test, "STRAIT_KUBERNETES_VALIDATE", "kubernetes-validate"),
-    ) else {
+    let (Some(helm), Some(validate)) = (helm(test), tool(test, Tool::KubernetesValidate)) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -297,6 +287,7 @@ fn straitd_runs_as_the_values_say() {
         "--admin-addr=0.0.0.0:15014",
         "--plugin-ca-dir=/etc/cacerts",
         "--mesh-config=/etc/strait/mesh/mesh.yaml",
+        "--injection-settings=/etc/strait/injector/settings.yaml",
         "--server-names=straitd,straitd.strait-system,straitd.strait-system.svc,straitd.strait-system.svc.cluster.local",
     ] {
         assert!(args.contains(&expected), "{expected} missing from {args:?}");
@@ -643,32 +634,15 @@ fn the_generated_ca_is_one_straitd_loads() {
 
 // === injection ===
 
-/// The injection crate's InjectSettings fields (control-plane/inject/src/settings.rs), which
-/// refuse any other: the ConfigMap must hold these and no more.
-const SETTINGS_FIELDS: [&str; 15] = [
-    "caRootConfigMap",
-    "caRootKey",
-    "capture",
-    "holdApplicationUntilProxyStarts",
-    "image",
-    "imagePullPolicy",
-    "nativeSidecars",
-    "ports",
-    "proxyGid",
-    "proxyUid",
-    "resources",
-    "tokenAudience",
-    "tokenExpirationSeconds",
-    "trustDomain",
-    "xdsAddress",
-];
-
-fn injector_settings(docs: &[Value]) -> Value {
-    let text = get(docs, "ConfigMap", "strait-injector")["data"]["settings.yaml"]
+fn injector_text(docs: &[Value]) -> String {
+    get(docs, "ConfigMap", "strait-injector")["data"]["settings.yaml"]
         .as_str()
         .unwrap()
-        .to_string();
-    serde_yaml_ng::from_str(&text).unwrap()
+        .to_string()
+}
+
+fn injector_settings(docs: &[Value]) -> Value {
+    serde_yaml_ng::from_str(&injector_text(docs)).unwrap()
 }
 
 #[test]
@@ -677,14 +651,24 @@ fn injector_settings_come_from_the_values() {
         return;
     };
     let docs = render(&helm, "strait", &[]);
+    // Read as straitd reads --injection-settings (unknown fields refused, values checked): the
+    // chart's defaults are the injector's own, with the chart's image pull policy.
+    let parsed = strait_inject::InjectSettings::from_yaml(&injector_text(&docs))
+        .unwrap_or_else(|e| panic!("straitd refuses the chart's injection settings: {e}"));
+    let defaults = strait_inject::InjectSettings::default();
+    assert_eq!(
+        parsed,
+        strait_inject::InjectSettings {
+            image_pull_policy: Some("IfNotPresent".into()),
+            ..defaults.clone()
+        }
+    );
+    // And every field is spelt out, so values.yaml documents them all.
     let settings = injector_settings(&docs);
-    let keys: Vec<&str> = settings
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    assert_eq!(keys, SETTINGS_FIELDS);
+    let fields = serde_json::to_value(&defaults).unwrap();
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&settings), keys(&fields));
+    assert_eq!(keys(&settings["capture"]), keys(&fields["capture"]));
     assert_eq!(
         settings["image"],
         format!("ghcr.io/strait-mesh/strait-proxy:{VERSION}")
@@ -702,22 +686,6 @@ fn injector_settings_come_from_the_values() {
     );
     assert_eq!(settings["nativeSidecars"], true);
     assert_eq!(settings["trustDomain"], "cluster.local");
-    assert_eq!(
-        settings["capture"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .collect::<Vec<_>>(),
-        [
-            "excludeInboundPorts",
-            "excludeOutboundCidrs",
-            "excludeOutboundPorts",
-            "includeInboundPorts",
-            "includeOutboundCidrs",
-            "includeOutboundPorts",
-            "ipv6"
-        ]
-    );
 
     let docs = render(
         &helm,
@@ -729,6 +697,9 @@ fn injector_settings_come_from_the_values() {
             "images.proxy.tag=dev",
         ],
     );
+    let parsed = strait_inject::InjectSettings::from_yaml(&injector_text(&docs)).unwrap();
+    assert_eq!(parsed.xds_address, "straitd.mesh.svc:15012");
+    assert!(!parsed.native_sidecars);
     let settings = injector_settings(&docs);
     assert_eq!(settings["xdsAddress"], "straitd.mesh.svc:15012");
     assert_eq!(settings["nativeSidecars"], false);
@@ -984,4 +955,239 @@ fn chart_versions_are_the_workspace_version() {
         assert_eq!(meta["version"], VERSION, "{chart}");
         assert_eq!(meta["appVersion"], VERSION, "{chart}");
     }
+}
+
+// === on a real API server ===
+
+/// A CRD's name and its status conditions as (type, status).
+type CrdConditions = (String, Vec<(String, String)>);
+
+fn crd_conditions(api: &KubeApi) -> anyhow::Result<Vec<CrdConditions>> {
+    let list: Value = serde_json::from_str(&api.kubectl(&[
+        "get",
+        "crd",
+        "-l",
+        "app.kubernetes.io/part-of=strait",
+        "-o",
+        "json",
+    ])?)?;
+    Ok(list["items"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|crd| {
+            let conditions = crd["status"]["conditions"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|c| {
+                    let field = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+                    (field("type"), field("status"))
+                })
+                .collect();
+            (
+                crd["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                conditions,
+            )
+        })
+        .collect())
+}
+
+fn secret_data(api: &KubeApi, name: &str) -> anyhow::Result<Value> {
+    let secret: Value = serde_json::from_str(&api.kubectl(&[
+        "get",
+        "secret",
+        name,
+        "-n",
+        "strait-system",
+        "-o",
+        "json",
+    ])?)?;
+    Ok(secret["data"].clone())
+}
+
+#[test]
+fn charts_install_on_a_real_api_server() -> anyhow::Result<()> {
+    let test = "charts_install_on_a_real_api_server";
+    if !kube::available(test) || !kube::tools_available(test, &[Tool::Helm]) {
+        return Ok(());
+    }
+    let api = KubeApi::start()?;
+    let base = root().join("charts/strait-base").display().to_string();
+    let chart = root().join("charts/strait").display().to_string();
+    api.helm(&["install", "strait-base", &base])?;
+    // Every CRD is taken as it is: names accepted, established, and structural (a
+    // non-structural schema would show as NonStructuralSchema, and v1 CRDs would be refused).
+    let crds = eventually_blocking(std::time::Duration::from_secs(60), || {
+        let crds = crd_conditions(&api)?;
+        anyhow::ensure!(crds.len() == 7, "{} CRDs so far", crds.len());
+        for (name, conditions) in &crds {
+            for wanted in ["NamesAccepted", "Established"] {
+                anyhow::ensure!(
+                    conditions.contains(&(wanted.to_string(), "True".to_string())),
+                    "{name}: {conditions:?}"
+                );
+            }
+        }
+        Ok(crds)
+    })?;
+    for (name, conditions) in &crds {
+        assert!(
+            !conditions.iter().any(|(t, _)| t == "NonStructuralSchema"),
+            "{name}: {conditions:?}"
+        );
+    }
+
+    api.ensure_namespace("strait-system")?;
+    // This API server is 1.20: no policy/v1 PodDisruptionBudget yet (1.21). straitd is not
+    // running, so the validation webhook is told to let objects through.
+    let sets = [
+        "--set",
+        "straitd.podDisruptionBudget.enabled=false",
+        "--set",
+        "webhook.validationFailurePolicy=Ignore",
+        "--set",
+        "gateway.enabled=true",
+    ];
+    let mut install = vec!["install", "strait", chart.as_str(), "-n", "strait-system"];
+    install.extend(sets);
+    api.helm(&install)?;
+    let deployment: Value = serde_json::from_str(&api.kubectl(&[
+        "get",
+        "deployment",
+        "straitd",
+        "-n",
+        "strait-system",
+        "-o",
+        "json",
+    ])?)?;
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let ca = secret_data(&api, "cacerts")?;
+    let webhook: Value = serde_json::from_str(&api.kubectl(&[
+        "get",
+        "validatingwebhookconfiguration",
+        "strait-validator-strait-system",
+        "-o",
+        "json",
+    ])?)?;
+    assert_eq!(
+        webhook["webhooks"][0]["clientConfig"]["caBundle"],
+        ca["root-cert.pem"]
+    );
+
+    // Istio's own YAML is stored through the CRDs, in whichever served version it is written.
+    let samples = root().join("../shared/istio-samples");
+    if samples.is_dir() {
+        api.ensure_namespace("default")?;
+        let applied = api.kubectl(&[
+            "apply",
+            "-n",
+            "default",
+            "-f",
+            &samples.display().to_string(),
+        ])?;
+        assert!(
+            applied.contains("virtualservice.networking.istio.io/reviews"),
+            "{applied}"
+        );
+        let listed = api.kubectl(&["get", "vs,dr,gw", "-n", "default", "-o", "name"])?;
+        for name in [
+            "virtualservice.networking.istio.io/reviews",
+            "destinationrule.networking.istio.io/reviews",
+            "gateway.networking.istio.io/bookinfo-gateway",
+        ] {
+            assert!(listed.lines().any(|l| l == name), "{name} not in {listed}");
+        }
+    } else {
+        println!(
+            "{test}: no Istio samples at {}; applying them skipped",
+            samples.display()
+        );
+    }
+    // Every served version, the status subresource, and a field straitd will refuse by name:
+    // kept for it to see, not pruned away.
+    api.ensure_namespace("mesh")?;
+    for version in ["v1", "v1beta1", "v1alpha3"] {
+        api.apply_yaml(&format!(
+            "apiVersion: networking.istio.io/{version}\nkind: DestinationRule\nmetadata: {{name: r-{version}, namespace: mesh}}\nspec: {{host: r, subsets: [{{name: v1, labels: {{version: v1}}}}]}}\n"
+        ))?;
+    }
+    api.apply_yaml(
+        "apiVersion: security.istio.io/v1beta1\nkind: AuthorizationPolicy\nmetadata: {name: deny, namespace: mesh}\nspec: {action: DENY, rules: [{from: [{source: {namespaces: [other]}}]}]}\n",
+    )?;
+    let refused = api
+        .apply_yaml("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: bad, namespace: mesh}\nspec: {host: r, trafficPolicy: {connectionPool: {tcp: {maxConnections: lots}}}}\n")
+        .unwrap_err();
+    assert!(
+        format!("{refused:#}").contains("maxConnections"),
+        "{refused:#}"
+    );
+    api.kubectl_with_input(
+        &["apply", "--validate=false", "-f", "-"],
+        Some("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: typo, namespace: mesh}\nspec: {hosts: [r], http: [{route: [{destination: {host: r}, weigth: 1}]}]}\n"),
+    )?;
+    let stored: Value =
+        serde_json::from_str(&api.kubectl(&["get", "vs", "typo", "-n", "mesh", "-o", "json"])?)?;
+    assert_eq!(
+        stored["spec"]["http"][0]["route"][0]["weigth"], 1,
+        "{stored}"
+    );
+    api.kubectl(&[
+        "patch",
+        "dr",
+        "r-v1",
+        "-n",
+        "mesh",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"conditions":[{"type":"Accepted","status":"True"}]}}"#,
+    ])?;
+    let status = api.kubectl(&[
+        "get",
+        "dr",
+        "r-v1",
+        "-n",
+        "mesh",
+        "-o",
+        "jsonpath={.status.conditions[0].type}",
+    ])?;
+    assert_eq!(status.trim(), "Accepted");
+
+    // An upgrade keeps the mesh CA (lookup), so workload certificates stay trusted.
+    let mut upgrade = vec!["upgrade", "strait", chart.as_str(), "-n", "strait-system"];
+    upgrade.extend(sets);
+    upgrade.extend(["--set", "straitd.replicas=3"]);
+    api.helm(&upgrade)?;
+    assert_eq!(
+        secret_data(&api, "cacerts")?,
+        ca,
+        "the CA changed on upgrade"
+    );
+    let replicas = api.kubectl(&[
+        "get",
+        "deployment",
+        "straitd",
+        "-n",
+        "strait-system",
+        "-o",
+        "jsonpath={.spec.replicas}",
+    ])?;
+    assert_eq!(replicas.trim(), "3");
+
+    // Uninstalling keeps the CA and the CRDs (and so every Istio object).
+    api.helm(&["uninstall", "strait", "-n", "strait-system"])?;
+    api.helm(&["uninstall", "strait-base"])?;
+    assert_eq!(secret_data(&api, "cacerts")?, ca);
+    assert_eq!(crd_conditions(&api)?.len(), 7);
+    assert!(
+        api.kubectl(&["get", "deployment", "straitd", "-n", "strait-system"])
+            .is_err()
+    );
+    Ok(())
 }
