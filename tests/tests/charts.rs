@@ -1191,3 +1191,159 @@ fn charts_install_on_a_real_api_server() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Writes a pod's volumes under `dir` as the kubelet would mount them (ConfigMap keys, Secret
+/// keys decoded, emptyDir), and returns (mountPath, local path) for the container's mounts.
+fn mount_volumes(
+    docs: &[Value],
+    pod: &Value,
+    container: &Value,
+    dir: &Path,
+) -> Vec<(String, PathBuf)> {
+    let volumes = pod["volumes"].as_array().unwrap();
+    container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|mount| {
+            let mount_path = mount["mountPath"].as_str().unwrap().to_string();
+            let local = dir.join(mount_path.trim_start_matches('/'));
+            std::fs::create_dir_all(&local).unwrap();
+            let volume = volumes
+                .iter()
+                .find(|v| v["name"] == mount["name"])
+                .unwrap_or_else(|| panic!("no volume for {mount}"));
+            let files: Vec<(String, String)> =
+                if let Some(name) = volume["configMap"]["name"].as_str() {
+                    let data = get(docs, "ConfigMap", name)["data"].as_object().unwrap();
+                    data.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                        .collect()
+                } else if let Some(name) = volume["secret"]["secretName"].as_str() {
+                    let data = get(docs, "Secret", name)["data"].as_object().unwrap();
+                    data.iter().map(|(k, v)| (k.clone(), unb64(v))).collect()
+                } else {
+                    assert!(volume.get("emptyDir").is_some(), "volume kind of {volume}");
+                    Vec::new()
+                };
+            for (file, text) in files {
+                std::fs::write(local.join(file), text).unwrap();
+            }
+            (mount_path, local)
+        })
+        .collect()
+}
+
+/// straitd takes the chart's command line as it is, with the chart's files in place: only the
+/// mount paths and listen ports are moved (to a temp dir and free loopback ports). It becomes
+/// ready against a real API server, and its webhook port serves the name the API server calls
+/// with a certificate that chains to the caBundle the chart gives the webhooks.
+#[test]
+fn straitd_starts_with_the_charts_command_line() -> anyhow::Result<()> {
+    let test = "straitd_starts_with_the_charts_command_line";
+    let Some(helm) = helm(test) else {
+        return Ok(());
+    };
+    if !kube::available(test) {
+        return Ok(());
+    }
+    let docs = render(&helm, "strait", &[]);
+    let deployment = get(&docs, "Deployment", "straitd");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let straitd = container(deployment, "straitd");
+    let dir = strait_tests::process::workdir("strait-chart-straitd")?;
+    let mounts = mount_volumes(&docs, pod, straitd, dir.path());
+    let mut ports = std::collections::BTreeMap::new();
+    let args: Vec<String> = strings(&straitd["args"])
+        .into_iter()
+        .map(|arg| {
+            let mut arg = arg.to_string();
+            for (mount_path, local) in &mounts {
+                arg = arg.replace(&format!("={mount_path}"), &format!("={}", local.display()));
+            }
+            if let Some((flag, addr)) = arg.split_once('=')
+                && let Ok(addr) = addr.parse::<std::net::SocketAddr>()
+            {
+                let port = strait_tests::ports::free_port();
+                ports.insert(addr.port(), port);
+                arg = format!("{flag}=127.0.0.1:{port}");
+            }
+            arg
+        })
+        .collect();
+    assert!(args.iter().any(|a| a == "--kubernetes"), "{args:?}");
+
+    let api = KubeApi::start()?;
+    api.kubectl(&[
+        "apply",
+        "-f",
+        &root()
+            .join("charts/strait-base/files/crds.yaml")
+            .display()
+            .to_string(),
+    ])?;
+    api.ensure_namespace("strait-system")?;
+    let mut cmd = Command::new(strait_tests::bins::straitd());
+    cmd.args(&args)
+        .env("KUBECONFIG", api.kubeconfig_path())
+        .env("POD_NAME", "straitd-0")
+        .env("POD_NAMESPACE", "strait-system");
+    let mut child = strait_tests::process::ManagedChild::spawn(
+        "straitd (chart)",
+        cmd,
+        &dir.path().join("straitd.log"),
+    )?;
+    let admin = format!("http://127.0.0.1:{}/readyz", ports[&15014]);
+    child.wait_for("ready", std::time::Duration::from_secs(60), || {
+        match strait_tests::client::get_blocking(&admin)? {
+            (200, _) => Ok(()),
+            (status, body) => anyhow::bail!("/readyz said {status} {body}"),
+        }
+    })?;
+
+    // The webhooks, as the API server reaches them: https://straitd.strait-system.svc:15017,
+    // trusting the caBundle. A DestinationRule with a misspelt field is refused by name.
+    let ca_bundle = unb64(
+        &get(
+            &docs,
+            "ValidatingWebhookConfiguration",
+            "strait-validator-strait-system",
+        )["webhooks"][0]["clientConfig"]["caBundle"],
+    );
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "u-1",
+            "operation": "CREATE",
+            "object": {
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "DestinationRule",
+                "metadata": {"name": "r", "namespace": "default"},
+                "spec": {"host": "r", "subsets": [{"name": "v1", "lables": {"version": "v1"}}]},
+            },
+        },
+    });
+    let webhook: std::net::SocketAddr = format!("127.0.0.1:{}", ports[&15017]).parse()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let req = strait_tests::Req::post("straitd.strait-system.svc", "/validate", review.to_string())
+        .header("content-type", "application/json");
+    let (resp, _) = runtime.block_on(strait_tests::client::https_request(
+        webhook,
+        "straitd.strait-system.svc",
+        &ca_bundle,
+        &req,
+    ))?;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let answer: Value = serde_json::from_str(&resp.body)?;
+    assert_eq!(answer["response"]["uid"], "u-1");
+    assert_eq!(answer["response"]["allowed"], false, "{answer}");
+    let message = answer["response"]["status"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("lables"), "{answer}");
+    child.kill();
+    Ok(())
+}
