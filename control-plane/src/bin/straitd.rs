@@ -93,6 +93,9 @@ struct Args {
     /// status [default: $POD_NAMESPACE, else strait-system].
     #[arg(long, env = "STRAIT_LEASE_NAMESPACE")]
     lease_namespace: Option<String>,
+    /// How long a Lease holder that stopped renewing keeps it (it renews every 2 s).
+    #[arg(long, env = "STRAIT_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    lease_duration: std::time::Duration,
     /// This replica's name in the Lease [default: $POD_NAME, else HOSTNAME-PID].
     #[arg(long, env = "STRAIT_REPLICA_ID")]
     replica_id: Option<String>,
@@ -209,8 +212,8 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|| "strait-system".into()),
             name: "straitd-status".into(),
             identity: args.replica_id.clone().unwrap_or_else(replica_identity),
-            duration: std::time::Duration::from_secs(15),
-            renew: std::time::Duration::from_secs(2),
+            duration: args.lease_duration,
+            renew: std::time::Duration::from_secs(2).min(args.lease_duration / 2),
         };
         let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(strait_control_plane::kube::lease::run(

@@ -420,14 +420,28 @@ impl State {
                 .cloned();
             match present {
                 None => self.remove(id, &mut changes),
-                Some(object) => match serde_json::to_value(&object)
-                    .map_err(|e| e.to_string())
-                    .and_then(|v| convert::istio_object(&v).map_err(|e| e.to_string()))
-                {
-                    Ok(object) => self.upsert(object, &mut changes),
-                    // Malformed: refused alone; its last good version (if any) stays in force.
-                    Err(e) => tracing::error!(object = %id, "refused: {e}"),
-                },
+                Some(object) => {
+                    let read = serde_json::to_value(&object)
+                        .map_err(|e| strait_model::ValidationError {
+                            origin: format!("Kubernetes {id}"),
+                            object: Some(id.clone()),
+                            path: String::new(),
+                            message: e.to_string(),
+                        })
+                        .and_then(|v| convert::istio_object(&v));
+                    match read {
+                        Ok(object) => self.upsert(object, &mut changes),
+                        // Malformed: refused alone; its last good version (if any) stays in
+                        // force, and its status says why.
+                        Err(e) => {
+                            tracing::error!(object = %id, "refused: {e}");
+                            // Remembered as sent-but-unreadable: a good version (even the
+                            // last good one again) is sent anew, and a delete clears it.
+                            self.sent.insert(id.clone(), serde_json::Value::Null);
+                            changes.push(KubeChange::Malformed(id, e));
+                        }
+                    }
+                }
             }
         }
         changes

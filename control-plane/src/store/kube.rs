@@ -21,6 +21,9 @@ pub(super) type Build<'a> =
 pub enum KubeChange {
     Upsert(Object),
     Remove(ObjectId),
+    /// A version that could not even be read (a misspelt field): refused; the last good one,
+    /// if any, stays in force.
+    Malformed(ObjectId, ValidationError),
 }
 
 /// What the API server holds, split by whether it is in force.
@@ -31,6 +34,8 @@ pub(super) struct KubeLayer {
     /// The latest version of each object that is not in force, and why. An object may be here
     /// and in `accepted` at once: its new version refused, its last good one in force.
     pub(super) refused: BTreeMap<ObjectId, (Object, Vec<ValidationError>)>,
+    /// Versions that could not be read, and why (nothing to retry until a new version comes).
+    pub(super) malformed: BTreeMap<ObjectId, ValidationError>,
 }
 
 /// Where an object from the API server stands, for its `status`.
@@ -62,6 +67,7 @@ impl KubeLayer {
                 KubeChange::Upsert(object) => {
                     let id = object.id.clone();
                     next.refused.remove(&id);
+                    next.malformed.remove(&id);
                     if let Some(old) = next.accepted.insert(id.clone(), object) {
                         previous.entry(id).or_insert(old);
                     }
@@ -69,7 +75,13 @@ impl KubeLayer {
                 KubeChange::Remove(id) => {
                     next.accepted.remove(&id);
                     next.refused.remove(&id);
+                    next.malformed.remove(&id);
                     previous.remove(&id);
+                }
+                KubeChange::Malformed(id, error) => {
+                    // A refused earlier version is not retried: this one supersedes it.
+                    next.refused.remove(&id);
+                    next.malformed.insert(id, error);
                 }
             }
         }
@@ -176,6 +188,15 @@ impl KubeLayer {
                 .cloned()
                 .collect();
             out.insert(id.clone(), KubeObjectStatus::Accepted { warnings });
+        }
+        for (id, error) in &self.malformed {
+            out.insert(
+                id.clone(),
+                KubeObjectStatus::Refused {
+                    errors: vec![error.clone()],
+                    last_good_in_force: self.accepted.contains_key(id),
+                },
+            );
         }
         for (id, (_, errors)) in &self.refused {
             out.insert(

@@ -35,6 +35,11 @@ struct Cluster {
 
 impl Cluster {
     fn start(test: &str) -> anyhow::Result<Option<Cluster>> {
+        Self::start_with(test, &[])
+    }
+
+    /// With `extra` flags for straitd.
+    fn start_with(test: &str, extra: &[&str]) -> anyhow::Result<Option<Cluster>> {
         if !strait_tests::netns::available(test) || !strait_tests::kube::available(test) {
             return Ok(None);
         }
@@ -51,17 +56,14 @@ impl Cluster {
         })?;
         let config = ConfigDir::new()?;
         let webhook_port = hub.enter(free_port);
-        let mut options = StraitdOptions::new(config.path());
-        options.xds_ip = Some(IpAddr::V4(HUB_V4));
-        options.extra_args = vec![
-            "--kubernetes".into(),
-            "--webhook-addr".into(),
+        let mut options = straitd_options(&config, &kube);
+        options.extra_args.extend([
+            "--webhook-addr".to_string(),
             format!("127.0.0.1:{webhook_port}"),
-        ];
-        options.env = vec![(
-            "KUBECONFIG".into(),
-            kube.kubeconfig_path().display().to_string(),
-        )];
+        ]);
+        options
+            .extra_args
+            .extend(extra.iter().map(|a| a.to_string()));
         let straitd = hub.spawn_from(move || Straitd::start(options))??;
         Ok(Some(Cluster {
             proxy: None,
@@ -101,7 +103,12 @@ impl Cluster {
         let addr = SocketAddr::new(WEB_VIP.parse()?, 80);
         self.pod.block_on(async {
             HttpClient::without_pooling()
-                .request(addr, &Req::get("web.shop", "/"))
+                // Until the Service is known, the request passes through to its (absent) VIP:
+                // a short timeout lets the next attempt find it.
+                .request(
+                    addr,
+                    &Req::get("web.shop", "/").timeout(Duration::from_millis(500)),
+                )
                 .await
         })
     }
@@ -137,6 +144,18 @@ impl Cluster {
             subsets.join("\n")
         )
     }
+}
+
+/// straitd watching `kube`, its xDS ports on the hub's bridge address.
+fn straitd_options(config: &ConfigDir, kube: &KubeApi) -> StraitdOptions {
+    let mut options = StraitdOptions::new(config.path());
+    options.xds_ip = Some(IpAddr::V4(HUB_V4));
+    options.extra_args = vec!["--kubernetes".into()];
+    options.env = vec![(
+        "KUBECONFIG".into(),
+        kube.kubeconfig_path().display().to_string(),
+    )];
+    options
 }
 
 const WEB: &str = "apiVersion: v1
@@ -206,6 +225,10 @@ fn services_and_endpoints_from_the_api_server_reach_the_sidecar() -> anyhow::Res
 }
 
 fn webhook_configuration(port: u16, ca_bundle: &str) -> String {
+    webhook_configuration_with(port, ca_bundle, "Fail")
+}
+
+fn webhook_configuration_with(port: u16, ca_bundle: &str, failure_policy: &str) -> String {
     format!(
         "apiVersion: admissionregistration.k8s.io/v1
 kind: MutatingWebhookConfiguration
@@ -214,7 +237,8 @@ webhooks:
 - name: inject.strait.io
   admissionReviewVersions: [v1]
   sideEffects: None
-  failurePolicy: Fail
+  failurePolicy: {failure_policy}
+  timeoutSeconds: 3
   clientConfig: {{url: 'https://127.0.0.1:{port}/inject', caBundle: {ca_bundle}}}
   namespaceSelector: {{matchLabels: {{strait-injection: enabled}}}}
   rules: [{{operations: [CREATE], apiGroups: [''], apiVersions: [v1], resources: [pods]}}]
@@ -279,5 +303,284 @@ fn the_injection_webhook_adds_the_sidecar_where_asked() -> anyhow::Result<()> {
         opted_out == ["app"],
         "the opt-out is honoured: {opted_out:?}"
     );
+
+    // With straitd gone: failurePolicy Fail refuses the pod, Ignore lets it in uninjected.
+    let mut cluster = cluster;
+    cluster.straitd.kill();
+    let refused = cluster.apply(&pod("meshed", "while-down", ""));
+    anyhow::ensure!(
+        refused.is_err(),
+        "failurePolicy Fail refuses pods while the webhook is down: {refused:?}"
+    );
+    cluster.apply(&webhook_configuration_with(
+        cluster.webhook_port,
+        &bundle,
+        "Ignore",
+    ))?;
+    cluster.apply(&pod("meshed", "while-down", ""))?;
+    let json = cluster.kubectl(&["get", "pod", "-n", "meshed", "while-down", "-o", "json"])?;
+    let uninjected = containers(&json)?;
+    anyhow::ensure!(
+        uninjected == ["app"],
+        "failurePolicy Ignore admits the pod as it is: {uninjected:?}"
+    );
+    Ok(())
+}
+
+/// Istio's CRDs, as `straitctl crds` makes them, installed and established.
+fn install_crds(cluster: &Cluster) -> anyhow::Result<()> {
+    let out = std::process::Command::new(strait_tests::bins::straitctl())
+        .arg("crds")
+        .output()?;
+    anyhow::ensure!(out.status.success(), "straitctl crds: {out:?}");
+    cluster.apply(&String::from_utf8(out.stdout)?)?;
+    cluster.kubectl(&[
+        "wait",
+        "--for=condition=established",
+        "--timeout=30s",
+        "crd/virtualservices.networking.istio.io",
+        "crd/destinationrules.networking.istio.io",
+    ])?;
+    Ok(())
+}
+
+fn reviews_vs(route: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web, namespace: shop}}
+spec:
+  hosts: [web.shop.svc.cluster.local]
+  http:
+  - route:
+    - {route}
+"
+    )
+}
+
+const WEB_DR: &str = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: shop}
+spec:
+  host: web.shop.svc.cluster.local
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+";
+
+/// The `Reconciled` condition straitd wrote into an object's status: (status, message).
+fn reconciled(cluster: &Cluster, kind: &str, name: &str) -> anyhow::Result<(String, String)> {
+    let json: serde_json::Value =
+        serde_json::from_str(&cluster.kubectl(&["get", kind, "-n", "shop", name, "-o", "json"])?)?;
+    let condition = json["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Reconciled")
+        .ok_or_else(|| anyhow::anyhow!("no Reconciled condition yet: {}", json["status"]))?;
+    Ok((
+        condition["status"].as_str().unwrap_or_default().to_string(),
+        condition["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    ))
+}
+
+fn validating_webhook(port: u16, ca_bundle: &str) -> String {
+    format!(
+        "apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata: {{name: strait-validator}}
+webhooks:
+- name: validate.strait.io
+  admissionReviewVersions: [v1]
+  sideEffects: None
+  failurePolicy: Fail
+  clientConfig: {{url: 'https://127.0.0.1:{port}/validate', caBundle: {ca_bundle}}}
+  rules:
+  - {{operations: [CREATE, UPDATE], apiGroups: [networking.istio.io, security.istio.io], apiVersions: ['*'], resources: ['*']}}
+"
+    )
+}
+
+/// Istio objects from the API server: a bad field is refused by the validating webhook with
+/// the validator's message; applied with the webhook off, it is refused alone (its status
+/// says why, the last good version stays in force) while a good change after it still reaches
+/// the proxy; a fixed version goes into force.
+#[test]
+fn istio_objects_are_validated_refused_alone_and_get_a_status() -> anyhow::Result<()> {
+    let Some(mut cluster) =
+        Cluster::start("istio_objects_are_validated_refused_alone_and_get_a_status")?
+    else {
+        return Ok(());
+    };
+    install_crds(&cluster)?;
+    cluster.namespace("shop")?;
+    cluster.namespace("strait-system")?;
+    cluster.start_sidecar()?;
+    cluster.apply(WEB)?;
+    cluster.apply(&cluster.endpoints(&[0, 1]))?;
+    cluster.apply(WEB_DR)?;
+    cluster.apply(&reviews_vs(
+        "destination: {host: web.shop.svc.cluster.local, subset: v1}",
+    ))?;
+    eventually_blocking(Duration::from_secs(5), || {
+        let tally = cluster.tally_web(10);
+        anyhow::ensure!(tally.get("web-v1") == Some(&10), "{tally:?}");
+        Ok(())
+    })?;
+    eventually_blocking(Duration::from_secs(10), || {
+        let (status, message) = reconciled(&cluster, "virtualservice", "web")?;
+        anyhow::ensure!(status == "True", "{message}");
+        Ok(())
+    })?;
+
+    // The validating webhook refuses a misspelt field with the validator's message.
+    use base64::Engine as _;
+    let bundle = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(cluster.straitd.root_cert())?);
+    cluster.apply(&validating_webhook(cluster.webhook_port, &bundle))?;
+    let bad = reviews_vs(
+        "destination: {host: web.shop.svc.cluster.local, subset: v2}\n      weigth: 100",
+    );
+    let refused = cluster
+        .apply(&bad)
+        .expect_err("the webhook refuses a misspelt field");
+    let message = format!("{refused:#}");
+    anyhow::ensure!(
+        message.contains("weigth") && message.contains("VirtualService shop/web"),
+        "{message}"
+    );
+
+    // Without the webhook the API server stores it; straitd refuses it alone.
+    cluster.kubectl(&[
+        "delete",
+        "validatingwebhookconfiguration",
+        "strait-validator",
+    ])?;
+    cluster.apply(&bad)?;
+    eventually_blocking(Duration::from_secs(10), || {
+        let (status, message) = reconciled(&cluster, "virtualservice", "web")?;
+        anyhow::ensure!(
+            status == "False"
+                && message.contains("weigth")
+                && message.contains("last good version stays in force"),
+            "{status}: {message}"
+        );
+        Ok(())
+    })?;
+    let tally = cluster.tally_web(10);
+    anyhow::ensure!(
+        tally.get("web-v1") == Some(&10),
+        "the last good version routes: {tally:?}"
+    );
+    // A good change after it still reaches the proxy: a new Service answers on its VIP.
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: api, namespace: shop}}\nspec: {{clusterIP: 10.96.0.51, ports: [{{name: http, port: 80}}]}}\n---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: api, namespace: shop}}\nsubsets: [{{addresses: [{{ip: {HUB_V4}}}], ports: [{{name: http, port: {}}}]}}]\n",
+        cluster.backends[1].port()
+    ))?;
+    eventually_blocking(PROPAGATION + Duration::from_secs(1), || {
+        let addr = SocketAddr::new("10.96.0.51".parse()?, 80);
+        let resp = cluster.pod.block_on(async {
+            HttpClient::without_pooling()
+                // Until the Service is known, the request passes through to its (absent) VIP.
+                .request(
+                    addr,
+                    &Req::get("api.shop", "/").timeout(Duration::from_millis(500)),
+                )
+                .await
+        })?;
+        anyhow::ensure!(resp.status == 200 && resp.body == "web-v2", "{resp:?}");
+        Ok(())
+    })?;
+    // The fixed version goes into force.
+    cluster.apply(&reviews_vs(
+        "destination: {host: web.shop.svc.cluster.local, subset: v2}",
+    ))?;
+    eventually_blocking(PROPAGATION, || {
+        let tally = cluster.tally_web(10);
+        anyhow::ensure!(tally.get("web-v2") == Some(&10), "{tally:?}");
+        Ok(())
+    })?;
+    let hub = cluster.net.hub().clone();
+    hub.block_on(crate::common::assert_no_nacks(&cluster.straitd))
+}
+
+fn lease_holder(cluster: &Cluster) -> anyhow::Result<String> {
+    let json: serde_json::Value = serde_json::from_str(&cluster.kubectl(&[
+        "get",
+        "lease",
+        "-n",
+        "strait-system",
+        "straitd-status",
+        "-o",
+        "json",
+    ])?)?;
+    Ok(json["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string())
+}
+
+/// Two straitd replicas: both serve xDS from the API server; one holds the Lease and writes
+/// status; killed, the Lease moves to the other, which then writes status.
+#[test]
+fn two_replicas_serve_and_the_lease_moves_when_the_leader_dies() -> anyhow::Result<()> {
+    let Some(mut cluster) = Cluster::start_with(
+        "two_replicas_serve_and_the_lease_moves_when_the_leader_dies",
+        &["--lease-duration", "4s", "--replica-id", "first"],
+    )?
+    else {
+        return Ok(());
+    };
+    install_crds(&cluster)?;
+    cluster.namespace("shop")?;
+    cluster.namespace("strait-system")?;
+    eventually_blocking(Duration::from_secs(10), || {
+        let holder = lease_holder(&cluster)?;
+        anyhow::ensure!(holder == "first", "holder {holder:?}");
+        Ok(())
+    })?;
+    let config = ConfigDir::new()?;
+    let mut options = straitd_options(&config, &cluster.kube);
+    options
+        .extra_args
+        .extend(["--lease-duration", "4s", "--replica-id", "second"].map(String::from));
+    let second = cluster
+        .net
+        .hub()
+        .spawn_from(move || Straitd::start(options))??;
+    // The second replica serves too: a sidecar on it gets the Service from the API server.
+    cluster.pod.capture(&[])?;
+    let spec = ProxySpec::sidecar("client-1.shop", "shop", &[("app", "client")]).secure("client");
+    let xds = XdsTarget::for_spec(&second, &spec)?;
+    cluster.proxy = Some(cluster.pod.start_proxy(&*data_plane(), &xds, spec)?);
+    cluster.apply(WEB)?;
+    cluster.apply(&cluster.endpoints(&[0]))?;
+    eventually_blocking(PROPAGATION, || {
+        let resp = cluster.get_web()?;
+        anyhow::ensure!(resp.status == 200, "{resp:?}");
+        Ok(())
+    })?;
+    anyhow::ensure!(
+        lease_holder(&cluster)? == "first",
+        "the first keeps the Lease"
+    );
+
+    cluster.straitd.kill();
+    eventually_blocking(Duration::from_secs(15), || {
+        let holder = lease_holder(&cluster)?;
+        anyhow::ensure!(holder == "second", "holder {holder:?}");
+        Ok(())
+    })?;
+    // The new leader writes status.
+    cluster.apply(WEB_DR)?;
+    eventually_blocking(Duration::from_secs(10), || {
+        let (status, message) = reconciled(&cluster, "destinationrule", "web")?;
+        anyhow::ensure!(status == "True", "{message}");
+        Ok(())
+    })?;
+    drop(second);
     Ok(())
 }
