@@ -1,11 +1,14 @@
-//! The Helm charts (`charts/strait-base`, `charts/strait`):
+//! The Helm charts (`charts/strait-base`, `charts/strait`) and the images (`images/*/Dockerfile`):
 //! `helm lint --strict`, every rendering checked by `kubernetes-validate` against Kubernetes
 //! 1.33's schemas, what the rendered objects say (replicas, ports, selectors, RBAC, injector
-//! settings, the CA straitd is given).
+//! settings, the CA straitd is given), and that the Dockerfiles build what the chart runs.
 //!
-//! helm and kubernetes-validate come from `STRAIT_HELM` and `STRAIT_KUBERNETES_VALIDATE`, else
-//! `~/.cache/strait/kube/bin/`. Without them a test says it was skipped, unless `CI=true`,
-//! where it fails.
+//! The charts are also installed on a real kube-apiserver (the kube harness): the CRDs become
+//! established, Istio's samples are stored through them, upgrades keep the CA.
+//!
+//! The tools are the kube harness's (`STRAIT_HELM`, `STRAIT_KUBERNETES_VALIDATE`, ... else the
+//! tools cache of scripts/install-kube-tools.sh). Without them a test says it was skipped,
+//! unless `CI=true`, where it fails.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
@@ -15,6 +18,8 @@ use std::process::Command;
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use strait_tests::eventually_blocking;
+use strait_tests::kube::{self, KubeApi, Tool};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -25,26 +30,14 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The tool from `env`, else from `~/.cache/strait/kube/bin`; `None` (after saying so) when
-/// it is not there, except under `CI=true`.
-fn tool(test: &str, env: &str, name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os(env).map(PathBuf::from).or_else(|| {
-        std::env::var_os("HOME")
-            .map(|home| Path::new(&home).join(".cache/strait/kube/bin").join(name))
-    });
-    if let Some(path) = path.filter(|p| p.is_file()) {
-        return Some(path);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} needs {name} ({env}, or ~/.cache/strait/kube/bin/{name}); CI=true: not skipping"
-    );
-    println!("skipped {test}: needs {name} (set {env}, or install it in ~/.cache/strait/kube/bin)");
-    None
+/// A tool of the kube harness (`$STRAIT_HELM`, ... else the tools cache), or `None` after
+/// saying the test was skipped (under `CI=true`, a panic instead).
+fn tool(test: &str, tool: Tool) -> Option<PathBuf> {
+    kube::tools_available(test, &[tool]).then(|| tool.path().expect("just found"))
 }
 
 fn helm(test: &str) -> Option<PathBuf> {
-    tool(test, "STRAIT_HELM", "helm")
+    tool(test, Tool::Helm)
 }
 
 fn run(program: &Path, args: &[&str]) -> Result<String, String> {
@@ -175,10 +168,7 @@ fn charts_lint_strictly() {
 #[test]
 fn rendered_charts_pass_kubernetes_validate() {
     let test = "rendered_charts_pass_kubernetes_validate";
-    let (Some(helm), Some(validate)) = (
-        helm(test),
-        tool(test, "STRAIT_KUBERNETES_VALIDATE", "kubernetes-validate"),
-    ) else {
+    let (Some(helm), Some(validate)) = (helm(test), tool(test, Tool::KubernetesValidate)) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -239,6 +229,26 @@ fn rendered_charts_pass_kubernetes_validate() {
     }
 }
 
+#[test]
+fn values_are_checked_against_the_schema() {
+    let Some(helm) = helm("values_are_checked_against_the_schema") else {
+        return;
+    };
+    for (set, expected) in [
+        ("gateway.enabeld=true", "'enabeld' not allowed"),
+        ("webhook.failurePolicy=Sometimes", "failurePolicy"),
+        ("straitd.replicas=0", "replicas"),
+        ("meshConfig.outboundTrafficPolicy.mode=ALLOW", "mode"),
+        (
+            "injection.tokenExpirationSeconds=60",
+            "tokenExpirationSeconds",
+        ),
+    ] {
+        let refused = template_text(&helm, "strait", &[set]).unwrap_err();
+        assert!(refused.contains(expected), "--set {set}: {refused}");
+    }
+}
+
 // === straitd ===
 
 #[test]
@@ -277,6 +287,7 @@ fn straitd_runs_as_the_values_say() {
         "--admin-addr=0.0.0.0:15014",
         "--plugin-ca-dir=/etc/cacerts",
         "--mesh-config=/etc/strait/mesh/mesh.yaml",
+        "--injection-settings=/etc/strait/injector/settings.yaml",
         "--server-names=straitd,straitd.strait-system,straitd.strait-system.svc,straitd.strait-system.svc.cluster.local",
     ] {
         assert!(args.contains(&expected), "{expected} missing from {args:?}");
@@ -623,32 +634,15 @@ fn the_generated_ca_is_one_straitd_loads() {
 
 // === injection ===
 
-/// The injection crate's InjectSettings fields (control-plane/inject/src/settings.rs), which
-/// refuse any other: the ConfigMap must hold these and no more.
-const SETTINGS_FIELDS: [&str; 15] = [
-    "caRootConfigMap",
-    "caRootKey",
-    "capture",
-    "holdApplicationUntilProxyStarts",
-    "image",
-    "imagePullPolicy",
-    "nativeSidecars",
-    "ports",
-    "proxyGid",
-    "proxyUid",
-    "resources",
-    "tokenAudience",
-    "tokenExpirationSeconds",
-    "trustDomain",
-    "xdsAddress",
-];
-
-fn injector_settings(docs: &[Value]) -> Value {
-    let text = get(docs, "ConfigMap", "strait-injector")["data"]["settings.yaml"]
+fn injector_text(docs: &[Value]) -> String {
+    get(docs, "ConfigMap", "strait-injector")["data"]["settings.yaml"]
         .as_str()
         .unwrap()
-        .to_string();
-    serde_yaml_ng::from_str(&text).unwrap()
+        .to_string()
+}
+
+fn injector_settings(docs: &[Value]) -> Value {
+    serde_yaml_ng::from_str(&injector_text(docs)).unwrap()
 }
 
 #[test]
@@ -657,14 +651,24 @@ fn injector_settings_come_from_the_values() {
         return;
     };
     let docs = render(&helm, "strait", &[]);
+    // Read as straitd reads --injection-settings (unknown fields refused, values checked): the
+    // chart's defaults are the injector's own, with the chart's image pull policy.
+    let parsed = strait_inject::InjectSettings::from_yaml(&injector_text(&docs))
+        .unwrap_or_else(|e| panic!("straitd refuses the chart's injection settings: {e}"));
+    let defaults = strait_inject::InjectSettings::default();
+    assert_eq!(
+        parsed,
+        strait_inject::InjectSettings {
+            image_pull_policy: Some("IfNotPresent".into()),
+            ..defaults.clone()
+        }
+    );
+    // And every field is spelt out, so values.yaml documents them all.
     let settings = injector_settings(&docs);
-    let keys: Vec<&str> = settings
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    assert_eq!(keys, SETTINGS_FIELDS);
+    let fields = serde_json::to_value(&defaults).unwrap();
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&settings), keys(&fields));
+    assert_eq!(keys(&settings["capture"]), keys(&fields["capture"]));
     assert_eq!(
         settings["image"],
         format!("ghcr.io/strait-mesh/strait-proxy:{VERSION}")
@@ -682,22 +686,6 @@ fn injector_settings_come_from_the_values() {
     );
     assert_eq!(settings["nativeSidecars"], true);
     assert_eq!(settings["trustDomain"], "cluster.local");
-    assert_eq!(
-        settings["capture"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .collect::<Vec<_>>(),
-        [
-            "excludeInboundPorts",
-            "excludeOutboundCidrs",
-            "excludeOutboundPorts",
-            "includeInboundPorts",
-            "includeOutboundCidrs",
-            "includeOutboundPorts",
-            "ipv6"
-        ]
-    );
 
     let docs = render(
         &helm,
@@ -709,6 +697,9 @@ fn injector_settings_come_from_the_values() {
             "images.proxy.tag=dev",
         ],
     );
+    let parsed = strait_inject::InjectSettings::from_yaml(&injector_text(&docs)).unwrap();
+    assert_eq!(parsed.xds_address, "straitd.mesh.svc:15012");
+    assert!(!parsed.native_sidecars);
     let settings = injector_settings(&docs);
     assert_eq!(settings["xdsAddress"], "straitd.mesh.svc:15012");
     assert_eq!(settings["nativeSidecars"], false);
@@ -788,6 +779,171 @@ fn the_gateway_is_strait_proxy_in_gateway_mode() {
     );
 }
 
+// === images ===
+
+/// The parts of a Dockerfile the chart depends on.
+#[derive(Debug, Default)]
+struct Dockerfile {
+    stages: Vec<String>,
+    labels: Vec<(String, String)>,
+    expose: BTreeSet<u64>,
+    entrypoint: Vec<String>,
+    user: String,
+    run: String,
+}
+
+fn dockerfile(image: &str) -> Dockerfile {
+    let path = root().join("images").join(image).join("Dockerfile");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    // Continuation lines joined, comments dropped.
+    let mut lines = Vec::new();
+    let mut current = String::new();
+    for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        match line.strip_suffix('\\') {
+            Some(part) => current.push_str(part),
+            None => {
+                current.push_str(line);
+                lines.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    let mut file = Dockerfile::default();
+    for line in lines {
+        let line = line.trim();
+        let Some((instruction, rest)) = line.split_once(char::is_whitespace) else {
+            continue;
+        };
+        let rest = rest.trim();
+        match instruction {
+            "FROM" => file.stages.push(rest.to_string()),
+            "EXPOSE" => file
+                .expose
+                .extend(rest.split_whitespace().map(|p| p.parse::<u64>().unwrap())),
+            "ENTRYPOINT" => file.entrypoint = serde_json::from_str(rest).unwrap(),
+            "USER" => file.user = rest.to_string(),
+            "RUN" => file.run.push_str(rest),
+            "LABEL" => {
+                for pair in rest.split("\" ") {
+                    let (key, value) = pair.trim().split_once('=').unwrap();
+                    file.labels
+                        .push((key.to_string(), value.trim_matches('"').to_string()));
+                }
+            }
+            _ => {}
+        }
+    }
+    file
+}
+
+fn label<'a>(file: &'a Dockerfile, key: &str) -> &'a str {
+    file.labels
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no LABEL {key}"))
+}
+
+#[test]
+fn dockerfiles_build_what_the_chart_runs() {
+    let Some(helm) = helm("dockerfiles_build_what_the_chart_runs") else {
+        return;
+    };
+    let docs = render(
+        &helm,
+        "strait",
+        &["gateway.enabled=true", "xds.plaintext.enabled=true"],
+    );
+    let straitd_pod = &get(&docs, "Deployment", "straitd")["spec"]["template"]["spec"];
+    let gateway_pod =
+        &get(&docs, "Deployment", "strait-ingressgateway")["spec"]["template"]["spec"];
+    let settings = injector_settings(&docs);
+
+    for (image, pod, container_name, binary, package) in [
+        (
+            "straitd",
+            straitd_pod,
+            "straitd",
+            "straitd",
+            "strait-control-plane",
+        ),
+        (
+            "strait-proxy",
+            gateway_pod,
+            "strait-proxy",
+            "strait-proxy",
+            "strait-proxy",
+        ),
+    ] {
+        let file = dockerfile(image);
+        assert_eq!(
+            file.stages[0], "rust:1-bookworm AS build",
+            "{image}: the builder"
+        );
+        assert_eq!(label(&file, "org.opencontainers.image.title"), image);
+        assert_eq!(label(&file, "org.opencontainers.image.version"), VERSION);
+        // The chart runs the image by its name and version.
+        let container = pod["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == container_name)
+            .unwrap();
+        assert_eq!(
+            container["image"],
+            format!("ghcr.io/strait-mesh/{image}:{VERSION}")
+        );
+        // The chart gives args only: the entrypoint is the binary, built static.
+        assert!(container.get("command").is_none());
+        assert_eq!(file.entrypoint, [format!("/usr/local/bin/{binary}")]);
+        assert!(
+            file.run.contains(&format!(
+                "cargo rustc --locked --release -p {package} --bin {binary} -- -C target-feature=+crt-static"
+            )),
+            "{image}: {}",
+            file.run
+        );
+        // Non-root, as the chart's pods run.
+        assert_eq!(file.user, "1337:1337");
+        assert_eq!(pod["securityContext"]["runAsUser"], 1337);
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    }
+
+    let straitd = dockerfile("straitd");
+    assert_eq!(straitd.stages[1], "gcr.io/distroless/static-debian12");
+    assert!(
+        straitd.run.contains("--bin straitctl"),
+        "straitctl ships beside straitd"
+    );
+    assert_eq!(
+        straitd.expose,
+        container_ports(container(get(&docs, "Deployment", "straitd"), "straitd")),
+        "EXPOSE and the chart's straitd ports"
+    );
+
+    let proxy = dockerfile("strait-proxy");
+    assert_eq!(proxy.stages[1], "debian:bookworm-slim");
+    assert!(
+        proxy.run.contains("apt-get install") && proxy.run.contains("iptables"),
+        "{}",
+        proxy.run
+    );
+    let mut ports = container_ports(container(
+        get(&docs, "Deployment", "strait-ingressgateway"),
+        "strait-proxy",
+    ));
+    for port in ["outbound", "inbound", "admin"] {
+        ports.insert(settings["ports"][port].as_u64().unwrap());
+    }
+    assert_eq!(
+        proxy.expose, ports,
+        "EXPOSE and the gateway's and sidecar's ports"
+    );
+    assert_eq!(
+        settings["proxyUid"], 1337,
+        "the image's user is the uid capture leaves alone"
+    );
+}
+
 #[test]
 fn chart_versions_are_the_workspace_version() {
     for chart in ["strait-base", "strait"] {
@@ -799,4 +955,395 @@ fn chart_versions_are_the_workspace_version() {
         assert_eq!(meta["version"], VERSION, "{chart}");
         assert_eq!(meta["appVersion"], VERSION, "{chart}");
     }
+}
+
+// === on a real API server ===
+
+/// A CRD's name and its status conditions as (type, status).
+type CrdConditions = (String, Vec<(String, String)>);
+
+fn crd_conditions(api: &KubeApi) -> anyhow::Result<Vec<CrdConditions>> {
+    let list: Value = serde_json::from_str(&api.kubectl(&[
+        "get",
+        "crd",
+        "-l",
+        "app.kubernetes.io/part-of=strait",
+        "-o",
+        "json",
+    ])?)?;
+    Ok(list["items"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|crd| {
+            let conditions = crd["status"]["conditions"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|c| {
+                    let field = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+                    (field("type"), field("status"))
+                })
+                .collect();
+            (
+                crd["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                conditions,
+            )
+        })
+        .collect())
+}
+
+fn secret_data(api: &KubeApi, name: &str) -> anyhow::Result<Value> {
+    let secret: Value = serde_json::from_str(&api.kubectl(&[
+        "get",
+        "secret",
+        name,
+        "-n",
+        "strait-system",
+        "-o",
+        "json",
+    ])?)?;
+    Ok(secret["data"].clone())
+}
+
+#[test]
+fn charts_install_on_a_real_api_server() -> anyhow::Result<()> {
+    let test = "charts_install_on_a_real_api_server";
+    if !kube::available(test) || !kube::tools_available(test, &[Tool::Helm]) {
+        return Ok(());
+    }
+    let api = KubeApi::start()?;
+    let base = root().join("charts/strait-base").display().to_string();
+    let chart = root().join("charts/strait").display().to_string();
+    api.helm(&["install", "strait-base", &base])?;
+    // Every CRD is taken as it is: names accepted, established, and structural (a
+    // non-structural schema would show as NonStructuralSchema, and v1 CRDs would be refused).
+    let crds = eventually_blocking(std::time::Duration::from_secs(60), || {
+        let crds = crd_conditions(&api)?;
+        anyhow::ensure!(crds.len() == 7, "{} CRDs so far", crds.len());
+        for (name, conditions) in &crds {
+            for wanted in ["NamesAccepted", "Established"] {
+                anyhow::ensure!(
+                    conditions.contains(&(wanted.to_string(), "True".to_string())),
+                    "{name}: {conditions:?}"
+                );
+            }
+        }
+        Ok(crds)
+    })?;
+    for (name, conditions) in &crds {
+        assert!(
+            !conditions.iter().any(|(t, _)| t == "NonStructuralSchema"),
+            "{name}: {conditions:?}"
+        );
+    }
+
+    api.ensure_namespace("strait-system")?;
+    // This API server is 1.20: no policy/v1 PodDisruptionBudget yet (1.21). straitd is not
+    // running, so the validation webhook is told to let objects through.
+    let sets = [
+        "--set",
+        "straitd.podDisruptionBudget.enabled=false",
+        "--set",
+        "webhook.validationFailurePolicy=Ignore",
+        "--set",
+        "gateway.enabled=true",
+    ];
+    let mut install = vec!["install", "strait", chart.as_str(), "-n", "strait-system"];
+    install.extend(sets);
+    api.helm(&install)?;
+    let deployment: Value = serde_json::from_str(&api.kubectl(&[
+        "get",
+        "deployment",
+        "straitd",
+        "-n",
+        "strait-system",
+        "-o",
+        "json",
+    ])?)?;
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let ca = secret_data(&api, "cacerts")?;
+    let webhook: Value = serde_json::from_str(&api.kubectl(&[
+        "get",
+        "validatingwebhookconfiguration",
+        "strait-validator-strait-system",
+        "-o",
+        "json",
+    ])?)?;
+    assert_eq!(
+        webhook["webhooks"][0]["clientConfig"]["caBundle"],
+        ca["root-cert.pem"]
+    );
+
+    // Istio's own YAML is stored through the CRDs, in whichever served version it is written.
+    let samples = root().join("../shared/istio-samples");
+    if samples.is_dir() {
+        api.ensure_namespace("default")?;
+        let applied = api.kubectl(&[
+            "apply",
+            "-n",
+            "default",
+            "-f",
+            &samples.display().to_string(),
+        ])?;
+        assert!(
+            applied.contains("virtualservice.networking.istio.io/reviews"),
+            "{applied}"
+        );
+        let listed = api.kubectl(&["get", "vs,dr,gw", "-n", "default", "-o", "name"])?;
+        for name in [
+            "virtualservice.networking.istio.io/reviews",
+            "destinationrule.networking.istio.io/reviews",
+            "gateway.networking.istio.io/bookinfo-gateway",
+        ] {
+            assert!(listed.lines().any(|l| l == name), "{name} not in {listed}");
+        }
+    } else {
+        println!(
+            "{test}: no Istio samples at {}; applying them skipped",
+            samples.display()
+        );
+    }
+    // Every served version, the status subresource, and a field straitd will refuse by name:
+    // kept for it to see, not pruned away.
+    api.ensure_namespace("mesh")?;
+    for version in ["v1", "v1beta1", "v1alpha3"] {
+        api.apply_yaml(&format!(
+            "apiVersion: networking.istio.io/{version}\nkind: DestinationRule\nmetadata: {{name: r-{version}, namespace: mesh}}\nspec: {{host: r, subsets: [{{name: v1, labels: {{version: v1}}}}]}}\n"
+        ))?;
+    }
+    api.apply_yaml(
+        "apiVersion: security.istio.io/v1beta1\nkind: AuthorizationPolicy\nmetadata: {name: deny, namespace: mesh}\nspec: {action: DENY, rules: [{from: [{source: {namespaces: [other]}}]}]}\n",
+    )?;
+    let refused = api
+        .apply_yaml("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: bad, namespace: mesh}\nspec: {host: r, trafficPolicy: {connectionPool: {tcp: {maxConnections: lots}}}}\n")
+        .unwrap_err();
+    assert!(
+        format!("{refused:#}").contains("maxConnections"),
+        "{refused:#}"
+    );
+    api.kubectl_with_input(
+        &["apply", "--validate=false", "-f", "-"],
+        Some("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: typo, namespace: mesh}\nspec: {hosts: [r], http: [{route: [{destination: {host: r}, weigth: 1}]}]}\n"),
+    )?;
+    let stored: Value =
+        serde_json::from_str(&api.kubectl(&["get", "vs", "typo", "-n", "mesh", "-o", "json"])?)?;
+    assert_eq!(
+        stored["spec"]["http"][0]["route"][0]["weigth"], 1,
+        "{stored}"
+    );
+    api.kubectl(&[
+        "patch",
+        "dr",
+        "r-v1",
+        "-n",
+        "mesh",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"conditions":[{"type":"Accepted","status":"True"}]}}"#,
+    ])?;
+    let status = api.kubectl(&[
+        "get",
+        "dr",
+        "r-v1",
+        "-n",
+        "mesh",
+        "-o",
+        "jsonpath={.status.conditions[0].type}",
+    ])?;
+    assert_eq!(status.trim(), "Accepted");
+
+    // An upgrade keeps the mesh CA (lookup), so workload certificates stay trusted.
+    let mut upgrade = vec!["upgrade", "strait", chart.as_str(), "-n", "strait-system"];
+    upgrade.extend(sets);
+    upgrade.extend(["--set", "straitd.replicas=3"]);
+    api.helm(&upgrade)?;
+    assert_eq!(
+        secret_data(&api, "cacerts")?,
+        ca,
+        "the CA changed on upgrade"
+    );
+    let replicas = api.kubectl(&[
+        "get",
+        "deployment",
+        "straitd",
+        "-n",
+        "strait-system",
+        "-o",
+        "jsonpath={.spec.replicas}",
+    ])?;
+    assert_eq!(replicas.trim(), "3");
+
+    // Uninstalling keeps the CA and the CRDs (and so every Istio object).
+    api.helm(&["uninstall", "strait", "-n", "strait-system"])?;
+    api.helm(&["uninstall", "strait-base"])?;
+    assert_eq!(secret_data(&api, "cacerts")?, ca);
+    assert_eq!(crd_conditions(&api)?.len(), 7);
+    assert!(
+        api.kubectl(&["get", "deployment", "straitd", "-n", "strait-system"])
+            .is_err()
+    );
+    Ok(())
+}
+
+/// Writes a pod's volumes under `dir` as the kubelet would mount them (ConfigMap keys, Secret
+/// keys decoded, emptyDir), and returns (mountPath, local path) for the container's mounts.
+fn mount_volumes(
+    docs: &[Value],
+    pod: &Value,
+    container: &Value,
+    dir: &Path,
+) -> Vec<(String, PathBuf)> {
+    let volumes = pod["volumes"].as_array().unwrap();
+    container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|mount| {
+            let mount_path = mount["mountPath"].as_str().unwrap().to_string();
+            let local = dir.join(mount_path.trim_start_matches('/'));
+            std::fs::create_dir_all(&local).unwrap();
+            let volume = volumes
+                .iter()
+                .find(|v| v["name"] == mount["name"])
+                .unwrap_or_else(|| panic!("no volume for {mount}"));
+            let files: Vec<(String, String)> =
+                if let Some(name) = volume["configMap"]["name"].as_str() {
+                    let data = get(docs, "ConfigMap", name)["data"].as_object().unwrap();
+                    data.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                        .collect()
+                } else if let Some(name) = volume["secret"]["secretName"].as_str() {
+                    let data = get(docs, "Secret", name)["data"].as_object().unwrap();
+                    data.iter().map(|(k, v)| (k.clone(), unb64(v))).collect()
+                } else {
+                    assert!(volume.get("emptyDir").is_some(), "volume kind of {volume}");
+                    Vec::new()
+                };
+            for (file, text) in files {
+                std::fs::write(local.join(file), text).unwrap();
+            }
+            (mount_path, local)
+        })
+        .collect()
+}
+
+/// straitd takes the chart's command line as it is, with the chart's files in place: only the
+/// mount paths and listen ports are moved (to a temp dir and free loopback ports). It becomes
+/// ready against a real API server, and its webhook port serves the name the API server calls
+/// with a certificate that chains to the caBundle the chart gives the webhooks.
+#[test]
+fn straitd_starts_with_the_charts_command_line() -> anyhow::Result<()> {
+    let test = "straitd_starts_with_the_charts_command_line";
+    let Some(helm) = helm(test) else {
+        return Ok(());
+    };
+    if !kube::available(test) {
+        return Ok(());
+    }
+    let docs = render(&helm, "strait", &[]);
+    let deployment = get(&docs, "Deployment", "straitd");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let straitd = container(deployment, "straitd");
+    let dir = strait_tests::process::workdir("strait-chart-straitd")?;
+    let mounts = mount_volumes(&docs, pod, straitd, dir.path());
+    let mut ports = std::collections::BTreeMap::new();
+    let args: Vec<String> = strings(&straitd["args"])
+        .into_iter()
+        .map(|arg| {
+            let mut arg = arg.to_string();
+            for (mount_path, local) in &mounts {
+                arg = arg.replace(&format!("={mount_path}"), &format!("={}", local.display()));
+            }
+            if let Some((flag, addr)) = arg.split_once('=')
+                && let Ok(addr) = addr.parse::<std::net::SocketAddr>()
+            {
+                let port = strait_tests::ports::free_port();
+                ports.insert(addr.port(), port);
+                arg = format!("{flag}=127.0.0.1:{port}");
+            }
+            arg
+        })
+        .collect();
+    assert!(args.iter().any(|a| a == "--kubernetes"), "{args:?}");
+
+    let api = KubeApi::start()?;
+    api.kubectl(&[
+        "apply",
+        "-f",
+        &root()
+            .join("charts/strait-base/files/crds.yaml")
+            .display()
+            .to_string(),
+    ])?;
+    api.ensure_namespace("strait-system")?;
+    let mut cmd = Command::new(strait_tests::bins::straitd());
+    cmd.args(&args)
+        .env("KUBECONFIG", api.kubeconfig_path())
+        .env("POD_NAME", "straitd-0")
+        .env("POD_NAMESPACE", "strait-system");
+    let mut child = strait_tests::process::ManagedChild::spawn(
+        "straitd (chart)",
+        cmd,
+        &dir.path().join("straitd.log"),
+    )?;
+    let admin = format!("http://127.0.0.1:{}/readyz", ports[&15014]);
+    child.wait_for("ready", std::time::Duration::from_secs(60), || {
+        match strait_tests::client::get_blocking(&admin)? {
+            (200, _) => Ok(()),
+            (status, body) => anyhow::bail!("/readyz said {status} {body}"),
+        }
+    })?;
+
+    // The webhooks, as the API server reaches them: https://straitd.strait-system.svc:15017,
+    // trusting the caBundle. A DestinationRule with a misspelt field is refused by name.
+    let ca_bundle = unb64(
+        &get(
+            &docs,
+            "ValidatingWebhookConfiguration",
+            "strait-validator-strait-system",
+        )["webhooks"][0]["clientConfig"]["caBundle"],
+    );
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "u-1",
+            "operation": "CREATE",
+            "object": {
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "DestinationRule",
+                "metadata": {"name": "r", "namespace": "default"},
+                "spec": {"host": "r", "subsets": [{"name": "v1", "lables": {"version": "v1"}}]},
+            },
+        },
+    });
+    let webhook: std::net::SocketAddr = format!("127.0.0.1:{}", ports[&15017]).parse()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let req = strait_tests::Req::post("straitd.strait-system.svc", "/validate", review.to_string())
+        .header("content-type", "application/json");
+    let (resp, _) = runtime.block_on(strait_tests::client::https_request(
+        webhook,
+        "straitd.strait-system.svc",
+        &ca_bundle,
+        &req,
+    ))?;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let answer: Value = serde_json::from_str(&resp.body)?;
+    assert_eq!(answer["response"]["uid"], "u-1");
+    assert_eq!(answer["response"]["allowed"], false, "{answer}");
+    let message = answer["response"]["status"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("lables"), "{answer}");
+    child.kill();
+    Ok(())
 }
