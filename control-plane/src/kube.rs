@@ -5,6 +5,7 @@
 pub mod convert;
 pub mod ingress;
 pub mod lease;
+pub mod root_cert;
 pub mod source;
 pub mod status;
 

@@ -240,6 +240,15 @@ async fn main() -> anyhow::Result<()> {
             lease,
             leader_tx,
         ));
+        tokio::spawn(strait_control_plane::kube::root_cert::run(
+            client.clone(),
+            strait_control_plane::kube::root_cert::RootCertOptions {
+                config_map: "strait-ca-root".into(),
+                key: "root-cert.pem".into(),
+                pem: ca.roots_pem().to_string(),
+            },
+            leader_rx.clone(),
+        ));
         tokio::spawn(strait_control_plane::kube::status::run(
             client,
             store.clone(),

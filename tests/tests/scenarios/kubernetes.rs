@@ -304,6 +304,27 @@ fn the_injection_webhook_adds_the_sidecar_where_asked() -> anyhow::Result<()> {
         "the opt-out is honoured: {opted_out:?}"
     );
 
+    // The mesh root the injected sidecar mounts is published in every namespace.
+    cluster.namespace("strait-system")?;
+    let root = std::fs::read_to_string(cluster.straitd.root_cert())?;
+    eventually_blocking(Duration::from_secs(10), || {
+        let json: serde_json::Value = serde_json::from_str(&cluster.kubectl(&[
+            "get",
+            "configmap",
+            "-n",
+            "meshed",
+            "strait-ca-root",
+            "-o",
+            "json",
+        ])?)?;
+        anyhow::ensure!(
+            json["data"]["root-cert.pem"].as_str() == Some(root.as_str()),
+            "{}",
+            json["data"]
+        );
+        Ok(())
+    })?;
+
     // With straitd gone: failurePolicy Fail refuses the pod, Ignore lets it in uninjected.
     let mut cluster = cluster;
     cluster.straitd.kill();
