@@ -597,6 +597,7 @@ spec:
             .map(|c| match c {
                 KubeChange::Upsert(o) => format!("+{}", o.id),
                 KubeChange::Remove(id) => format!("-{id}"),
+                KubeChange::Malformed(id, _) => format!("!{id}"),
             })
             .collect();
         out.sort();
