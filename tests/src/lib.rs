@@ -12,6 +12,7 @@ pub mod config;
 pub mod dataplane;
 pub mod envoy;
 pub mod eventually;
+pub mod golden;
 pub mod kube;
 pub mod netns;
 pub mod otlp;

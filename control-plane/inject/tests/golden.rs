@@ -42,33 +42,7 @@ fn check(dir: &Path) -> Result<(), String> {
         ));
     }
     let expected_path = dir.join("expected.yaml");
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        return std::fs::write(&expected_path, &got).map_err(|e| e.to_string());
-    }
-    let expected = std::fs::read_to_string(&expected_path).map_err(|e| {
-        format!(
-            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
-            expected_path.display()
-        )
-    })?;
-    if expected != got {
-        let diff: Vec<String> = expected
-            .lines()
-            .zip(got.lines())
-            .enumerate()
-            .filter(|(_, (a, b))| a != b)
-            .take(10)
-            .map(|(i, (a, b))| format!("line {}:\n  expected: {a}\n  got:      {b}", i + 1))
-            .collect();
-        return Err(format!(
-            "{} differs ({} vs {} lines):\n{}",
-            expected_path.display(),
-            expected.lines().count(),
-            got.lines().count(),
-            diff.join("\n")
-        ));
-    }
-    Ok(())
+    strait_tests::golden::compare(&expected_path, &got)
 }
 
 #[test]
