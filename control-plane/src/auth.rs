@@ -20,8 +20,9 @@ impl XdsAuthenticator {
     }
 }
 
+#[tonic::async_trait]
 impl Authenticator for XdsAuthenticator {
-    fn authenticate(
+    async fn authenticate(
         &self,
         metadata: &MetadataMap,
         peer_certificates: Option<&[Vec<u8>]>,
