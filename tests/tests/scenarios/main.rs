@@ -7,6 +7,7 @@ mod common;
 mod config_changes;
 mod discovery;
 mod gateway;
+mod kube_tokens;
 mod kubernetes;
 mod mtls;
 mod resilience;
