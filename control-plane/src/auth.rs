@@ -1,37 +1,37 @@
-//! Authentication for straitd's TLS xDS port: the CA's own caller check (bootstrap token or
-//! mesh client certificate) behind the xDS server's `Authenticator`.
+//! Authentication for straitd's TLS xDS port: the CA's own caller check (bootstrap token,
+//! ServiceAccount token with `--kubernetes`, or mesh client certificate) behind the xDS
+//! server's `Authenticator`.
 
-use strait_ca::TokenIssuer;
+use strait_ca::CallerAuth;
 use strait_xds::server::Authenticator;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
 pub struct XdsAuthenticator {
-    tokens: TokenIssuer,
+    auth: CallerAuth,
     trust_domain: String,
 }
 
 impl XdsAuthenticator {
-    pub fn new(tokens: TokenIssuer, trust_domain: String) -> Self {
+    /// `auth` is a `TokenIssuer` alone, or a `CallerAuth` with an external verifier.
+    pub fn new(auth: impl Into<CallerAuth>, trust_domain: String) -> Self {
         XdsAuthenticator {
-            tokens,
+            auth: auth.into(),
             trust_domain,
         }
     }
 }
 
+#[tonic::async_trait]
 impl Authenticator for XdsAuthenticator {
-    fn authenticate(
+    async fn authenticate(
         &self,
         metadata: &MetadataMap,
         peer_certificates: Option<&[Vec<u8>]>,
     ) -> Result<String, Status> {
-        let (identity, _) = strait_ca::authenticate(
-            &self.tokens,
-            &self.trust_domain,
-            metadata,
-            peer_certificates,
-        )?;
+        let (identity, _) =
+            strait_ca::authenticate(&self.auth, &self.trust_domain, metadata, peer_certificates)
+                .await?;
         if identity.trust_domain != self.trust_domain {
             return Err(Status::permission_denied(format!(
                 "{identity} is outside this mesh's trust domain {}",

@@ -1,6 +1,7 @@
 //! The mesh's certificate authority: SPIFFE workload certificates, bootstrap tokens, and Istio's CA gRPC API.
 
-// CertificateAuthority signs; TokenIssuer authenticates workloads that have no certificate yet;
+// CertificateAuthority signs; TokenIssuer authenticates workloads that have no certificate yet
+// (beside an ExternalTokenVerifier, e.g. Kubernetes TokenReview, in CallerAuth);
 // CertificateService serves istio.v1.auth.IstioCertificateService over both.
 
 mod authority;
@@ -15,7 +16,7 @@ pub use authority::{
     CONTROL_PLANE_NAMESPACE, CONTROL_PLANE_SERVICE_ACCOUNT, CaError, CaOptions, CaSource,
     CertificateAuthority, IssuedCert, IssuedKeyPair,
 };
-pub use caller::{AuthMethod, authenticate};
+pub use caller::{AuthMethod, CallerAuth, ExternalTokenError, ExternalTokenVerifier, authenticate};
 pub use csr::CsrError;
 pub use files::FileError;
 pub use identity::{Identity, IdentityError};

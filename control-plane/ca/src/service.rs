@@ -1,6 +1,7 @@
 //! `istio.v1.auth.IstioCertificateService`: authenticates the caller, then signs its CSR.
 
-// A caller proves who it is with a bootstrap token (`authorization: Bearer strait1...`) or with
+// A caller proves who it is with a bootstrap token (`authorization: Bearer strait1...`), another
+// bearer token its external verifier vouches for (a Kubernetes ServiceAccount token), or with
 // the client certificate of its TLS connection (verified against this CA by the TLS layer,
 // which the server's owner configures). The CSR must ask for exactly that identity.
 
@@ -15,10 +16,9 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::authority::{CaError, CertificateAuthority, IssuedCert};
-use crate::caller::{self, AuthMethod};
+use crate::caller::{self, AuthMethod, CallerAuth};
 use crate::csr::CsrError;
 use crate::identity::Identity;
-use crate::tokens::TokenIssuer;
 
 /// Istio's metadata key for acting on another identity's behalf; Strait grants that to no one.
 const IMPERSONATION_KEY: &str = "ImpersonatedIdentity";
@@ -42,17 +42,22 @@ impl Default for ServiceOptions {
 #[derive(Debug, Clone)]
 pub struct CertificateService {
     ca: CertificateAuthority,
-    tokens: TokenIssuer,
+    auth: CallerAuth,
     options: ServiceOptions,
 }
 
 // === impl CertificateService ===
 
 impl CertificateService {
-    pub fn new(ca: CertificateAuthority, tokens: TokenIssuer, options: ServiceOptions) -> Self {
+    /// `auth` is a [`crate::TokenIssuer`] alone, or a [`CallerAuth`] with an external verifier.
+    pub fn new(
+        ca: CertificateAuthority,
+        auth: impl Into<CallerAuth>,
+        options: ServiceOptions,
+    ) -> Self {
         Self {
             ca,
-            tokens,
+            auth: auth.into(),
             options,
         }
     }
@@ -62,23 +67,27 @@ impl CertificateService {
         IstioCertificateServiceServer::new(self)
     }
 
-    fn authenticate<T>(&self, request: &Request<T>) -> Result<(Identity, AuthMethod), Status> {
+    async fn authenticate<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<(Identity, AuthMethod), Status> {
         let certificates: Option<Vec<Vec<u8>>> = request
             .peer_certs()
             .map(|certs| certs.iter().map(|c| c.as_ref().to_vec()).collect());
         caller::authenticate(
-            &self.tokens,
+            &self.auth,
             self.ca.trust_domain(),
             request.metadata(),
             certificates.as_deref(),
         )
+        .await
     }
 
     async fn handle(
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<(IssuedCert, Identity, AuthMethod), Status> {
-        let (identity, method) = self.authenticate(&request)?;
+        let (identity, method) = self.authenticate(&request).await?;
         if identity.trust_domain != self.ca.trust_domain() {
             return Err(Status::permission_denied(format!(
                 "caller {identity} is outside this CA's trust domain {}",

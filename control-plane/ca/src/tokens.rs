@@ -23,6 +23,8 @@ use crate::identity::{Identity, IdentityError};
 pub const TOKEN_KEY_FILE: &str = "token-hmac.key";
 const KEY_LEN: usize = 32;
 const PREFIX: &str = "strait1";
+/// How every bootstrap token starts; other bearer tokens (Kubernetes ones) never do.
+pub(crate) const TOKEN_PREFIX: &str = "strait1.";
 /// Far larger than any real token; bounds the work an attacker can ask for.
 const MAX_TOKEN_LEN: usize = 4096;
 /// Year 9999: keeps `UNIX_EPOCH + exp` representable everywhere.

@@ -83,6 +83,16 @@ struct Args {
     /// server and its RBAC.
     #[arg(long, env = "STRAIT_KUBERNETES")]
     kubernetes: bool,
+    /// With --kubernetes, ServiceAccount tokens (checked with the API server's TokenReview)
+    /// prove identity on the TLS port when they are for one of these audiences (repeatable or
+    /// comma-separated).
+    #[arg(
+        long,
+        env = "STRAIT_TOKEN_AUDIENCE",
+        value_delimiter = ',',
+        default_value = strait_control_plane::kube::tokens::DEFAULT_AUDIENCE
+    )]
+    token_audience: Vec<String>,
     /// Where the admission webhooks (/inject, /validate) are served over HTTPS with a
     /// certificate from the mesh CA (for --server-names); off when not given.
     #[arg(long, env = "STRAIT_WEBHOOK_ADDR")]
@@ -208,6 +218,12 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("connecting to the Kubernetes API server (--kubernetes)")?,
         ),
+    };
+    let tokens = match &kube_client {
+        Some(client) => {
+            strait_control_plane::kube::tokens::caller_auth(tokens, client, &args.token_audience)?
+        }
+        None => tokens.into(),
     };
     if let Some(client) = kube_client.clone() {
         let options = strait_control_plane::kube::KubeSourceOptions {

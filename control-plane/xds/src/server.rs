@@ -67,10 +67,12 @@ impl From<StreamError> for Status {
 }
 
 /// Decides who a stream's client is, from its request metadata (a bearer token) and the
-/// certificates it presented on the TLS connection (DER, leaf first).
+/// certificates it presented on the TLS connection (DER, leaf first). Asynchronous: checking a
+/// token may take a call to another server (Kubernetes TokenReview).
+#[tonic::async_trait]
 pub trait Authenticator: Send + Sync + 'static {
     /// The caller's SPIFFE identity, or a status that ends the stream.
-    fn authenticate(
+    async fn authenticate(
         &self,
         metadata: &tonic::metadata::MetadataMap,
         peer_certificates: Option<&[Vec<u8>]>,
@@ -138,7 +140,7 @@ impl AdsServer {
             .collect()
     }
 
-    fn start<P: Protocol>(
+    async fn start<P: Protocol>(
         &self,
         request: Request<Streaming<P::Request>>,
     ) -> Result<ReceiverStream<Result<P::Response, Status>>, Status> {
@@ -148,7 +150,10 @@ impl AdsServer {
                 let certificates: Option<Vec<Vec<u8>>> = request
                     .peer_certs()
                     .map(|certs| certs.iter().map(|c| c.as_ref().to_vec()).collect());
-                match authenticator.authenticate(request.metadata(), certificates.as_deref()) {
+                match authenticator
+                    .authenticate(request.metadata(), certificates.as_deref())
+                    .await
+                {
                     Ok(identity) => Some(identity),
                     Err(status) => {
                         tracing::warn!(%status, remote = ?request.remote_addr(), "refusing unauthenticated xDS stream");
@@ -177,14 +182,14 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Ok(Response::new(self.start::<Sotw>(request)?))
+        Ok(Response::new(self.start::<Sotw>(request).await?))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Ok(Response::new(self.start::<Delta>(request)?))
+        Ok(Response::new(self.start::<Delta>(request).await?))
     }
 }
 

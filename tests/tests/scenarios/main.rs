@@ -8,6 +8,7 @@ mod config_changes;
 mod discovery;
 mod gateway;
 mod kube_ingress;
+mod kube_tokens;
 mod kubernetes;
 mod mtls;
 mod resilience;
