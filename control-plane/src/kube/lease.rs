@@ -104,3 +104,45 @@ async fn try_acquire(api: &Api<Lease>, o: &LeaseOptions) -> Result<bool, kube::E
         Err(e) => Err(e),
     }
 }
+
+/// Paces work that only the leader does: [`Leading::tick`] returns once this replica leads and
+/// the interval since the last tick has passed (or leadership changed).
+pub struct Leading {
+    leader: watch::Receiver<bool>,
+    interval: Duration,
+    started: bool,
+    was_leading: bool,
+}
+
+impl Leading {
+    pub fn new(leader: watch::Receiver<bool>, interval: Duration) -> Leading {
+        Leading {
+            leader,
+            interval,
+            started: false,
+            was_leading: false,
+        }
+    }
+
+    /// `Some(fresh)` when it is time to work, `fresh` when leadership was (re)gained since the
+    /// last tick, so what was remembered as written must be written again; `None` once the
+    /// election has ended.
+    pub async fn tick(&mut self) -> Option<bool> {
+        if self.started {
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                changed = self.leader.changed() => changed.ok()?,
+            }
+        }
+        self.started = true;
+        loop {
+            if *self.leader.borrow_and_update() {
+                let fresh = !self.was_leading;
+                self.was_leading = true;
+                return Some(fresh);
+            }
+            self.was_leading = false;
+            self.leader.changed().await.ok()?;
+        }
+    }
+}

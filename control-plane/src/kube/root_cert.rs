@@ -2,12 +2,14 @@
 //! `istio-ca-root-cert`; here `strait-ca-root`, key `root-cert.pem`), which injected sidecars
 //! mount to verify straitd. Written by the leader only; kept current when the root changes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams};
 use tokio::sync::watch;
+
+use super::lease::Leading;
 
 /// How often namespaces are looked over while leading.
 const INTERVAL: Duration = Duration::from_secs(2);
@@ -38,21 +40,14 @@ pub fn config_map(options: &RootCertOptions, namespace: &str) -> ConfigMap {
 }
 
 /// Keeps the ConfigMap in every namespace while `leader` is true; forever.
-pub async fn run(
-    client: kube::Client,
-    options: RootCertOptions,
-    mut leader: watch::Receiver<bool>,
-) {
+pub async fn run(client: kube::Client, options: RootCertOptions, leader: watch::Receiver<bool>) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     // Namespaces written with the current root; forgotten when leadership is lost.
-    let mut done: BTreeMap<String, ()> = BTreeMap::new();
-    loop {
-        if !*leader.borrow_and_update() {
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    let mut leading = Leading::new(leader, INTERVAL);
+    while let Some(fresh) = leading.tick().await {
+        if fresh {
             done.clear();
-            if leader.changed().await.is_err() {
-                return;
-            }
-            continue;
         }
         match namespaces.list(&ListParams::default()).await {
             Ok(list) => {
@@ -60,7 +55,7 @@ pub async fn run(
                     let Some(name) = ns.metadata.name else {
                         continue;
                     };
-                    if done.contains_key(&name) {
+                    if done.contains(&name) {
                         continue;
                     }
                     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &name);
@@ -68,7 +63,7 @@ pub async fn run(
                     let params = PatchParams::apply("straitd").force();
                     match api.patch(&options.config_map, &params, &patch).await {
                         Ok(_) => {
-                            done.insert(name, ());
+                            done.insert(name);
                         }
                         Err(e) => {
                             tracing::warn!(namespace = %name, "publishing the mesh root: {e}")
@@ -77,10 +72,6 @@ pub async fn run(
                 }
             }
             Err(e) => tracing::warn!("listing namespaces to publish the mesh root: {e}"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(INTERVAL) => {}
-            changed = leader.changed() => if changed.is_err() { return },
         }
     }
 }

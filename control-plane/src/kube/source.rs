@@ -101,8 +101,8 @@ pub async fn run(
     store: ConfigStore,
     options: KubeSourceOptions,
 ) -> anyhow::Result<()> {
-    let slices = serves_endpoint_slices(&client).await;
-    let ingresses = serves_ingresses(&client).await;
+    let slices = serves(&client, "discovery.k8s.io/v1", "endpointslices").await;
+    let ingresses = serves(&client, "networking.k8s.io/v1", "ingresses").await;
     tracing::info!(
         endpoints = if slices {
             "discovery.k8s.io/v1 EndpointSlices"
@@ -149,27 +149,14 @@ pub async fn run(
     } else {
         tracing::info!("the API server does not serve networking.k8s.io/v1 Ingresses: not watched");
     }
-    for (kind, group, version, plural) in ISTIO_KINDS {
-        let gvk = GroupVersionKind::gvk(group, version, &kind.to_string());
-        let resource = ApiResource::from_gvk_with_plural(&gvk, plural);
-        let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
-        let tx = tx.clone();
-        let what = format!("{plural}.{group}");
-        tokio::spawn(async move {
-            let mut stream = watcher::watcher(api, watcher::Config::default())
-                .default_backoff()
-                .boxed();
-            while let Some(item) = stream.next().await {
-                match item {
-                    Ok(event) => {
-                        if tx.send(Update::Istio(kind, event)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => tracing::warn!(resource = %what, "watch failed (retrying): {e}"),
-                }
-            }
-        });
+    for (kind, resource) in istio_resources() {
+        let what = format!("{}.{}", resource.plural, resource.group);
+        spawn_watch(
+            Api::<DynamicObject>::all_with(client.clone(), &resource),
+            what,
+            tx.clone(),
+            move |event| Update::Istio(kind, event),
+        );
     }
     drop(tx);
 
@@ -197,30 +184,33 @@ pub async fn run(
     Ok(())
 }
 
-/// Whether the server serves `discovery.k8s.io/v1` EndpointSlices (1.21 on).
-async fn serves_endpoint_slices(client: &kube::Client) -> bool {
-    match client.list_api_group_resources("discovery.k8s.io/v1").await {
-        Ok(list) => list.resources.iter().any(|r| r.name == "endpointslices"),
+/// The API resources of Istio's kinds, by kind, as the server serves them.
+pub fn istio_resources() -> Vec<(Kind, ApiResource)> {
+    ISTIO_KINDS
+        .iter()
+        .map(|(kind, group, version, plural)| {
+            let gvk = GroupVersionKind::gvk(group, version, &kind.to_string());
+            (*kind, ApiResource::from_gvk_with_plural(&gvk, plural))
+        })
+        .collect()
+}
+
+/// Whether the server serves `resource` in `group_version` (EndpointSlices from 1.21,
+/// Ingresses from 1.19).
+async fn serves(client: &kube::Client, group_version: &str, resource: &str) -> bool {
+    match client.list_api_group_resources(group_version).await {
+        Ok(list) => list.resources.iter().any(|r| r.name == resource),
         Err(_) => false,
     }
 }
 
-/// Whether the server serves `networking.k8s.io/v1` Ingresses (1.19 on).
-async fn serves_ingresses(client: &kube::Client) -> bool {
-    match client
-        .list_api_group_resources("networking.k8s.io/v1")
-        .await
-    {
-        Ok(list) => list.resources.iter().any(|r| r.name == "ingresses"),
-        Err(_) => false,
-    }
-}
-
+/// Watches `api` (relisting with backoff on errors, which are logged as `what`'s) and sends
+/// each event, wrapped, to `tx` until the receiver goes.
 fn spawn_watch<K>(
     api: Api<K>,
-    what: &'static str,
+    what: impl std::fmt::Display + Send + 'static,
     tx: mpsc::Sender<Update>,
-    wrap: fn(Event<K>) -> Update,
+    wrap: impl Fn(Event<K>) -> Update + Send + 'static,
 ) where
     K: kube::Resource
         + Clone
@@ -229,7 +219,6 @@ fn spawn_watch<K>(
         + Send
         + Sync
         + 'static,
-    K::DynamicType: Default,
 {
     tokio::spawn(async move {
         let mut stream = watcher::watcher(api, watcher::Config::default())
@@ -242,7 +231,7 @@ fn spawn_watch<K>(
                         return;
                     }
                 }
-                Err(e) => tracing::warn!(resource = what, "watch failed (retrying): {e}"),
+                Err(e) => tracing::warn!(resource = %what, "watch failed (retrying): {e}"),
             }
         }
     });
@@ -250,6 +239,16 @@ fn spawn_watch<K>(
 
 /// `(namespace, name)`.
 type Key = (String, String);
+
+/// The entries of `map` in namespace `ns`, by name: a range of the sorted keys, not a scan.
+fn in_namespace<'a, T>(
+    map: &'a BTreeMap<Key, T>,
+    ns: &'a str,
+) -> impl Iterator<Item = (&'a String, &'a T)> + 'a {
+    map.range((ns.to_string(), String::new())..)
+        .take_while(move |((n, _), _)| n == ns)
+        .map(|((_, name), v)| (name, v))
+}
 
 fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Key {
     (
@@ -402,25 +401,16 @@ impl State {
     }
 
     fn dirty_namespace(&mut self, ns: &str) {
-        let keys: Vec<Key> = self
-            .services
-            .items
-            .keys()
-            .filter(|(n, _)| n == ns)
-            .cloned()
+        let keys: Vec<Key> = in_namespace(&self.services.items, ns)
+            .map(|(name, _)| (ns.to_string(), name.clone()))
             .collect();
         self.dirty_services.extend(keys);
     }
 
     /// The endpoints of Service `key`, from its slices or its Endpoints.
     fn endpoints_of(&self, key: &Key) -> Vec<EndpointAddress> {
-        let from_slices: Vec<EndpointAddress> = self
-            .slices
-            .items
-            .iter()
-            .filter(|((ns, _), s)| {
-                ns == &key.0 && convert::slice_service(s).as_ref() == Some(&key.1)
-            })
+        let from_slices: Vec<EndpointAddress> = in_namespace(&self.slices.items, &key.0)
+            .filter(|(_, s)| convert::slice_service(s).as_ref() == Some(&key.1))
             .flat_map(|(_, s)| convert::from_slice(s))
             .collect();
         if !from_slices.is_empty() {
@@ -436,6 +426,8 @@ impl State {
     /// What changed since the last call, as the store takes it.
     fn changes(&mut self) -> Vec<KubeChange> {
         let mut changes = Vec::new();
+        // The Pods of each namespace with dirty Services, read once.
+        let mut pods_by_namespace: BTreeMap<String, BTreeMap<String, PodInfo>> = BTreeMap::new();
         for key in std::mem::take(&mut self.dirty_services) {
             let id = ObjectId {
                 kind: Kind::ServiceEntry,
@@ -443,17 +435,15 @@ impl State {
                 name: convert::service_entry_name(&key.1),
             };
             let made = self.services.items.get(&key).and_then(|svc| {
-                let pods: BTreeMap<String, PodInfo> = self
-                    .pods
-                    .items
-                    .iter()
-                    .filter(|((ns, _), _)| ns == &key.0)
-                    .map(|((_, name), pod)| (name.clone(), PodInfo::of(pod)))
-                    .collect();
+                let pods = pods_by_namespace.entry(key.0.clone()).or_insert_with(|| {
+                    in_namespace(&self.pods.items, &key.0)
+                        .map(|(name, pod)| (name.clone(), PodInfo::of(pod)))
+                        .collect()
+                });
                 convert::service_entry(
                     svc,
                     &self.endpoints_of(&key),
-                    &pods,
+                    pods,
                     &self.options.cluster_domain,
                 )
             });

@@ -8,12 +8,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
 use strait_model::{Kind, ObjectId, ValidationErrors};
 use tokio::sync::watch;
 
-use super::source::ISTIO_KINDS;
+use super::lease::Leading;
+use super::source::istio_resources;
 use crate::store::ConfigStore;
 use crate::store::kube::KubeObjectStatus;
 
@@ -67,22 +68,13 @@ pub fn status_for(standing: &KubeObjectStatus) -> Value {
 }
 
 /// Writes statuses while `leader` is true; forever.
-pub async fn run(client: kube::Client, store: ConfigStore, mut leader: watch::Receiver<bool>) {
-    let apis: BTreeMap<Kind, ApiResource> = ISTIO_KINDS
-        .iter()
-        .map(|(kind, group, version, plural)| {
-            let gvk = GroupVersionKind::gvk(group, version, &kind.to_string());
-            (*kind, ApiResource::from_gvk_with_plural(&gvk, plural))
-        })
-        .collect();
+pub async fn run(client: kube::Client, store: ConfigStore, leader: watch::Receiver<bool>) {
+    let apis: BTreeMap<Kind, ApiResource> = istio_resources().into_iter().collect();
     let mut written: BTreeMap<ObjectId, Value> = BTreeMap::new();
-    loop {
-        if !*leader.borrow_and_update() {
+    let mut leading = Leading::new(leader, INTERVAL);
+    while let Some(fresh) = leading.tick().await {
+        if fresh {
             written.clear();
-            if leader.changed().await.is_err() {
-                return;
-            }
-            continue;
         }
         for (id, standing) in store.kube_statuses() {
             // Objects made from Services and Ingresses have no object of their own to write to.
@@ -112,10 +104,6 @@ pub async fn run(client: kube::Client, store: ConfigStore, mut leader: watch::Re
                 }
                 Err(e) => tracing::warn!(object = %id, "writing status: {e}"),
             }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(INTERVAL) => {}
-            changed = leader.changed() => if changed.is_err() { return },
         }
     }
 }
