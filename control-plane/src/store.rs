@@ -364,11 +364,14 @@ impl ConfigStore {
         )
         .entered();
         let mut layers = self.lock();
-        let (files, api) = (layers.files.clone(), layers.api.clone());
-        let build =
-            |kube: &BTreeMap<ObjectId, Object>| Model::build(union(&files, kube, &api, &[]));
         let before: BTreeSet<ObjectId> = layers.kube.refused.keys().cloned().collect();
-        let model = match layers.kube.apply(changes, &build) {
+        // The other layers are read in place while the Kubernetes layer changes.
+        let Layers {
+            files, api, kube, ..
+        } = &mut *layers;
+        let build = |kube: &BTreeMap<ObjectId, Object>| Model::build(union(files, kube, api, &[]));
+        let applied = kube.apply(changes, &build);
+        let model = match applied {
             Ok(model) => model,
             Err(errors) => {
                 self.reject(&mut layers, Source::Kubernetes, &errors);
