@@ -170,9 +170,40 @@ pub struct KubeApi {
     helm_home: PathBuf,
     /// Certificates, kubeconfig, etcd data and both logs.
     workdir: TempDir,
+    /// The network namespace the servers run in (see [`KubeApi::start_in`]); kubectl, helm
+    /// and REST calls are made from inside it.
+    netns: Option<crate::netns::Netns>,
 }
 
 impl KubeApi {
+    /// [`KubeApi::start`] inside network namespace `ns` (a test network's hub), the processes
+    /// started from its long-lived thread; every later call reaches the server from inside.
+    pub fn start_in(ns: &crate::netns::Netns) -> anyhow::Result<KubeApi> {
+        let mut api = ns.spawn_from(KubeApi::start)??;
+        api.netns = Some(ns.clone());
+        Ok(api)
+    }
+
+    /// Runs `f` where the server can be reached: in its namespace, if it has one.
+    fn reach<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        match &self.netns {
+            Some(ns) => ns.enter(f),
+            None => f(),
+        }
+    }
+
+    /// straitd watching this server (`--kubernetes`, `KUBECONFIG`) with `config_dir`; in a
+    /// namespace, its xDS ports on the hub's bridge address so pods reach them.
+    pub fn straitd_options(&self, config_dir: &Path) -> crate::StraitdOptions {
+        let mut options = crate::StraitdOptions::new(config_dir);
+        if self.netns.is_some() {
+            options.xds_ip = Some(std::net::IpAddr::V4(crate::netns::HUB_V4));
+        }
+        options.extra_args = vec!["--kubernetes".into()];
+        options.env = vec![("KUBECONFIG".into(), self.kubeconfig.display().to_string())];
+        options
+    }
+
     /// Starts etcd, then kube-apiserver, and returns once `/readyz` answers 200 and the
     /// `default` namespace exists.
     pub fn start() -> anyhow::Result<KubeApi> {
@@ -264,6 +295,7 @@ impl KubeApi {
             kubeconfig,
             kubectl_cache: dir.join("kubectl-cache"),
             helm_home: dir.join("helm"),
+            netns: None,
             workdir,
         };
         api.wait_ready()?;
@@ -360,7 +392,7 @@ impl KubeApi {
             .arg("--cache-dir")
             .arg(&self.kubectl_cache)
             .args(args);
-        run(cmd, input)
+        self.reach(|| run(cmd, input))
     }
 
     /// Runs the cached helm against this server, with its cache, config and data dirs in the
@@ -373,7 +405,7 @@ impl KubeApi {
             .env("HELM_CACHE_HOME", self.helm_home.join("cache"))
             .env("HELM_CONFIG_HOME", self.helm_home.join("config"))
             .env("HELM_DATA_HOME", self.helm_home.join("data"));
-        run(cmd, None)
+        self.reach(|| run(cmd, None))
     }
 
     /// `kubectl apply -f -` with `yaml` (one or more documents); kubectl's output.
@@ -424,7 +456,7 @@ data:
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> anyhow::Result<(u16, String)> {
-        Rest::new(self, None)?.request(method, path, body)
+        self.reach(|| Rest::new(self, None)?.request(method, path, body))
     }
 
     /// [`KubeApi::request`] authenticated by a bearer token (a service account's, say) instead
@@ -436,7 +468,7 @@ data:
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> anyhow::Result<(u16, String)> {
-        Rest::new(self, Some(token))?.request(method, path, body)
+        self.reach(|| Rest::new(self, Some(token))?.request(method, path, body))
     }
 
     /// A REST request that must answer 2xx, its body parsed as JSON.

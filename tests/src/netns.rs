@@ -37,7 +37,8 @@ pub fn is_test_address(ip: IpAddr) -> bool {
     }
 }
 
-fn works(program: &str, args: &[&str]) -> bool {
+/// Whether `program args` runs and succeeds (output discarded).
+pub fn works(program: &str, args: &[&str]) -> bool {
     Command::new(program)
         .args(args)
         .stdout(Stdio::null())

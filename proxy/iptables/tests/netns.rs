@@ -23,15 +23,6 @@ struct Cli {
 
 // === the environment ===
 
-fn works(program: &str, args: &[&str]) -> bool {
-    Command::new(program)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Whether this test can run here (the harness's check, plus `also`); under `CI=true` a
 /// missing requirement fails the test.
 fn ready(test: &str, also: &[(&str, &[&str])]) -> bool {
@@ -39,7 +30,7 @@ fn ready(test: &str, also: &[(&str, &[&str])]) -> bool {
 }
 
 fn legacy_available(test: &str) -> bool {
-    let ok = works("iptables-legacy-save", &[]);
+    let ok = strait_tests::netns::works("iptables-legacy-save", &[]);
     if !ok {
         println!("{test}: no usable iptables-legacy here; only nft is tested");
     }

@@ -15,7 +15,7 @@ use strait_tests::envoy::XdsTarget;
 use strait_tests::kube::KubeApi;
 use strait_tests::netns::{HUB_V4, Network};
 use strait_tests::{
-    Backend, ConfigDir, Proxy, ProxySpec, Straitd, StraitdOptions, data_plane, eventually_blocking,
+    Backend, ConfigDir, Proxy, ProxySpec, Straitd, data_plane, eventually_blocking,
 };
 
 /// How fast a change in the API server must reach the gateway.
@@ -40,7 +40,7 @@ impl Hub {
         }
         let net = Network::new()?;
         let hub = net.hub().clone();
-        let kube = hub.spawn_from(KubeApi::start)??;
+        let kube = KubeApi::start_in(&hub)?;
         let at_hub = SocketAddr::new(IpAddr::V4(HUB_V4), 0);
         let backends = hub.enter(|| -> anyhow::Result<Vec<Backend>> {
             Ok(vec![
@@ -49,13 +49,7 @@ impl Hub {
             ])
         })?;
         let config = ConfigDir::new()?;
-        let mut options = StraitdOptions::new(config.path());
-        options.xds_ip = Some(IpAddr::V4(HUB_V4));
-        options.extra_args = vec!["--kubernetes".into()];
-        options.env = vec![(
-            "KUBECONFIG".into(),
-            kube.kubeconfig_path().display().to_string(),
-        )];
+        let options = kube.straitd_options(config.path());
         let straitd = hub.spawn_from(move || Straitd::start(options))??;
         // The ingress gateway, on the hub's loopback, with the labels Ingresses select.
         let spec = ProxySpec::gateway(
@@ -76,14 +70,6 @@ impl Hub {
             backends,
             net,
         }))
-    }
-
-    fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
-        self.net.hub().enter(|| self.kube.kubectl(args))
-    }
-
-    fn apply(&self, yaml: &str) -> anyhow::Result<String> {
-        self.net.hub().enter(|| self.kube.apply_yaml(yaml))
     }
 
     /// `GET path` with `Host: host` at the gateway's port 80.
@@ -202,12 +188,12 @@ fn ingresses_are_served_by_the_ingress_gateway() -> anyhow::Result<()> {
     let Some(hub) = Hub::start("ingresses_are_served_by_the_ingress_gateway")? else {
         return Ok(());
     };
-    hub.net.hub().enter(|| hub.kube.ensure_namespace("shop"))?;
-    hub.apply(&hub.service("api", "10.96.0.60", 0))?;
-    hub.apply(&hub.service("web", "10.96.0.61", 1))?;
-    hub.apply(NGINX)?;
-    hub.apply(SHOP)?;
-    hub.apply(ADMIN)?;
+    hub.kube.ensure_namespace("shop")?;
+    hub.kube.apply_yaml(&hub.service("api", "10.96.0.60", 0))?;
+    hub.kube.apply_yaml(&hub.service("web", "10.96.0.61", 1))?;
+    hub.kube.apply_yaml(NGINX)?;
+    hub.kube.apply_yaml(SHOP)?;
+    hub.kube.apply_yaml(ADMIN)?;
 
     eventually_blocking(FIRST, || {
         let got = [
@@ -240,7 +226,8 @@ fn ingresses_are_served_by_the_ingress_gateway() -> anyhow::Result<()> {
         "one Gateway per Ingress of ours, none for nginx's: {gateways:?}"
     );
 
-    hub.kubectl(&["delete", "ingress", "-n", "shop", "shop"])?;
+    hub.kube
+        .kubectl(&["delete", "ingress", "-n", "shop", "shop"])?;
     eventually_blocking(PROPAGATION, || {
         let got = [
             hub.who("shop.example.com", "/api/x"),

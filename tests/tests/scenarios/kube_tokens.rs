@@ -7,7 +7,7 @@
 //! etcd, the API server and straitd run in a hub (`strait_tests::netns`), the proxy in a pod.
 //! Needs the kube tools (`scripts/install-kube-tools.sh`) and root.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -18,10 +18,8 @@ use strait_proto::istio::v1::auth::IstioCertificateRequest;
 use strait_proto::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient;
 use strait_tests::envoy::XdsTarget;
 use strait_tests::kube::KubeApi;
-use strait_tests::netns::{HUB_V4, Network};
-use strait_tests::{
-    ConfigDir, ProxySpec, Straitd, StraitdOptions, data_plane, eventually_blocking,
-};
+use strait_tests::netns::Network;
+use strait_tests::{ConfigDir, ProxySpec, Straitd, data_plane, eventually_blocking};
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
@@ -141,24 +139,17 @@ fn service_account_tokens_prove_identity_on_the_tls_port() -> anyhow::Result<()>
     let net = Network::new()?;
     let pod = net.pod("reviews")?;
     let hub = net.hub().clone();
-    let kube = hub.spawn_from(KubeApi::start)??;
+    let kube = KubeApi::start_in(&hub)?;
     let config = ConfigDir::new()?;
-    let mut options = StraitdOptions::new(config.path());
-    options.xds_ip = Some(IpAddr::V4(HUB_V4));
+    let mut options = kube.straitd_options(config.path());
     // Two audiences, comma-separated: either will do.
-    options.extra_args = vec![
-        "--kubernetes".into(),
-        "--token-audience".into(),
-        "strait-ca,istio-ca".into(),
-    ];
-    options.env = vec![(
-        "KUBECONFIG".into(),
-        kube.kubeconfig_path().display().to_string(),
-    )];
+    options
+        .extra_args
+        .extend(["--token-audience".into(), "strait-ca,istio-ca".into()]);
     let straitd = hub.spawn_from(move || Straitd::start(options))??;
 
-    let kubectl = |args: &[&str]| hub.enter(|| kube.kubectl(args));
-    hub.enter(|| kube.ensure_namespace("shop"))?;
+    let kubectl = |args: &[&str]| kube.kubectl(args);
+    kube.ensure_namespace("shop")?;
     kubectl(&["create", "serviceaccount", "reviews", "-n", "shop"])?;
     kubectl(&["create", "serviceaccount", "ratings", "-n", "shop"])?;
     let token = |sa: &str, audience: Option<&str>| -> anyhow::Result<String> {

@@ -14,9 +14,7 @@ use strait_tests::envoy::XdsTarget;
 use strait_tests::kube::KubeApi;
 use strait_tests::netns::{HUB_V4, Network, Pod, PodProxy};
 use strait_tests::ports::free_port;
-use strait_tests::{
-    Backend, ConfigDir, ProxySpec, Straitd, StraitdOptions, data_plane, eventually_blocking,
-};
+use strait_tests::{Backend, ConfigDir, ProxySpec, Straitd, data_plane, eventually_blocking};
 
 /// How fast a change in the API server must reach the proxies.
 const PROPAGATION: Duration = Duration::from_secs(2);
@@ -46,7 +44,7 @@ impl Cluster {
         let net = Network::new()?;
         let pod = net.pod("client")?;
         let hub = net.hub().clone();
-        let kube = hub.spawn_from(KubeApi::start)??;
+        let kube = KubeApi::start_in(&hub)?;
         let at_hub = SocketAddr::new(IpAddr::V4(HUB_V4), 0);
         let backends = hub.enter(|| -> anyhow::Result<Vec<Backend>> {
             Ok(vec![
@@ -56,7 +54,7 @@ impl Cluster {
         })?;
         let config = ConfigDir::new()?;
         let webhook_port = hub.enter(free_port);
-        let mut options = straitd_options(&config, &kube);
+        let mut options = kube.straitd_options(config.path());
         options.extra_args.extend([
             "--webhook-addr".to_string(),
             format!("127.0.0.1:{webhook_port}"),
@@ -75,18 +73,6 @@ impl Cluster {
             pod,
             net,
         }))
-    }
-
-    fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
-        self.net.hub().enter(|| self.kube.kubectl(args))
-    }
-
-    fn apply(&self, yaml: &str) -> anyhow::Result<String> {
-        self.net.hub().enter(|| self.kube.apply_yaml(yaml))
-    }
-
-    fn namespace(&self, name: &str) -> anyhow::Result<()> {
-        self.net.hub().enter(|| self.kube.ensure_namespace(name))
     }
 
     fn start_sidecar(&mut self) -> anyhow::Result<()> {
@@ -146,18 +132,6 @@ impl Cluster {
     }
 }
 
-/// straitd watching `kube`, its xDS ports on the hub's bridge address.
-fn straitd_options(config: &ConfigDir, kube: &KubeApi) -> StraitdOptions {
-    let mut options = StraitdOptions::new(config.path());
-    options.xds_ip = Some(IpAddr::V4(HUB_V4));
-    options.extra_args = vec!["--kubernetes".into()];
-    options.env = vec![(
-        "KUBECONFIG".into(),
-        kube.kubeconfig_path().display().to_string(),
-    )];
-    options
-}
-
 const WEB: &str = "apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: shop}
@@ -186,10 +160,10 @@ fn services_and_endpoints_from_the_api_server_reach_the_sidecar() -> anyhow::Res
     else {
         return Ok(());
     };
-    cluster.namespace("shop")?;
+    cluster.kube.ensure_namespace("shop")?;
     cluster.start_sidecar()?;
-    cluster.apply(WEB)?;
-    cluster.apply(&cluster.endpoints(&[0]))?;
+    cluster.kube.apply_yaml(WEB)?;
+    cluster.kube.apply_yaml(&cluster.endpoints(&[0]))?;
     let resp = eventually_blocking(PROPAGATION, || {
         let resp = cluster.get_web()?;
         anyhow::ensure!(resp.status == 200, "{resp:?}");
@@ -204,7 +178,7 @@ fn services_and_endpoints_from_the_api_server_reach_the_sidecar() -> anyhow::Res
     );
 
     // A second endpoint appears.
-    cluster.apply(&cluster.endpoints(&[0, 1]))?;
+    cluster.kube.apply_yaml(&cluster.endpoints(&[0, 1]))?;
     eventually_blocking(PROPAGATION, || {
         let tally = cluster.tally_web(20);
         anyhow::ensure!(
@@ -214,7 +188,7 @@ fn services_and_endpoints_from_the_api_server_reach_the_sidecar() -> anyhow::Res
         Ok(())
     })?;
     // The first one goes.
-    cluster.apply(&cluster.endpoints(&[1]))?;
+    cluster.kube.apply_yaml(&cluster.endpoints(&[1]))?;
     eventually_blocking(PROPAGATION, || {
         let tally = cluster.tally_web(10);
         anyhow::ensure!(tally.get("web-v2") == Some(&10), "{tally:?}");
@@ -269,23 +243,31 @@ fn the_injection_webhook_adds_the_sidecar_where_asked() -> anyhow::Result<()> {
     use base64::Engine as _;
     let root = std::fs::read(cluster.straitd.root_cert())?;
     let bundle = base64::engine::general_purpose::STANDARD.encode(root);
-    cluster.namespace("meshed")?;
-    cluster.namespace("plain")?;
-    cluster.kubectl(&["label", "namespace", "meshed", "strait-injection=enabled"])?;
-    cluster.apply(&webhook_configuration(cluster.webhook_port, &bundle))?;
+    cluster.kube.ensure_namespace("meshed")?;
+    cluster.kube.ensure_namespace("plain")?;
+    cluster
+        .kube
+        .kubectl(&["label", "namespace", "meshed", "strait-injection=enabled"])?;
+    cluster
+        .kube
+        .apply_yaml(&webhook_configuration(cluster.webhook_port, &bundle))?;
     let pod = |ns: &str, name: &str, annotations: &str| {
         format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {name}}}{annotations}}}\nspec: {{containers: [{{name: app, image: app:1, ports: [{{containerPort: 8080}}]}}]}}\n"
         )
     };
-    cluster.apply(&pod("meshed", "app", ""))?;
-    cluster.apply(&pod("plain", "app", ""))?;
-    cluster.apply(&pod(
+    cluster.kube.apply_yaml(&pod("meshed", "app", ""))?;
+    cluster.kube.apply_yaml(&pod("plain", "app", ""))?;
+    cluster.kube.apply_yaml(&pod(
         "meshed",
         "opted-out",
         ", annotations: {sidecar.istio.io/inject: 'false'}",
     ))?;
-    let get = |ns: &str, name: &str| cluster.kubectl(&["get", "pod", "-n", ns, name, "-o", "json"]);
+    let get = |ns: &str, name: &str| {
+        cluster
+            .kube
+            .kubectl(&["get", "pod", "-n", ns, name, "-o", "json"])
+    };
     let injected = containers(&get("meshed", "app")?)?;
     anyhow::ensure!(
         injected.contains(&"strait-proxy".to_string())
@@ -305,10 +287,10 @@ fn the_injection_webhook_adds_the_sidecar_where_asked() -> anyhow::Result<()> {
     );
 
     // The mesh root the injected sidecar mounts is published in every namespace.
-    cluster.namespace("strait-system")?;
+    cluster.kube.ensure_namespace("strait-system")?;
     let root = std::fs::read_to_string(cluster.straitd.root_cert())?;
     eventually_blocking(Duration::from_secs(10), || {
-        let json: serde_json::Value = serde_json::from_str(&cluster.kubectl(&[
+        let json: serde_json::Value = serde_json::from_str(&cluster.kube.kubectl(&[
             "get",
             "configmap",
             "-n",
@@ -328,18 +310,20 @@ fn the_injection_webhook_adds_the_sidecar_where_asked() -> anyhow::Result<()> {
     // With straitd gone: failurePolicy Fail refuses the pod, Ignore lets it in uninjected.
     let mut cluster = cluster;
     cluster.straitd.kill();
-    let refused = cluster.apply(&pod("meshed", "while-down", ""));
+    let refused = cluster.kube.apply_yaml(&pod("meshed", "while-down", ""));
     anyhow::ensure!(
         refused.is_err(),
         "failurePolicy Fail refuses pods while the webhook is down: {refused:?}"
     );
-    cluster.apply(&webhook_configuration_with(
+    cluster.kube.apply_yaml(&webhook_configuration_with(
         cluster.webhook_port,
         &bundle,
         "Ignore",
     ))?;
-    cluster.apply(&pod("meshed", "while-down", ""))?;
-    let json = cluster.kubectl(&["get", "pod", "-n", "meshed", "while-down", "-o", "json"])?;
+    cluster.kube.apply_yaml(&pod("meshed", "while-down", ""))?;
+    let json = cluster
+        .kube
+        .kubectl(&["get", "pod", "-n", "meshed", "while-down", "-o", "json"])?;
     let uninjected = containers(&json)?;
     anyhow::ensure!(
         uninjected == ["app"],
@@ -354,8 +338,8 @@ fn install_crds(cluster: &Cluster) -> anyhow::Result<()> {
         .arg("crds")
         .output()?;
     anyhow::ensure!(out.status.success(), "straitctl crds: {out:?}");
-    cluster.apply(&String::from_utf8(out.stdout)?)?;
-    cluster.kubectl(&[
+    cluster.kube.apply_yaml(&String::from_utf8(out.stdout)?)?;
+    cluster.kube.kubectl(&[
         "wait",
         "--for=condition=established",
         "--timeout=30s",
@@ -391,8 +375,11 @@ spec:
 
 /// The `Reconciled` condition straitd wrote into an object's status: (status, message).
 fn reconciled(cluster: &Cluster, kind: &str, name: &str) -> anyhow::Result<(String, String)> {
-    let json: serde_json::Value =
-        serde_json::from_str(&cluster.kubectl(&["get", kind, "-n", "shop", name, "-o", "json"])?)?;
+    let json: serde_json::Value = serde_json::from_str(
+        &cluster
+            .kube
+            .kubectl(&["get", kind, "-n", "shop", name, "-o", "json"])?,
+    )?;
     let condition = json["status"]["conditions"]
         .as_array()
         .into_iter()
@@ -437,13 +424,13 @@ fn istio_objects_are_validated_refused_alone_and_get_a_status() -> anyhow::Resul
         return Ok(());
     };
     install_crds(&cluster)?;
-    cluster.namespace("shop")?;
-    cluster.namespace("strait-system")?;
+    cluster.kube.ensure_namespace("shop")?;
+    cluster.kube.ensure_namespace("strait-system")?;
     cluster.start_sidecar()?;
-    cluster.apply(WEB)?;
-    cluster.apply(&cluster.endpoints(&[0, 1]))?;
-    cluster.apply(WEB_DR)?;
-    cluster.apply(&reviews_vs(
+    cluster.kube.apply_yaml(WEB)?;
+    cluster.kube.apply_yaml(&cluster.endpoints(&[0, 1]))?;
+    cluster.kube.apply_yaml(WEB_DR)?;
+    cluster.kube.apply_yaml(&reviews_vs(
         "destination: {host: web.shop.svc.cluster.local, subset: v1}",
     ))?;
     eventually_blocking(Duration::from_secs(5), || {
@@ -461,12 +448,15 @@ fn istio_objects_are_validated_refused_alone_and_get_a_status() -> anyhow::Resul
     use base64::Engine as _;
     let bundle = base64::engine::general_purpose::STANDARD
         .encode(std::fs::read(cluster.straitd.root_cert())?);
-    cluster.apply(&validating_webhook(cluster.webhook_port, &bundle))?;
+    cluster
+        .kube
+        .apply_yaml(&validating_webhook(cluster.webhook_port, &bundle))?;
     let bad = reviews_vs(
         "destination: {host: web.shop.svc.cluster.local, subset: v2}\n      weigth: 100",
     );
     let refused = cluster
-        .apply(&bad)
+        .kube
+        .apply_yaml(&bad)
         .expect_err("the webhook refuses a misspelt field");
     let message = format!("{refused:#}");
     anyhow::ensure!(
@@ -475,12 +465,12 @@ fn istio_objects_are_validated_refused_alone_and_get_a_status() -> anyhow::Resul
     );
 
     // Without the webhook the API server stores it; straitd refuses it alone.
-    cluster.kubectl(&[
+    cluster.kube.kubectl(&[
         "delete",
         "validatingwebhookconfiguration",
         "strait-validator",
     ])?;
-    cluster.apply(&bad)?;
+    cluster.kube.apply_yaml(&bad)?;
     eventually_blocking(Duration::from_secs(10), || {
         let (status, message) = reconciled(&cluster, "virtualservice", "web")?;
         anyhow::ensure!(
@@ -497,7 +487,7 @@ fn istio_objects_are_validated_refused_alone_and_get_a_status() -> anyhow::Resul
         "the last good version routes: {tally:?}"
     );
     // A good change after it still reaches the proxy: a new Service answers on its VIP.
-    cluster.apply(&format!(
+    cluster.kube.apply_yaml(&format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: api, namespace: shop}}\nspec: {{clusterIP: 10.96.0.51, ports: [{{name: http, port: 80}}]}}\n---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: api, namespace: shop}}\nsubsets: [{{addresses: [{{ip: {HUB_V4}}}], ports: [{{name: http, port: {}}}]}}]\n",
         cluster.backends[1].port()
     ))?;
@@ -516,7 +506,7 @@ fn istio_objects_are_validated_refused_alone_and_get_a_status() -> anyhow::Resul
         Ok(())
     })?;
     // The fixed version goes into force.
-    cluster.apply(&reviews_vs(
+    cluster.kube.apply_yaml(&reviews_vs(
         "destination: {host: web.shop.svc.cluster.local, subset: v2}",
     ))?;
     eventually_blocking(PROPAGATION, || {
@@ -529,7 +519,7 @@ fn istio_objects_are_validated_refused_alone_and_get_a_status() -> anyhow::Resul
 }
 
 fn lease_holder(cluster: &Cluster) -> anyhow::Result<String> {
-    let json: serde_json::Value = serde_json::from_str(&cluster.kubectl(&[
+    let json: serde_json::Value = serde_json::from_str(&cluster.kube.kubectl(&[
         "get",
         "lease",
         "-n",
@@ -556,15 +546,15 @@ fn two_replicas_serve_and_the_lease_moves_when_the_leader_dies() -> anyhow::Resu
         return Ok(());
     };
     install_crds(&cluster)?;
-    cluster.namespace("shop")?;
-    cluster.namespace("strait-system")?;
+    cluster.kube.ensure_namespace("shop")?;
+    cluster.kube.ensure_namespace("strait-system")?;
     eventually_blocking(Duration::from_secs(10), || {
         let holder = lease_holder(&cluster)?;
         anyhow::ensure!(holder == "first", "holder {holder:?}");
         Ok(())
     })?;
     let config = ConfigDir::new()?;
-    let mut options = straitd_options(&config, &cluster.kube);
+    let mut options = cluster.kube.straitd_options(config.path());
     options
         .extra_args
         .extend(["--lease-duration", "4s", "--replica-id", "second"].map(String::from));
@@ -577,8 +567,8 @@ fn two_replicas_serve_and_the_lease_moves_when_the_leader_dies() -> anyhow::Resu
     let spec = ProxySpec::sidecar("client-1.shop", "shop", &[("app", "client")]).secure("client");
     let xds = XdsTarget::for_spec(&second, &spec)?;
     cluster.proxy = Some(cluster.pod.start_proxy(&*data_plane(), &xds, spec)?);
-    cluster.apply(WEB)?;
-    cluster.apply(&cluster.endpoints(&[0]))?;
+    cluster.kube.apply_yaml(WEB)?;
+    cluster.kube.apply_yaml(&cluster.endpoints(&[0]))?;
     eventually_blocking(PROPAGATION, || {
         let resp = cluster.get_web()?;
         anyhow::ensure!(resp.status == 200, "{resp:?}");
@@ -596,7 +586,7 @@ fn two_replicas_serve_and_the_lease_moves_when_the_leader_dies() -> anyhow::Resu
         Ok(())
     })?;
     // The new leader writes status.
-    cluster.apply(WEB_DR)?;
+    cluster.kube.apply_yaml(WEB_DR)?;
     eventually_blocking(Duration::from_secs(10), || {
         let (status, message) = reconciled(&cluster, "destinationrule", "web")?;
         anyhow::ensure!(status == "True", "{message}");
