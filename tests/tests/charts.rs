@@ -1081,33 +1081,26 @@ fn charts_install_on_a_real_api_server() -> anyhow::Result<()> {
     );
 
     // Istio's own YAML is stored through the CRDs, in whichever served version it is written.
-    let samples = root().join("../shared/istio-samples");
-    if samples.is_dir() {
-        api.ensure_namespace("default")?;
-        let applied = api.kubectl(&[
-            "apply",
-            "-n",
-            "default",
-            "-f",
-            &samples.display().to_string(),
-        ])?;
-        assert!(
-            applied.contains("virtualservice.networking.istio.io/reviews"),
-            "{applied}"
-        );
-        let listed = api.kubectl(&["get", "vs,dr,gw", "-n", "default", "-o", "name"])?;
-        for name in [
-            "virtualservice.networking.istio.io/reviews",
-            "destinationrule.networking.istio.io/reviews",
-            "gateway.networking.istio.io/bookinfo-gateway",
-        ] {
-            assert!(listed.lines().any(|l| l == name), "{name} not in {listed}");
-        }
-    } else {
-        println!(
-            "{test}: no Istio samples at {}; applying them skipped",
-            samples.display()
-        );
+    let samples = root().join("tests/istio-samples");
+    api.ensure_namespace("default")?;
+    let applied = api.kubectl(&[
+        "apply",
+        "-n",
+        "default",
+        "-f",
+        &samples.display().to_string(),
+    ])?;
+    assert!(
+        applied.contains("virtualservice.networking.istio.io/reviews"),
+        "{applied}"
+    );
+    let listed = api.kubectl(&["get", "vs,dr,gw", "-n", "default", "-o", "name"])?;
+    for name in [
+        "virtualservice.networking.istio.io/reviews",
+        "destinationrule.networking.istio.io/reviews",
+        "gateway.networking.istio.io/bookinfo-gateway",
+    ] {
+        assert!(listed.lines().any(|l| l == name), "{name} not in {listed}");
     }
     // Every served version, the status subresource, and a field straitd will refuse by name:
     // kept for it to see, not pruned away.

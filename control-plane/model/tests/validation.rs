@@ -578,11 +578,50 @@ fn every_error_in_a_batch_is_reported() {
     assert!(err.starts_with("2 configuration errors"), "{err}");
 }
 
+/// Istio's bookinfo samples, kept unmodified in the repository (`tests/istio-samples/`).
+fn samples_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/istio-samples")
+}
+
+/// The repository's copies are the files in `../shared/istio-samples/` beside the checkout,
+/// byte for byte, where that directory is there.
+#[test]
+fn samples_match_the_shared_copies() {
+    let shared =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/istio-samples");
+    let Ok(entries) = std::fs::read_dir(&shared) else {
+        println!(
+            "skipped samples_match_the_shared_copies: no {} beside the checkout",
+            shared.display()
+        );
+        return;
+    };
+    let mut compared = 0;
+    for path in entries.map(|e| e.unwrap().path()) {
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let ours = samples_dir().join(path.file_name().unwrap());
+        assert_eq!(
+            std::fs::read(&ours).unwrap_or_default(),
+            std::fs::read(&path).unwrap(),
+            "{} differs from {} (copy it over)",
+            ours.display(),
+            path.display()
+        );
+        compared += 1;
+    }
+    assert!(
+        compared >= 8,
+        "only {compared} samples in {}",
+        shared.display()
+    );
+}
+
 /// The real Istio bookinfo samples load as they are (the mTLS one waits for Strait's CA).
 #[test]
 fn istio_samples_load_as_they_are() {
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/istio-samples");
+    let dir = samples_dir();
     let Ok(entries) = std::fs::read_dir(&dir) else {
         panic!("the Istio samples are expected at {}", dir.display());
     };

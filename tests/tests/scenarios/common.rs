@@ -10,10 +10,10 @@ use strait_tests::{ConfigDir, Proxy, ProxySpec, Straitd, StraitdOptions, XdsProt
 
 pub const CONVERGE: Duration = Duration::from_secs(10);
 
-/// Istio's own sample files, as they are (`shared/` sits beside the repository).
+/// Istio's own sample files, as they are (kept unmodified in `tests/istio-samples/`).
 pub fn istio_sample(name: &str) -> String {
     let path: PathBuf = strait_tests::bins::workspace_root()
-        .join("../shared/istio-samples")
+        .join("tests/istio-samples")
         .join(name);
     std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("Istio sample {}: {e}", path.display()))
