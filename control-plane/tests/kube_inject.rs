@@ -29,9 +29,12 @@ fn straitctl(args: &[&str], stdin: Option<&str>) -> Output {
         .spawn()
         .expect("straitctl runs");
     let mut input = child.stdin.take().expect("stdin");
-    input
-        .write_all(stdin.unwrap_or_default().as_bytes())
-        .expect("write stdin");
+    // A straitctl that stops early (a usage error, a file it cannot read) never reads its
+    // input: a broken pipe here is its exit, which the caller asserts on.
+    match input.write_all(stdin.unwrap_or_default().as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => panic!("write stdin: {e}"),
+        _ => {}
+    }
     drop(input);
     child.wait_with_output().expect("straitctl ends")
 }
