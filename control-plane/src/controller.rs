@@ -1,11 +1,15 @@
 //! The push loop: model changes and connecting proxies in, per-node snapshots out.
 //!
-//! Nodes with the same shape (mode, namespace, labels, ports) share one translation. A model
+//! Each model generation is translated in parts, each encoded once and shared
+//! ([`Translations`]): the mesh's clusters and endpoints once for every proxy, the outbound
+//! side once per outbound shape (mode, namespace, labels, ports), the inbound side once per
+//! node shape. A change that moves only endpoints keeps every outbound part as it is. A part
+//! that replaces one remembers what changed, so streams compare only those names. A model
 //! change is debounced so a burst of edits gives a few pushes, and the cache only wakes the
 //! streams whose node's resources actually changed. Workload certificates ride along as SDS
 //! secrets and are renewed at half their lifetime by a push of their own.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +21,7 @@ use strait_model::{Model, ProxyNode};
 use strait_translate::MeshSettings;
 use strait_xds::cache::SnapshotCache;
 use strait_xds::server::NodeEvent;
-use strait_xds::snapshot::{InconsistentSnapshot, Resources, Snapshot};
+use strait_xds::snapshot::{InconsistentSnapshot, Part, Resources, Snapshot};
 use strait_xds::status::struct_to_json;
 use tokio::sync::{mpsc, watch};
 
@@ -42,6 +46,87 @@ pub struct Controller {
     /// The mesh CA's certificates, when straitd runs one.
     certs: Option<WorkloadCertificates>,
     nodes: HashMap<String, Connected>,
+    translations: Translations,
+}
+
+/// Parts by the node (or outbound) shape they were made for.
+type Parts = HashMap<ProxyNode, Arc<Part>>;
+
+/// One model generation, translated in shared parts as proxies need them.
+struct Translations {
+    model: Arc<Model>,
+    /// When the change this generation carries was made.
+    origin: Instant,
+    mesh: Arc<Part>,
+    /// By [`ProxyNode::outbound_shape`].
+    outbound: Parts,
+    /// By node shape.
+    inbound: Parts,
+    /// The previous generation's (outbound, inbound) parts, which new ones succeed.
+    previous: Option<(Parts, Parts)>,
+    /// Composed per (node shape, whether a stream of it authenticated).
+    snapshots: HashMap<(ProxyNode, bool), Arc<Snapshot>>,
+}
+
+impl Translations {
+    fn new(
+        model: Arc<Model>,
+        settings: &MeshSettings,
+        origin: Instant,
+    ) -> Result<Self, InconsistentSnapshot> {
+        Ok(Translations {
+            mesh: Arc::new(part(strait_translate::mesh(&model, settings))?),
+            model,
+            origin,
+            outbound: HashMap::new(),
+            inbound: HashMap::new(),
+            previous: None,
+            snapshots: HashMap::new(),
+        })
+    }
+
+    /// The next generation: the mesh's part made again (as the successor of the last one);
+    /// outbound parts kept when only endpoints moved, else made again as proxies need them.
+    /// `in_use` are the outbound shapes of connected proxies: parts of no other are kept.
+    fn next(
+        &mut self,
+        model: Arc<Model>,
+        settings: &MeshSettings,
+        origin: Instant,
+        in_use: &std::collections::HashSet<ProxyNode>,
+    ) -> Result<(), InconsistentSnapshot> {
+        let mesh = Arc::new(part(strait_translate::mesh(&model, settings))?.succeeding(&self.mesh));
+        let mut outbound = std::mem::take(&mut self.outbound);
+        outbound.retain(|shape, _| in_use.contains(shape));
+        let inbound = std::mem::take(&mut self.inbound);
+        let (outbound, previous_outbound) = if model.same_but_endpoints(&self.model) {
+            (outbound, HashMap::new())
+        } else {
+            (HashMap::new(), outbound)
+        };
+        *self = Translations {
+            model,
+            origin,
+            mesh,
+            outbound,
+            inbound: HashMap::new(),
+            previous: Some((previous_outbound, inbound)),
+            snapshots: HashMap::new(),
+        };
+        Ok(())
+    }
+}
+
+/// Encodes translated resources as a part.
+fn part(out: strait_translate::Output) -> Result<Part, InconsistentSnapshot> {
+    Part::build(Resources {
+        listeners: out.listeners,
+        routes: out.routes,
+        clusters: out.clusters,
+        endpoints: out.endpoints,
+        secrets: Vec::new(),
+        secret_owner: None,
+    })
 }
 
 /// A connected proxy and whether a stream proved it holds the identity it claims.
@@ -78,12 +163,15 @@ impl Controller {
             "Snapshots withheld because they failed the consistency check (a translation bug)",
             metrics.inconsistent.clone(),
         );
+        let translations = Translations::new(Arc::new(Model::default()), &settings, Instant::now())
+            .expect("the empty model translates consistently");
         Controller {
             cache,
             metrics,
             settings,
             certs,
             nodes: HashMap::new(),
+            translations,
         }
     }
 
@@ -93,6 +181,10 @@ impl Controller {
         mut models: watch::Receiver<Arc<Published>>,
         mut events: mpsc::UnboundedReceiver<NodeEvent>,
     ) {
+        // Whatever the store holds already is the first generation (a change made before
+        // this subscription is not announced again).
+        let current = models.borrow_and_update().model.clone();
+        self.advance(current, Instant::now());
         let mut burst_started: Option<Instant> = None;
         let mut fire_at = tokio::time::Instant::now();
         loop {
@@ -103,10 +195,7 @@ impl Controller {
             let renew_at = tokio::time::Instant::from_std(renewal.unwrap_or_else(Instant::now));
             tokio::select! {
                 event = events.recv() => match event {
-                    Some(event) => {
-                        let model = models.borrow().model.clone();
-                        self.on_event(event, &model);
-                    }
+                    Some(event) => self.on_event(event),
                     None => return,
                 },
                 changed = models.changed() => {
@@ -119,22 +208,43 @@ impl Controller {
                     fire_at = tokio::time::Instant::from_std(deadline);
                 }
                 () = tokio::time::sleep_until(fire_at), if burst_started.is_some() => {
-                    burst_started = None;
+                    let origin = burst_started.take().unwrap_or_else(Instant::now);
                     let published = models.borrow_and_update().clone();
                     tracing::info!(generation = published.generation, nodes = self.nodes.len(), "pushing configuration");
-                    self.push(&published.model, self.nodes.values().cloned().collect());
+                    self.advance(published.model.clone(), origin);
+                    self.push(self.nodes.values().cloned().collect());
                 }
                 () = tokio::time::sleep_until(renew_at), if renewal.is_some() => {
                     // Certificates past half their lifetime are reissued by this push.
-                    let model = models.borrow().model.clone();
                     tracing::info!("renewing workload certificates");
-                    self.push(&model, self.nodes.values().cloned().collect());
+                    self.translations.snapshots.clear();
+                    self.push(self.nodes.values().cloned().collect());
                 }
             }
         }
     }
 
-    fn on_event(&mut self, event: NodeEvent, model: &Model) {
+    /// Moves to a new model generation. A translation that fails its consistency check (a
+    /// bug) keeps the last generation in force.
+    fn advance(&mut self, model: Arc<Model>, origin: Instant) {
+        let started = Instant::now();
+        let in_use = self
+            .nodes
+            .values()
+            .map(|n| n.proxy.outbound_shape())
+            .collect();
+        self.metrics.translations.inc();
+        if let Err(error) = self
+            .translations
+            .next(model, &self.settings, origin, &in_use)
+        {
+            self.metrics.inconsistent.inc();
+            tracing::error!(%error, "translation of the mesh produced an inconsistent part; keeping the previous configuration");
+        }
+        tracing::debug!(elapsed = ?started.elapsed(), "mesh translated");
+    }
+
+    fn on_event(&mut self, event: NodeEvent) {
         match event {
             NodeEvent::Connected { node, identity } => {
                 let metadata = node
@@ -163,7 +273,7 @@ impl Controller {
                         }
                         tracing::info!(node = %proxy.id, mode = %proxy.mode, namespace = %proxy.namespace, authenticated = connected.authenticated, "proxy connected");
                         self.nodes.insert(proxy.id.clone(), connected.clone());
-                        self.push(model, vec![connected]);
+                        self.push(vec![connected]);
                     }
                     Err(error) => {
                         tracing::warn!(node = %node.id, %error, "rejecting proxy");
@@ -235,26 +345,73 @@ impl Controller {
         }
     }
 
-    /// Translates once per node shape, checks each snapshot, and publishes it to its nodes.
-    fn push(&self, model: &Model, nodes: Vec<Connected>) {
+    /// The snapshot of a node shape in the current generation: its parts made if this
+    /// generation has not made them yet, composed with its secrets, checked.
+    fn snapshot_for(
+        &mut self,
+        shape: &ProxyNode,
+        authenticated: bool,
+    ) -> Result<Arc<Snapshot>, InconsistentSnapshot> {
+        let key = (shape.clone(), authenticated);
+        if let Some(snapshot) = self.translations.snapshots.get(&key) {
+            return Ok(snapshot.clone());
+        }
+        let t = &mut self.translations;
+        let previous = t.previous.as_ref();
+        let outbound_key = shape.outbound_shape();
+        let outbound = match t.outbound.get(&outbound_key) {
+            Some(part) => part.clone(),
+            None => {
+                self.metrics.translations.inc();
+                let mut made = part(strait_translate::outbound(&t.model, shape, &self.settings))?;
+                if let Some(old) = previous.and_then(|(o, _)| o.get(&outbound_key)) {
+                    made = made.succeeding(old);
+                }
+                let made = Arc::new(made);
+                t.outbound.insert(outbound_key, made.clone());
+                made
+            }
+        };
+        let inbound = match t.inbound.get(shape) {
+            Some(part) => part.clone(),
+            None => {
+                let mut made = part(strait_translate::inbound(&t.model, shape, &self.settings))?;
+                if let Some(old) = previous.and_then(|(_, i)| i.get(shape)) {
+                    made = made.succeeding(old);
+                }
+                let made = Arc::new(made);
+                t.inbound.insert(shape.clone(), made.clone());
+                made
+            }
+        };
+        let mesh = t.mesh.clone();
+        let origin = t.origin;
+        let (secrets, secret_owner) = self.secrets(shape, authenticated);
+        let secrets = Arc::new(Part::build(Resources {
+            secrets,
+            ..Resources::default()
+        })?);
+        let snapshot = Arc::new(
+            Snapshot::compose(vec![mesh, outbound, inbound, secrets], secret_owner)?
+                .with_origin(origin),
+        );
+        self.translations.snapshots.insert(key, snapshot.clone());
+        Ok(snapshot)
+    }
+
+    /// Publishes each node's snapshot (one per shape, shared by its nodes).
+    fn push(&mut self, nodes: Vec<Connected>) {
         let _span = tracing::info_span!("xds.push", nodes = nodes.len()).entered();
         let started = Instant::now();
-        let mut by_shape: BTreeMap<String, (ProxyNode, bool, Vec<String>)> = BTreeMap::new();
+        let mut by_shape: HashMap<ProxyNode, (bool, Vec<String>)> = HashMap::new();
         for node in nodes {
-            let shape = node.proxy.shape();
-            let key = format!("{shape:?}");
-            let entry = by_shape
-                .entry(key)
-                .or_insert_with(|| (shape, false, Vec::new()));
-            entry.1 |= node.authenticated;
-            entry.2.push(node.proxy.id);
+            let entry = by_shape.entry(node.proxy.shape()).or_default();
+            entry.0 |= node.authenticated;
+            entry.1.push(node.proxy.id);
         }
-        for (shape, authenticated, ids) in by_shape.into_values() {
-            self.metrics.translations.inc();
-            let (secrets, secret_owner) = self.secrets(&shape, authenticated);
-            match snapshot(model, &shape, &self.settings, secrets, secret_owner) {
+        for (shape, (authenticated, ids)) in by_shape {
+            match self.snapshot_for(&shape, authenticated) {
                 Ok(snapshot) => {
-                    let snapshot = Arc::new(snapshot);
                     for id in ids {
                         if self.cache.set(&id, snapshot.clone()) {
                             tracing::debug!(node = %id, "snapshot updated");
@@ -272,25 +429,6 @@ impl Controller {
             .translation_seconds
             .observe(started.elapsed().as_secs_f64());
     }
-}
-
-/// The snapshot for one node: translation, then the consistency check.
-pub fn snapshot(
-    model: &Model,
-    node: &ProxyNode,
-    settings: &MeshSettings,
-    secrets: Vec<Secret>,
-    secret_owner: Option<String>,
-) -> Result<Snapshot, InconsistentSnapshot> {
-    let out = strait_translate::translate_with(model, node, settings);
-    Snapshot::build(Resources {
-        listeners: out.listeners,
-        routes: out.routes,
-        clusters: out.clusters,
-        endpoints: out.endpoints,
-        secrets,
-        secret_owner,
-    })
 }
 
 #[cfg(test)]
@@ -336,7 +474,7 @@ mod tests {
         match &*cache.subscribe(id).borrow() {
             NodeState::Ready(s) => s
                 .resources(SECRET_TYPE)
-                .map(|(name, _, _)| name.to_string())
+                .map(|(name, _)| name.to_string())
                 .collect(),
             _ => panic!("{id} has no snapshot"),
         }
@@ -360,34 +498,157 @@ mod tests {
             MeshSettings::default(),
             Some(certs.clone()),
         );
-        let model = Model::default();
         let identity = |sa: &str| Some(format!("spiffe://cluster.local/ns/default/sa/{sa}"));
         // Envoy takes its key over SDS; strait-proxy certifies its own and gets only the roots.
-        controller.on_event(
-            NodeEvent::Connected {
-                node: node("envoy-1", "web", false),
-                identity: identity("web"),
-            },
-            &model,
-        );
-        controller.on_event(
-            NodeEvent::Connected {
-                node: node("strait-1", "api", true),
-                identity: identity("api"),
-            },
-            &model,
-        );
+        controller.on_event(NodeEvent::Connected {
+            node: node("envoy-1", "web", false),
+            identity: identity("web"),
+        });
+        controller.on_event(NodeEvent::Connected {
+            node: node("strait-1", "api", true),
+            identity: identity("api"),
+        });
         assert_eq!(secrets(&cache, "envoy-1"), ["ROOTCA", "default"]);
         assert_eq!(secrets(&cache, "strait-1"), ["ROOTCA"]);
         assert!(certs.next_renewal().is_some(), "web's certificate is held");
         // The last proxy holding `web` leaves: nothing stays due for renewal (a stale due time
         // once made the push loop spin).
-        controller.on_event(
-            NodeEvent::Disconnected {
-                node_id: "envoy-1".into(),
-            },
-            &model,
-        );
+        controller.on_event(NodeEvent::Disconnected {
+            node_id: "envoy-1".into(),
+        });
         assert!(certs.next_renewal().is_none());
+    }
+
+    fn model(reviews_endpoint: &str, weight_v1: u32) -> Arc<Model> {
+        let yaml = format!(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: {reviews_endpoint}, labels: {{version: v1}}}}
+  - {{address: 10.0.0.2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ratings, namespace: default}}
+spec:
+  hosts: [ratings.default.svc.cluster.local]
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 10.0.1.1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: default}}
+spec:
+  host: reviews.default.svc.cluster.local
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  http:
+  - route:
+    - {{destination: {{host: reviews.default.svc.cluster.local, subset: v1}}, weight: {weight_v1}}}
+    - {{destination: {{host: reviews.default.svc.cluster.local, subset: v2}}, weight: {}}}
+"#,
+            100 - weight_v1
+        );
+        let objects = strait_model::loader::parse(&yaml, "test.yaml").unwrap();
+        Arc::new(Model::build(&objects).unwrap())
+    }
+
+    fn ready(cache: &SnapshotCache, id: &str) -> Arc<Snapshot> {
+        match &*cache.subscribe(id).borrow() {
+            NodeState::Ready(s) => s.clone(),
+            _ => panic!("{id} has no snapshot"),
+        }
+    }
+
+    #[test]
+    fn proxies_share_parts_and_an_endpoint_change_leaves_outbound_parts_alone() {
+        use strait_xds::snapshot::{ENDPOINT_TYPE, ROUTE_TYPE};
+        let cache = SnapshotCache::new();
+        let mut registry = Registry::default();
+        let mut controller =
+            Controller::new(cache.clone(), &mut registry, MeshSettings::default(), None);
+        controller.advance(model("10.0.0.1", 90), Instant::now());
+        for i in 0..50 {
+            let sa = if i % 2 == 0 { "web" } else { "api" };
+            controller.on_event(NodeEvent::Connected {
+                node: node(&format!("n{i}"), sa, false),
+                identity: None,
+            });
+        }
+        let translations = || controller_translations(&registry);
+        // The mesh once, and one outbound part for both service accounts (it reads neither).
+        assert_eq!(
+            translations(),
+            2,
+            "one mesh translation, one outbound shape"
+        );
+        let (a, b) = (ready(&cache, "n0"), ready(&cache, "n1"));
+        let route = |s: &Snapshot| s.get(ROUTE_TYPE, OUTBOUND_ROUTE).unwrap().bytes.as_ptr();
+        assert_eq!(
+            route(&a),
+            route(&b),
+            "one encoding of the routes for both shapes"
+        );
+        let eds = |s: &Snapshot| s.get(ENDPOINT_TYPE, REVIEWS_V1).unwrap().bytes.as_ptr();
+        assert_eq!(eds(&a), eds(&b));
+
+        // One endpoint moves: the mesh part is made again, the outbound part is kept, and
+        // the new mesh part knows which one assignment changed.
+        controller.advance(model("10.0.0.9", 90), Instant::now());
+        controller.push(controller.nodes.values().cloned().collect());
+        assert_eq!(translations(), 3, "only the mesh again");
+        let moved = ready(&cache, "n0");
+        assert_eq!(route(&moved), route(&a), "outbound part untouched");
+        assert_ne!(moved.version(ENDPOINT_TYPE), a.version(ENDPOINT_TYPE));
+        let (old_mesh, new_mesh) = (&a.parts()[0], &moved.parts()[0]);
+        let changed: Vec<&str> = new_mesh
+            .changed_since(old_mesh, 1)
+            .unwrap()
+            .iter()
+            .map(|n| &**n)
+            .collect();
+        assert_eq!(
+            changed,
+            [
+                REVIEWS_V1,
+                "outbound|9080||reviews.default.svc.cluster.local"
+            ]
+        );
+
+        // A weight changes: outbound parts are made again.
+        controller.advance(model("10.0.0.9", 80), Instant::now());
+        controller.push(controller.nodes.values().cloned().collect());
+        assert_eq!(translations(), 5, "mesh and the one outbound shape");
+        assert_ne!(
+            ready(&cache, "n0").version(ROUTE_TYPE),
+            moved.version(ROUTE_TYPE)
+        );
+    }
+
+    const OUTBOUND_ROUTE: &str = strait_translate::OUTBOUND_ROUTE_NAME;
+    const REVIEWS_V1: &str = "outbound|9080|v1|reviews.default.svc.cluster.local";
+
+    fn controller_translations(registry: &Registry) -> u64 {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("strait_translations_total "))
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 }

@@ -169,6 +169,28 @@ pub struct Service {
 }
 
 impl Service {
+    /// Equal to `other` but perhaps for the endpoints.
+    pub fn same_but_endpoints(&self, other: &Service) -> bool {
+        // Destructured so that a field added later must be placed on one side or the other.
+        let Service {
+            hostname,
+            namespace,
+            addresses,
+            ports,
+            resolution,
+            mesh_external,
+            endpoints: _,
+            source,
+        } = self;
+        *hostname == other.hostname
+            && *namespace == other.namespace
+            && *addresses == other.addresses
+            && *ports == other.ports
+            && *resolution == other.resolution
+            && *mesh_external == other.mesh_external
+            && *source == other.source
+    }
+
     pub fn port(&self, number: u16) -> Option<&ServicePort> {
         self.ports.iter().find(|p| p.number == number)
     }
@@ -612,6 +634,31 @@ impl Model {
 
     /// The policy in force for one cluster: the DestinationRule's top level, overridden by its
     /// port-level settings, then by the subset's policy and its port-level settings.
+    /// The two models differ in service endpoints at most (warnings aside): what reads no
+    /// endpoint translates the same from both.
+    pub fn same_but_endpoints(&self, other: &Model) -> bool {
+        // Destructured so that a field added later must be placed on one side or the other.
+        let Model {
+            services,
+            destination_rules,
+            virtual_services,
+            gateways,
+            peer_authentications,
+            authorization_policies,
+            warnings: _,
+        } = self;
+        services.len() == other.services.len()
+            && services
+                .iter()
+                .zip(&other.services)
+                .all(|((ka, a), (kb, b))| ka == kb && a.same_but_endpoints(b))
+            && *destination_rules == other.destination_rules
+            && *virtual_services == other.virtual_services
+            && *gateways == other.gateways
+            && *peer_authentications == other.peer_authentications
+            && *authorization_policies == other.authorization_policies
+    }
+
     pub fn policy_for(&self, host: &str, port: u16, subset: Option<&str>) -> ResolvedPolicy {
         match self.destination_rule_for(host) {
             Some(dr) => dr.resolve(port, subset),

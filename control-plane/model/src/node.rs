@@ -257,6 +257,25 @@ impl ProxyNode {
         }
     }
 
+    /// What of the node its outbound configuration depends on (`strait_translate::outbound`):
+    /// mode, capture, ports, listen address, namespace and labels, and whether it has an
+    /// IPv6 address; not its service account, inbound side or exact addresses. Captured pods
+    /// of one Deployment share it, so they share one translation of the mesh's outbound side.
+    pub fn outbound_shape(&self) -> ProxyNode {
+        let v6 = self.instance_ips.iter().find(|ip| ip.is_ipv6()).copied();
+        ProxyNode {
+            id: String::new(),
+            service_account: None,
+            inbound: None,
+            own_certificate: false,
+            instance_ips: v6
+                .map(|_| IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED))
+                .into_iter()
+                .collect(),
+            ..self.clone()
+        }
+    }
+
     /// Reads a node from its metadata, given as JSON (the xDS edge converts the protobuf
     /// `Struct`). Missing keys take defaults; present but malformed keys are errors.
     pub fn from_metadata(

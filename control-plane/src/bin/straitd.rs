@@ -64,6 +64,10 @@ struct Args {
     /// Lifetime of workload certificates (renewed at half of it), e.g. 24h or 30s.
     #[arg(long, env = "STRAIT_WORKLOAD_CERT_TTL", default_value = "24h", value_parser = parse_duration)]
     workload_cert_ttl: std::time::Duration,
+    /// How many ADS streams may be in their initial sync at once; later ones wait their
+    /// turn (a reconnect wave converges steadily instead of all at once).
+    #[arg(long, env = "STRAIT_XDS_ADMISSION_LIMIT", default_value_t = strait_xds::server::DEFAULT_ADMISSION_LIMIT)]
+    xds_admission_limit: usize,
     /// TLS port for xDS (with SDS private keys) and the certificate API; callers authenticate
     /// with a bootstrap token or a mesh client certificate.
     #[arg(long, env = "STRAIT_XDS_TLS_ADDR", default_value = "127.0.0.1:15012")]
@@ -170,7 +174,8 @@ async fn main() -> anyhow::Result<()> {
     let store = ConfigStore::new(&mut registry);
     let cache = SnapshotCache::new();
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
-    let ads = AdsServer::new(cache.clone(), events_tx, XdsMetrics::new(&mut registry));
+    let ads = AdsServer::new(cache.clone(), events_tx, XdsMetrics::new(&mut registry))
+        .with_admission_limit(args.xds_admission_limit);
 
     // The mesh CA: its root survives restarts in --data-dir (or comes from --plugin-ca-dir).
     let options = CaOptions {

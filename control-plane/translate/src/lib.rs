@@ -69,18 +69,42 @@ pub fn translate(model: &Model, node: &ProxyNode) -> Output {
     translate_with(model, node, &MeshSettings::default())
 }
 
-/// Translates the model for one proxy.
+/// Translates the model for one proxy: the mesh's part, its outbound part and its inbound
+/// part together.
 pub fn translate_with(model: &Model, node: &ProxyNode, settings: &MeshSettings) -> Output {
-    let (mut clusters, endpoints) = cluster::clusters(model, settings);
-    let (mut listeners, routes) = match (node.mode, node.interception) {
+    let mut out = mesh(model, settings);
+    for part in [
+        outbound(model, node, settings),
+        inbound(model, node, settings),
+    ] {
+        out.listeners.extend(part.listeners);
+        out.routes.extend(part.routes);
+        out.clusters.extend(part.clusters);
+        out.endpoints.extend(part.endpoints);
+    }
+    out
+}
+
+/// What every proxy gets alike: a cluster per service port and subset, and the endpoints
+/// of the EDS ones. Reads no node, so it is made once per model for all of them.
+pub fn mesh(model: &Model, settings: &MeshSettings) -> Output {
+    let (clusters, endpoints) = cluster::clusters(model, settings);
+    Output {
+        clusters,
+        endpoints,
+        ..Output::default()
+    }
+}
+
+/// A proxy's outbound side: its listeners and routes to the mesh (and a captured sidecar's
+/// passthrough and blackhole clusters). Reads no endpoint, so an endpoint change leaves it
+/// as it is; and of the node only what [`ProxyNode::outbound_shape`] keeps.
+pub fn outbound(model: &Model, node: &ProxyNode, settings: &MeshSettings) -> Output {
+    let mut clusters = Vec::new();
+    let (listeners, routes) = match (node.mode, node.interception) {
         (ProxyMode::Sidecar, Interception::Redirect { inbound_port }) => {
-            let (mut listeners, routes) = outbound::captured(model, node, settings, inbound_port);
-            let (virtual_inbound, inbound_clusters) =
-                inbound::captured(model, node, settings, inbound_port);
-            listeners.push(virtual_inbound);
             clusters.extend(cluster::captured_clusters());
-            clusters.extend(inbound_clusters);
-            (listeners, routes)
+            outbound::captured(model, node, settings, inbound_port)
         }
         (ProxyMode::Sidecar, Interception::None) => {
             let routes = vec![route::sidecar_routes(model, node)];
@@ -88,14 +112,30 @@ pub fn translate_with(model: &Model, node: &ProxyNode, settings: &MeshSettings) 
         }
         (ProxyMode::Gateway, _) => listener::gateway(model, node),
     };
-    if let Some((listener, app)) = inbound::explicit(model, node, settings) {
-        listeners.push(listener);
-        clusters.push(app);
-    }
     Output {
         listeners,
         routes,
         clusters,
-        endpoints,
+        endpoints: Vec::new(),
     }
+}
+
+/// A sidecar's inbound side: the listener its workload's callers reach and the clusters to
+/// the workload. A captured sidecar serves the ports whose endpoints are its addresses, so
+/// this part follows endpoint changes.
+pub fn inbound(model: &Model, node: &ProxyNode, settings: &MeshSettings) -> Output {
+    let mut out = Output::default();
+    if let (ProxyMode::Sidecar, Interception::Redirect { inbound_port }) =
+        (node.mode, node.interception)
+    {
+        let (virtual_inbound, inbound_clusters) =
+            inbound::captured(model, node, settings, inbound_port);
+        out.listeners.push(virtual_inbound);
+        out.clusters.extend(inbound_clusters);
+    }
+    if let Some((listener, app)) = inbound::explicit(model, node, settings) {
+        out.listeners.push(listener);
+        out.clusters.push(app);
+    }
+    out
 }

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
 
 use tokio::sync::watch;
 
@@ -20,15 +19,12 @@ pub enum NodeState {
 
 struct Entry {
     state: watch::Sender<NodeState>,
-    /// When the current state was set, so streams can time the push end to end.
-    published_at: Instant,
 }
 
 impl Entry {
     fn new() -> Self {
         Self {
             state: watch::Sender::new(NodeState::Pending),
-            published_at: Instant::now(),
         }
     }
 }
@@ -56,7 +52,7 @@ impl SnapshotCache {
     pub fn set(&self, node_id: &str, snapshot: Arc<Snapshot>) -> bool {
         let mut nodes = self.lock();
         let entry = nodes.entry(node_id.to_string()).or_insert_with(Entry::new);
-        let changed = entry.state.send_if_modified(|state| {
+        entry.state.send_if_modified(|state| {
             if let NodeState::Ready(current) = state
                 && PUSH_ORDER
                     .iter()
@@ -66,11 +62,7 @@ impl SnapshotCache {
             }
             *state = NodeState::Ready(snapshot);
             true
-        });
-        if changed {
-            entry.published_at = Instant::now();
-        }
-        changed
+        })
     }
 
     /// Marks a node as unservable; its open streams end with `invalid_argument(reason)`.
@@ -78,7 +70,6 @@ impl SnapshotCache {
         let mut nodes = self.lock();
         let entry = nodes.entry(node_id.to_string()).or_insert_with(Entry::new);
         entry.state.send_replace(NodeState::Rejected(reason));
-        entry.published_at = Instant::now();
     }
 
     /// Forgets a node. Streams still watching it (a reconnect racing the removal) are put back
@@ -108,11 +99,6 @@ impl SnapshotCache {
         let mut ids: Vec<String> = self.lock().keys().cloned().collect();
         ids.sort();
         ids
-    }
-
-    /// When the node's current state was published.
-    pub(crate) fn published_at(&self, node_id: &str) -> Option<Instant> {
-        self.lock().get(node_id).map(|entry| entry.published_at)
     }
 
     /// A node reconnecting after a rejection gets a fresh decision: the controller hears

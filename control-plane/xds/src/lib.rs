@@ -5,6 +5,7 @@ pub mod metrics;
 pub mod server;
 pub mod snapshot;
 pub mod status;
+pub mod wire;
 
 pub use cache::{NodeState, SnapshotCache};
 pub use metrics::XdsMetrics;

@@ -18,26 +18,42 @@ struct TypeLabels {
 #[derive(Clone, Debug)]
 pub struct XdsMetrics {
     connected: Gauge,
+    admission_waiting: Gauge,
     pushes: Family<TypeLabels, Counter>,
     acks: Family<TypeLabels, Counter>,
     nacks: Family<TypeLabels, Counter>,
     push_seconds: Histogram,
+    convergence_seconds: Family<TypeLabels, Histogram>,
+    push_bytes: Family<TypeLabels, Histogram>,
 }
 
 impl XdsMetrics {
     pub fn new(registry: &mut Registry) -> Self {
         let metrics = Self {
             connected: Gauge::default(),
+            admission_waiting: Gauge::default(),
             pushes: Family::default(),
             acks: Family::default(),
             nacks: Family::default(),
             // 1 ms .. ~16 s: a push that takes longer is stuck behind a slow client.
             push_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            convergence_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 16))
+            }),
+            // 64 B .. 64 MiB
+            push_bytes: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(64.0, 4.0, 11))
+            }),
         };
         registry.register(
             "strait_xds_connected_proxies",
             "Open ADS streams",
             metrics.connected.clone(),
+        );
+        registry.register(
+            "strait_xds_admission_waiting",
+            "ADS streams waiting for a slot to begin their initial sync",
+            metrics.admission_waiting.clone(),
         );
         // prometheus-client appends `_total` to counters.
         registry.register(
@@ -60,6 +76,16 @@ impl XdsMetrics {
             "Time from a snapshot being published (or a request making a response due) to the response being written",
             metrics.push_seconds.clone(),
         );
+        registry.register(
+            "strait_xds_convergence_seconds",
+            "Time from a configuration change (or a request making a response due) to the proxy's ACK of the response carrying it, by type",
+            metrics.convergence_seconds.clone(),
+        );
+        registry.register(
+            "strait_xds_push_bytes",
+            "Encoded size of each xDS response sent, by type",
+            metrics.push_bytes.clone(),
+        );
         metrics
     }
 
@@ -72,17 +98,35 @@ impl XdsMetrics {
         self.connected.inc();
     }
 
+    /// Counts a stream as waiting for admission until the guard drops.
+    pub(crate) fn admission_waiting(&self) -> impl Drop + use<> {
+        struct Waiting(Gauge);
+        impl Drop for Waiting {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
+        self.admission_waiting.inc();
+        Waiting(self.admission_waiting.clone())
+    }
+
     pub(crate) fn stream_closed(&self) {
         self.connected.dec();
     }
 
-    pub(crate) fn pushed(&self, type_url: &str, latency: Duration) {
-        self.pushes.get_or_create(&labels(type_url)).inc();
+    pub(crate) fn pushed(&self, type_url: &str, latency: Duration, bytes: usize) {
+        let labels = labels(type_url);
+        self.pushes.get_or_create(&labels).inc();
         self.push_seconds.observe(latency.as_secs_f64());
+        self.push_bytes.get_or_create(&labels).observe(bytes as f64);
     }
 
-    pub(crate) fn acked(&self, type_url: &str) {
-        self.acks.get_or_create(&labels(type_url)).inc();
+    pub(crate) fn acked(&self, type_url: &str, convergence: Duration) {
+        let labels = labels(type_url);
+        self.acks.get_or_create(&labels).inc();
+        self.convergence_seconds
+            .get_or_create(&labels)
+            .observe(convergence.as_secs_f64());
     }
 
     pub(crate) fn nacked(&self, type_url: &str) {
@@ -106,8 +150,8 @@ mod tests {
         let mut registry = Registry::default();
         let metrics = XdsMetrics::new(&mut registry);
         metrics.stream_opened();
-        metrics.pushed(CLUSTER_TYPE, Duration::from_millis(3));
-        metrics.acked(CLUSTER_TYPE);
+        metrics.pushed(CLUSTER_TYPE, Duration::from_millis(3), 512);
+        metrics.acked(CLUSTER_TYPE, Duration::from_millis(40));
         metrics.nacked(CLUSTER_TYPE);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
@@ -121,5 +165,9 @@ mod tests {
             assert!(text.contains(&line), "missing {line} in {text}");
         }
         assert!(text.contains("strait_xds_push_seconds_count 1"), "{text}");
+        for name in ["strait_xds_convergence_seconds", "strait_xds_push_bytes"] {
+            let line = format!("{name}_count{{type_url=\"{CLUSTER_TYPE}\"}} 1");
+            assert!(text.contains(&line), "missing {line} in {text}");
+        }
     }
 }

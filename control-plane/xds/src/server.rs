@@ -10,12 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,6 +20,10 @@ use crate::cache::{NodeState, SnapshotCache};
 use crate::metrics::XdsMetrics;
 use crate::snapshot::{CLUSTER_TYPE, LISTENER_TYPE, PUSH_ORDER, ROUTE_TYPE, Snapshot};
 use crate::status::ProxyStatus;
+use crate::wire::ads::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use crate::wire::{DeltaDiscoveryResponse, DiscoveryResponse};
 use delta::Delta;
 use ledger::{Ledger, lock};
 use sotw::Sotw;
@@ -32,6 +31,14 @@ use sotw::Sotw;
 /// Responses queued per stream before the stream task waits for the client to read. Small:
 /// a client that does not read only holds up its own task.
 const RESPONSE_BUFFER: usize = 8;
+
+/// Streams in their initial sync at once, by default: later ones wait their turn (their
+/// client sees a slow first response, not a refusal), so a reconnect wave of thousands of
+/// proxies converges steadily instead of all of them holding half-sent configurations.
+pub const DEFAULT_ADMISSION_LIMIT: usize = 256;
+
+/// The longest one stream holds an admission slot: a client that never ACKs lets others in.
+const ADMISSION_HOLD_MAX: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Subscribing to this name means "everything of the type".
 const WILDCARD: &str = "*";
@@ -96,6 +103,8 @@ struct Inner {
     streams: Mutex<BTreeMap<u64, Arc<Mutex<ProxyStatus>>>>,
     /// Open streams per node id.
     nodes: Mutex<HashMap<String, usize>>,
+    /// Slots for streams in their initial sync.
+    admission: Arc<tokio::sync::Semaphore>,
 }
 
 impl AdsServer {
@@ -113,9 +122,17 @@ impl AdsServer {
                 next_nonce: AtomicU64::new(1),
                 streams: Mutex::new(BTreeMap::new()),
                 nodes: Mutex::new(HashMap::new()),
+                admission: Arc::new(tokio::sync::Semaphore::new(DEFAULT_ADMISSION_LIMIT)),
             }),
             authenticator: None,
         }
+    }
+
+    /// How many streams may be in their initial sync at once (the others wait).
+    pub fn with_admission_limit(mut self, limit: usize) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("set before the server is shared");
+        inner.admission = Arc::new(tokio::sync::Semaphore::new(limit.max(1)));
+        self
     }
 
     /// The same server (shared cache, streams and status) for a port where every stream must
@@ -203,20 +220,23 @@ struct Outgoing<R> {
 /// The protocol-specific half of a stream: requests in, responses out, no I/O.
 trait Protocol: Send + Sized + 'static {
     type Request: Send + 'static;
-    type Response: Send + 'static;
+    type Response: prost::Message + Send + 'static;
     const NAME: &'static str;
 
     fn new(ledger: Ledger) -> Self;
     fn node(request: &Self::Request) -> Option<&Node>;
-    fn on_request(&mut self, request: Self::Request, now: Instant);
-    /// The next response due for `snapshot`, in push order and respecting warming; `None`
-    /// when nothing more is due.
+    /// `snapshot` is the node's current one, if any: streams keep its copies of names.
+    fn on_request(&mut self, request: Self::Request, now: Instant, snapshot: Option<&Snapshot>);
+    /// The next response due for `snapshot`, in push order, respecting warming and at most
+    /// one un-ACKed response per type; `None` when nothing more is due.
     fn next_response(
         &mut self,
         snapshot: &Snapshot,
-        published_at: Instant,
         nonce: &mut dyn FnMut() -> String,
     ) -> Option<Outgoing<Self::Response>>;
+    /// The client has answered everything sent to it and nothing is due: its initial sync
+    /// is over (once at least one response went out).
+    fn settled(&self) -> bool;
 }
 
 /// Whether listeners and routes must wait so that they never name a cluster Envoy is still
@@ -367,10 +387,25 @@ async fn serve_stream<P: Protocol>(
         }
     };
 
+    // Wait for a slot: the stream is open, its client waits for the first response.
+    let waiting = inner.metrics.admission_waiting();
+    let Ok(permit) = inner.admission.clone().acquire_owned().await else {
+        return;
+    };
+    drop(waiting);
+    let mut admission = Some(permit);
+    let admission_deadline = tokio::time::sleep(ADMISSION_HOLD_MAX);
+    tokio::pin!(admission_deadline);
+
     let (registration, ledger) = Registration::new(&inner, &node, P::NAME, identity.clone());
     let mut state = inner.cache.subscribe(&node.id);
     let mut protocol = P::new(ledger);
-    protocol.on_request(first, Instant::now());
+    let current_snapshot = |state: &tokio::sync::watch::Receiver<NodeState>| match &*state.borrow()
+    {
+        NodeState::Ready(snapshot) => Some(snapshot.clone()),
+        _ => None,
+    };
+    protocol.on_request(first, Instant::now(), current_snapshot(&state).as_deref());
     let mut next_nonce = || format!("{:x}", inner.next_nonce.fetch_add(1, Ordering::Relaxed));
 
     loop {
@@ -385,24 +420,30 @@ async fn serve_stream<P: Protocol>(
             NodeState::Ready(snapshot) => {
                 // Private keys only ever go to a stream authenticated as their owner.
                 let snapshot = snapshot.for_identity(identity.as_deref());
-                let published_at = inner
-                    .cache
-                    .published_at(&node.id)
-                    .unwrap_or_else(Instant::now);
-                while let Some(out) =
-                    protocol.next_response(&snapshot, published_at, &mut next_nonce)
-                {
+                while let Some(out) = protocol.next_response(&snapshot, &mut next_nonce) {
+                    let bytes = prost::Message::encoded_len(&out.response);
                     if tx.send(Ok(out.response)).await.is_err() {
                         return;
                     }
-                    inner.metrics.pushed(out.type_url, out.start.elapsed());
+                    inner
+                        .metrics
+                        .pushed(out.type_url, out.start.elapsed(), bytes);
                 }
             }
         }
 
+        if admission.is_some() && protocol.settled() {
+            admission = None;
+        }
         tokio::select! {
+            () = &mut admission_deadline, if admission.is_some() => {
+                tracing::debug!(node = %node.id, stream = registration.stream_id, "initial sync still unsettled; freeing its admission slot");
+                admission = None;
+            }
             request = requests.next() => match request {
-                Some(Ok(request)) => protocol.on_request(request, Instant::now()),
+                Some(Ok(request)) => {
+                    protocol.on_request(request, Instant::now(), current_snapshot(&state).as_deref());
+                }
                 Some(Err(status)) => {
                     tracing::debug!(node = %node.id, stream = registration.stream_id, %status, "stream ended with error");
                     return;

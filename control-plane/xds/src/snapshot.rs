@@ -1,7 +1,16 @@
-//! Immutable, versioned sets of xDS resources, checked for internal consistency when built.
+//! Immutable, versioned sets of xDS resources, encoded once and shared, checked for internal
+//! consistency when composed.
+//!
+//! A [`Part`] is a piece of configuration encoded once: the mesh's clusters and endpoints,
+//! the listeners and routes of one proxy shape, a workload's inbound side. A [`Snapshot`] is
+//! what one node gets: a few parts, referenced rather than copied, so a thousand proxies of a
+//! hundred shapes hold one copy of the mesh's clusters between them. A part built to replace
+//! another remembers which resources differ from it ([`Part::succeeding`]), so a stream that
+//! holds the older part finds what to send by looking at those names only.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Instant;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
@@ -14,7 +23,7 @@ use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
-use envoy_types::pb::google::protobuf::Any;
+use prost::bytes::Bytes;
 use prost::{Message, Name};
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
@@ -38,7 +47,28 @@ pub const PUSH_ORDER: [&str; 5] = [
     ROUTE_TYPE,
 ];
 
-/// What translation produced for one node, before versioning.
+/// Where a type's table sits in a part.
+pub fn type_index(type_url: &str) -> Option<usize> {
+    PUSH_ORDER.iter().position(|t| *t == type_url)
+}
+
+/// A resource version as sent on the wire: 16 hex digits of the xxh3 of its encoding.
+pub fn version_string(version: u64) -> String {
+    format!("{version:016x}")
+}
+
+/// Reads a version a client reports (delta's `initial_resource_versions`). One that is not
+/// ours still gets a value, which matches no resource.
+pub fn parse_version(version: &str) -> u64 {
+    if version.len() == 16
+        && let Ok(v) = u64::from_str_radix(version, 16)
+    {
+        return v;
+    }
+    xxh3_64(version.as_bytes()) ^ 0x9e37_79b9_7f4a_7c15
+}
+
+/// What translation produced for one node (or one part), before versioning.
 #[derive(Default, Clone, Debug)]
 pub struct Resources {
     pub listeners: Vec<Listener>,
@@ -80,85 +110,139 @@ pub enum InconsistentSnapshot {
     },
 }
 
-/// One type's resources: the type version and each resource's own version and packed form.
-#[derive(Clone, Debug, Default)]
-struct TypeResources {
-    version: String,
-    resources: BTreeMap<String, (String, Any)>,
+/// One encoded resource: its version and its bytes, shared by every response that carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Encoded {
+    pub version: u64,
+    pub bytes: Bytes,
 }
 
-impl TypeResources {
-    fn build<T: Message + Name>(
+/// One type's resources in a part, sorted by name, and a version over all of them.
+#[derive(Clone, Debug, Default)]
+pub struct Table {
+    version: u64,
+    entries: BTreeMap<Arc<str>, Encoded>,
+}
+
+impl Table {
+    fn build<T: Message>(
         kind: &'static str,
         items: &[T],
         name_of: impl Fn(&T) -> &str,
     ) -> Result<Self, InconsistentSnapshot> {
-        let mut resources = BTreeMap::new();
+        let mut entries = BTreeMap::new();
         for (index, item) in items.iter().enumerate() {
             let name = name_of(item);
             if name.is_empty() {
                 return Err(InconsistentSnapshot::EmptyName { kind, index });
             }
-            let value = item.encode_to_vec();
-            let version = format!("{:016x}", xxh3_64(&value));
-            let any = Any {
-                type_url: T::type_url(),
-                value,
-            };
-            if resources.insert(name.to_string(), (version, any)).is_some() {
+            let bytes = Bytes::from(item.encode_to_vec());
+            let version = xxh3_64(&bytes);
+            if entries
+                .insert(Arc::from(name), Encoded { version, bytes })
+                .is_some()
+            {
                 return Err(InconsistentSnapshot::DuplicateName {
                     kind,
                     name: name.to_string(),
                 });
             }
         }
-        // BTreeMap iteration is sorted by name, so the type version does not depend on the
-        // order translation emitted the resources in.
+        let mut table = Table {
+            version: 0,
+            entries,
+        };
+        table.version = table.digest();
+        Ok(table)
+    }
+
+    /// BTreeMap iteration is sorted by name, so the version does not depend on the order
+    /// translation emitted the resources in.
+    fn digest(&self) -> u64 {
         let mut hasher = Xxh3::new();
-        for (name, (version, _)) in &resources {
+        for (name, encoded) in &self.entries {
             hasher.update(name.as_bytes());
             hasher.update(&[0]);
-            hasher.update(version.as_bytes());
-            hasher.update(&[0]);
+            hasher.update(&encoded.version.to_le_bytes());
         }
-        Ok(Self {
-            version: format!("{:016x}", hasher.digest()),
-            resources,
-        })
+        hasher.digest()
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Encoded> {
+        self.entries.get(name)
+    }
+
+    /// The table's own copy of a name (shared, so streams can remember it without copying).
+    pub fn name(&self, name: &str) -> Option<&Arc<str>> {
+        self.entries.get_key_value(name).map(|(k, _)| k)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Encoded)> {
+        self.entries.iter()
     }
 }
 
-/// An immutable, internally consistent set of listeners, routes, clusters and endpoints.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    listeners: TypeResources,
-    routes: TypeResources,
-    clusters: TypeResources,
-    endpoints: TypeResources,
-    secrets: TypeResources,
-    secret_owner: Option<String>,
-    /// Secrets holding a private key.
-    private_secrets: BTreeSet<String>,
-    /// `ClusterLoadAssignment` names that EDS clusters of this snapshot will ask for.
-    eds_service_names: BTreeSet<String>,
-    /// EDS cluster name -> the assignment name it asks for.
-    eds_clusters: BTreeMap<String, String>,
+/// A route's reference to a cluster, kept to check it against the snapshot it ends up in.
+#[derive(Clone, Debug)]
+struct ClusterRef {
+    /// `route configuration "x"` or `inline route configuration of listener "y"`.
+    route: Arc<str>,
+    virtual_host: String,
+    cluster: String,
 }
 
-impl Snapshot {
-    /// Versions the resources and checks that every reference between them resolves.
-    pub fn build(resources: Resources) -> Result<Snapshot, InconsistentSnapshot> {
-        let listeners =
-            TypeResources::build("listener", &resources.listeners, |l| l.name.as_str())?;
-        let routes = TypeResources::build("route configuration", &resources.routes, |r| {
+/// How many generations back a part remembers what changed.
+const ANCESTRY: usize = 16;
+
+/// A part this one (indirectly) replaced, and the names of each type that differ since.
+#[derive(Debug)]
+struct Ancestor {
+    /// Compared by address only. Whoever compares holds the ancestor itself, so the address
+    /// cannot have been reused.
+    part: Weak<Part>,
+    changed: [Arc<[Arc<str>]>; 5],
+}
+
+/// A piece of configuration encoded once and shared by every snapshot that includes it.
+#[derive(Debug, Default)]
+pub struct Part {
+    tables: [Table; 5],
+    /// (listener, route configuration) for every connection manager that uses RDS.
+    route_refs: Vec<(String, String)>,
+    cluster_refs: Vec<ClusterRef>,
+    /// EDS cluster -> the assignment name it asks for.
+    eds_clusters: BTreeMap<Arc<str>, Arc<str>>,
+    /// Secrets holding a private key.
+    private_secrets: BTreeSet<String>,
+    /// The parts this one replaced, nearest first.
+    ancestors: Vec<Ancestor>,
+}
+
+impl Part {
+    /// Encodes and versions the resources, and records what they reference so a snapshot
+    /// made of parts can be checked without decoding anything again.
+    pub fn build(resources: Resources) -> Result<Part, InconsistentSnapshot> {
+        let listeners = Table::build("listener", &resources.listeners, |l| l.name.as_str())?;
+        let routes = Table::build("route configuration", &resources.routes, |r| {
             r.name.as_str()
         })?;
-        let clusters = TypeResources::build("cluster", &resources.clusters, |c| c.name.as_str())?;
-        let endpoints =
-            TypeResources::build("cluster load assignment", &resources.endpoints, |e| {
-                e.cluster_name.as_str()
-            })?;
-        let secrets = TypeResources::build("secret", &resources.secrets, |s| s.name.as_str())?;
+        let clusters = Table::build("cluster", &resources.clusters, |c| c.name.as_str())?;
+        let endpoints = Table::build("cluster load assignment", &resources.endpoints, |e| {
+            e.cluster_name.as_str()
+        })?;
+        let secrets = Table::build("secret", &resources.secrets, |s| s.name.as_str())?;
         let private_secrets = resources
             .secrets
             .iter()
@@ -166,23 +250,20 @@ impl Snapshot {
             .map(|s| s.name.clone())
             .collect();
 
-        let cluster_names: BTreeSet<&str> =
-            resources.clusters.iter().map(|c| c.name.as_str()).collect();
+        let mut route_refs = Vec::new();
+        let mut cluster_refs = Vec::new();
         for listener in &resources.listeners {
             for chain in listener
                 .filter_chains
                 .iter()
                 .chain(listener.default_filter_chain.iter())
             {
-                check_filter_chain(listener, chain, &routes, &cluster_names)?;
+                references_of_chain(listener, chain, &mut route_refs, &mut cluster_refs)?;
             }
         }
         for route in &resources.routes {
-            check_route_configuration(
-                &format!("route configuration {:?}", route.name),
-                route,
-                &cluster_names,
-            )?;
+            let label: Arc<str> = Arc::from(format!("route configuration {:?}", route.name));
+            references_of_routes(&label, route, &mut cluster_refs);
         }
 
         let mut eds_clusters = BTreeMap::new();
@@ -200,25 +281,187 @@ impl Snapshot {
                 .map(|eds| eds.service_name.as_str())
                 .filter(|name| !name.is_empty())
                 .unwrap_or(cluster.name.as_str());
-            if !endpoints.resources.contains_key(service_name) {
-                return Err(InconsistentSnapshot::MissingLoadAssignment {
-                    cluster: cluster.name.clone(),
-                    service_name: service_name.to_string(),
-                });
-            }
-            eds_clusters.insert(cluster.name.clone(), service_name.to_string());
+            let service: Arc<str> = endpoints
+                .name(service_name)
+                .cloned()
+                .unwrap_or_else(|| Arc::from(service_name));
+            let name = clusters
+                .name(&cluster.name)
+                .cloned()
+                .unwrap_or_else(|| Arc::from(cluster.name.as_str()));
+            eds_clusters.insert(name, service);
         }
 
-        Ok(Snapshot {
-            listeners,
-            routes,
-            clusters,
-            endpoints,
-            secrets,
-            secret_owner: resources.secret_owner,
-            private_secrets,
-            eds_service_names: eds_clusters.values().cloned().collect(),
+        // Same order as PUSH_ORDER.
+        Ok(Part {
+            tables: [clusters, endpoints, secrets, listeners, routes],
+            route_refs,
+            cluster_refs,
             eds_clusters,
+            private_secrets,
+            ancestors: Vec::new(),
+        })
+    }
+
+    /// This part as the successor of `previous`: it records which names differ from it (and
+    /// from the parts `previous` replaced), so streams holding one of those compare only
+    /// those names.
+    pub fn succeeding(mut self, previous: &Arc<Part>) -> Part {
+        let changed: [Vec<Arc<str>>; 5] =
+            std::array::from_fn(|i| changed_names(&previous.tables[i], &self.tables[i]));
+        let mut ancestors = vec![Ancestor {
+            part: Arc::downgrade(previous),
+            changed: changed.clone().map(Arc::from),
+        }];
+        for older in previous.ancestors.iter().take(ANCESTRY - 1) {
+            let merged: [Vec<Arc<str>>; 5] = std::array::from_fn(|i| {
+                let mut names: Vec<Arc<str>> = older.changed[i]
+                    .iter()
+                    .chain(&changed[i])
+                    .cloned()
+                    .collect();
+                names.sort();
+                names.dedup();
+                names
+            });
+            // Past a quarter of the part, looking at everything is as cheap.
+            let too_many =
+                (0..5).any(|i| merged[i].len() > 64 && merged[i].len() > self.tables[i].len() / 4);
+            if too_many {
+                break;
+            }
+            ancestors.push(Ancestor {
+                part: older.part.clone(),
+                changed: merged.map(Arc::from),
+            });
+        }
+        self.ancestors = ancestors;
+        self
+    }
+
+    /// The names of a type that differ from `held`, when `held` is this part or one it
+    /// replaced in its last generations. `None` when the relation is not known.
+    pub fn changed_since(&self, held: &Arc<Part>, type_index: usize) -> Option<&[Arc<str>]> {
+        if std::ptr::eq(self, Arc::as_ptr(held)) {
+            return Some(&[]);
+        }
+        self.ancestors
+            .iter()
+            .find(|a| a.part.as_ptr() == Arc::as_ptr(held))
+            .map(|a| &*a.changed[type_index])
+    }
+
+    pub fn table(&self, type_index: usize) -> &Table {
+        &self.tables[type_index]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tables.iter().all(Table::is_empty)
+    }
+}
+
+/// An immutable, internally consistent set of listeners, routes, clusters and endpoints: the
+/// parts that make it, each shared with other snapshots.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    parts: Vec<Arc<Part>>,
+    /// Per type (PUSH_ORDER), over every part.
+    versions: [String; 5],
+    secret_owner: Option<String>,
+    /// When the change this snapshot carries was made (convergence is measured from here).
+    origin: Instant,
+}
+
+impl Snapshot {
+    /// Versions the resources and checks that every reference between them resolves.
+    pub fn build(resources: Resources) -> Result<Snapshot, InconsistentSnapshot> {
+        let owner = resources.secret_owner.clone();
+        Snapshot::compose(vec![Arc::new(Part::build(resources)?)], owner)
+    }
+
+    /// A snapshot made of parts, checked: no name twice, every route configuration a listener
+    /// uses, every cluster a route targets and every assignment an EDS cluster asks for is in
+    /// one of the parts.
+    pub fn compose(
+        parts: Vec<Arc<Part>>,
+        secret_owner: Option<String>,
+    ) -> Result<Snapshot, InconsistentSnapshot> {
+        let parts: Vec<Arc<Part>> = parts.into_iter().filter(|p| !p.is_empty()).collect();
+        let has = |type_index: usize, name: &str| {
+            parts
+                .iter()
+                .any(|p| p.tables[type_index].entries.contains_key(name))
+        };
+        const KINDS: [&str; 5] = [
+            "cluster",
+            "cluster load assignment",
+            "secret",
+            "listener",
+            "route configuration",
+        ];
+        for (i, kind) in KINDS.iter().enumerate() {
+            for (a, part) in parts.iter().enumerate() {
+                for other in &parts[a + 1..] {
+                    let (small, large) = if part.tables[i].len() <= other.tables[i].len() {
+                        (part, other)
+                    } else {
+                        (other, part)
+                    };
+                    if let Some(name) = small.tables[i]
+                        .entries
+                        .keys()
+                        .find(|n| large.tables[i].entries.contains_key(&***n))
+                    {
+                        return Err(InconsistentSnapshot::DuplicateName {
+                            kind,
+                            name: name.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        let (clusters, endpoints, routes) = (0, 1, 4);
+        for part in &parts {
+            for (listener, route) in &part.route_refs {
+                if !has(routes, route) {
+                    return Err(InconsistentSnapshot::MissingRouteConfiguration {
+                        listener: listener.clone(),
+                        route: route.clone(),
+                    });
+                }
+            }
+            for r in &part.cluster_refs {
+                if !has(clusters, &r.cluster) {
+                    return Err(InconsistentSnapshot::MissingCluster {
+                        route: r.route.to_string(),
+                        virtual_host: r.virtual_host.clone(),
+                        cluster: r.cluster.clone(),
+                    });
+                }
+            }
+            for (cluster, service) in &part.eds_clusters {
+                if !has(endpoints, service) {
+                    return Err(InconsistentSnapshot::MissingLoadAssignment {
+                        cluster: cluster.to_string(),
+                        service_name: service.to_string(),
+                    });
+                }
+            }
+        }
+        let versions = std::array::from_fn(|i| {
+            let mut hasher = Xxh3::new();
+            for part in &parts {
+                if !part.tables[i].is_empty() {
+                    hasher.update(&part.tables[i].version.to_le_bytes());
+                }
+            }
+            version_string(hasher.digest())
+        });
+        Ok(Snapshot {
+            parts,
+            versions,
+            secret_owner,
+            origin: Instant::now(),
         })
     }
 
@@ -226,79 +469,163 @@ impl Snapshot {
     /// owner, else the snapshot without any private key.
     pub fn for_identity(self: &Arc<Self>, identity: Option<&str>) -> Arc<Snapshot> {
         let owner = self.secret_owner.as_deref();
-        if self.private_secrets.is_empty() || (identity.is_some() && identity == owner) {
+        let has_private = self.parts.iter().any(|p| !p.private_secrets.is_empty());
+        if !has_private || (identity.is_some() && identity == owner) {
             return self.clone();
         }
-        let mut visible = (**self).clone();
-        visible
-            .secrets
-            .resources
-            .retain(|name, _| !self.private_secrets.contains(name));
-        Arc::new(visible)
+        let secrets = SECRET_INDEX;
+        let parts = self
+            .parts
+            .iter()
+            .map(|part| {
+                if part.private_secrets.is_empty() {
+                    return part.clone();
+                }
+                let mut table = part.tables[secrets].clone();
+                table
+                    .entries
+                    .retain(|name, _| !part.private_secrets.contains(&**name));
+                table.version = table.digest();
+                let mut tables = part.tables.clone();
+                tables[secrets] = table;
+                Arc::new(Part {
+                    tables,
+                    route_refs: part.route_refs.clone(),
+                    cluster_refs: part.cluster_refs.clone(),
+                    eds_clusters: part.eds_clusters.clone(),
+                    private_secrets: BTreeSet::new(),
+                    ancestors: Vec::new(),
+                })
+            })
+            .collect();
+        // Removing entries cannot break a reference: secrets are referenced by name only.
+        Snapshot::compose(parts, self.secret_owner.clone())
+            .map(|s| Arc::new(s.with_origin(self.origin)))
+            .unwrap_or_else(|_| self.clone())
     }
 
-    fn of_type(&self, type_url: &str) -> Option<&TypeResources> {
-        match type_url {
-            LISTENER_TYPE => Some(&self.listeners),
-            ROUTE_TYPE => Some(&self.routes),
-            CLUSTER_TYPE => Some(&self.clusters),
-            ENDPOINT_TYPE => Some(&self.endpoints),
-            SECRET_TYPE => Some(&self.secrets),
-            _ => None,
-        }
+    /// The same snapshot, carrying a change made at `origin` (by default, when it was composed).
+    pub fn with_origin(mut self, origin: Instant) -> Snapshot {
+        self.origin = origin;
+        self
+    }
+
+    pub fn origin(&self) -> Instant {
+        self.origin
+    }
+
+    /// The parts, for streams that remember what they hold by part.
+    pub fn parts(&self) -> &[Arc<Part>] {
+        &self.parts
     }
 
     /// The type version: changes exactly when some resource of the type is added, removed or
     /// changed. `None` for a type this snapshot does not carry.
     pub fn version(&self, type_url: &str) -> Option<&str> {
-        self.of_type(type_url).map(|t| t.version.as_str())
+        type_index(type_url).map(|i| self.versions[i].as_str())
     }
 
     /// Resource names of a type, sorted.
     pub fn resource_names(&self, type_url: &str) -> Vec<String> {
-        self.of_type(type_url)
-            .map(|t| t.resources.keys().cloned().collect())
-            .unwrap_or_default()
+        let mut names: Vec<String> = self
+            .resources(type_url)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        names.sort();
+        names
     }
 
-    pub fn get(&self, type_url: &str, name: &str) -> Option<&Any> {
-        self.of_type(type_url)
-            .and_then(|t| t.resources.get(name))
-            .map(|(_, any)| any)
+    pub fn get(&self, type_url: &str, name: &str) -> Option<&Encoded> {
+        let i = type_index(type_url)?;
+        self.parts.iter().find_map(|p| p.tables[i].get(name))
     }
 
-    /// A resource's own version (hash of its encoding).
-    pub fn resource_version(&self, type_url: &str, name: &str) -> Option<&str> {
-        self.of_type(type_url)
-            .and_then(|t| t.resources.get(name))
-            .map(|(version, _)| version.as_str())
+    /// The snapshot's shared copy of a resource name.
+    pub fn name(&self, type_url: &str, name: &str) -> Option<&Arc<str>> {
+        let i = type_index(type_url)?;
+        self.parts.iter().find_map(|p| p.tables[i].name(name))
     }
 
-    /// Every resource of a type as (name, resource version, packed resource), sorted by name.
-    pub fn resources(&self, type_url: &str) -> impl Iterator<Item = (&str, &str, &Any)> {
-        self.of_type(type_url).into_iter().flat_map(|t| {
-            t.resources
-                .iter()
-                .map(|(name, (version, any))| (name.as_str(), version.as_str(), any))
-        })
+    /// A resource's own version (hash of its encoding), as sent on the wire.
+    pub fn resource_version(&self, type_url: &str, name: &str) -> Option<String> {
+        self.get(type_url, name).map(|e| version_string(e.version))
+    }
+
+    /// Every resource of a type as (name, encoded), part by part (each part sorted by name).
+    pub fn resources(&self, type_url: &str) -> impl Iterator<Item = (&Arc<str>, &Encoded)> {
+        let i = type_index(type_url);
+        self.parts
+            .iter()
+            .filter_map(move |p| i.map(|i| &p.tables[i]))
+            .flat_map(Table::iter)
+    }
+
+    /// How many resources of a type.
+    pub fn len(&self, type_url: &str) -> usize {
+        type_index(type_url)
+            .map(|i| self.parts.iter().map(|p| p.tables[i].len()).sum())
+            .unwrap_or(0)
     }
 
     /// Names of the `ClusterLoadAssignment`s that this snapshot's EDS clusters subscribe to.
-    pub fn eds_service_names(&self) -> &BTreeSet<String> {
-        &self.eds_service_names
+    pub fn eds_service_names(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.parts.iter().flat_map(|p| p.eds_clusters.values())
     }
 
     /// The `ClusterLoadAssignment` name an EDS cluster asks for; `None` for other clusters.
-    pub fn eds_service_name(&self, cluster: &str) -> Option<&str> {
-        self.eds_clusters.get(cluster).map(String::as_str)
+    pub fn eds_service_name(&self, cluster: &str) -> Option<&Arc<str>> {
+        self.parts.iter().find_map(|p| p.eds_clusters.get(cluster))
     }
 }
 
-fn check_filter_chain(
+const SECRET_INDEX: usize = 2;
+
+/// Names added, changed or removed between two tables (a merge of the sorted entries).
+fn changed_names(old: &Table, new: &Table) -> Vec<Arc<str>> {
+    let mut names = Vec::new();
+    if old.version == new.version {
+        return names;
+    }
+    let mut a = old.entries.iter().peekable();
+    let mut b = new.entries.iter().peekable();
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some((name, _)), None) => {
+                names.push((*name).clone());
+                a.next();
+            }
+            (None, Some((name, _))) => {
+                names.push((*name).clone());
+                b.next();
+            }
+            (Some((na, ea)), Some((nb, eb))) => match na.cmp(nb) {
+                std::cmp::Ordering::Less => {
+                    names.push((*na).clone());
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    names.push((*nb).clone());
+                    b.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if ea.version != eb.version {
+                        names.push((*nb).clone());
+                    }
+                    a.next();
+                    b.next();
+                }
+            },
+        }
+    }
+    names
+}
+
+fn references_of_chain(
     listener: &Listener,
     chain: &FilterChain,
-    routes: &TypeResources,
-    clusters: &BTreeSet<&str>,
+    route_refs: &mut Vec<(String, String)>,
+    cluster_refs: &mut Vec<ClusterRef>,
 ) -> Result<(), InconsistentSnapshot> {
     let hcm_type = HttpConnectionManager::full_name();
     for filter in &chain.filters {
@@ -317,18 +644,15 @@ fn check_filter_chain(
         })?;
         match &hcm.route_specifier {
             Some(RouteSpecifier::Rds(rds)) => {
-                if !routes.resources.contains_key(&rds.route_config_name) {
-                    return Err(InconsistentSnapshot::MissingRouteConfiguration {
-                        listener: listener.name.clone(),
-                        route: rds.route_config_name.clone(),
-                    });
-                }
+                route_refs.push((listener.name.clone(), rds.route_config_name.clone()));
             }
-            Some(RouteSpecifier::RouteConfig(inline)) => check_route_configuration(
-                &format!("inline route configuration of listener {:?}", listener.name),
-                inline,
-                clusters,
-            )?,
+            Some(RouteSpecifier::RouteConfig(inline)) => {
+                let label: Arc<str> = Arc::from(format!(
+                    "inline route configuration of listener {:?}",
+                    listener.name
+                ));
+                references_of_routes(&label, inline, cluster_refs);
+            }
             // Scoped routes are not produced by Strait; nothing to check.
             Some(RouteSpecifier::ScopedRoutes(_)) | None => {}
         }
@@ -336,46 +660,39 @@ fn check_filter_chain(
     Ok(())
 }
 
-fn check_route_configuration(
-    label: &str,
-    config: &RouteConfiguration,
-    clusters: &BTreeSet<&str>,
-) -> Result<(), InconsistentSnapshot> {
-    let check = |virtual_host: &str, cluster: &str| {
+fn references_of_routes(label: &Arc<str>, config: &RouteConfiguration, refs: &mut Vec<ClusterRef>) {
+    let mut add = |virtual_host: &str, cluster: &str| {
         // An empty name means the cluster comes from a header at request time.
-        if cluster.is_empty() || clusters.contains(cluster) {
-            Ok(())
-        } else {
-            Err(InconsistentSnapshot::MissingCluster {
-                route: label.to_string(),
+        if !cluster.is_empty() {
+            refs.push(ClusterRef {
+                route: label.clone(),
                 virtual_host: virtual_host.to_string(),
                 cluster: cluster.to_string(),
-            })
+            });
         }
     };
-    let check_mirrors = |virtual_host: &str, mirrors: &[RequestMirrorPolicy]| {
-        mirrors
-            .iter()
-            .try_for_each(|mirror| check(virtual_host, &mirror.cluster))
-    };
-    check_mirrors("", &config.request_mirror_policies)?;
+    fn mirrors(vhost: &str, mirrors: &[RequestMirrorPolicy], add: &mut impl FnMut(&str, &str)) {
+        for mirror in mirrors {
+            add(vhost, &mirror.cluster);
+        }
+    }
+    mirrors("", &config.request_mirror_policies, &mut add);
     for vhost in &config.virtual_hosts {
-        check_mirrors(&vhost.name, &vhost.request_mirror_policies)?;
+        mirrors(&vhost.name, &vhost.request_mirror_policies, &mut add);
         for route in &vhost.routes {
             let Some(route::Action::Route(action)) = &route.action else {
                 continue;
             };
             match &action.cluster_specifier {
-                Some(ClusterSpecifier::Cluster(name)) => check(&vhost.name, name)?,
+                Some(ClusterSpecifier::Cluster(name)) => add(&vhost.name, name),
                 Some(ClusterSpecifier::WeightedClusters(weighted)) => {
                     for weight in &weighted.clusters {
-                        check(&vhost.name, &weight.name)?;
+                        add(&vhost.name, &weight.name);
                     }
                 }
                 _ => {}
             }
-            check_mirrors(&vhost.name, &action.request_mirror_policies)?;
+            mirrors(&vhost.name, &action.request_mirror_policies, &mut add);
         }
     }
-    Ok(())
 }

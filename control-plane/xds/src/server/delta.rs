@@ -1,38 +1,93 @@
 //! Incremental (delta) ADS: what each client holds per resource, and the diffs to send it.
+//!
+//! A stream remembers what its client holds by reference: the parts of the snapshot it was
+//! last brought up to date with, plus the few names that differ from them. A part that
+//! replaced one the client holds knows which names changed, so an endpoint change costs each
+//! stream a look at that one name, not at every resource of the mesh.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
-};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
 use super::ledger::Ledger;
 use super::{Outgoing, Protocol, WILDCARD, Warming, is_known_type, is_wildcard_type};
-use crate::snapshot::{CLUSTER_TYPE, ENDPOINT_TYPE, PUSH_ORDER, Snapshot};
+use crate::snapshot::{
+    CLUSTER_TYPE, ENDPOINT_TYPE, Encoded, PUSH_ORDER, Part, Snapshot, parse_version, type_index,
+    version_string,
+};
+use crate::wire::{Any, DeltaDiscoveryResponse, Resource};
 
-/// A response the client has not ACKed or NACKed yet.
+/// What a client holds of one type.
+#[derive(Clone, Default)]
+struct Held {
+    /// Parts of the snapshot the client was last brought up to date with: it holds every
+    /// resource of these in its subscription, at the part's version...
+    base: Vec<Arc<Part>>,
+    /// ...except these: held at another version (`Some`) or not held (`None`).
+    exceptions: HashMap<Arc<str>, Option<u64>>,
+}
+
+impl Held {
+    fn version(&self, index: usize, name: &str) -> Option<u64> {
+        match self.exceptions.get(name) {
+            Some(exception) => *exception,
+            None => self
+                .base
+                .iter()
+                .find_map(|p| p.table(index).get(name).map(|e| e.version)),
+        }
+    }
+
+    /// Every name held, with its version (for the rare changes of scope that need them all).
+    fn materialize(
+        &self,
+        index: usize,
+        scope: impl Fn(&str) -> bool,
+    ) -> HashMap<Arc<str>, Option<u64>> {
+        let mut all: HashMap<Arc<str>, Option<u64>> = HashMap::new();
+        for part in &self.base {
+            for (name, e) in part.table(index).iter() {
+                if scope(name) {
+                    all.entry(name.clone()).or_insert(Some(e.version));
+                }
+            }
+        }
+        for (name, v) in &self.exceptions {
+            all.insert(name.clone(), *v);
+        }
+        all.retain(|_, v| v.is_some());
+        all
+    }
+}
+
+/// A response the client has not ACKed or NACKed yet (at most one per type).
 struct InFlight {
     nonce: String,
     system_version: String,
-    /// Each resource sent: name, what the client held before, the version sent.
-    sent: Vec<(String, Option<String>, String)>,
+    /// What the client held before it, restored if it is rejected.
+    previous: Held,
+    /// Each resource sent and its version.
+    sent: Vec<(Arc<str>, u64)>,
+    /// When the change it carries was made (for the convergence histogram).
+    since: Instant,
 }
 
 #[derive(Default)]
 struct TypeState {
+    index: usize,
     wildcard: bool,
-    subscribed: BTreeSet<String>,
-    /// What the client holds: name -> resource version.
-    held: BTreeMap<String, String>,
+    subscribed: BTreeSet<Arc<str>>,
+    held: Held,
     /// Resource versions the client rejected: not sent again until the snapshot changes them.
-    rejected: BTreeMap<String, String>,
+    rejected: HashMap<Arc<str>, u64>,
     /// The type version whose response was rejected. Once the type changes, rejected resources
     /// are offered again with the change, as state-of-the-world resends the whole set (a
     /// rejection may have had a cause outside the resource, such as a port in use).
     rejected_at: Option<String>,
-    in_flight: Vec<InFlight>,
+    in_flight: Option<InFlight>,
     /// The first request is always answered, even with nothing in it: Envoy's initial fetch
     /// of the type waits for a response.
     answer_first: bool,
@@ -44,12 +99,31 @@ impl TypeState {
     fn in_scope(&self, name: &str) -> bool {
         self.wildcard || self.subscribed.contains(name)
     }
+
+    /// A name comes into or leaves the subscription: whatever the base says, the client does
+    /// not hold it (now, or when it comes back).
+    fn forget(&mut self, name: Arc<str>) {
+        self.held.exceptions.insert(name.clone(), None);
+        self.rejected.remove(&name);
+        if let Some(in_flight) = &mut self.in_flight {
+            in_flight.previous.exceptions.insert(name, None);
+        }
+    }
 }
 
 /// One delta stream's protocol state.
 pub(crate) struct Delta {
     ledger: Ledger,
-    types: BTreeMap<String, TypeState>,
+    types: BTreeMap<&'static str, TypeState>,
+}
+
+/// The snapshot's copy of a name when it has one, so streams share names instead of each
+/// keeping its own.
+fn shared_name(snapshot: Option<&Snapshot>, type_url: &str, name: &str) -> Arc<str> {
+    snapshot
+        .and_then(|s| s.name(type_url, name))
+        .cloned()
+        .unwrap_or_else(|| Arc::from(name))
 }
 
 impl Protocol for Delta {
@@ -68,30 +142,45 @@ impl Protocol for Delta {
         request.node.as_ref()
     }
 
-    fn on_request(&mut self, request: DeltaDiscoveryRequest, now: Instant) {
-        let type_url = request.type_url.as_str();
-        if !is_known_type(type_url) {
+    fn on_request(
+        &mut self,
+        request: DeltaDiscoveryRequest,
+        now: Instant,
+        snapshot: Option<&Snapshot>,
+    ) {
+        let Some(type_url) = PUSH_ORDER
+            .iter()
+            .copied()
+            .find(|t| *t == request.type_url && is_known_type(t))
+        else {
             tracing::debug!(
                 stream = self.ledger.stream_id(),
-                type_url,
+                type_url = request.type_url,
                 "ignoring request for unsupported type"
             );
             return;
-        }
+        };
+        let index = type_index(type_url).expect("known type");
         let state = match self.types.get_mut(type_url) {
             Some(state) => state,
             None => {
                 self.ledger.opened(type_url);
-                let state = self.types.entry(type_url.to_string()).or_default();
+                let state = self.types.entry(type_url).or_default();
+                state.index = index;
                 // Legacy wildcard: LDS and CDS subscribe to everything when the first request
                 // names nothing.
                 state.wildcard =
                     is_wildcard_type(type_url) && request.resource_names_subscribe.is_empty();
                 // Reconnecting clients say what they already have, so it is not sent again.
-                state.held = request
+                state.held.exceptions = request
                     .initial_resource_versions
                     .iter()
-                    .map(|(name, version)| (name.clone(), version.clone()))
+                    .map(|(name, version)| {
+                        (
+                            shared_name(snapshot, type_url, name),
+                            Some(parse_version(version)),
+                        )
+                    })
                     .collect();
                 state.answer_first = true;
                 state.due = Some(now);
@@ -101,41 +190,69 @@ impl Protocol for Delta {
 
         for name in &request.resource_names_subscribe {
             if name == WILDCARD {
+                if !state.wildcard {
+                    // Names not held so far come into scope: spell out what is held.
+                    let subscribed = &state.subscribed;
+                    let held = state.held.materialize(index, |n| subscribed.contains(n));
+                    state.held = Held {
+                        base: Vec::new(),
+                        exceptions: held,
+                    };
+                }
                 state.wildcard = true;
-            } else {
+            } else if !state.in_scope(name) {
+                let name = shared_name(snapshot, type_url, name);
                 state.subscribed.insert(name.clone());
+                let held = request
+                    .initial_resource_versions
+                    .get(&*name)
+                    .map(|v| parse_version(v));
+                state.forget(name.clone());
+                state.held.exceptions.insert(name, held);
+            } else if !state.wildcard {
+                // Subscribing again to a name: Envoy asks for it anew (as after a cluster's
+                // re-warm) and expects an answer.
+            } else {
+                state
+                    .subscribed
+                    .insert(shared_name(snapshot, type_url, name));
             }
             state.due = Some(now);
         }
         for name in &request.resource_names_unsubscribe {
             if name == WILDCARD {
-                state.wildcard = false;
-                // Everything held only through the wildcard is dropped by the client.
-                let subscribed = &state.subscribed;
-                state.held.retain(|held, _| subscribed.contains(held));
-                state.rejected.retain(|held, _| subscribed.contains(held));
-            } else {
-                state.subscribed.remove(name);
-                if !state.in_scope(name) {
-                    // A later re-subscription must send the resource again.
-                    state.held.remove(name);
-                    state.rejected.remove(name);
+                if state.wildcard {
+                    let subscribed = &state.subscribed;
+                    // Everything held only through the wildcard is dropped by the client.
+                    let held = state.held.materialize(index, |n| subscribed.contains(n));
+                    state.held = Held {
+                        base: Vec::new(),
+                        exceptions: held,
+                    };
+                    state.rejected.retain(|held, _| subscribed.contains(held));
                 }
+                state.wildcard = false;
+            } else if let Some(name) = state.subscribed.take(name.as_str())
+                && !state.in_scope(&name)
+            {
+                // A later re-subscription must send the resource again.
+                state.forget(name);
             }
         }
 
         if !request.resource_names_unsubscribe.is_empty() {
-            self.ledger.set_resources(type_url, state.held.len());
+            let held = held_count(state, snapshot);
+            self.ledger.set_resources(type_url, held);
         }
 
         if request.response_nonce.is_empty() {
             return;
         }
-        let Some(position) = state
+        let matches = state
             .in_flight
-            .iter()
-            .position(|f| f.nonce == request.response_nonce)
-        else {
+            .as_ref()
+            .is_some_and(|f| f.nonce == request.response_nonce);
+        if !matches {
             tracing::debug!(
                 stream = self.ledger.stream_id(),
                 type_url,
@@ -143,35 +260,28 @@ impl Protocol for Delta {
                 "ignoring ack for unknown nonce"
             );
             return;
-        };
-        // Envoy answers responses in order, so older ones still in flight were superseded.
-        let settled = state
-            .in_flight
-            .drain(..=position)
-            .next_back()
-            .expect("position is in range");
+        }
+        let settled = state.in_flight.take().expect("matched above");
         match &request.error_detail {
             Some(error) => {
-                for (name, previous, version) in settled.sent {
-                    // Only undo our bookkeeping if nothing newer was sent since.
-                    if state.held.get(&name) == Some(&version) {
-                        match previous {
-                            Some(previous) => state.held.insert(name.clone(), previous),
-                            None => state.held.remove(&name),
-                        };
-                    }
+                state.held = settled.previous;
+                for (name, version) in settled.sent {
                     state.rejected.insert(name, version);
                 }
                 state.rejected_at = Some(settled.system_version.clone());
                 self.ledger.nacked(type_url, &settled.system_version, error);
-                self.ledger.set_resources(type_url, state.held.len());
+                let held = held_count(state, snapshot);
+                self.ledger.set_resources(type_url, held);
             }
             None => {
                 // The client moved on to what we sent; older rejections no longer matter.
-                for (name, _, _) in &settled.sent {
-                    state.rejected.remove(name);
+                if !state.rejected.is_empty() {
+                    for (name, _) in &settled.sent {
+                        state.rejected.remove(name);
+                    }
                 }
-                self.ledger.acked(type_url, &settled.system_version);
+                self.ledger
+                    .acked(type_url, &settled.system_version, settled.since.elapsed());
             }
         }
     }
@@ -179,22 +289,27 @@ impl Protocol for Delta {
     fn next_response(
         &mut self,
         snapshot: &Snapshot,
-        published_at: Instant,
         nonce: &mut dyn FnMut() -> String,
     ) -> Option<Outgoing<DeltaDiscoveryResponse>> {
         for type_url in PUSH_ORDER {
             let Some(state) = self.types.get_mut(type_url) else {
                 continue;
             };
+            // One response of a type at a time: later changes wait for its ACK and go out
+            // together in the next one.
+            if state.in_flight.is_some() {
+                continue;
+            }
             if state.rejected_at.is_some()
                 && state.rejected_at.as_deref() != snapshot.version(type_url)
             {
                 state.rejected.clear();
                 state.rejected_at = None;
             }
-            let state = &*state;
-            let (resources, removed) = diff(state, snapshot, type_url);
-            if resources.is_empty() && removed.is_empty() && !state.answer_first {
+            let diff = diff(state, snapshot);
+            if diff.changed.is_empty() && diff.removed.is_empty() && !state.answer_first {
+                // Nothing to send, but the client is up to date with these parts now.
+                rebase(state, snapshot, diff.skipped);
                 continue;
             }
             if Warming::holds(type_url) && self.warming(snapshot).hold() {
@@ -207,9 +322,11 @@ impl Protocol for Delta {
             if type_url == CLUSTER_TYPE
                 && let Some(eds) = self.types.get_mut(ENDPOINT_TYPE)
             {
-                for resource in &resources {
-                    if let Some(service) = snapshot.eds_service_name(&resource.name) {
-                        eds.held.remove(service);
+                for name in diff.changed.keys() {
+                    if let Some(service) = snapshot.eds_service_name(name)
+                        && eds.in_scope(service)
+                    {
+                        eds.forget(service.clone());
                     }
                 }
             }
@@ -220,29 +337,43 @@ impl Protocol for Delta {
                 .expect("type state looked up above");
             let version = snapshot.version(type_url).unwrap_or_default().to_string();
             let nonce = nonce();
-            let mut sent = Vec::with_capacity(resources.len());
-            for resource in &resources {
-                let previous = state
-                    .held
-                    .insert(resource.name.clone(), resource.version.clone());
-                sent.push((resource.name.clone(), previous, resource.version.clone()));
-            }
-            for name in &removed {
-                state.held.remove(name);
+            let previous = state.held.clone();
+            rebase(state, snapshot, diff.skipped);
+            let sent: Vec<(Arc<str>, u64)> = diff
+                .changed
+                .iter()
+                .map(|(name, e)| (name.clone(), e.version))
+                .collect();
+            let resources: Vec<Resource> = diff
+                .changed
+                .into_iter()
+                .map(|(name, e)| Resource {
+                    name: name.to_string(),
+                    version: version_string(e.version),
+                    resource: Some(Any {
+                        type_url: type_url.to_string(),
+                        value: e.bytes,
+                    }),
+                })
+                .collect();
+            let removed: Vec<String> = diff.removed.iter().map(|n| n.to_string()).collect();
+            for name in &diff.removed {
                 state.rejected.remove(name);
             }
-            state.in_flight.push(InFlight {
-                nonce: nonce.clone(),
-                system_version: version.clone(),
-                sent,
-            });
-            state.answer_first = false;
-            self.ledger
-                .sent(type_url, &version, &nonce, state.held.len());
             let start = state
                 .due
                 .take()
-                .map_or(published_at, |due| due.max(published_at));
+                .map_or(snapshot.origin(), |due| due.max(snapshot.origin()));
+            state.in_flight = Some(InFlight {
+                nonce: nonce.clone(),
+                system_version: version.clone(),
+                previous,
+                sent,
+                since: start,
+            });
+            state.answer_first = false;
+            let held = held_count(state, Some(snapshot));
+            self.ledger.sent(type_url, &version, &nonce, held);
             return Some(Outgoing {
                 type_url,
                 start,
@@ -252,54 +383,156 @@ impl Protocol for Delta {
                     type_url: type_url.to_string(),
                     removed_resources: removed,
                     nonce,
-                    ..Default::default()
                 },
             });
         }
         None
     }
+
+    fn settled(&self) -> bool {
+        !self.types.is_empty()
+            && self
+                .types
+                .values()
+                .all(|t| t.in_flight.is_none() && !t.answer_first)
+    }
 }
 
-/// The resources in scope whose version differs from what the client holds (and was not
-/// rejected), and the held names in scope that the snapshot no longer has.
-fn diff(state: &TypeState, snapshot: &Snapshot, type_url: &str) -> (Vec<Resource>, Vec<String>) {
-    let changed = |name: &str, version: &str| {
-        state.held.get(name).map(String::as_str) != Some(version)
-            && state.rejected.get(name).map(String::as_str) != Some(version)
-    };
-    let resource =
-        |name: &str, version: &str, any: &envoy_types::pb::google::protobuf::Any| Resource {
-            name: name.to_string(),
-            version: version.to_string(),
-            resource: Some(any.clone()),
-            ..Default::default()
-        };
-    let mut resources = Vec::new();
+/// How many resources of its subscription the client holds (for the status page).
+fn held_count(state: &TypeState, snapshot: Option<&Snapshot>) -> usize {
+    let Some(snapshot) = snapshot else { return 0 };
+    let type_url = PUSH_ORDER[state.index];
+    let held = |name: &str| state.held.version(state.index, name).is_some();
     if state.wildcard {
-        for (name, version, any) in snapshot.resources(type_url) {
-            if changed(name, version) {
-                resources.push(resource(name, version, any));
-            }
-        }
-        // Explicit names beyond the wildcard are all in the snapshot's set already.
+        snapshot
+            .resources(type_url)
+            .filter(|(n, _)| held(n))
+            .count()
     } else {
-        for name in &state.subscribed {
-            if let (Some(version), Some(any)) = (
-                snapshot.resource_version(type_url, name),
-                snapshot.get(type_url, name),
-            ) && changed(name, version)
-            {
-                resources.push(resource(name, version, any));
+        state.subscribed.iter().filter(|n| held(n)).count()
+    }
+}
+
+/// After a response computed from `snapshot`: the client holds the snapshot's version of
+/// everything in scope, except the names skipped because the client rejected that version.
+fn rebase(state: &mut TypeState, snapshot: &Snapshot, skipped: Vec<Arc<str>>) {
+    let index = state.index;
+    let exceptions = skipped
+        .into_iter()
+        .map(|name| {
+            let held = state.held.version(index, &name);
+            (name, held)
+        })
+        .collect();
+    state.held = Held {
+        base: snapshot
+            .parts()
+            .iter()
+            .filter(|p| !p.table(index).is_empty())
+            .cloned()
+            .collect(),
+        exceptions,
+    };
+}
+
+struct Diff {
+    /// In scope and at another version than the client holds (and not rejected).
+    changed: BTreeMap<Arc<str>, Encoded>,
+    /// Held, in scope, and gone from the snapshot.
+    removed: BTreeSet<Arc<str>>,
+    /// In scope, changed, but at the version the client rejected.
+    skipped: Vec<Arc<str>>,
+}
+
+/// What to send: looks only at the names a part changed since the part the client holds,
+/// when it knows them, else at every resource in scope.
+fn diff(state: &TypeState, snapshot: &Snapshot) -> Diff {
+    let index = state.index;
+    let mut out = Diff {
+        changed: BTreeMap::new(),
+        removed: BTreeSet::new(),
+        skipped: Vec::new(),
+    };
+    let consider = |out: &mut Diff, name: &Arc<str>, e: &Encoded| {
+        if !state.in_scope(name) || state.held.version(index, name) == Some(e.version) {
+            return;
+        }
+        if state.rejected.get(name) == Some(&e.version) {
+            out.skipped.push(name.clone());
+        } else {
+            out.changed.insert(name.clone(), e.clone());
+        }
+    };
+    for part in snapshot.parts() {
+        let table = part.table(index);
+        if table.is_empty() {
+            continue;
+        }
+        let known = state
+            .held
+            .base
+            .iter()
+            .find_map(|held| part.changed_since(held, index));
+        match known {
+            Some(changed) => {
+                for name in changed {
+                    if let Some(e) = table.get(name) {
+                        consider(&mut out, name, e);
+                    }
+                }
+            }
+            None if state.wildcard || table.len() <= state.subscribed.len() => {
+                for (name, e) in table.iter() {
+                    consider(&mut out, name, e);
+                }
+            }
+            None => {
+                for name in &state.subscribed {
+                    if let Some(e) = table.get(name) {
+                        consider(&mut out, name, e);
+                    }
+                }
             }
         }
     }
-    let removed = state
-        .held
-        .keys()
-        .filter(|name| state.in_scope(name) && snapshot.get(type_url, name).is_none())
-        .cloned()
-        .collect();
-    (resources, removed)
+    for name in state.held.exceptions.keys() {
+        if let Some(e) = snapshot.get(PUSH_ORDER[index], name) {
+            consider(&mut out, name, e);
+        }
+    }
+
+    // Removals: held names in scope that no part of the snapshot has.
+    let type_url = PUSH_ORDER[index];
+    let gone = |out: &mut Diff, name: &Arc<str>| {
+        if state.in_scope(name)
+            && snapshot.get(type_url, name).is_none()
+            && state.held.version(index, name).is_some()
+        {
+            out.removed.insert(name.clone());
+        }
+    };
+    for held in &state.held.base {
+        let successor = snapshot
+            .parts()
+            .iter()
+            .find_map(|p| p.changed_since(held, index));
+        match successor {
+            Some(changed) => {
+                for name in changed {
+                    gone(&mut out, name);
+                }
+            }
+            None => {
+                for (name, _) in held.table(index).iter() {
+                    gone(&mut out, name);
+                }
+            }
+        }
+    }
+    for name in state.held.exceptions.keys() {
+        gone(&mut out, name);
+    }
+    out
 }
 
 impl Delta {
@@ -308,20 +541,19 @@ impl Delta {
         let eds = self.types.get(ENDPOINT_TYPE);
         // The client holds every cluster of the snapshot at its current version.
         let cds_current = cds.is_some_and(|c| {
-            c.in_flight.is_empty()
+            c.in_flight.is_none()
                 && snapshot
                     .resources(CLUSTER_TYPE)
-                    .all(|(name, version, _)| c.held.get(name).map(String::as_str) == Some(version))
+                    .all(|(name, e)| c.held.version(c.index, name) == Some(e.version))
         });
         Warming {
-            cds_unacked: cds.is_some_and(|c| !c.in_flight.is_empty()),
-            eds_unacked: eds.is_some_and(|e| !e.in_flight.is_empty()),
+            cds_unacked: cds.is_some_and(|c| c.in_flight.is_some()),
+            eds_unacked: eds.is_some_and(|e| e.in_flight.is_some()),
             eds_missing: cds_current
                 && eds.is_some_and(|e| {
                     !e.wildcard
                         && snapshot
                             .eds_service_names()
-                            .iter()
                             .any(|name| !e.subscribed.contains(name))
                 }),
         }

@@ -43,8 +43,9 @@ impl Ledger {
         self.update(type_url, |_, entry| entry.resources = resources);
     }
 
-    pub(crate) fn acked(&self, type_url: &str, version: &str) {
-        self.metrics.acked(type_url);
+    /// `latency`: from the change the response carried to its ACK.
+    pub(crate) fn acked(&self, type_url: &str, version: &str, latency: std::time::Duration) {
+        self.metrics.acked(type_url, latency);
         self.update(type_url, |_, entry| {
             entry.acked_version = Some(version.to_string());
             entry.last_ack_unix_ms = Some(unix_ms_now());

@@ -4,15 +4,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
 use super::ledger::Ledger;
 use super::{Outgoing, Protocol, Warming, is_known_type, subscription};
 use crate::snapshot::{CLUSTER_TYPE, ENDPOINT_TYPE, PUSH_ORDER, Snapshot};
+use crate::wire::{Any, DiscoveryResponse};
 
 struct Sent {
     version: String,
     nonce: String,
+    /// When the change it carries was made (for the convergence histogram).
+    since: Instant,
 }
 
 struct TypeState {
@@ -50,7 +53,12 @@ impl Protocol for Sotw {
         request.node.as_ref()
     }
 
-    fn on_request(&mut self, request: DiscoveryRequest, now: Instant) {
+    fn on_request(
+        &mut self,
+        request: DiscoveryRequest,
+        now: Instant,
+        _snapshot: Option<&Snapshot>,
+    ) {
         let type_url = request.type_url.as_str();
         if !is_known_type(type_url) {
             tracing::debug!(
@@ -109,7 +117,8 @@ impl Protocol for Sotw {
                             state.rejected_version = Some(sent.version.clone());
                         }
                         None => {
-                            self.ledger.acked(type_url, &sent.version);
+                            self.ledger
+                                .acked(type_url, &sent.version, sent.since.elapsed());
                             state.acked_version = Some(sent.version.clone());
                             state.rejected_version = None;
                         }
@@ -128,13 +137,19 @@ impl Protocol for Sotw {
     fn next_response(
         &mut self,
         snapshot: &Snapshot,
-        published_at: Instant,
         nonce: &mut dyn FnMut() -> String,
     ) -> Option<Outgoing<DiscoveryResponse>> {
+        let published_at = snapshot.origin();
         for type_url in PUSH_ORDER {
             let Some(state) = self.types.get(type_url) else {
                 continue;
             };
+            // One response of a type at a time: a new version waits for the ACK of the last
+            // one and goes out then, with whatever else changed meanwhile. A request that
+            // makes an answer due (a new subscription) still gets one.
+            if state.awaiting_ack && state.due.is_none() {
+                continue;
+            }
             let version = snapshot.version(type_url).unwrap_or_default();
             let new_version = state.sent.as_ref().is_none_or(|s| s.version != version)
                 && state.rejected_version.as_deref() != Some(version);
@@ -160,16 +175,17 @@ impl Protocol for Sotw {
                 .types
                 .get_mut(type_url)
                 .expect("type state looked up above");
-            let resources: Vec<_> = if state.wildcard {
-                snapshot
-                    .resources(type_url)
-                    .map(|(_, _, any)| any.clone())
-                    .collect()
+            let any = |e: &crate::snapshot::Encoded| Any {
+                type_url: type_url.to_string(),
+                value: e.bytes.clone(),
+            };
+            let resources: Vec<Any> = if state.wildcard {
+                snapshot.resources(type_url).map(|(_, e)| any(e)).collect()
             } else {
                 state
                     .names
                     .iter()
-                    .filter_map(|name| snapshot.get(type_url, name).cloned())
+                    .filter_map(|name| snapshot.get(type_url, name).map(any))
                     .collect()
             };
             let nonce = nonce();
@@ -181,6 +197,7 @@ impl Protocol for Sotw {
             state.sent = Some(Sent {
                 version: version.to_string(),
                 nonce: nonce.clone(),
+                since: start,
             });
             state.awaiting_ack = true;
             return Some(Outgoing {
@@ -191,11 +208,18 @@ impl Protocol for Sotw {
                     resources,
                     type_url: type_url.to_string(),
                     nonce,
-                    ..Default::default()
                 },
             });
         }
         None
+    }
+
+    fn settled(&self) -> bool {
+        !self.types.is_empty()
+            && self
+                .types
+                .values()
+                .all(|t| t.sent.is_some() && !t.awaiting_ack && t.due.is_none())
     }
 }
 
@@ -216,8 +240,7 @@ impl Sotw {
                     !e.wildcard
                         && snapshot
                             .eds_service_names()
-                            .iter()
-                            .any(|name| !e.names.contains(name))
+                            .any(|name| !e.names.contains(&**name))
                 }),
         }
     }

@@ -41,11 +41,16 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start() -> Self {
+        Self::start_with_admission(strait_xds::server::DEFAULT_ADMISSION_LIMIT).await
+    }
+
+    /// A server letting `limit` streams at once through their initial sync.
+    pub async fn start_with_admission(limit: usize) -> Self {
         let cache = SnapshotCache::new();
         let (events_tx, events) = mpsc::unbounded_channel();
         let mut registry = Registry::default();
         let metrics = XdsMetrics::new(&mut registry);
-        let server = AdsServer::new(cache.clone(), events_tx, metrics);
+        let server = AdsServer::new(cache.clone(), events_tx, metrics).with_admission_limit(limit);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let service = server.service();

@@ -7,5 +7,6 @@ mod delta;
 mod fixtures;
 mod harness;
 mod lifecycle;
+mod scale;
 mod snapshot;
 mod sotw;
