@@ -24,6 +24,11 @@ use strait_xds::cache::SnapshotCache;
 use strait_xds::metrics::XdsMetrics;
 use strait_xds::server::AdsServer;
 
+/// Memory freed when proxies leave goes back to the system (glibc's per-thread arenas held
+/// on to it).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "straitd",

@@ -36,7 +36,8 @@ pub struct TypeStatus {
     pub last_ack_unix_ms: Option<u64>,
     /// The latest rejection; kept after later ACKs so operators can see what happened.
     pub nack: Option<NackStatus>,
-    /// Resource names sent and held by the client.
+    /// Resources the client holds: the snapshot's count under a wildcard, else the names of
+    /// its subscription.
     pub resources: usize,
 }
 

@@ -41,6 +41,17 @@ impl Held {
         }
     }
 
+    /// The client holds exactly the snapshot's resources of the type (a pointer comparison
+    /// of parts; `false` means "not known", not "no").
+    fn is(&self, snapshot: &Snapshot, index: usize) -> bool {
+        self.exceptions.is_empty()
+            && self.base.iter().map(Arc::as_ptr).eq(snapshot
+                .parts()
+                .iter()
+                .filter(|p| !p.table(index).is_empty())
+                .map(Arc::as_ptr))
+    }
+
     /// Every name held, with its version (for the rare changes of scope that need them all).
     fn materialize(
         &self,
@@ -398,18 +409,13 @@ impl Protocol for Delta {
     }
 }
 
-/// How many resources of its subscription the client holds (for the status page).
+/// How many resources the client holds, for the status page: everything of the snapshot
+/// under a wildcard, else the names it subscribed to. O(1): it is counted on every push.
 fn held_count(state: &TypeState, snapshot: Option<&Snapshot>) -> usize {
-    let Some(snapshot) = snapshot else { return 0 };
-    let type_url = PUSH_ORDER[state.index];
-    let held = |name: &str| state.held.version(state.index, name).is_some();
     if state.wildcard {
-        snapshot
-            .resources(type_url)
-            .filter(|(n, _)| held(n))
-            .count()
+        snapshot.map_or(0, |s| s.len(PUSH_ORDER[state.index]))
     } else {
-        state.subscribed.iter().filter(|n| held(n)).count()
+        state.subscribed.len()
     }
 }
 
@@ -542,9 +548,10 @@ impl Delta {
         // The client holds every cluster of the snapshot at its current version.
         let cds_current = cds.is_some_and(|c| {
             c.in_flight.is_none()
-                && snapshot
-                    .resources(CLUSTER_TYPE)
-                    .all(|(name, e)| c.held.version(c.index, name) == Some(e.version))
+                && (c.held.is(snapshot, c.index)
+                    || snapshot
+                        .resources(CLUSTER_TYPE)
+                        .all(|(name, e)| c.held.version(c.index, name) == Some(e.version)))
         });
         Warming {
             cds_unacked: cds.is_some_and(|c| c.in_flight.is_some()),
