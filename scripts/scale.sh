@@ -41,10 +41,16 @@ scripts/install-tools.sh installs one), STRAIT_SCALE_NOFILE (open-file limit, de
 EOF
 }
 
+target="${CARGO_TARGET_DIR:-$root/target}"
 for arg in "$@"; do
   case "$arg" in
     -h | --help)
       usage
+      # Every option, from a binary built earlier; nothing is built for --help.
+      if [[ -x "$target/release/strait-scale" ]]; then
+        printf '\n%s --help:\n' "$target/release/strait-scale"
+        "$target/release/strait-scale" --help
+      fi
       exit 0
       ;;
   esac
@@ -58,7 +64,6 @@ if [[ -z "${STRAIT_ENVOY:-}" ]]; then
 fi
 export STRAIT_ENVOY
 
-target="${CARGO_TARGET_DIR:-$root/target}"
 step "cargo build --release -p strait-control-plane --bin straitd --bin straitctl"
 cargo build --release -p strait-control-plane --bin straitd --bin straitctl
 step "cargo build --release -p strait-scale"

@@ -20,7 +20,7 @@ mod xds;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -869,7 +869,8 @@ impl Harness {
         self.log(format!(
             "(e) churn: {rate} endpoint changes/s for {seconds} s"
         ));
-        let mut open: Vec<(f64, usize, Arc<xds::Watch>)> = Vec::new();
+        // (sent at, service, watch, apply outcome: 0 in flight, 1 applied, 2 failed)
+        let mut open: Vec<(f64, usize, Arc<xds::Watch>, Arc<AtomicU8>)> = Vec::new();
         let mut applies: Vec<JoinHandle<anyhow::Result<f64>>> = Vec::new();
         let mut next = n_services / 3;
         let t_start = Instant::now();
@@ -883,8 +884,8 @@ impl Harness {
             // The next service whose previous change every holder has ACKed.
             let busy: BTreeSet<usize> = open
                 .iter()
-                .filter(|(_, _, w)| w.pending() > 0)
-                .map(|(_, i, _)| *i)
+                .filter(|(_, _, w, a)| w.pending() > 0 && a.load(Ordering::Acquire) != 2)
+                .map(|(_, i, _, _)| *i)
                 .collect();
             let Some(i) = (0..n_services)
                 .map(|k| (next + k) % n_services)
@@ -904,17 +905,23 @@ impl Harness {
                 yaml.clone(),
             );
             let url = self.straitd.admin_url("/apply");
-            watch.set_t0(Instant::now());
-            applies.push(tokio::spawn(async move {
+            let outcome = Arc::new(AtomicU8::new(0));
+            let (w, o) = (watch.clone(), outcome.clone());
+            // Each apply on a thread of its own; t0 is taken there, just before it is sent.
+            applies.push(tokio::task::spawn_blocking(move || {
                 let t = Instant::now();
-                let (status, body) = straitd::http_post(&url, yaml).await?;
-                anyhow::ensure!(status == 200, "POST /apply: {status} {body}");
-                Ok(t.elapsed().as_secs_f64() * 1000.0)
+                w.set_t0(t);
+                let result = straitd::post_blocking(&url, &yaml).and_then(|(status, body)| {
+                    anyhow::ensure!(status == 200, "POST /apply: {status} {body}");
+                    Ok(t.elapsed().as_secs_f64() * 1000.0)
+                });
+                o.store(if result.is_ok() { 1 } else { 2 }, Ordering::Release);
+                result
             }));
-            open.push((offset, i, watch));
+            open.push((offset, i, watch, outcome));
             sent += 1;
             if sent.is_multiple_of((rate * 10.0).max(1.0) as usize) {
-                let pending: usize = open.iter().map(|(_, _, w)| w.pending()).sum();
+                let pending: usize = open.iter().map(|(_, _, w, _)| w.pending()).sum();
                 self.log(format!(
                     "(e) {sent} changes sent, {pending} (change, client) ACKs outstanding"
                 ));
@@ -924,16 +931,37 @@ impl Harness {
             "(e) {sent} changes sent in {:.1} s; waiting for the last ones",
             t_start.elapsed().as_secs_f64()
         ));
-        let watches: Vec<Arc<xds::Watch>> = open.iter().map(|(_, _, w)| w.clone()).collect();
+        let watches: Vec<(Arc<xds::Watch>, Arc<AtomicU8>)> = open
+            .iter()
+            .map(|(_, _, w, a)| (w.clone(), a.clone()))
+            .collect();
         let _ = self
             .wait("(e) churn tail", self.timeout, move |_| {
-                let p: usize = watches.iter().map(|w| w.pending()).sum();
-                (p == 0, format!("{p} (change, client) ACKs outstanding"))
+                // Changes whose apply failed are not waited for.
+                let p: usize = watches
+                    .iter()
+                    .filter(|(_, a)| a.load(Ordering::Acquire) != 2)
+                    .map(|(w, _)| w.pending())
+                    .sum();
+                let applying = watches
+                    .iter()
+                    .filter(|(_, a)| a.load(Ordering::Acquire) == 0)
+                    .count();
+                (
+                    p == 0,
+                    format!("{p} (change, client) ACKs outstanding, {applying} applies in flight"),
+                )
             })
             .await;
         let mut apply_ms = Vec::new();
         let mut failed = 0;
+        let mut unanswered = 0;
         for a in applies {
+            if !a.is_finished() {
+                // Still waiting for straitd after the tail: left to finish on its own.
+                unanswered += 1;
+                continue;
+            }
             match a.await {
                 Ok(Ok(ms)) => apply_ms.push(ms),
                 Ok(Err(e)) => {
@@ -944,7 +972,7 @@ impl Harness {
                 }
                 Err(e) => {
                     failed += 1;
-                    self.report.errors.push(format!("(e) apply task: {e}"));
+                    self.report.errors.push(format!("(e) apply thread: {e}"));
                 }
             }
         }
@@ -955,8 +983,12 @@ impl Harness {
         let mut last = Vec::new();
         let mut converged = 0;
         let mut unconverged = 0;
-        for (offset, _, w) in &open {
+        for (offset, _, w, outcome) in &open {
             self.fleet.unwatch(w);
+            if outcome.load(Ordering::Acquire) != 1 {
+                // Failed, or still not answered: not a change the clients could converge on.
+                continue;
+            }
             let inner = w
                 .inner
                 .lock()
@@ -986,6 +1018,7 @@ impl Harness {
             seconds,
             changes: sent,
             applies_failed: failed,
+            applies_unanswered: unanswered,
             apply_ms: Summary::of(&apply_ms),
             converged_changes: converged,
             per_change_p99_s: Summary::of(&p99s),
@@ -1446,10 +1479,12 @@ fn targets(r: &Report) -> Vec<Target> {
             "(e) churn: p99 convergence of each change (worst change)",
             "<= 1 s",
             format!(
-                "median {} / worst {} ({} of {} changes converged)",
+                "median {} / worst {} ({} of {} applied changes converged; {} of {} applies failed or unanswered)",
                 secs(c.per_change_p99_s.p50),
                 secs(c.per_change_p99_s.max),
                 c.converged_changes,
+                c.changes - c.applies_failed - c.applies_unanswered,
+                c.applies_failed + c.applies_unanswered,
                 c.changes
             ),
             Some(
@@ -1462,10 +1497,15 @@ fn targets(r: &Report) -> Vec<Target> {
         push(
             "(e) churn: lag in the last 10 s vs the first 10 s (p99)",
             "not growing (last <= 1.5x first + 50 ms)",
-            format!("{} vs {}", secs(last), secs(first)),
+            format!(
+                "{} vs {}",
+                last.map_or("none converged".into(), |l| secs(Some(l))),
+                first.map_or("none converged".into(), |f| secs(Some(f)))
+            ),
             match (first, last) {
                 (Some(f), Some(l)) => Some(l <= f * 1.5 + 0.05 && c.unconverged_clients == 0),
-                _ => None,
+                (_, None) => Some(false),
+                (None, Some(_)) => None,
             },
         );
     }

@@ -158,6 +158,8 @@ pub struct Churn {
     pub seconds: f64,
     pub changes: usize,
     pub applies_failed: usize,
+    /// Applies straitd had not answered when the harness stopped waiting.
+    pub applies_unanswered: usize,
     pub apply_ms: Summary,
     pub converged_changes: usize,
     pub per_change_p99_s: Summary,
@@ -396,15 +398,17 @@ impl Report {
             );
             let _ = writeln!(
                 md,
-                "| sent | {} ({} applies failed); apply {} |",
+                "| sent | {} ({} applies failed, {} not answered by the end); apply {} |",
                 c.changes,
                 c.applies_failed,
+                c.applies_unanswered,
                 summary_ms(&c.apply_ms)
             );
             let _ = writeln!(
                 md,
-                "| changes every holder ACKed | {} of {} |",
-                c.converged_changes, c.changes
+                "| changes every holder ACKed (of those applied) | {} of {} |",
+                c.converged_changes,
+                c.changes - c.applies_failed - c.applies_unanswered
             );
             let _ = writeln!(
                 md,

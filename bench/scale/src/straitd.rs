@@ -157,7 +157,7 @@ impl Drop for Straitd {
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(120)))
+        .timeout_global(Some(Duration::from_secs(600)))
         .build()
         .into()
 }
@@ -186,16 +186,19 @@ pub async fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
     .context("the HTTP task")?
 }
 
+/// A blocking POST of YAML (for a thread of its own).
+pub fn post_blocking(url: &str, body: &str) -> anyhow::Result<(u16, String)> {
+    let response = agent()
+        .post(url)
+        .header("content-type", "application/yaml")
+        .send(body.as_bytes())
+        .with_context(|| format!("POST {url}"))?;
+    read_body(response)
+}
+
 pub async fn http_post(url: &str, body: String) -> anyhow::Result<(u16, String)> {
     let url = url.to_string();
-    tokio::task::spawn_blocking(move || {
-        let response = agent()
-            .post(&url)
-            .header("content-type", "application/yaml")
-            .send(body.as_bytes())
-            .with_context(|| format!("POST {url}"))?;
-        read_body(response)
-    })
-    .await
-    .context("the HTTP task")?
+    tokio::task::spawn_blocking(move || post_blocking(&url, &body))
+        .await
+        .context("the HTTP task")?
 }

@@ -1301,6 +1301,56 @@ mod tests {
     }
 
     #[test]
+    fn subscriptions_follow_envoys_order() {
+        // CDS brings two EDS clusters (one with its own service name) and a static one.
+        let mut st = ClientState {
+            connected: true,
+            ..ClientState::default()
+        };
+        st.requested[CDS] = true;
+        st.answered[CDS] = true;
+        st.held[CDS].apply(
+            vec![
+                (1, Entry::new(1, 0, 10)),
+                (2, Entry::new(1, 0, 11)),
+                (3, Entry::new(1, 0, NONE)),
+            ],
+            &[],
+        );
+        let changes = st.resubscribe(CDS);
+        assert_eq!(changes.len(), 1, "EDS first; LDS waits for the endpoints");
+        assert_eq!(changes[0].type_index, EDS);
+        assert!(changes[0].open);
+        assert_eq!(changes[0].added, vec![10, 11]);
+        assert!(!st.requested[LDS]);
+        // One assignment in: still waiting. Both: LDS opens.
+        st.answered[EDS] = true;
+        st.held[EDS].apply(vec![(10, Entry::new(1, 0, NONE))], &[]);
+        assert!(st.resubscribe(EDS).is_empty());
+        st.held[EDS].apply(vec![(11, Entry::new(1, 0, NONE))], &[]);
+        let changes = st.resubscribe(EDS);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].type_index, LDS);
+        assert!(!st.is_complete());
+        // The listener names a route: RDS opens; complete once it is held.
+        st.answered[LDS] = true;
+        st.listener_routes = vec![(20, vec![30].into())];
+        let changes = st.resubscribe(LDS);
+        assert_eq!((changes[0].type_index, changes[0].open), (RDS, true));
+        assert!(!st.is_complete());
+        st.answered[RDS] = true;
+        st.held[RDS].apply(vec![(30, Entry::new(1, 0, NONE))], &[]);
+        assert!(st.is_complete());
+        // A cluster goes away: its assignment is unsubscribed and dropped.
+        st.held[CDS].apply(Vec::new(), &[2]);
+        let changes = st.resubscribe(CDS);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].removed, vec![11]);
+        assert!(st.held[EDS].get(11).is_none());
+        assert!(st.is_complete());
+    }
+
+    #[test]
     fn versions_round_trip() {
         let fleet = Fleet::new("http://127.0.0.1:1".into(), 65535, Duration::from_secs(1));
         for v in ["00ff00ff00ff00ff", "7", "not-hex-but-16ch", ""] {
