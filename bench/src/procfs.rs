@@ -100,6 +100,15 @@ pub fn rss_anon_kib(pid: u32) -> anyhow::Result<u64> {
     status_field(pid, "RssAnon")
 }
 
+/// Peak resident memory (VmHWM), KiB.
+#[allow(
+    dead_code,
+    reason = "strait-scale shares this file and reads it; strait-bench does not"
+)]
+pub fn hwm_kib(pid: u32) -> anyhow::Result<u64> {
+    status_field(pid, "VmHWM")
+}
+
 pub fn threads(pid: u32) -> anyhow::Result<u64> {
     status_field(pid, "Threads")
 }
