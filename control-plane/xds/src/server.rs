@@ -2,7 +2,10 @@
 
 mod delta;
 mod ledger;
+mod service;
 mod sotw;
+
+pub use service::AdsService;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,23 +13,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Status, Streaming};
 
 use crate::cache::{NodeState, SnapshotCache};
 use crate::metrics::XdsMetrics;
 use crate::snapshot::{CLUSTER_TYPE, LISTENER_TYPE, PUSH_ORDER, ROUTE_TYPE, Snapshot};
 use crate::status::ProxyStatus;
-use crate::wire::ads::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use crate::wire::{DeltaDiscoveryResponse, DiscoveryResponse};
-use delta::Delta;
 use ledger::{Ledger, lock};
-use sotw::Sotw;
 
 /// Responses queued per stream before the stream task waits for the client to read. Small:
 /// a client that does not read only holds up its own task.
@@ -145,8 +141,8 @@ impl AdsServer {
     }
 
     /// The tonic service to add to a `tonic::transport::Server`.
-    pub fn service(&self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self.clone())
+    pub fn service(&self) -> AdsService {
+        AdsService::new(self.clone())
     }
 
     /// Every open stream, by stream id.
@@ -187,26 +183,6 @@ impl AdsServer {
             tx,
         ));
         Ok(ReceiverStream::new(rx))
-    }
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Ok(Response::new(self.start::<Sotw>(request).await?))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Ok(Response::new(self.start::<Delta>(request).await?))
     }
 }
 
