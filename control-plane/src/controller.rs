@@ -117,6 +117,26 @@ impl Translations {
     }
 }
 
+/// The part made for `key` in this generation; made now, as the successor of the previous
+/// generation's part for the key, if it was not yet.
+fn part_for(
+    parts: &mut Parts,
+    previous: Option<&Parts>,
+    key: ProxyNode,
+    translate: impl FnOnce() -> strait_translate::Output,
+) -> Result<Arc<Part>, InconsistentSnapshot> {
+    if let Some(made) = parts.get(&key) {
+        return Ok(made.clone());
+    }
+    let mut made = part(translate())?;
+    if let Some(old) = previous.and_then(|p| p.get(&key)) {
+        made = made.succeeding(old);
+    }
+    let made = Arc::new(made);
+    parts.insert(key, made.clone());
+    Ok(made)
+}
+
 /// Encodes translated resources as a part.
 fn part(out: strait_translate::Output) -> Result<Part, InconsistentSnapshot> {
     Part::build(Resources {
@@ -357,33 +377,22 @@ impl Controller {
             return Ok(snapshot.clone());
         }
         let t = &mut self.translations;
-        let previous = t.previous.as_ref();
-        let outbound_key = shape.outbound_shape();
-        let outbound = match t.outbound.get(&outbound_key) {
-            Some(part) => part.clone(),
-            None => {
+        let (previous_outbound, previous_inbound) = match &t.previous {
+            Some((outbound, inbound)) => (Some(outbound), Some(inbound)),
+            None => (None, None),
+        };
+        let outbound = part_for(
+            &mut t.outbound,
+            previous_outbound,
+            shape.outbound_shape(),
+            || {
                 self.metrics.translations.inc();
-                let mut made = part(strait_translate::outbound(&t.model, shape, &self.settings))?;
-                if let Some(old) = previous.and_then(|(o, _)| o.get(&outbound_key)) {
-                    made = made.succeeding(old);
-                }
-                let made = Arc::new(made);
-                t.outbound.insert(outbound_key, made.clone());
-                made
-            }
-        };
-        let inbound = match t.inbound.get(shape) {
-            Some(part) => part.clone(),
-            None => {
-                let mut made = part(strait_translate::inbound(&t.model, shape, &self.settings))?;
-                if let Some(old) = previous.and_then(|(_, i)| i.get(shape)) {
-                    made = made.succeeding(old);
-                }
-                let made = Arc::new(made);
-                t.inbound.insert(shape.clone(), made.clone());
-                made
-            }
-        };
+                strait_translate::outbound(&t.model, shape, &self.settings)
+            },
+        )?;
+        let inbound = part_for(&mut t.inbound, previous_inbound, shape.clone(), || {
+            strait_translate::inbound(&t.model, shape, &self.settings)
+        })?;
         let mesh = t.mesh.clone();
         let origin = t.origin;
         let (secrets, secret_owner) = self.secrets(shape, authenticated);

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
+use prost::bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -24,7 +25,8 @@ use crate::snapshot::{CLUSTER_TYPE, LISTENER_TYPE, PUSH_ORDER, ROUTE_TYPE, Snaps
 use crate::status::ProxyStatus;
 use ledger::{Ledger, lock};
 
-/// Responses queued per stream before the stream task waits for the client to read. Small:
+/// Responses (framed for the wire) queued per stream before the stream task waits for the
+/// client to read. Small:
 /// a client that does not read only holds up its own task.
 const RESPONSE_BUFFER: usize = 8;
 
@@ -156,7 +158,7 @@ impl AdsServer {
     async fn start<P: Protocol>(
         &self,
         request: Request<Streaming<P::Request>>,
-    ) -> Result<ReceiverStream<Result<P::Response, Status>>, Status> {
+    ) -> Result<ReceiverStream<Result<Bytes, Status>>, Status> {
         let identity = match &self.authenticator {
             None => None,
             Some(authenticator) => {
@@ -339,7 +341,7 @@ async fn serve_stream<P: Protocol>(
     inner: Arc<Inner>,
     mut requests: Streaming<P::Request>,
     identity: Option<String>,
-    tx: mpsc::Sender<Result<P::Response, Status>>,
+    tx: mpsc::Sender<Result<Bytes, Status>>,
 ) {
     let first = match requests.next().await {
         Some(Ok(request)) => request,
@@ -397,8 +399,9 @@ async fn serve_stream<P: Protocol>(
                 // Private keys only ever go to a stream authenticated as their owner.
                 let snapshot = snapshot.for_identity(identity.as_deref());
                 while let Some(out) = protocol.next_response(&snapshot, &mut next_nonce) {
-                    let bytes = prost::Message::encoded_len(&out.response);
-                    if tx.send(Ok(out.response)).await.is_err() {
+                    let framed = service::frame(&out.response);
+                    let bytes = framed.len();
+                    if tx.send(Ok(framed)).await.is_err() {
                         return;
                     }
                     inner

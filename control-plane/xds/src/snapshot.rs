@@ -52,6 +52,22 @@ pub fn type_index(type_url: &str) -> Option<usize> {
     PUSH_ORDER.iter().position(|t| *t == type_url)
 }
 
+/// A part's tables, by position in PUSH_ORDER.
+const CLUSTERS: usize = 0;
+const ENDPOINTS: usize = 1;
+const SECRETS: usize = 2;
+const LISTENERS: usize = 3;
+const ROUTES: usize = 4;
+
+/// What errors call a resource of each type, by position in PUSH_ORDER.
+const KINDS: [&str; 5] = [
+    "cluster",
+    "cluster load assignment",
+    "secret",
+    "listener",
+    "route configuration",
+];
+
 /// A resource version as sent on the wire: 16 hex digits of the xxh3 of its encoding.
 pub fn version_string(version: u64) -> String {
     format!("{version:016x}")
@@ -234,15 +250,13 @@ impl Part {
     /// Encodes and versions the resources, and records what they reference so a snapshot
     /// made of parts can be checked without decoding anything again.
     pub fn build(resources: Resources) -> Result<Part, InconsistentSnapshot> {
-        let listeners = Table::build("listener", &resources.listeners, |l| l.name.as_str())?;
-        let routes = Table::build("route configuration", &resources.routes, |r| {
-            r.name.as_str()
-        })?;
-        let clusters = Table::build("cluster", &resources.clusters, |c| c.name.as_str())?;
-        let endpoints = Table::build("cluster load assignment", &resources.endpoints, |e| {
+        let listeners = Table::build(KINDS[LISTENERS], &resources.listeners, |l| l.name.as_str())?;
+        let routes = Table::build(KINDS[ROUTES], &resources.routes, |r| r.name.as_str())?;
+        let clusters = Table::build(KINDS[CLUSTERS], &resources.clusters, |c| c.name.as_str())?;
+        let endpoints = Table::build(KINDS[ENDPOINTS], &resources.endpoints, |e| {
             e.cluster_name.as_str()
         })?;
-        let secrets = Table::build("secret", &resources.secrets, |s| s.name.as_str())?;
+        let secrets = Table::build(KINDS[SECRETS], &resources.secrets, |s| s.name.as_str())?;
         let private_secrets = resources
             .secrets
             .iter()
@@ -292,7 +306,7 @@ impl Part {
             eds_clusters.insert(name, service);
         }
 
-        // Same order as PUSH_ORDER.
+        // By position in PUSH_ORDER (CLUSTERS, ENDPOINTS, ...).
         Ok(Part {
             tables: [clusters, endpoints, secrets, listeners, routes],
             route_refs,
@@ -392,13 +406,6 @@ impl Snapshot {
                 .iter()
                 .any(|p| p.tables[type_index].entries.contains_key(name))
         };
-        const KINDS: [&str; 5] = [
-            "cluster",
-            "cluster load assignment",
-            "secret",
-            "listener",
-            "route configuration",
-        ];
         for (i, kind) in KINDS.iter().enumerate() {
             for (a, part) in parts.iter().enumerate() {
                 for other in &parts[a + 1..] {
@@ -420,10 +427,9 @@ impl Snapshot {
                 }
             }
         }
-        let (clusters, endpoints, routes) = (0, 1, 4);
         for part in &parts {
             for (listener, route) in &part.route_refs {
-                if !has(routes, route) {
+                if !has(ROUTES, route) {
                     return Err(InconsistentSnapshot::MissingRouteConfiguration {
                         listener: listener.clone(),
                         route: route.clone(),
@@ -431,7 +437,7 @@ impl Snapshot {
                 }
             }
             for r in &part.cluster_refs {
-                if !has(clusters, &r.cluster) {
+                if !has(CLUSTERS, &r.cluster) {
                     return Err(InconsistentSnapshot::MissingCluster {
                         route: r.route.to_string(),
                         virtual_host: r.virtual_host.clone(),
@@ -440,7 +446,7 @@ impl Snapshot {
                 }
             }
             for (cluster, service) in &part.eds_clusters {
-                if !has(endpoints, service) {
+                if !has(ENDPOINTS, service) {
                     return Err(InconsistentSnapshot::MissingLoadAssignment {
                         cluster: cluster.to_string(),
                         service_name: service.to_string(),
@@ -473,7 +479,6 @@ impl Snapshot {
         if !has_private || (identity.is_some() && identity == owner) {
             return self.clone();
         }
-        let secrets = SECRET_INDEX;
         let parts = self
             .parts
             .iter()
@@ -481,13 +486,13 @@ impl Snapshot {
                 if part.private_secrets.is_empty() {
                     return part.clone();
                 }
-                let mut table = part.tables[secrets].clone();
+                let mut table = part.tables[SECRETS].clone();
                 table
                     .entries
                     .retain(|name, _| !part.private_secrets.contains(&**name));
                 table.version = table.digest();
                 let mut tables = part.tables.clone();
-                tables[secrets] = table;
+                tables[SECRETS] = table;
                 Arc::new(Part {
                     tables,
                     route_refs: part.route_refs.clone(),
@@ -577,8 +582,6 @@ impl Snapshot {
         self.parts.iter().find_map(|p| p.eds_clusters.get(cluster))
     }
 }
-
-const SECRET_INDEX: usize = 2;
 
 /// Names added, changed or removed between two tables (a merge of the sorted entries).
 fn changed_names(old: &Table, new: &Table) -> Vec<Arc<str>> {

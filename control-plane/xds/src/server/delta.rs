@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
 use super::ledger::Ledger;
-use super::{Outgoing, Protocol, WILDCARD, Warming, is_known_type, is_wildcard_type};
+use super::{Outgoing, Protocol, WILDCARD, Warming, is_wildcard_type};
 use crate::snapshot::{
     CLUSTER_TYPE, ENDPOINT_TYPE, Encoded, PUSH_ORDER, Part, Snapshot, parse_version, type_index,
     version_string,
@@ -52,7 +52,7 @@ impl Held {
                 .map(Arc::as_ptr))
     }
 
-    /// Every name held, with its version (for the rare changes of scope that need them all).
+    /// Every name held in `scope`, with its version.
     fn materialize(
         &self,
         index: usize,
@@ -111,6 +111,19 @@ impl TypeState {
         self.wildcard || self.subscribed.contains(name)
     }
 
+    /// What the client holds through its explicit subscription, spelled out name by name
+    /// (for the rare changes of the wildcard, after which the held parts no longer say it).
+    fn spell_out_explicit(&mut self) {
+        let subscribed = &self.subscribed;
+        let held = self
+            .held
+            .materialize(self.index, |n| subscribed.contains(n));
+        self.held = Held {
+            base: Vec::new(),
+            exceptions: held,
+        };
+    }
+
     /// A name comes into or leaves the subscription: whatever the base says, the client does
     /// not hold it (now, or when it comes back).
     fn forget(&mut self, name: Arc<str>) {
@@ -159,11 +172,7 @@ impl Protocol for Delta {
         now: Instant,
         snapshot: Option<&Snapshot>,
     ) {
-        let Some(type_url) = PUSH_ORDER
-            .iter()
-            .copied()
-            .find(|t| *t == request.type_url && is_known_type(t))
-        else {
+        let Some(index) = type_index(&request.type_url) else {
             tracing::debug!(
                 stream = self.ledger.stream_id(),
                 type_url = request.type_url,
@@ -171,7 +180,7 @@ impl Protocol for Delta {
             );
             return;
         };
-        let index = type_index(type_url).expect("known type");
+        let type_url = PUSH_ORDER[index];
         let state = match self.types.get_mut(type_url) {
             Some(state) => state,
             None => {
@@ -202,44 +211,30 @@ impl Protocol for Delta {
         for name in &request.resource_names_subscribe {
             if name == WILDCARD {
                 if !state.wildcard {
-                    // Names not held so far come into scope: spell out what is held.
-                    let subscribed = &state.subscribed;
-                    let held = state.held.materialize(index, |n| subscribed.contains(n));
-                    state.held = Held {
-                        base: Vec::new(),
-                        exceptions: held,
-                    };
+                    // Names not held so far come into scope.
+                    state.spell_out_explicit();
                 }
                 state.wildcard = true;
-            } else if !state.in_scope(name) {
-                let name = shared_name(snapshot, type_url, name);
-                state.subscribed.insert(name.clone());
-                let held = request
-                    .initial_resource_versions
-                    .get(&*name)
-                    .map(|v| parse_version(v));
-                state.forget(name.clone());
-                state.held.exceptions.insert(name, held);
-            } else if !state.wildcard {
-                // Subscribing again to a name: Envoy asks for it anew (as after a cluster's
-                // re-warm) and expects an answer.
             } else {
-                state
-                    .subscribed
-                    .insert(shared_name(snapshot, type_url, name));
+                let name = shared_name(snapshot, type_url, name);
+                if !state.in_scope(&name) {
+                    let held = request
+                        .initial_resource_versions
+                        .get(&*name)
+                        .map(|v| parse_version(v));
+                    state.forget(name.clone());
+                    state.held.exceptions.insert(name.clone(), held);
+                }
+                state.subscribed.insert(name);
             }
             state.due = Some(now);
         }
         for name in &request.resource_names_unsubscribe {
             if name == WILDCARD {
                 if state.wildcard {
-                    let subscribed = &state.subscribed;
                     // Everything held only through the wildcard is dropped by the client.
-                    let held = state.held.materialize(index, |n| subscribed.contains(n));
-                    state.held = Held {
-                        base: Vec::new(),
-                        exceptions: held,
-                    };
+                    state.spell_out_explicit();
+                    let subscribed = &state.subscribed;
                     state.rejected.retain(|held, _| subscribed.contains(held));
                 }
                 state.wildcard = false;

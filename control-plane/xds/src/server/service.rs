@@ -1,10 +1,11 @@
 //! The ADS gRPC service, with Strait's own response framing.
 //!
-//! Requests are decoded by tonic (`Streaming`, prost). Each response is encoded into a buffer
-//! of exactly its size, framed as gRPC frames it (a flag byte and a length), and handed to
-//! HTTP/2 as one `Bytes`, freed once written. tonic's own encoder keeps one buffer per
-//! stream at the size of the largest response the stream ever sent: with a half-megabyte
-//! CDS, that was most of straitd's memory per connected proxy.
+//! Requests are decoded by tonic (`Streaming`, prost). Each response is encoded, by the
+//! stream task, into a buffer of exactly its size behind a gRPC frame header (a flag byte
+//! and a length; [`frame`]) and handed to HTTP/2 as one `Bytes`, freed once written.
+//! tonic's own encoder keeps one buffer per stream at the size of the largest response the
+//! stream ever sent: with a half-megabyte CDS, that was most of straitd's memory per
+//! connected proxy.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -88,20 +89,14 @@ where
         Ok(responses) => responses,
         Err(status) => return status.into_http(),
     };
-    // Data frames until the stream ends, then the trailers with its status.
+    // Data frames until the stream ends, then the trailers with its status: the stream's
+    // own error if it ended with one, else OK.
     let mut ended = false;
     let frames = responses
-        .map(|item| match item {
-            Ok(response) => Ok(Frame::data(frame(&response))),
-            Err(status) => Err(status),
-        })
         .chain(tokio_stream::iter([Err(Status::ok(""))]))
         .map_while(move |item| {
-            if ended {
-                return None;
-            }
-            Some(match item {
-                Ok(frame) => frame,
+            (!ended).then(|| match item {
+                Ok(framed) => Frame::data(framed),
                 Err(status) => {
                     ended = true;
                     trailers(&status)
@@ -118,7 +113,7 @@ where
 }
 
 /// One gRPC message: no compression, its length, its bytes, in one buffer of exactly that size.
-fn frame(message: &impl Message) -> Bytes {
+pub(super) fn frame(message: &impl Message) -> Bytes {
     let len = message.encoded_len();
     let mut buf = Vec::with_capacity(5 + len);
     buf.push(0);
