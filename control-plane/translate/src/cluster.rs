@@ -62,6 +62,10 @@ pub fn clusters(
                 let policy = model.policy_for(&service.hostname, port.number, subset);
                 let endpoints = endpoints(model, service, port, labels);
                 let (mut cluster, assignment) = cluster(&name, service, port, &policy, endpoints);
+                // Its DestinationRule when one shaped it, else the service's own object.
+                cluster.metadata = crate::origin::metadata([model
+                    .destination_rule_for(&service.hostname)
+                    .map_or(&service.source, |dr| &dr.id)]);
                 transport(
                     &mut cluster,
                     service,

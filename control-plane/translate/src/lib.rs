@@ -6,6 +6,7 @@
 mod cluster;
 mod inbound;
 mod listener;
+mod origin;
 mod outbound;
 mod proto;
 mod route;
@@ -23,6 +24,7 @@ use strait_model::{Model, ProxyMode, ProxyNode};
 pub use cluster::{BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER};
 pub use inbound::VIRTUAL_INBOUND;
 pub use listener::OUTBOUND_ROUTE_NAME;
+pub use origin::{Encoded, METADATA_KEY, config_path, origins, parse_config_path};
 pub use outbound::VIRTUAL_OUTBOUND;
 pub use security::{ROOT_SECRET, WORKLOAD_SECRET, spiffe};
 

@@ -102,6 +102,7 @@ pub fn gateway(model: &Model, node: &ProxyNode) -> (Vec<Listener>, Vec<RouteConf
             name: format!("{address}_{bind}"),
             address: Some(socket(&address, bind)),
             traffic_direction: TrafficDirection::Inbound as i32,
+            metadata: crate::origin::metadata(servers.iter().map(|(gw, _)| &gw.id)),
             ..Default::default()
         };
         if !tls {

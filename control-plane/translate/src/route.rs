@@ -307,7 +307,9 @@ pub fn virtual_service_routes(model: &Model, vs: &VirtualService, cx: &Context<'
                 .collect()
         };
         for m in matches {
-            out.push(route(model, http, m, &name));
+            let mut r = route(model, http, m, &name);
+            r.metadata = crate::origin::metadata([&vs.id]);
+            out.push(r);
         }
     }
     out

@@ -201,9 +201,11 @@ impl TryFrom<&PbListener> for Listener {
         rest.listener_filters_timeout = None;
         rest.continue_on_listener_filters_timeout = false;
         rest.traffic_direction = 0;
+        // Metadata says where the listener came from (istio.config); nothing reads it here.
+        rest.metadata = None;
         if rest != Default::default() {
             return Err(at.unsupported(
-                "listener settings other than addresses, filter chains, listener filters (and their timeout), use_original_dst, bind_to_port and traffic_direction",
+                "listener settings other than addresses, filter chains, listener filters (and their timeout), use_original_dst, bind_to_port, traffic_direction and metadata",
             ));
         }
         let mut addresses = vec![socket_addr(&at.at("address"), l.address.as_ref())?];
