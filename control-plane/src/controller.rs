@@ -26,6 +26,7 @@ use strait_xds::status::struct_to_json;
 use tokio::sync::{mpsc, watch};
 
 use crate::certs::WorkloadCertificates;
+use crate::rejections::Rejections;
 use crate::store::Published;
 
 /// Quiet time after a model change before pushing, and the longest a burst can delay a push.
@@ -47,6 +48,7 @@ pub struct Controller {
     certs: Option<WorkloadCertificates>,
     nodes: HashMap<String, Connected>,
     translations: Translations,
+    rejections: Rejections,
 }
 
 /// Parts by the node (or outbound) shape they were made for.
@@ -192,7 +194,13 @@ impl Controller {
             certs,
             nodes: HashMap::new(),
             translations,
+            rejections: Rejections::default(),
         }
+    }
+
+    /// The proxies' rejections, traced to objects, as this controller records them.
+    pub fn rejections(&self) -> Rejections {
+        self.rejections.clone()
     }
 
     /// Runs until the model channel closes.
@@ -306,7 +314,31 @@ impl Controller {
                 if let Some(gone) = self.nodes.remove(&node_id) {
                     self.forget_identity_if_unused(&gone);
                 }
+                self.rejections.forget_node(&node_id);
                 self.cache.remove(&node_id);
+            }
+            NodeEvent::Rejected {
+                node_id,
+                type_url,
+                version,
+                error,
+                names,
+            } => {
+                let snapshot = self.cache.current(&node_id);
+                let rejection = self.rejections.rejected(
+                    snapshot.as_deref(),
+                    &node_id,
+                    &type_url,
+                    &version,
+                    &error,
+                    &names,
+                );
+                let objects: Vec<String> =
+                    rejection.objects.iter().map(|id| id.to_string()).collect();
+                tracing::warn!(node = %node_id, type_url, resources = ?rejection.resources, ?objects, "proxy rejection traced");
+            }
+            NodeEvent::Recovered { node_id, type_url } => {
+                self.rejections.recovered(&node_id, &type_url);
             }
         }
     }
@@ -581,6 +613,92 @@ spec:
             NodeState::Ready(s) => s.clone(),
             _ => panic!("{id} has no snapshot"),
         }
+    }
+
+    #[test]
+    fn a_rejection_is_traced_to_the_objects_behind_the_resources_it_names() {
+        use strait_model::{Kind, ObjectId};
+        use strait_xds::snapshot::{CLUSTER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE};
+        let cache = SnapshotCache::new();
+        let mut controller = Controller::new(
+            cache.clone(),
+            &mut Registry::default(),
+            MeshSettings::default(),
+            None,
+        );
+        controller.advance(model("10.0.0.1", 90), Instant::now());
+        controller.on_event(NodeEvent::Connected {
+            node: node("n1", "web", false),
+            identity: None,
+        });
+        let id = |kind, name: &str| ObjectId {
+            kind,
+            namespace: "default".into(),
+            name: name.into(),
+        };
+        let rejections = controller.rejections();
+        let reject = |controller: &mut Controller, type_url: &str, error: &str, names: &[&str]| {
+            controller.on_event(NodeEvent::Rejected {
+                node_id: "n1".into(),
+                type_url: type_url.into(),
+                version: "v9".into(),
+                error: error.into(),
+                names: names.iter().map(|n| n.to_string()).collect(),
+            })
+        };
+        // A wildcard CDS response; Envoy's message names the cluster: its DestinationRule.
+        reject(
+            &mut controller,
+            CLUSTER_TYPE,
+            "Error adding/updating cluster(s) outbound|9080|v1|reviews.default.svc.cluster.local: bad",
+            &[],
+        );
+        let by_object = rejections.by_object();
+        assert_eq!(
+            by_object.keys().cloned().collect::<Vec<_>>(),
+            vec![id(Kind::DestinationRule, "reviews")]
+        );
+        let rejection = &by_object[&id(Kind::DestinationRule, "reviews")][0];
+        assert_eq!(
+            rejection.resources,
+            ["outbound|9080|v1|reviews.default.svc.cluster.local"]
+        );
+        assert!(rejection.describe().contains("proxy n1 rejected Cluster"));
+        // A message naming nothing: every carried resource counts. Endpoints go by their
+        // cluster: ratings has no DestinationRule, so its ServiceEntry.
+        reject(
+            &mut controller,
+            ENDPOINT_TYPE,
+            "something went wrong",
+            &["outbound|9080||ratings.default.svc.cluster.local"],
+        );
+        assert!(
+            rejections
+                .by_object()
+                .contains_key(&id(Kind::ServiceEntry, "ratings"))
+        );
+        // Routes go to their VirtualService.
+        let routes = ready(&cache, "n1").resource_names(ROUTE_TYPE);
+        reject(&mut controller, ROUTE_TYPE, "no", &[routes[0].as_str()]);
+        assert!(
+            rejections
+                .by_object()
+                .contains_key(&id(Kind::VirtualService, "reviews"))
+        );
+        // Accepting a later version clears that type; leaving clears the node.
+        controller.on_event(NodeEvent::Recovered {
+            node_id: "n1".into(),
+            type_url: CLUSTER_TYPE.into(),
+        });
+        assert!(
+            !rejections
+                .by_object()
+                .contains_key(&id(Kind::DestinationRule, "reviews"))
+        );
+        controller.on_event(NodeEvent::Disconnected {
+            node_id: "n1".into(),
+        });
+        assert!(rejections.by_object().is_empty());
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod controller;
 pub mod crds;
 pub mod ctl;
 pub mod kube;
+pub mod rejections;
 pub mod store;
 pub mod telemetry;
 pub mod watch;

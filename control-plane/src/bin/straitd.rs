@@ -279,6 +279,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(strait_control_plane::kube::status::run(
             client,
             store.clone(),
+            controller.rejections(),
             leader_rx,
         ));
     }

@@ -86,6 +86,14 @@ impl SnapshotCache {
         }
     }
 
+    /// The snapshot a node is served now, if any.
+    pub fn current(&self, node_id: &str) -> Option<Arc<Snapshot>> {
+        match &*self.lock().get(node_id)?.state.borrow() {
+            NodeState::Ready(snapshot) => Some(snapshot.clone()),
+            NodeState::Pending | NodeState::Rejected(_) => None,
+        }
+    }
+
     pub fn subscribe(&self, node_id: &str) -> watch::Receiver<NodeState> {
         self.lock()
             .entry(node_id.to_string())

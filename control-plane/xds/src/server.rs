@@ -54,6 +54,17 @@ pub enum NodeEvent {
     },
     /// The last stream of this node id closed.
     Disconnected { node_id: String },
+    /// A stream of this node rejected a response: `names` are the resources it carried (empty:
+    /// every resource of the type), `error` the client's message.
+    Rejected {
+        node_id: String,
+        type_url: String,
+        version: String,
+        error: String,
+        names: Vec<String>,
+    },
+    /// A stream of this node that had rejected the type accepted a later response of it.
+    Recovered { node_id: String, type_url: String },
 }
 
 /// Why a stream ends with an error status.
@@ -304,7 +315,10 @@ impl Registration {
             stream_id,
             node_id: node.id.clone(),
         };
-        (registration, Ledger::new(status, inner.metrics.clone()))
+        (
+            registration,
+            Ledger::new(status, inner.metrics.clone(), inner.events.clone()),
+        )
     }
 }
 

@@ -51,6 +51,8 @@ pub struct NackStatus {
     pub at_unix_ms: u64,
     /// How many NACKs in a row carried this same version.
     pub count: u64,
+    /// A later version of the type was accepted since.
+    pub superseded: bool,
 }
 
 impl ProxyStatus {

@@ -9,6 +9,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use strait_tests::client::{HttpClient, Req, Resp};
 use strait_tests::envoy::XdsTarget;
 use strait_tests::kube::KubeApi;
@@ -415,7 +418,8 @@ webhooks:
 /// Istio objects from the API server: a bad field is refused by the validating webhook with
 /// the validator's message; applied with the webhook off, it is refused alone (its status
 /// says why, the last good version stays in force) while a good change after it still reaches
-/// the proxy; a fixed version goes into force.
+/// the proxy; a fixed version goes into force. A proxy's rejection of a cluster shows in the
+/// status of the DestinationRule that made it, until that proxy is gone.
 #[test]
 fn istio_objects_are_validated_refused_alone_and_get_a_status() -> anyhow::Result<()> {
     let Some(mut cluster) =
@@ -515,7 +519,108 @@ fn istio_objects_are_validated_refused_alone_and_get_a_status() -> anyhow::Resul
         Ok(())
     })?;
     let hub = cluster.net.hub().clone();
-    hub.block_on(crate::common::assert_no_nacks(&cluster.straitd))
+    hub.block_on(crate::common::assert_no_nacks(&cluster.straitd))?;
+
+    // A proxy that rejects a cluster the DestinationRule shapes: the DestinationRule's status
+    // says which proxy rejected what, until that proxy goes away.
+    let xds = cluster.straitd.xds_addr();
+    hub.block_on(async {
+        let mut rejecting = RejectingProxy::open(xds, "rejecting-1.shop").await?;
+        rejecting
+            .reject_clusters(&format!(
+                "Error adding/updating cluster(s) {WEB_V1_CLUSTER}: refused by the test"
+            ))
+            .await?;
+        // Polled with the async `eventually`, so the stream's connection keeps running (and
+        // the NACK goes out) between polls.
+        strait_tests::eventually(Duration::from_secs(10), || async {
+            let (status, message) = reconciled(&cluster, "destinationrule", "web")?;
+            anyhow::ensure!(
+                status == "False"
+                    && message.contains("proxy rejecting-1.shop rejected Cluster")
+                    && message.contains(WEB_V1_CLUSTER)
+                    && message.contains("refused by the test"),
+                "{status}: {message}"
+            );
+            Ok(())
+        })
+        .await?;
+        // The VirtualService made no cluster: its status is untouched.
+        let (status, message) = reconciled(&cluster, "virtualservice", "web")?;
+        anyhow::ensure!(status == "True", "{message}");
+        drop(rejecting);
+        anyhow::Ok(())
+    })?;
+    eventually_blocking(Duration::from_secs(10), || {
+        let (status, message) = reconciled(&cluster, "destinationrule", "web")?;
+        anyhow::ensure!(status == "True", "once the proxy left: {status}: {message}");
+        Ok(())
+    })
+}
+
+const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const WEB_V1_CLUSTER: &str = "outbound|80|v1|web.shop.svc.cluster.local";
+
+/// A bare SotW ADS client that rejects the clusters it is sent, as an Envoy does whose build
+/// cannot take them (no stock Envoy rejects what Strait sends).
+struct RejectingProxy {
+    requests: tokio::sync::mpsc::Sender<DiscoveryRequest>,
+    responses: tonic::Streaming<DiscoveryResponse>,
+}
+
+impl RejectingProxy {
+    async fn open(xds: SocketAddr, node_id: &str) -> anyhow::Result<RejectingProxy> {
+        use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+        let channel = tonic::transport::Channel::from_shared(format!("http://{xds}"))?
+            .connect()
+            .await?;
+        let (requests, rx) = tokio::sync::mpsc::channel(4);
+        let namespace = Value {
+            kind: Some(Kind::StringValue("shop".into())),
+        };
+        requests
+            .send(DiscoveryRequest {
+                node: Some(Node {
+                    id: node_id.into(),
+                    metadata: Some(Struct {
+                        fields: [("NAMESPACE".to_string(), namespace)].into_iter().collect(),
+                    }),
+                    ..Default::default()
+                }),
+                type_url: CLUSTER_TYPE.into(),
+                ..Default::default()
+            })
+            .await?;
+        let responses = AggregatedDiscoveryServiceClient::new(channel)
+            .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(RejectingProxy {
+            requests,
+            responses,
+        })
+    }
+
+    /// Waits for the first CDS response and NACKs it with `message`.
+    async fn reject_clusters(&mut self, message: &str) -> anyhow::Result<()> {
+        let response = tokio::time::timeout(Duration::from_secs(5), self.responses.message())
+            .await??
+            .ok_or_else(|| anyhow::anyhow!("the stream ended before any CDS response"))?;
+        anyhow::ensure!(response.type_url == CLUSTER_TYPE, "{}", response.type_url);
+        self.requests
+            .send(DiscoveryRequest {
+                type_url: CLUSTER_TYPE.into(),
+                response_nonce: response.nonce,
+                error_detail: Some(envoy_types::pb::google::rpc::Status {
+                    code: 3,
+                    message: message.into(),
+                    details: Vec::new(),
+                }),
+                ..Default::default()
+            })
+            .await?;
+        Ok(())
+    }
 }
 
 fn lease_holder(cluster: &Cluster) -> anyhow::Result<String> {

@@ -271,11 +271,14 @@ impl Protocol for Delta {
         match &request.error_detail {
             Some(error) => {
                 state.held = settled.previous;
+                let mut names = Vec::with_capacity(settled.sent.len());
                 for (name, version) in settled.sent {
+                    names.push(name.to_string());
                     state.rejected.insert(name, version);
                 }
                 state.rejected_at = Some(settled.system_version.clone());
-                self.ledger.nacked(type_url, &settled.system_version, error);
+                self.ledger
+                    .nacked(type_url, &settled.system_version, error, names);
                 let held = held_count(state, snapshot);
                 self.ledger.set_resources(type_url, held);
             }

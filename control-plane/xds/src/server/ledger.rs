@@ -3,19 +3,36 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use envoy_types::pb::google::rpc::Status as RpcStatus;
+use tokio::sync::mpsc;
 
+use super::NodeEvent;
 use crate::metrics::XdsMetrics;
 use crate::status::{NackStatus, ProxyStatus, TypeStatus, unix_ms_now};
 
-/// One stream's view of its `/debug/proxies` entry, plus the metrics its events count toward.
+/// One stream's view of its `/debug/proxies` entry, plus the metrics its events count toward
+/// and the controller, which hears of rejections (to tell the objects behind them).
 pub(crate) struct Ledger {
     status: Arc<Mutex<ProxyStatus>>,
     metrics: XdsMetrics,
+    events: mpsc::UnboundedSender<NodeEvent>,
 }
 
 impl Ledger {
-    pub(crate) fn new(status: Arc<Mutex<ProxyStatus>>, metrics: XdsMetrics) -> Self {
-        Self { status, metrics }
+    pub(crate) fn new(
+        status: Arc<Mutex<ProxyStatus>>,
+        metrics: XdsMetrics,
+        events: mpsc::UnboundedSender<NodeEvent>,
+    ) -> Self {
+        Self {
+            status,
+            metrics,
+            events,
+        }
+    }
+
+    fn tell(&self, event: NodeEvent) {
+        // Without a controller (some tests) nobody needs to hear it.
+        let _ = self.events.send(event);
     }
 
     fn update<R>(&self, type_url: &str, f: impl FnOnce(&ProxyStatus, &mut TypeStatus) -> R) -> R {
@@ -46,19 +63,39 @@ impl Ledger {
     /// `latency`: from the change the response carried to its ACK.
     pub(crate) fn acked(&self, type_url: &str, version: &str, latency: std::time::Duration) {
         self.metrics.acked(type_url, latency);
-        self.update(type_url, |_, entry| {
+        let recovered = self.update(type_url, |status, entry| {
             entry.acked_version = Some(version.to_string());
             entry.last_ack_unix_ms = Some(unix_ms_now());
+            match &mut entry.nack {
+                Some(nack) if !nack.superseded => {
+                    nack.superseded = true;
+                    Some(status.node_id.clone())
+                }
+                _ => None,
+            }
         });
+        if let Some(node_id) = recovered {
+            self.tell(NodeEvent::Recovered {
+                node_id,
+                type_url: type_url.to_string(),
+            });
+        }
     }
 
     /// Records a rejection; warns only the first time a stream rejects a given version of a
     /// type, as Envoy repeats its NACK on every later request until the version changes.
-    pub(crate) fn nacked(&self, type_url: &str, version: &str, error: &RpcStatus) {
+    /// `names`: the resources the rejected response carried (empty: all of the type).
+    pub(crate) fn nacked(
+        &self,
+        type_url: &str,
+        version: &str,
+        error: &RpcStatus,
+        names: Vec<String>,
+    ) {
         self.metrics.nacked(type_url);
-        self.update(type_url, |status, entry| {
-            let count = match &entry.nack {
-                Some(previous) if previous.version == version => previous.count + 1,
+        let first = self.update(type_url, |status, entry| {
+            let (count, first) = match &entry.nack {
+                Some(previous) if previous.version == version => (previous.count + 1, None),
                 _ => {
                     tracing::warn!(
                         node = %status.node_id,
@@ -69,7 +106,7 @@ impl Ledger {
                         error = %error.message,
                         "proxy rejected configuration"
                     );
-                    1
+                    (1, Some(status.node_id.clone()))
                 }
             };
             entry.nack = Some(NackStatus {
@@ -78,8 +115,19 @@ impl Ledger {
                 code: error.code,
                 at_unix_ms: unix_ms_now(),
                 count,
+                superseded: false,
             });
+            first
         });
+        if let Some(node_id) = first {
+            self.tell(NodeEvent::Rejected {
+                node_id,
+                type_url: type_url.to_string(),
+                version: version.to_string(),
+                error: error.message.clone(),
+                names,
+            });
+        }
     }
 
     pub(crate) fn stream_id(&self) -> u64 {

@@ -113,7 +113,12 @@ impl Protocol for Sotw {
                     state.awaiting_ack = false;
                     match &request.error_detail {
                         Some(error) => {
-                            self.ledger.nacked(type_url, &sent.version, error);
+                            let names = if state.wildcard {
+                                Vec::new()
+                            } else {
+                                state.names.iter().map(|n| n.to_string()).collect()
+                            };
+                            self.ledger.nacked(type_url, &sent.version, error, names);
                             state.rejected_version = Some(sent.version.clone());
                         }
                         None => {

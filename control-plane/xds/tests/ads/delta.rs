@@ -3,6 +3,7 @@
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
+use strait_xds::NodeEvent;
 use strait_xds::Snapshot;
 use strait_xds::snapshot::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, Resources};
 
@@ -186,7 +187,7 @@ async fn removed_cluster_is_reported_as_removed() {
 
 #[tokio::test]
 async fn nack_is_recorded_and_the_rejected_version_not_resent() {
-    let h = Harness::start().await;
+    let mut h = Harness::start().await;
     h.set("n1", fixtures::basic());
     let (mut c, [cds1, _, _, _]) = handshake(&h, "n1", &[CLUSTER]).await;
 
@@ -208,6 +209,19 @@ async fn nack_is_recorded_and_the_rejected_version_not_resent() {
     let nack = status.nack.expect("nack recorded");
     assert_eq!(nack.version, cds2.system_version_info);
     assert_eq!(nack.error_detail, "bad cluster");
+    // The controller hears which resources the rejected response carried.
+    match h.rejection_event().await {
+        NodeEvent::Rejected {
+            node_id,
+            type_url,
+            names,
+            ..
+        } => {
+            assert_eq!((node_id.as_str(), type_url.as_str()), ("n1", CLUSTER_TYPE));
+            assert_eq!(names, vec![CLUSTER.to_string()]);
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
     assert_eq!(
         status.acked_version.as_deref(),
         Some(cds1.system_version_info.as_str())
@@ -231,6 +245,10 @@ async fn nack_is_recorded_and_the_rejected_version_not_resent() {
         h.status("n1").types[CLUSTER_TYPE].acked_version.as_deref(),
         Some(cds3.system_version_info.as_str())
     );
+    assert!(matches!(
+        h.rejection_event().await,
+        NodeEvent::Recovered { type_url, .. } if type_url == CLUSTER_TYPE
+    ));
 }
 
 #[tokio::test]

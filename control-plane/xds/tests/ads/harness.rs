@@ -111,6 +111,16 @@ impl Harness {
             .expect("events channel open")
     }
 
+    /// The next event about rejections (`Rejected` or `Recovered`), skipping connects.
+    pub async fn rejection_event(&mut self) -> NodeEvent {
+        loop {
+            match self.event().await {
+                NodeEvent::Connected { .. } | NodeEvent::Disconnected { .. } => continue,
+                event => return event,
+            }
+        }
+    }
+
     pub fn no_event(&mut self) {
         assert!(self.events.try_recv().is_err(), "unexpected node event");
     }

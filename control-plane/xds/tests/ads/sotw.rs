@@ -1,6 +1,7 @@
 //! State-of-the-world ADS: handshake, pushes, ordering, stale nonces, NACKs, warming.
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+use strait_xds::NodeEvent;
 use strait_xds::snapshot::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
 
 use crate::fixtures::{self, CLUSTER, LISTENER, ROUTE};
@@ -171,7 +172,7 @@ async fn stale_nonce_is_ignored() {
 
 #[tokio::test]
 async fn nack_is_recorded_and_not_resent_until_a_new_version() {
-    let h = Harness::start().await;
+    let mut h = Harness::start().await;
     h.set("n1", fixtures::basic());
     let (mut c, [cds1, _, _, _]) = handshake(&h, "n1", &[CLUSTER]).await;
 
@@ -209,6 +210,22 @@ async fn nack_is_recorded_and_not_resent_until_a_new_version() {
     assert!(h.metrics_text().contains(&format!(
         "strait_xds_nacks_total{{type_url=\"{CLUSTER_TYPE}\"}} 1"
     )));
+    // The controller hears of it once, with every cluster (a wildcard) as what was carried.
+    match h.rejection_event().await {
+        NodeEvent::Rejected {
+            node_id,
+            type_url,
+            version,
+            error,
+            names,
+        } => {
+            assert_eq!((node_id.as_str(), type_url.as_str()), ("n1", CLUSTER_TYPE));
+            assert_eq!(version, cds2.version_info);
+            assert_eq!(error, "cluster backend: bad timeout");
+            assert!(names.is_empty(), "{names:?}");
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
 
     // A later request on the type (same nonce) must not bring the rejected version back.
     c.send(nack(
@@ -235,7 +252,17 @@ async fn nack_is_recorded_and_not_resent_until_a_new_version() {
         status.acked_version.as_deref(),
         Some(cds3.version_info.as_str())
     );
-    assert_eq!(status.nack.expect("kept").version, cds2.version_info);
+    let nack_status = status.nack.expect("kept");
+    assert_eq!(nack_status.version, cds2.version_info);
+    assert!(nack_status.superseded);
+    // The repeated NACK told nobody again; the later ACK tells of the recovery, once.
+    match h.rejection_event().await {
+        NodeEvent::Recovered { node_id, type_url } => {
+            assert_eq!((node_id.as_str(), type_url.as_str()), ("n1", CLUSTER_TYPE));
+        }
+        other => panic!("expected the recovery, got {other:?}"),
+    }
+    h.no_event();
 }
 
 #[tokio::test]
