@@ -370,6 +370,8 @@ fn rbac_grants_what_straitd_needs() {
         ("", "pods"),
         ("", "namespaces"),
         ("discovery.k8s.io", "endpointslices"),
+        ("networking.k8s.io", "ingresses"),
+        ("networking.k8s.io", "ingressclasses"),
     ];
     let crds = documents(
         &std::fs::read_to_string(root().join("charts/strait-base/files/crds.yaml")).unwrap(),

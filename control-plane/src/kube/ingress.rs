@@ -1,8 +1,12 @@
 //! Kubernetes Ingresses into a Gateway and VirtualServices, without I/O, as Istio's ingress
 //! controller converts them.
 //!
-//! An Ingress of class `strait` or `istio` (`spec.ingressClassName`, or the older annotation
-//! `kubernetes.io/ingress.class`, which wins when both are set) becomes:
+//! An Ingress is Strait's when the class it names (`spec.ingressClassName`, or the older
+//! annotation `kubernetes.io/ingress.class`, which wins when both are set) has an IngressClass
+//! whose `spec.controller` is `strait.io/ingress-controller` or Istio's
+//! `istio.io/ingress-controller`, or, without such an IngressClass, is called `strait` or
+//! `istio`; an Ingress naming no class is Strait's when Strait's IngressClass is the
+//! cluster's default (`ingressclass.kubernetes.io/is-default-class: "true"`). It becomes:
 //!
 //! - a Gateway `k8s-ingress-NAME` in the Ingress's namespace, selecting the ingress gateway
 //!   (`istio: ingressgateway` unless configured), with one HTTP server on port 80 for the
@@ -25,12 +29,21 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
+use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 use serde_json::{Value, json};
 use strait_model::{Object, ValidationError, ValidationErrors, loader};
 
-/// The classes Strait serves.
+/// The class names Strait serves when no IngressClass of that name says otherwise.
 pub const CLASSES: [&str; 2] = ["strait", "istio"];
+
+/// The `spec.controller` of IngressClasses Strait serves: its own, and Istio's.
+pub const CONTROLLERS: [&str; 2] = [
+    "strait.io/ingress-controller",
+    "istio.io/ingress-controller",
+];
+
+/// The annotation that makes an IngressClass the cluster's default.
+pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
 
 /// The annotation that named the class before `spec.ingressClassName`.
 pub const CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
@@ -52,10 +65,56 @@ pub fn class(ingress: &Ingress) -> Option<&str> {
         .map(String::as_str)
 }
 
-/// Whether Strait serves `ingress` (its class is one of [`CLASSES`]). An Ingress without a
-/// class is left to the cluster's default controller.
-pub fn is_ours(ingress: &Ingress) -> bool {
-    class(ingress).is_some_and(|c| CLASSES.contains(&c))
+/// Which Ingress classes are Strait's, from the cluster's IngressClass objects.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Classes {
+    /// IngressClass names and whether their controller is Strait's (or Istio's).
+    known: BTreeMap<String, bool>,
+    /// An IngressClass of Strait's is the cluster's default: Ingresses without a class are ours.
+    default_is_ours: bool,
+}
+
+impl Classes {
+    pub fn new<'a>(classes: impl IntoIterator<Item = &'a IngressClass>) -> Classes {
+        let mut out = Classes::default();
+        for class in classes {
+            let Some(name) = class.metadata.name.clone() else {
+                continue;
+            };
+            let ours = class
+                .spec
+                .as_ref()
+                .and_then(|s| s.controller.as_deref())
+                .is_some_and(|c| CONTROLLERS.contains(&c));
+            let default = class
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
+                .is_some_and(|v| v == "true");
+            out.default_is_ours |= ours && default;
+            out.known.insert(name, ours);
+        }
+        out
+    }
+
+    /// Whether the class named `name` is Strait's: its IngressClass's controller says so,
+    /// else (no such IngressClass) its name is one of [`CLASSES`].
+    fn serves(&self, name: &str) -> bool {
+        match self.known.get(name) {
+            Some(ours) => *ours,
+            None => CLASSES.contains(&name),
+        }
+    }
+}
+
+/// Whether Strait serves `ingress`: the class it names is Strait's, or it names none and
+/// Strait's IngressClass is the cluster's default (else it is the default controller's).
+pub fn is_ours(ingress: &Ingress, classes: &Classes) -> bool {
+    match class(ingress) {
+        Some(name) => classes.serves(name),
+        None => classes.default_is_ours,
+    }
 }
 
 /// The name of the Gateway made from Ingress `name`.
@@ -615,12 +674,63 @@ spec:
         assert_eq!(vs["http"][1]["match"][0]["uri"]["exact"], "/x");
     }
 
+    fn ingress_class(yaml: &str) -> IngressClass {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn ingress_classes_decide_by_controller_and_the_default_takes_unclassed_ingresses() {
+        let edge = ingress_class(
+            "metadata: {name: edge, annotations: {ingressclass.kubernetes.io/is-default-class: 'true'}}\nspec: {controller: strait.io/ingress-controller}",
+        );
+        let nginx =
+            ingress_class("metadata: {name: strait}\nspec: {controller: k8s.io/ingress-nginx}");
+        let mesh = ingress_class(
+            "metadata: {name: mesh}\nspec: {controller: istio.io/ingress-controller}",
+        );
+        let classes = Classes::new([&edge, &nginx, &mesh]);
+        let with = |spec: &str, classes: &Classes| {
+            is_ours(
+                &ingress(&format!(
+                    "metadata: {{name: i, namespace: shop}}\nspec: {{{spec}}}"
+                )),
+                classes,
+            )
+        };
+        assert!(
+            with("ingressClassName: edge", &classes),
+            "a class of Strait's controller"
+        );
+        assert!(
+            with("ingressClassName: mesh", &classes),
+            "Istio's controller"
+        );
+        assert!(
+            !with("ingressClassName: strait", &classes),
+            "an IngressClass named strait that is nginx's is nginx's"
+        );
+        assert!(
+            with("ingressClassName: istio", &classes),
+            "no such IngressClass: by name"
+        );
+        assert!(with("", &classes), "Strait's class is the default");
+        assert!(!with("ingressClassName: nginx", &classes));
+        // The default annotation counts only on a class of ours.
+        let nginx_default = ingress_class(
+            "metadata: {name: nginx, annotations: {ingressclass.kubernetes.io/is-default-class: 'true'}}\nspec: {controller: k8s.io/ingress-nginx}",
+        );
+        assert!(!with("", &Classes::new([&nginx_default, &mesh])));
+    }
+
     #[test]
     fn classes_other_than_strait_and_istio_are_not_ours() {
         let with = |meta: &str, spec: &str| {
-            is_ours(&ingress(&format!(
-                "metadata: {{name: i, namespace: shop{meta}}}\nspec: {{{spec}}}"
-            )))
+            is_ours(
+                &ingress(&format!(
+                    "metadata: {{name: i, namespace: shop{meta}}}\nspec: {{{spec}}}"
+                )),
+                &Classes::default(),
+            )
         };
         assert!(with("", "ingressClassName: strait"));
         assert!(with("", "ingressClassName: istio"));

@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -92,6 +92,7 @@ enum Update {
     Pod(Event<Pod>),
     Istio(Kind, Event<DynamicObject>),
     Ingress(Event<Ingress>),
+    IngressClass(Event<IngressClass>),
 }
 
 /// Runs the watchers until the store is dropped; errors of one watcher are retried with
@@ -145,6 +146,12 @@ pub async fn run(
             "Ingresses",
             tx.clone(),
             Update::Ingress,
+        );
+        spawn_watch(
+            Api::<IngressClass>::all(client.clone()),
+            "IngressClasses",
+            tx.clone(),
+            Update::IngressClass,
         );
     } else {
         tracing::info!("the API server does not serve networking.k8s.io/v1 Ingresses: not watched");
@@ -310,6 +317,7 @@ struct State {
     pods: Seen<Pod>,
     istio: BTreeMap<Kind, Seen<DynamicObject>>,
     ingresses: Seen<Ingress>,
+    ingress_classes: Seen<IngressClass>,
     /// Services whose ServiceEntry must be made again.
     dirty_services: BTreeSet<Key>,
     /// Istio objects that changed.
@@ -332,6 +340,7 @@ impl State {
             pods: Seen::new(),
             istio: BTreeMap::new(),
             ingresses: Seen::new(),
+            ingress_classes: Seen::new(),
             dirty_services: BTreeSet::new(),
             dirty_istio: BTreeSet::new(),
             dirty_ingresses: BTreeSet::new(),
@@ -396,6 +405,17 @@ impl State {
             Update::Ingress(e) => {
                 let keys = self.ingresses.apply(e, |i| key_of(&i.metadata));
                 self.dirty_ingresses.extend(keys);
+            }
+            Update::IngressClass(e) => {
+                // Which Ingresses are Strait's may have changed: look at every one again.
+                if !self
+                    .ingress_classes
+                    .apply(e, |c| key_of(&c.metadata))
+                    .is_empty()
+                {
+                    self.dirty_ingresses
+                        .extend(self.ingresses.items.keys().cloned());
+                }
             }
         }
     }
@@ -492,8 +512,9 @@ impl State {
                 }
             }
         }
+        let classes = ingress::Classes::new(self.ingress_classes.items.values());
         for key in std::mem::take(&mut self.dirty_ingresses) {
-            self.ingress_changes(key, &mut changes);
+            self.ingress_changes(key, &classes, &mut changes);
         }
         changes
     }
@@ -501,10 +522,15 @@ impl State {
     /// Converts Ingress `key` again: what it makes now is upserted, what it made before and
     /// makes no more is removed. One that does not convert is refused whole (logged), and
     /// what it made before stays in force.
-    fn ingress_changes(&mut self, key: Key, changes: &mut Vec<KubeChange>) {
+    fn ingress_changes(
+        &mut self,
+        key: Key,
+        classes: &ingress::Classes,
+        changes: &mut Vec<KubeChange>,
+    ) {
         let label = format!("{}/{}", key.0, key.1);
         let (made, warnings) = match self.ingresses.items.get(&key) {
-            Some(ing) if ingress::is_ours(ing) => {
+            Some(ing) if ingress::is_ours(ing, classes) => {
                 let services = &self.services.items;
                 let converted = ingress::convert(
                     ing,
@@ -592,6 +618,42 @@ spec:
             .collect();
         out.sort();
         out
+    }
+
+    #[test]
+    fn an_ingress_class_change_decides_again_which_ingresses_are_ours() {
+        let mut state = State::new(KubeSourceOptions::default());
+        let web: Service = serde_yaml_ng::from_str(
+            "metadata: {name: web, namespace: shop}\nspec: {clusterIP: 10.96.0.5, ports: [{name: http, port: 80}]}",
+        )
+        .unwrap();
+        state.update(Update::Service(Event::Apply(web)));
+        state.update(Update::Ingress(Event::Apply(ingress("edge"))));
+        assert_eq!(
+            summary(&state.changes()),
+            ["+ServiceEntry shop/k8s-svc-web"],
+            "class edge is nobody's yet"
+        );
+        let edge: IngressClass = serde_yaml_ng::from_str(
+            "metadata: {name: edge}\nspec: {controller: strait.io/ingress-controller}",
+        )
+        .unwrap();
+        state.update(Update::IngressClass(Event::Apply(edge.clone())));
+        assert_eq!(
+            summary(&state.changes()),
+            [
+                "+Gateway shop/k8s-ingress-shop",
+                "+VirtualService shop/k8s-ingress-shop-0",
+            ]
+        );
+        state.update(Update::IngressClass(Event::Delete(edge)));
+        assert_eq!(
+            summary(&state.changes()),
+            [
+                "-Gateway shop/k8s-ingress-shop",
+                "-VirtualService shop/k8s-ingress-shop-0",
+            ]
+        );
     }
 
     #[test]

@@ -182,7 +182,8 @@ spec:
 ";
 
 /// Ingresses of class strait (or istio) are served by the gateway with Kubernetes' path
-/// semantics; another class is ignored; a deleted Ingress's routes go within 2 s.
+/// semantics; another class is ignored; a deleted Ingress's routes go within 2 s; an Ingress
+/// without a class is served once Strait's IngressClass is the cluster's default.
 #[test]
 fn ingresses_are_served_by_the_ingress_gateway() -> anyhow::Result<()> {
     let Some(hub) = Hub::start("ingresses_are_served_by_the_ingress_gateway")? else {
@@ -244,6 +245,40 @@ fn ingresses_are_served_by_the_ingress_gateway() -> anyhow::Result<()> {
         "{gateways:?}"
     );
 
+    // An Ingress naming no class is the default class's: nobody's until Strait's
+    // IngressClass is made the cluster's default.
+    hub.kube.apply_yaml(UNCLASSED)?;
+    std::thread::sleep(PROPAGATION);
+    let got = hub.who("plain.example.com", "/");
+    anyhow::ensure!(got == "404", "an unclassed Ingress is not ours yet: {got}");
+    hub.kube.apply_yaml(DEFAULT_CLASS)?;
+    eventually_blocking(PROPAGATION, || {
+        let got = hub.who("plain.example.com", "/");
+        anyhow::ensure!(got == "web", "{got}");
+        Ok(())
+    })?;
+
     let net_hub = hub.net.hub().clone();
     net_hub.block_on(crate::common::assert_no_nacks(&hub.straitd))
 }
+
+/// No class at all: the cluster's default IngressClass decides.
+const UNCLASSED: &str = "apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: plain, namespace: shop}
+spec:
+  rules:
+  - host: plain.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
+";
+
+/// Strait's IngressClass under a name of the user's, as the cluster's default.
+const DEFAULT_CLASS: &str = "apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata:
+  name: edge
+  annotations: {ingressclass.kubernetes.io/is-default-class: 'true'}
+spec: {controller: strait.io/ingress-controller}
+";
