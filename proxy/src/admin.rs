@@ -1,8 +1,10 @@
 //! The admin API: readiness, liveness, the runtime config as JSON, the workload certificate,
-//! Prometheus stats.
+//! Prometheus stats, and `POST /quitquitquit` (Envoy's and Istio's name), which makes the
+//! proxy drain and exit once the app is done.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -10,14 +12,20 @@ use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::runtime::Shared;
 
-/// Serves the admin API on `socket` until `shutdown`.
+/// How long answers already being written get at shutdown (the answer to `/quitquitquit`).
+const FINISH_ANSWERS: Duration = Duration::from_secs(2);
+
+/// Serves the admin API on `socket` until `shutdown`, then lets open connections finish the
+/// answer they are writing.
 pub async fn serve(shared: Arc<Shared>, socket: TcpListener, mut shutdown: watch::Receiver<bool>) {
     let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
             accepted = socket.accept() => {
@@ -28,6 +36,7 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpListener, mut shutdown: watch
                     async move { Ok::<_, Infallible>(respond(&shared, &req)) }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(error) = conn.await {
                         tracing::debug!(%error, "admin connection ended with an error");
@@ -36,6 +45,12 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpListener, mut shutdown: watch
             }
             _ = shutdown.changed() => break,
         }
+    }
+    if tokio::time::timeout(FINISH_ANSWERS, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("admin connections still open at shutdown");
     }
 }
 
@@ -50,10 +65,24 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
 }
 
 pub fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if path == "/quitquitquit" {
+        if req.method() != Method::POST {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "use POST\n".into(),
+            );
+        }
+        tracing::info!("/quitquitquit: draining");
+        // The answer still goes out: shutdown lets admin connections finish theirs.
+        shared.quit.notify_one();
+        return text(StatusCode::OK, "text/plain", "OK\n".into());
+    }
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", String::new());
     }
-    match req.uri().path() {
+    match path {
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
         "/ready" => {
             if shared.is_ready() {

@@ -98,6 +98,11 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
 }
 
 impl Running {
+    /// Returns once the admin API's `POST /quitquitquit` has asked the proxy to stop.
+    pub async fn quit_requested(&self) {
+        self.shared.quit.notified().await;
+    }
+
     /// Stops accepting, lets in-flight requests finish, and returns when everything has stopped.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
