@@ -92,11 +92,14 @@ pub(crate) fn inject_in(
     let mut pod_labels = meta.labels.clone().unwrap_or_default();
     pod_labels.extend(labels.clone());
 
+    let run_app = policy::run_app(spec, settings);
     let placement = match (
         settings.native_sidecars,
         settings.hold_application_until_proxy_starts,
     ) {
         (true, _) => Placement::Native,
+        // run-app waits for the proxy itself: no hook to hold the app with.
+        (false, _) if run_app.is_some() => Placement::Wrapped,
         (false, true) => Placement::Held,
         (false, false) => Placement::Beside,
     };
@@ -128,30 +131,48 @@ pub(crate) fn inject_in(
             init_containers.push(proxy);
             init_containers.extend(user_init);
         }
-        Placement::Held | Placement::Beside => {
+        Placement::Held | Placement::Beside | Placement::Wrapped => {
             // The capture last (as Istio): the app's init containers run before it, when
             // nothing is captured yet, since no proxy would be there to take their traffic.
             init_containers.extend(user_init);
-            init_containers.extend(init);
             let mut containers = spec.containers.clone();
-            if placement == Placement::Held {
-                containers.insert(0, proxy);
-            } else {
+            if let Some(stop) = run_app {
+                init_containers.push(sidecar::copy_container(
+                    settings,
+                    controls.resources.clone(),
+                ));
+                for c in &mut containers {
+                    sidecar::run_app(c, settings.ports.admin, stop);
+                }
+            }
+            init_containers.extend(init);
+            if placement == Placement::Beside {
                 containers.push(proxy);
+            } else {
+                containers.insert(0, proxy);
             }
             out.containers = containers;
             status.containers.push(sidecar::PROXY_CONTAINER.to_string());
         }
     }
-    let ours =
-        |c: &&Container| c.name == sidecar::INIT_CONTAINER || c.name == sidecar::PROXY_CONTAINER;
+    let ours = |c: &&Container| {
+        [
+            sidecar::INIT_CONTAINER,
+            sidecar::PROXY_CONTAINER,
+            sidecar::COPY_CONTAINER,
+        ]
+        .contains(&c.name.as_str())
+    };
     status.init_containers = init_containers
         .iter()
         .filter(ours)
         .map(|c| c.name.clone())
         .collect();
     out.init_containers = (!init_containers.is_empty()).then_some(init_containers);
-    let volumes = sidecar::volumes(settings);
+    let mut volumes = sidecar::volumes(settings);
+    if run_app.is_some() {
+        volumes.push(sidecar::bin_volume());
+    }
     status.volumes = volumes.iter().map(|v| v.name.clone()).collect();
     out.volumes.get_or_insert_default().extend(volumes);
 
@@ -185,7 +206,11 @@ fn check_clashes(
             "a pod needs at least one container",
         ));
     }
-    let ours = [sidecar::PROXY_CONTAINER, sidecar::INIT_CONTAINER];
+    let ours = [
+        sidecar::PROXY_CONTAINER,
+        sidecar::INIT_CONTAINER,
+        sidecar::COPY_CONTAINER,
+    ];
     let lists = [
         ("containers", spec.containers.as_slice()),
         (
@@ -226,7 +251,12 @@ fn check_clashes(
         }
     }
     for (i, v) in spec.volumes.iter().flatten().enumerate() {
-        if [sidecar::TOKEN_VOLUME, sidecar::ROOT_VOLUME].contains(&v.name.as_str()) {
+        let ours = [
+            sidecar::TOKEN_VOLUME,
+            sidecar::ROOT_VOLUME,
+            sidecar::BIN_VOLUME,
+        ];
+        if ours.contains(&v.name.as_str()) {
             return Err(InjectError::field(
                 format!("spec.volumes[{i}].name"),
                 format!(
@@ -363,6 +393,93 @@ mod tests {
             ["app", "logger", "strait-proxy"]
         );
         assert_eq!(inj.spec.containers[2].lifecycle, None);
+    }
+
+    #[test]
+    fn without_native_sidecars_a_jobs_containers_run_under_run_app() {
+        let classic = InjectSettings {
+            native_sidecars: false,
+            ports: crate::settings::ProxyPorts {
+                admin: 15900,
+                ..Default::default()
+            },
+            ..InjectSettings::default()
+        };
+        let mut spec = app_spec();
+        spec.restart_policy = Some("OnFailure".into());
+        spec.containers[0].command = Some(vec!["perl".into(), "-e".into()]);
+        spec.containers[0].args = Some(vec!["print $(GREETING)".into()]);
+        spec.containers[1].command = Some(vec!["logger".into()]);
+        let inj = injected(&meta(&[], &[]), &spec, &classic);
+        assert_eq!(
+            names(&inj.spec.containers),
+            ["strait-proxy", "app", "logger"]
+        );
+        assert_eq!(
+            names(inj.spec.init_containers.as_deref().unwrap()),
+            ["migrate", "strait-copy", "strait-init"]
+        );
+        assert_eq!(
+            inj.spec.containers[0].lifecycle, None,
+            "run-app waits for the proxy: no hook"
+        );
+        let app = &inj.spec.containers[1];
+        assert_eq!(
+            app.command.as_deref().unwrap(),
+            ["/var/run/strait/bin/strait-proxy"]
+        );
+        assert_eq!(
+            app.args.as_deref().unwrap().join(" "),
+            "run-app --admin-addr 127.0.0.1:15900 --stop-proxy on-success -- perl -e print $(GREETING)"
+        );
+        let mount = app.volume_mounts.as_deref().unwrap().last().unwrap();
+        assert_eq!(
+            (
+                mount.name.as_str(),
+                mount.mount_path.as_str(),
+                mount.read_only
+            ),
+            ("strait-bin", "/var/run/strait/bin", Some(true))
+        );
+        assert_eq!(
+            inj.spec.containers[2]
+                .args
+                .as_deref()
+                .unwrap()
+                .last()
+                .unwrap(),
+            "logger"
+        );
+        let copy = &inj.spec.init_containers.as_deref().unwrap()[1];
+        assert_eq!(
+            copy.args.as_deref().unwrap(),
+            ["copy-self", "--to", "/var/run/strait/bin/strait-proxy"]
+        );
+        let volumes = inj.spec.volumes.as_deref().unwrap();
+        assert!(volumes.last().unwrap().empty_dir.is_some());
+        let status: Status = serde_json::from_str(&inj.annotations[keys::STATUS]).unwrap();
+        assert_eq!(status.init_containers, ["strait-copy", "strait-init"]);
+        assert_eq!(
+            status.volumes,
+            ["strait-token", "strait-ca-root", "strait-bin"]
+        );
+
+        // Written with the wrapper already (the status annotation lost): not wrapped twice.
+        let mut again = spec.clone();
+        again.containers = inj.spec.containers[1..].to_vec();
+        for c in &mut again.containers {
+            c.volume_mounts = None;
+        }
+        let twice = injected(&meta(&[], &[]), &again, &classic);
+        assert_eq!(twice.spec.containers[1..], inj.spec.containers[1..]);
+
+        // restartPolicy Never: the proxy stops whatever the app's exit.
+        spec.restart_policy = Some("Never".into());
+        let inj = injected(&meta(&[], &[]), &spec, &classic);
+        assert_eq!(
+            inj.spec.containers[1].args.as_deref().unwrap()[..4],
+            ["run-app", "--admin-addr", "127.0.0.1:15900", "--"]
+        );
     }
 
     #[test]
