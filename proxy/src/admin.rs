@@ -1,6 +1,6 @@
 //! The admin API: readiness, liveness, the runtime config as JSON, the workload certificate,
-//! Prometheus stats, and `POST /quitquitquit` (Envoy's and Istio's name), which makes the
-//! proxy drain and exit once the app is done.
+//! Prometheus stats, `POST /quitquitquit` (Envoy's and Istio's name), which makes the proxy
+//! drain and exit once the app is done, and the app's probes (`/app-health/…`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::app_health::{self, AppProbers};
 use crate::runtime::Shared;
 
 /// How long answers already being written get at shutdown (the answer to `/quitquitquit`).
@@ -23,7 +24,12 @@ const FINISH_ANSWERS: Duration = Duration::from_secs(2);
 
 /// Serves the admin API on `socket` until `shutdown`, then lets open connections finish the
 /// answer they are writing.
-pub async fn serve(shared: Arc<Shared>, socket: TcpListener, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    shared: Arc<Shared>,
+    probers: Arc<AppProbers>,
+    socket: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     loop {
@@ -31,9 +37,17 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpListener, mut shutdown: watch
             accepted = socket.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let shared = shared.clone();
-                let service = service_fn(move |req| {
+                let probers = probers.clone();
+                let service = service_fn(move |req: Request<Incoming>| {
                     let shared = shared.clone();
-                    async move { Ok::<_, Infallible>(respond(&shared, &req)) }
+                    let probers = probers.clone();
+                    async move {
+                        let path = req.uri().path();
+                        if req.method() == Method::GET && path.starts_with(app_health::PREFIX) {
+                            return Ok::<_, Infallible>(app_probe(&probers, path).await);
+                        }
+                        Ok(respond(&shared, &req))
+                    }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 let conn = graceful.watch(conn);
@@ -62,6 +76,21 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
         header::HeaderValue::from_static(content_type),
     );
     resp
+}
+
+/// An app's probe, performed now; 404 for a path the injector did not write.
+async fn app_probe(probers: &AppProbers, path: &str) -> Response<Full<Bytes>> {
+    match probers.probe(path).await {
+        Some(status) => {
+            let reason = status.canonical_reason().unwrap_or_default();
+            text(status, "text/plain", format!("{reason}\n"))
+        }
+        None => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "no such probe\n".into(),
+        ),
+    }
 }
 
 pub fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {

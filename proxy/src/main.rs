@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use strait_model::ProxyMode;
 use strait_model::node::{InterceptionMode, NodeMetadata, inbound_from_flags};
 use strait_proxy::app::{self, Settings};
+use strait_proxy::app_health::{self, AppProbers};
 use strait_proxy::identity::{Identity, IdentitySettings};
 use strait_proxy::lifecycle::{self, RunApp, StopProxy};
 use strait_proxy::xds::{NodeInfo, Protocol, XdsSettings};
@@ -219,6 +220,19 @@ fn secure(args: &Args) -> anyhow::Result<Option<IdentitySettings>> {
     }))
 }
 
+/// The app's probes the injector moved here (`STRAIT_APP_PROBERS`), if any.
+fn app_probers() -> anyhow::Result<AppProbers> {
+    match std::env::var(app_health::ENV) {
+        Ok(json) => {
+            let probers = AppProbers::from_json(&json)?;
+            tracing::info!(probes = probers.len(), "serving the app's probes");
+            Ok(probers)
+        }
+        Err(std::env::VarError::NotPresent) => Ok(AppProbers::default()),
+        Err(e) => anyhow::bail!("{}: {e}", app_health::ENV),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match &args.command {
@@ -301,6 +315,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         },
         admin: args.admin_addr,
         otlp_endpoint: args.otlp_endpoint.clone(),
+        app_probers: app_probers()?,
     };
     let running = app::start(settings)
         .await
