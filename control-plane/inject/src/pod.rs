@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, PodSpec};
+use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 
@@ -11,6 +11,7 @@ use crate::controls::{self, Interception, annotation};
 use crate::error::InjectError;
 use crate::keys;
 use crate::policy::{self, Scope, SkipReason};
+use crate::probes;
 use crate::settings::InjectSettings;
 use crate::sidecar::{self, Placement};
 
@@ -103,13 +104,23 @@ pub(crate) fn inject_in(
         (false, true) => Placement::Held,
         (false, false) => Placement::Beside,
     };
-    let proxy = sidecar::proxy_container(
+    let mut proxy = sidecar::proxy_container(
         settings,
         controls.interception,
         &pod_labels,
         controls.resources.clone(),
         placement,
     );
+    let mut apps = spec.containers.clone();
+    if controls.rewrite_probes
+        && let Some(probers) = probes::rewrite(&mut apps, settings.ports.admin)?
+    {
+        proxy.env.get_or_insert_default().push(EnvVar {
+            name: probes::PROBERS_ENV.into(),
+            value: Some(probers),
+            ..EnvVar::default()
+        });
+    }
     let init = controls
         .capture
         .as_ref()
@@ -130,12 +141,13 @@ pub(crate) fn inject_in(
             init_containers.extend(init);
             init_containers.push(proxy);
             init_containers.extend(user_init);
+            out.containers = apps;
         }
         Placement::Held | Placement::Beside | Placement::Wrapped => {
             // The capture last (as Istio): the app's init containers run before it, when
             // nothing is captured yet, since no proxy would be there to take their traffic.
             init_containers.extend(user_init);
-            let mut containers = spec.containers.clone();
+            let mut containers = apps;
             if let Some(stop) = run_app {
                 init_containers.push(sidecar::copy_container(
                     settings,
@@ -592,6 +604,90 @@ mod tests {
         assert_eq!(ready.path.as_deref(), Some("/ready"));
         assert_eq!(ready.port, IntOrString::Int(15000));
         assert_eq!(arg(proxy, "--admin-addr"), Some("0.0.0.0:15000"));
+    }
+
+    #[test]
+    fn app_probes_go_through_the_proxy_unless_turned_off() {
+        use k8s_openapi::api::core::v1::{HTTPGetAction, Probe};
+        let mut spec = app_spec();
+        spec.containers[0].readiness_probe = Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/ready".into()),
+                port: IntOrString::Int(8080),
+                ..HTTPGetAction::default()
+            }),
+            ..Probe::default()
+        });
+        let probers = |inj: &Injection| {
+            let proxy = inj
+                .spec
+                .init_containers
+                .iter()
+                .flatten()
+                .chain(&inj.spec.containers)
+                .find(|c| c.name == sidecar::PROXY_CONTAINER)
+                .unwrap();
+            proxy
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == "STRAIT_APP_PROBERS")
+                .and_then(|e| e.value.clone())
+        };
+        let path = |inj: &Injection| {
+            let probe = inj.spec.containers[0].readiness_probe.as_ref().unwrap();
+            probe.http_get.as_ref().unwrap().path.clone().unwrap()
+        };
+
+        let inj = injected(&meta(&[], &[]), &spec, &InjectSettings::default());
+        assert_eq!(path(&inj), "/app-health/app/readyz");
+        assert_eq!(
+            probers(&inj).as_deref(),
+            Some(
+                r#"{"/app-health/app/readyz":{"httpGet":{"path":"/ready","port":8080,"scheme":"HTTP"},"timeoutSeconds":1}}"#
+            )
+        );
+
+        let off = InjectSettings {
+            rewrite_app_http_probe: false,
+            ..InjectSettings::default()
+        };
+        for (m, settings) in [
+            (
+                meta(&[], &[(keys::REWRITE_PROBES_ISTIO, "false")]),
+                InjectSettings::default(),
+            ),
+            (
+                meta(&[], &[(keys::REWRITE_PROBES_STRAIT, "false")]),
+                InjectSettings::default(),
+            ),
+            (meta(&[], &[]), off.clone()),
+            (
+                meta(&[], &[(keys::INTERCEPTION_MODE, "NONE")]),
+                InjectSettings::default(),
+            ),
+        ] {
+            let inj = injected(&m, &spec, &settings);
+            assert_eq!(path(&inj), "/ready", "{m:?}");
+            assert_eq!(probers(&inj), None);
+        }
+        // The pod's annotation wins over the settings, Strait's key over Istio's.
+        let m = meta(
+            &[],
+            &[
+                (keys::REWRITE_PROBES_STRAIT, "true"),
+                (keys::REWRITE_PROBES_ISTIO, "false"),
+            ],
+        );
+        assert_eq!(path(&injected(&m, &spec, &off)), "/app-health/app/readyz");
+
+        let bad = meta(&[], &[(keys::REWRITE_PROBES_ISTIO, "sometimes")]);
+        assert_eq!(
+            inject_pod(&bad, &spec, None, &InjectSettings::default())
+                .unwrap_err()
+                .to_string(),
+            "metadata.annotations['sidecar.istio.io/rewriteAppHTTPProbers']: expected \"true\" or \"false\", got \"sometimes\""
+        );
     }
 
     #[test]

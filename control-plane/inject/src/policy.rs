@@ -7,7 +7,7 @@ use std::fmt;
 use k8s_openapi::api::core::v1::PodSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::controls::annotation;
+use crate::controls::{annotation, parse_bool};
 use crate::error::{InjectError, annotation_path, label_path};
 use crate::keys;
 use crate::settings::InjectSettings;
@@ -153,11 +153,9 @@ fn wish(meta: &ObjectMeta) -> Result<Option<Wish>, InjectError> {
     let Some((Some(value), what, key)) = candidates.into_iter().find(|(v, ..)| v.is_some()) else {
         return Ok(None);
     };
-    // Istio's spellings of yes and no.
-    let inject = match value.trim().to_ascii_lowercase().as_str() {
-        "true" | "y" | "yes" | "on" => true,
-        "false" | "n" | "no" | "off" => false,
-        _ => {
+    let inject = match parse_bool(value) {
+        Some(inject) => inject,
+        None => {
             let path = if what == "label" {
                 label_path(key)
             } else {
