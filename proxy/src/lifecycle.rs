@@ -131,10 +131,10 @@ pub async fn run_app(app: &RunApp) -> Result<i32, LifecycleError> {
     tokio::select! {
         ready = wait_ready(app.admin, app.wait_timeout) => {
             if let Err(error) = ready {
-                // The app never ran: stop the proxy anyway, or the pod would never end.
+                // The app never ran: a failure, which ends the pod (stop the proxy) unless the
+                // kubelet will run the app again.
                 tracing::error!(%error, "the app was not started");
-                quit_proxy(app.admin).await;
-                return Ok(1);
+                return Ok(app.finish(1).await);
             }
         }
         _ = term.recv() => return Ok(128 + Signal::TERM.as_raw()),
@@ -144,12 +144,12 @@ pub async fn run_app(app: &RunApp) -> Result<i32, LifecycleError> {
         Ok(child) => child,
         Err(error) => {
             tracing::error!(command = %shown, %error, "could not start the app");
-            quit_proxy(app.admin).await;
-            return Ok(if error.kind() == io::ErrorKind::PermissionDenied {
+            let code = if error.kind() == io::ErrorKind::PermissionDenied {
                 126
             } else {
                 127
-            });
+            };
+            return Ok(app.finish(code).await);
         }
     };
     let pid = child
@@ -173,11 +173,17 @@ pub async fn run_app(app: &RunApp) -> Result<i32, LifecycleError> {
             _ = int.recv() => forward(Signal::INT, "SIGINT"),
         }
     };
-    let code = exit_code(status);
-    if app.stop_proxy == StopProxy::Always || code == 0 {
-        quit_proxy(app.admin).await;
+    Ok(app.finish(exit_code(status)).await)
+}
+
+impl RunApp {
+    /// Stops the proxy if the app's exit `code` ends the pod; returns `code`.
+    async fn finish(&self, code: i32) -> i32 {
+        if self.stop_proxy == StopProxy::Always || code == 0 {
+            quit_proxy(self.admin).await;
+        }
+        code
     }
-    Ok(code)
 }
 
 fn exit_code(status: ExitStatus) -> i32 {

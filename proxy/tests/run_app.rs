@@ -67,6 +67,20 @@ async fn xds(outbound_port: u16) -> Xds {
     }
 }
 
+/// A free port below the ephemeral range, for the admin API: run-app polls it before the proxy
+/// listens, and a connect to a free ephemeral port can pick that very port as its source and
+/// connect to itself (TCP simultaneous open), holding it. 15000 is below the range too.
+fn admin_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let start = 20000 + (std::process::id() % 5000) as u16;
+    loop {
+        let port = start + NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 fn strait_proxy() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_strait-proxy"));
     cmd.env_clear()
@@ -92,7 +106,7 @@ impl Drop for ProxyProcess {
 
 impl ProxyProcess {
     /// On `admin`, against `xds` (or a port nothing listens on: never ready); returns once
-    /// the admin API answers.
+    /// the admin API answers (or it has exited).
     fn spawn(xds: Option<SocketAddr>, admin: &str, outbound_port: u16) -> ProxyProcess {
         let xds = xds.map_or_else(|| format!("127.0.0.1:{}", free_port()), |x| x.to_string());
         let child = strait_proxy()
@@ -103,12 +117,17 @@ impl ProxyProcess {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn strait-proxy");
-        let proxy = ProxyProcess {
+        let mut proxy = ProxyProcess {
             child,
             admin: admin.to_string(),
         };
         let started = Instant::now();
         while get(&proxy.admin, "/healthz").0 != 200 {
+            // Exited already: a run-app waiting for it may have been that quick; the caller
+            // checks how it exited.
+            if proxy.child.try_wait().expect("try_wait").is_some() {
+                break;
+            }
             assert!(
                 started.elapsed() < Duration::from_secs(20),
                 "admin never up"
@@ -173,7 +192,7 @@ fn stderr_of(child: &mut Child) -> String {
 
 #[test]
 fn post_quitquitquit_stops_the_proxy_and_get_does_not() {
-    let admin = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", admin_port());
     let mut proxy = ProxyProcess::spawn(None, &admin, free_port());
     assert_eq!(get(&admin, "/quitquitquit").0, 405);
     assert_eq!(request("POST", &admin, "/ready").0, 405);
@@ -197,7 +216,7 @@ async fn run_app_waits_for_the_proxy_runs_the_app_and_stops_the_proxy() {
     let xds = xds(outbound).await;
     let xds_addr = xds.addr;
     tokio::task::spawn_blocking(move || {
-        let admin = format!("127.0.0.1:{}", free_port());
+        let admin = format!("127.0.0.1:{}", admin_port());
         let marker = marker("exit");
         let mut app = run_app(
             &admin,
@@ -233,7 +252,7 @@ async fn run_app_passes_sigterm_on_to_the_app() {
     let xds = xds(outbound).await;
     let xds_addr = xds.addr;
     tokio::task::spawn_blocking(move || {
-        let admin = format!("127.0.0.1:{}", free_port());
+        let admin = format!("127.0.0.1:{}", admin_port());
         let mut proxy = ProxyProcess::spawn(Some(xds_addr), &admin, outbound);
         let marker = marker("term");
         let mut app = run_app(
