@@ -3,6 +3,7 @@
 //! drain and exit once the app is done, and the app's probes (`/app-health/…`).
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,7 +36,7 @@ pub async fn serve(
     loop {
         tokio::select! {
             accepted = socket.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, peer)) = accepted else { continue };
                 let shared = shared.clone();
                 let probers = probers.clone();
                 let service = service_fn(move |req: Request<Incoming>| {
@@ -46,7 +47,7 @@ pub async fn serve(
                         if req.method() == Method::GET && path.starts_with(app_health::PREFIX) {
                             return Ok::<_, Infallible>(app_probe(&probers, path).await);
                         }
-                        Ok(respond(&shared, &req))
+                        Ok(respond(&shared, &req, peer.ip()))
                     }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
@@ -93,15 +94,36 @@ async fn app_probe(probers: &AppProbers, path: &str) -> Response<Full<Bytes>> {
     }
 }
 
-pub fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// Whether a `/quitquitquit` may stop the proxy: a POST from inside the pod. The admin port
+/// listens on every address (the kubelet probes it), so anyone in the cluster could otherwise
+/// stop any sidecar; Istio's agent keeps it to localhost the same way.
+fn may_quit(method: &Method, peer: IpAddr) -> Result<(), (StatusCode, &'static str)> {
+    if method != Method::POST {
+        return Err((StatusCode::METHOD_NOT_ALLOWED, "use POST\n"));
+    }
+    let loopback = match peer {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+        IpAddr::V4(v4) => v4.is_loopback(),
+    };
+    if !loopback {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "only from inside the pod (loopback)\n",
+        ));
+    }
+    Ok(())
+}
+
+pub fn respond(shared: &Shared, req: &Request<Incoming>, peer: IpAddr) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if path == "/quitquitquit" {
-        if req.method() != Method::POST {
-            return text(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "text/plain",
-                "use POST\n".into(),
-            );
+        if let Err((status, why)) = may_quit(req.method(), peer) {
+            if status == StatusCode::FORBIDDEN {
+                tracing::warn!(%peer, "/quitquitquit refused: not from loopback");
+            }
+            return text(status, "text/plain", why.into());
         }
         tracing::info!("/quitquitquit: draining");
         // The answer still goes out: shutdown lets admin connections finish theirs.
@@ -173,5 +195,29 @@ pub fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>
             text(StatusCode::OK, "text/plain; version=0.0.4", body)
         }
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_post_from_loopback_may_stop_the_proxy() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(may_quit(&Method::POST, ip("127.0.0.1")).is_ok());
+        assert!(may_quit(&Method::POST, ip("::1")).is_ok());
+        assert!(may_quit(&Method::POST, ip("::ffff:127.0.0.1")).is_ok());
+        assert_eq!(
+            may_quit(&Method::GET, ip("127.0.0.1")).unwrap_err().0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        for other in ["10.1.2.3", "::ffff:10.1.2.3", "fd00::1"] {
+            assert_eq!(
+                may_quit(&Method::POST, ip(other)).unwrap_err().0,
+                StatusCode::FORBIDDEN,
+                "{other}"
+            );
+        }
     }
 }
