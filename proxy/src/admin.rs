@@ -1,8 +1,11 @@
 //! The admin API: readiness, liveness, the runtime config as JSON, the workload certificate,
-//! Prometheus stats.
+//! Prometheus stats, `POST /quitquitquit` (Envoy's and Istio's name), which makes the proxy
+//! drain and exit once the app is done, and the app's probes (`/app-health/…`).
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -10,24 +13,45 @@ use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::app_health::{self, AppProbers};
 use crate::runtime::Shared;
 
-/// Serves the admin API on `socket` until `shutdown`.
-pub async fn serve(shared: Arc<Shared>, socket: TcpListener, mut shutdown: watch::Receiver<bool>) {
+/// How long answers already being written get at shutdown (the answer to `/quitquitquit`).
+const FINISH_ANSWERS: Duration = Duration::from_secs(2);
+
+/// Serves the admin API on `socket` until `shutdown`, then lets open connections finish the
+/// answer they are writing.
+pub async fn serve(
+    shared: Arc<Shared>,
+    probers: Arc<AppProbers>,
+    socket: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
             accepted = socket.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, peer)) = accepted else { continue };
                 let shared = shared.clone();
-                let service = service_fn(move |req| {
+                let probers = probers.clone();
+                let service = service_fn(move |req: Request<Incoming>| {
                     let shared = shared.clone();
-                    async move { Ok::<_, Infallible>(respond(&shared, &req)) }
+                    let probers = probers.clone();
+                    async move {
+                        let path = req.uri().path();
+                        if req.method() == Method::GET && path.starts_with(app_health::PREFIX) {
+                            return Ok::<_, Infallible>(app_probe(&probers, path).await);
+                        }
+                        Ok(respond(&shared, &req, peer.ip()))
+                    }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(error) = conn.await {
                         tracing::debug!(%error, "admin connection ended with an error");
@@ -36,6 +60,12 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpListener, mut shutdown: watch
             }
             _ = shutdown.changed() => break,
         }
+    }
+    if tokio::time::timeout(FINISH_ANSWERS, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("admin connections still open at shutdown");
     }
 }
 
@@ -49,11 +79,61 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
     resp
 }
 
-pub fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// An app's probe, performed now; 404 for a path the injector did not write.
+async fn app_probe(probers: &AppProbers, path: &str) -> Response<Full<Bytes>> {
+    match probers.probe(path).await {
+        Some(status) => {
+            let reason = status.canonical_reason().unwrap_or_default();
+            text(status, "text/plain", format!("{reason}\n"))
+        }
+        None => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "no such probe\n".into(),
+        ),
+    }
+}
+
+/// Whether a `/quitquitquit` may stop the proxy: a POST from inside the pod. The admin port
+/// listens on every address (the kubelet probes it), so anyone in the cluster could otherwise
+/// stop any sidecar; Istio's agent keeps it to localhost the same way.
+fn may_quit(method: &Method, peer: IpAddr) -> Result<(), (StatusCode, &'static str)> {
+    if method != Method::POST {
+        return Err((StatusCode::METHOD_NOT_ALLOWED, "use POST\n"));
+    }
+    let loopback = match peer {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+        IpAddr::V4(v4) => v4.is_loopback(),
+    };
+    if !loopback {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "only from inside the pod (loopback)\n",
+        ));
+    }
+    Ok(())
+}
+
+pub fn respond(shared: &Shared, req: &Request<Incoming>, peer: IpAddr) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if path == "/quitquitquit" {
+        if let Err((status, why)) = may_quit(req.method(), peer) {
+            if status == StatusCode::FORBIDDEN {
+                tracing::warn!(%peer, "/quitquitquit refused: not from loopback");
+            }
+            return text(status, "text/plain", why.into());
+        }
+        tracing::info!("/quitquitquit: draining");
+        // The answer still goes out: shutdown lets admin connections finish theirs.
+        shared.quit.notify_one();
+        return text(StatusCode::OK, "text/plain", "OK\n".into());
+    }
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", String::new());
     }
-    match req.uri().path() {
+    match path {
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
         "/ready" => {
             if shared.is_ready() {
@@ -115,5 +195,29 @@ pub fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>
             text(StatusCode::OK, "text/plain; version=0.0.4", body)
         }
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_post_from_loopback_may_stop_the_proxy() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(may_quit(&Method::POST, ip("127.0.0.1")).is_ok());
+        assert!(may_quit(&Method::POST, ip("::1")).is_ok());
+        assert!(may_quit(&Method::POST, ip("::ffff:127.0.0.1")).is_ok());
+        assert_eq!(
+            may_quit(&Method::GET, ip("127.0.0.1")).unwrap_err().0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        for other in ["10.1.2.3", "::ffff:10.1.2.3", "fd00::1"] {
+            assert_eq!(
+                may_quit(&Method::POST, ip(other)).unwrap_err().0,
+                StatusCode::FORBIDDEN,
+                "{other}"
+            );
+        }
     }
 }

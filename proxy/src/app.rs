@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::app_health::AppProbers;
 use crate::runtime::Shared;
 use crate::xds::XdsSettings;
 
@@ -15,6 +16,8 @@ pub struct Settings {
     pub admin: SocketAddr,
     /// Export request spans to this OTLP/gRPC collector (`http://host:4317`).
     pub otlp_endpoint: Option<String>,
+    /// The app's probes, served on the admin port (`/app-health/…`).
+    pub app_probers: AppProbers,
 }
 
 /// A running proxy: stop it with [`Running::shutdown`].
@@ -80,6 +83,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     ));
     let admin_task = tokio::spawn(crate::admin::serve(
         shared.clone(),
+        Arc::new(settings.app_probers),
         admin,
         shutdown_rx.clone(),
     ));
@@ -98,6 +102,11 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
 }
 
 impl Running {
+    /// Returns once the admin API's `POST /quitquitquit` has asked the proxy to stop.
+    pub async fn quit_requested(&self) {
+        self.shared.quit.notified().await;
+    }
+
     /// Stops accepting, lets in-flight requests finish, and returns when everything has stopped.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);

@@ -4,16 +4,18 @@
 //! then `http` (routing, authorization, forwarding) or `tcp`, reaching endpoints through
 //! `upstream` (balancing, breakers, pools). Below them: the typed `config`, `authz` (RBAC
 //! evaluation) and `tls`; beside them: `xds` (the client and protobuf conversion), `runtime`
-//! (the snapshot the data path loads), `identity`, `admin`, `stats` and `trace`.
+//! (the snapshot the data path loads), `identity`, `admin` (with `app_health`, the app's probes), `stats` and `trace`; `lifecycle` is the app's side (`run-app`, `wait`).
 
 pub mod accept;
 pub mod admin;
 pub mod app;
+pub mod app_health;
 pub mod authz;
 pub mod body;
 pub mod config;
 pub mod http;
 pub mod identity;
+pub mod lifecycle;
 pub mod runtime;
 pub mod stats;
 pub mod tcp;

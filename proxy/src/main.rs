@@ -1,7 +1,9 @@
-//! strait-proxy: parse flags, start the proxy, run until SIGTERM or Ctrl-C, drain; or, as
-//! `strait-proxy iptables`, install the sidecar's traffic capture and exit.
+//! strait-proxy: parse flags, start the proxy, run until SIGTERM, Ctrl-C or `POST
+//! /quitquitquit`, drain; or, as `strait-proxy iptables`, install the sidecar's traffic capture
+//! and exit; `wait`, `run-app` and `copy-self` are the app's side (`lifecycle`).
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,7 +14,9 @@ use serde_json::{Map, Value};
 use strait_model::ProxyMode;
 use strait_model::node::{InterceptionMode, NodeMetadata, inbound_from_flags};
 use strait_proxy::app::{self, Settings};
+use strait_proxy::app_health::{self, AppProbers};
 use strait_proxy::identity::{Identity, IdentitySettings};
+use strait_proxy::lifecycle::{self, RunApp, StopProxy};
 use strait_proxy::xds::{NodeInfo, Protocol, XdsSettings};
 
 #[derive(Parser, Debug)]
@@ -97,6 +101,13 @@ enum Command {
     /// Wait until the proxy's admin `/ready` answers 200, then exit 0 (1 at the timeout): the
     /// injected postStart hook that holds the app until the sidecar is ready.
     Wait(WaitArgs),
+    /// Wait until the proxy is ready, run the app (`-- CMD ARGS...`), then ask the proxy to
+    /// quit (`POST /quitquitquit`) and exit with the app's code: how an injected Job's
+    /// containers run without native sidecars, so the pod ends.
+    RunApp(RunAppArgs),
+    /// Copy this binary to a path (mode 0755) and exit: the init step that lets the app's
+    /// containers run `strait-proxy run-app` from a shared volume, with no shell needed.
+    CopySelf(CopySelfArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -109,38 +120,36 @@ struct WaitArgs {
     timeout: std::time::Duration,
 }
 
-/// Polls `/ready` every 200 ms until it answers 200 or `timeout` passes.
-fn wait_ready(args: &WaitArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+#[derive(clap::Args, Debug)]
+struct RunAppArgs {
+    /// The proxy's admin address.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin_addr: SocketAddr,
+    /// How long to wait for the proxy's `/ready` before giving up (exit 1), e.g. 600s or 10m.
+    #[arg(long, default_value = "600s", value_parser = strait_model::duration::parse)]
+    wait_timeout: std::time::Duration,
+    /// When to stop the proxy after the app: `always`, or `on-success` (a pod with
+    /// restartPolicy OnFailure, whose failed app the kubelet starts again).
+    #[arg(long, value_enum, default_value = "always")]
+    stop_proxy: StopProxy,
+    /// The app: its program and arguments, after `--`.
+    #[arg(required = true, last = true)]
+    command: Vec<OsString>,
+}
+
+#[derive(clap::Args, Debug)]
+struct CopySelfArgs {
+    /// Where the copy goes (a file in a volume the app's containers mount).
+    #[arg(long)]
+    to: PathBuf,
+}
+
+/// A runtime for the small subcommands.
+fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
-    let url: hyper::Uri = format!("http://{}/ready", args.admin_addr).parse()?;
-    runtime.block_on(async {
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
-        let deadline = tokio::time::Instant::now() + args.timeout;
-        loop {
-            let last = match tokio::time::timeout(
-                std::time::Duration::from_secs(2),
-                client.get(url.clone()),
-            )
-            .await
-            {
-                Ok(Ok(resp)) if resp.status() == hyper::StatusCode::OK => return Ok(()),
-                Ok(Ok(resp)) => format!("/ready said {}", resp.status()),
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "no answer within 2s".to_string(),
-            };
-            if tokio::time::Instant::now() >= deadline {
-                anyhow::bail!(
-                    "strait-proxy not ready at {url} after {:?}: {last}",
-                    args.timeout
-                );
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
-    })
+        .build()
+        .context("building the tokio runtime")
 }
 
 fn pairs(arg: &str, what: &str) -> anyhow::Result<BTreeMap<String, String>> {
@@ -211,6 +220,19 @@ fn secure(args: &Args) -> anyhow::Result<Option<IdentitySettings>> {
     }))
 }
 
+/// The app's probes the injector moved here (`STRAIT_APP_PROBERS`), if any.
+fn app_probers() -> anyhow::Result<AppProbers> {
+    match std::env::var(app_health::ENV) {
+        Ok(json) => {
+            let probers = AppProbers::from_json(&json)?;
+            tracing::info!(probes = probers.len(), "serving the app's probes");
+            Ok(probers)
+        }
+        Err(std::env::VarError::NotPresent) => Ok(AppProbers::default()),
+        Err(e) => anyhow::bail!("{}: {e}", app_health::ENV),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match &args.command {
@@ -221,7 +243,23 @@ fn main() -> anyhow::Result<()> {
                 &mut std::io::stdout().lock(),
             )?);
         }
-        Some(Command::Wait(wait)) => return wait_ready(wait),
+        Some(Command::Wait(wait)) => {
+            return Ok(
+                current_thread()?.block_on(lifecycle::wait_ready(wait.admin_addr, wait.timeout))?
+            );
+        }
+        Some(Command::RunApp(run)) => {
+            init_tracing();
+            let app = RunApp {
+                admin: run.admin_addr,
+                wait_timeout: run.wait_timeout,
+                stop_proxy: run.stop_proxy,
+                command: run.command.clone(),
+            };
+            let code = current_thread()?.block_on(lifecycle::run_app(&app))?;
+            std::process::exit(code);
+        }
+        Some(Command::CopySelf(copy)) => return Ok(lifecycle::copy_self(&copy.to)?),
         None => {}
     }
     let workers = args
@@ -277,6 +315,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         },
         admin: args.admin_addr,
         otlp_endpoint: args.otlp_endpoint.clone(),
+        app_probers: app_probers()?,
     };
     let running = app::start(settings)
         .await
@@ -286,6 +325,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: draining"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: draining"),
+        _ = running.quit_requested() => {}
     }
     running.shutdown().await;
     tracing::info!("stopped");

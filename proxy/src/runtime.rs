@@ -319,6 +319,8 @@ pub struct Shared {
     pub tracing: Option<Tracing>,
     /// This proxy's workload identity, when it has one (mTLS).
     pub identity: Option<Arc<Identity>>,
+    /// Notified by the admin `POST /quitquitquit`: drain and exit (the app has finished).
+    pub quit: tokio::sync::Notify,
 }
 
 impl Shared {

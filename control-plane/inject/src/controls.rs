@@ -30,6 +30,9 @@ pub(crate) struct Controls {
     pub resources: Option<ResourceRequirements>,
     /// The init container's capture; `None` with interception `NONE`.
     pub capture: Option<Capture>,
+    /// Send the app's probes through the proxy (only with capture: without, the kubelet
+    /// reaches the app itself).
+    pub rewrite_probes: bool,
 }
 
 pub(crate) fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
@@ -55,10 +58,42 @@ pub(crate) fn read(meta: &ObjectMeta, settings: &InjectSettings) -> Result<Contr
         Interception::Redirect => Some(capture(meta, settings)?),
         Interception::None => None,
     };
+    let rewrite_probes = interception == Interception::Redirect
+        && flag(
+            meta,
+            &[keys::REWRITE_PROBES_STRAIT, keys::REWRITE_PROBES_ISTIO],
+        )?
+        .unwrap_or(settings.rewrite_app_http_probe);
     Ok(Controls {
         interception,
         resources,
         capture,
+        rewrite_probes,
+    })
+}
+
+/// Istio's spellings of yes and no.
+pub(crate) fn parse_bool(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "y" | "yes" | "on" => Some(true),
+        "false" | "n" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// The first of `keys` annotated, as a boolean.
+fn flag(meta: &ObjectMeta, keys: &[&str]) -> Result<Option<bool>, InjectError> {
+    let Some((key, value)) = keys
+        .iter()
+        .find_map(|key| Some((*key, annotation(meta, key)?)))
+    else {
+        return Ok(None);
+    };
+    parse_bool(value).map(Some).ok_or_else(|| {
+        InjectError::field(
+            annotation_path(key),
+            format!("expected \"true\" or \"false\", got {value:?}"),
+        )
     })
 }
 

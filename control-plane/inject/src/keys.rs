@@ -35,3 +35,8 @@ pub const EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeInbound
 pub const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
 /// Added (unless set) to a captured pod: clients use mesh mTLS to it (auto mTLS).
 pub const TLS_MODE: &str = "security.istio.io/tlsMode";
+
+/// `"false"` keeps the app's httpGet and tcpSocket probes as they are (not through the proxy's
+/// `/app-health`). Strait's key wins over Istio's.
+pub const REWRITE_PROBES_STRAIT: &str = "sidecar.strait.io/rewriteAppHTTPProbers";
+pub const REWRITE_PROBES_ISTIO: &str = "sidecar.istio.io/rewriteAppHTTPProbers";

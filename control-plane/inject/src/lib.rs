@@ -4,7 +4,8 @@
 //!   `sidecar.istio.io/inject`, hostNetwork, already injected) and builds the injected spec:
 //!   `strait-init` (`strait-proxy iptables`, the capture) and `strait-proxy` (a native sidecar,
 //!   or a first container that holds the app until it is ready), the projected token and the
-//!   mesh root.
+//!   mesh root; the app's httpGet and tcpSocket probes go through the proxy (`probes`), and
+//!   without native sidecars a Job's containers run under `strait-proxy run-app`.
 //! - [`inject_manifest`] does it to workload YAML (`straitctl kube-inject`), writing back
 //!   everything it leaves alone byte for byte.
 //! - [`review`] answers an admission webhook's AdmissionReview with a JSONPatch.
@@ -20,6 +21,7 @@ mod manifest;
 mod merge;
 mod pod;
 mod policy;
+mod probes;
 mod quantity;
 mod review;
 mod settings;
@@ -31,6 +33,7 @@ pub use error::{FieldError, InjectError, SettingsError};
 pub use manifest::inject_manifest;
 pub use pod::{Decision, Injection, Status, inject_pod};
 pub use policy::SkipReason;
+pub use probes::{APP_HEALTH, PROBERS_ENV};
 pub use quantity::{Quantity, QuantityError};
 pub use review::{API_VERSION, review};
 pub use settings::{

@@ -20,28 +20,7 @@ pub(crate) fn apply(
 ) -> Result<(), InjectError> {
     let before = typed_mapping(original)?;
     let after = typed_mapping(&injection.spec)?;
-    let spec = child_mapping(pod, "spec");
-    for (key, new) in &after {
-        if before.get(key) == Some(new) {
-            continue;
-        }
-        let merged = match (key.as_str(), new) {
-            (Some(list), Value::Sequence(items)) if NAMED_LISTS.contains(&list) => {
-                let raw = match spec.get(key) {
-                    Some(Value::Sequence(raw)) => raw.as_slice(),
-                    _ => &[],
-                };
-                Value::Sequence(merge_named(raw, before.get(key), items))
-            }
-            _ => new.clone(),
-        };
-        spec.insert(key.clone(), merged);
-    }
-    for key in before.keys() {
-        if !after.contains_key(key) {
-            spec.remove(key);
-        }
-    }
+    write_changes(child_mapping(pod, "spec"), &before, &after, true);
 
     let metadata = child_mapping(pod, "metadata");
     for (field, entries) in [
@@ -59,8 +38,36 @@ pub(crate) fn apply(
     Ok(())
 }
 
-/// The injected list, where each item that was there before, unchanged, is the raw item; new
-/// items start with their name, as people write them.
+/// Writes into `raw` what changed from `before` to `after` (both typed, serialized): a
+/// changed key takes its new value, a removed one goes, and keys the types do not know stay.
+/// With `lists`, the named lists are merged item by item.
+fn write_changes(raw: &mut Mapping, before: &Mapping, after: &Mapping, lists: bool) {
+    for (key, new) in after {
+        if before.get(key) == Some(new) {
+            continue;
+        }
+        let merged = match (key.as_str(), new) {
+            (Some(list), Value::Sequence(items)) if lists && NAMED_LISTS.contains(&list) => {
+                let raw_items = match raw.get(key) {
+                    Some(Value::Sequence(raw_items)) => raw_items.as_slice(),
+                    _ => &[],
+                };
+                Value::Sequence(merge_named(raw_items, before.get(key), items))
+            }
+            _ => new.clone(),
+        };
+        raw.insert(key.clone(), merged);
+    }
+    for key in before.keys() {
+        if !after.contains_key(key) {
+            raw.remove(key);
+        }
+    }
+}
+
+/// The injected list: an item that was there before is the raw item, with what the injection
+/// changed in it written in (an app's container keeps fields the types do not know); new items
+/// start with their name, as people write them.
 fn merge_named(raw: &[Value], typed_before: Option<&Value>, injected: &[Value]) -> Vec<Value> {
     let name = |v: &Value| v.get("name").and_then(Value::as_str).map(str::to_string);
     let before: &[Value] = match typed_before {
@@ -73,11 +80,19 @@ fn merge_named(raw: &[Value], typed_before: Option<&Value>, injected: &[Value]) 
             let Some(n) = name(item) else {
                 return item.clone();
             };
-            let unchanged = before
-                .iter()
-                .any(|b| name(b).as_ref() == Some(&n) && b == item);
-            match raw.iter().find(|r| name(r).as_ref() == Some(&n)) {
-                Some(raw_item) if unchanged => raw_item.clone(),
+            let was = before.iter().find(|b| name(b).as_ref() == Some(&n));
+            let raw_item = raw.iter().find(|r| name(r).as_ref() == Some(&n));
+            match (was, raw_item) {
+                (Some(was), Some(raw_item)) if was == item => raw_item.clone(),
+                (Some(Value::Mapping(was)), Some(Value::Mapping(raw_item)))
+                    if item.is_mapping() =>
+                {
+                    let mut out = raw_item.clone();
+                    if let Value::Mapping(now) = item {
+                        write_changes(&mut out, was, now, false);
+                    }
+                    Value::Mapping(out)
+                }
                 _ => name_first(item),
             }
         })

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, PodSpec};
+use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 
@@ -11,6 +11,7 @@ use crate::controls::{self, Interception, annotation};
 use crate::error::InjectError;
 use crate::keys;
 use crate::policy::{self, Scope, SkipReason};
+use crate::probes;
 use crate::settings::InjectSettings;
 use crate::sidecar::{self, Placement};
 
@@ -92,21 +93,34 @@ pub(crate) fn inject_in(
     let mut pod_labels = meta.labels.clone().unwrap_or_default();
     pod_labels.extend(labels.clone());
 
+    let run_app = policy::run_app(spec, settings);
     let placement = match (
         settings.native_sidecars,
         settings.hold_application_until_proxy_starts,
     ) {
         (true, _) => Placement::Native,
+        // run-app waits for the proxy itself: no hook to hold the app with.
+        (false, _) if run_app.is_some() => Placement::Wrapped,
         (false, true) => Placement::Held,
         (false, false) => Placement::Beside,
     };
-    let proxy = sidecar::proxy_container(
+    let mut proxy = sidecar::proxy_container(
         settings,
         controls.interception,
         &pod_labels,
         controls.resources.clone(),
         placement,
     );
+    let mut apps = spec.containers.clone();
+    if controls.rewrite_probes
+        && let Some(probers) = probes::rewrite(&mut apps, settings.ports.admin)?
+    {
+        proxy.env.get_or_insert_default().push(EnvVar {
+            name: probes::PROBERS_ENV.into(),
+            value: Some(probers),
+            ..EnvVar::default()
+        });
+    }
     let init = controls
         .capture
         .as_ref()
@@ -127,31 +141,50 @@ pub(crate) fn inject_in(
             init_containers.extend(init);
             init_containers.push(proxy);
             init_containers.extend(user_init);
+            out.containers = apps;
         }
-        Placement::Held | Placement::Beside => {
+        Placement::Held | Placement::Beside | Placement::Wrapped => {
             // The capture last (as Istio): the app's init containers run before it, when
             // nothing is captured yet, since no proxy would be there to take their traffic.
             init_containers.extend(user_init);
+            let mut containers = apps;
+            if let Some(stop) = run_app {
+                init_containers.push(sidecar::copy_container(
+                    settings,
+                    controls.resources.clone(),
+                ));
+                for c in &mut containers {
+                    sidecar::run_app(c, settings.ports.admin, stop);
+                }
+            }
             init_containers.extend(init);
-            let mut containers = spec.containers.clone();
-            if placement == Placement::Held {
-                containers.insert(0, proxy);
-            } else {
+            if placement == Placement::Beside {
                 containers.push(proxy);
+            } else {
+                containers.insert(0, proxy);
             }
             out.containers = containers;
             status.containers.push(sidecar::PROXY_CONTAINER.to_string());
         }
     }
-    let ours =
-        |c: &&Container| c.name == sidecar::INIT_CONTAINER || c.name == sidecar::PROXY_CONTAINER;
+    let ours = |c: &&Container| {
+        [
+            sidecar::INIT_CONTAINER,
+            sidecar::PROXY_CONTAINER,
+            sidecar::COPY_CONTAINER,
+        ]
+        .contains(&c.name.as_str())
+    };
     status.init_containers = init_containers
         .iter()
         .filter(ours)
         .map(|c| c.name.clone())
         .collect();
     out.init_containers = (!init_containers.is_empty()).then_some(init_containers);
-    let volumes = sidecar::volumes(settings);
+    let mut volumes = sidecar::volumes(settings);
+    if run_app.is_some() {
+        volumes.push(sidecar::bin_volume());
+    }
     status.volumes = volumes.iter().map(|v| v.name.clone()).collect();
     out.volumes.get_or_insert_default().extend(volumes);
 
@@ -185,7 +218,11 @@ fn check_clashes(
             "a pod needs at least one container",
         ));
     }
-    let ours = [sidecar::PROXY_CONTAINER, sidecar::INIT_CONTAINER];
+    let ours = [
+        sidecar::PROXY_CONTAINER,
+        sidecar::INIT_CONTAINER,
+        sidecar::COPY_CONTAINER,
+    ];
     let lists = [
         ("containers", spec.containers.as_slice()),
         (
@@ -226,7 +263,12 @@ fn check_clashes(
         }
     }
     for (i, v) in spec.volumes.iter().flatten().enumerate() {
-        if [sidecar::TOKEN_VOLUME, sidecar::ROOT_VOLUME].contains(&v.name.as_str()) {
+        let ours = [
+            sidecar::TOKEN_VOLUME,
+            sidecar::ROOT_VOLUME,
+            sidecar::BIN_VOLUME,
+        ];
+        if ours.contains(&v.name.as_str()) {
             return Err(InjectError::field(
                 format!("spec.volumes[{i}].name"),
                 format!(
@@ -366,6 +408,93 @@ mod tests {
     }
 
     #[test]
+    fn without_native_sidecars_a_jobs_containers_run_under_run_app() {
+        let classic = InjectSettings {
+            native_sidecars: false,
+            ports: crate::settings::ProxyPorts {
+                admin: 15900,
+                ..Default::default()
+            },
+            ..InjectSettings::default()
+        };
+        let mut spec = app_spec();
+        spec.restart_policy = Some("OnFailure".into());
+        spec.containers[0].command = Some(vec!["perl".into(), "-e".into()]);
+        spec.containers[0].args = Some(vec!["print $(GREETING)".into()]);
+        spec.containers[1].command = Some(vec!["logger".into()]);
+        let inj = injected(&meta(&[], &[]), &spec, &classic);
+        assert_eq!(
+            names(&inj.spec.containers),
+            ["strait-proxy", "app", "logger"]
+        );
+        assert_eq!(
+            names(inj.spec.init_containers.as_deref().unwrap()),
+            ["migrate", "strait-copy", "strait-init"]
+        );
+        assert_eq!(
+            inj.spec.containers[0].lifecycle, None,
+            "run-app waits for the proxy: no hook"
+        );
+        let app = &inj.spec.containers[1];
+        assert_eq!(
+            app.command.as_deref().unwrap(),
+            ["/var/run/strait/bin/strait-proxy"]
+        );
+        assert_eq!(
+            app.args.as_deref().unwrap().join(" "),
+            "run-app --admin-addr 127.0.0.1:15900 --stop-proxy on-success -- perl -e print $(GREETING)"
+        );
+        let mount = app.volume_mounts.as_deref().unwrap().last().unwrap();
+        assert_eq!(
+            (
+                mount.name.as_str(),
+                mount.mount_path.as_str(),
+                mount.read_only
+            ),
+            ("strait-bin", "/var/run/strait/bin", Some(true))
+        );
+        assert_eq!(
+            inj.spec.containers[2]
+                .args
+                .as_deref()
+                .unwrap()
+                .last()
+                .unwrap(),
+            "logger"
+        );
+        let copy = &inj.spec.init_containers.as_deref().unwrap()[1];
+        assert_eq!(
+            copy.args.as_deref().unwrap(),
+            ["copy-self", "--to", "/var/run/strait/bin/strait-proxy"]
+        );
+        let volumes = inj.spec.volumes.as_deref().unwrap();
+        assert!(volumes.last().unwrap().empty_dir.is_some());
+        let status: Status = serde_json::from_str(&inj.annotations[keys::STATUS]).unwrap();
+        assert_eq!(status.init_containers, ["strait-copy", "strait-init"]);
+        assert_eq!(
+            status.volumes,
+            ["strait-token", "strait-ca-root", "strait-bin"]
+        );
+
+        // Written with the wrapper already (the status annotation lost): not wrapped twice.
+        let mut again = spec.clone();
+        again.containers = inj.spec.containers[1..].to_vec();
+        for c in &mut again.containers {
+            c.volume_mounts = None;
+        }
+        let twice = injected(&meta(&[], &[]), &again, &classic);
+        assert_eq!(twice.spec.containers[1..], inj.spec.containers[1..]);
+
+        // restartPolicy Never: the proxy stops whatever the app's exit.
+        spec.restart_policy = Some("Never".into());
+        let inj = injected(&meta(&[], &[]), &spec, &classic);
+        assert_eq!(
+            inj.spec.containers[1].args.as_deref().unwrap()[..4],
+            ["run-app", "--admin-addr", "127.0.0.1:15900", "--"]
+        );
+    }
+
+    #[test]
     fn the_proxy_runs_unprivileged_and_the_capture_as_root() {
         let inj = injected(&meta(&[], &[]), &app_spec(), &InjectSettings::default());
         let init = inj.spec.init_containers.as_deref().unwrap();
@@ -475,6 +604,90 @@ mod tests {
         assert_eq!(ready.path.as_deref(), Some("/ready"));
         assert_eq!(ready.port, IntOrString::Int(15000));
         assert_eq!(arg(proxy, "--admin-addr"), Some("0.0.0.0:15000"));
+    }
+
+    #[test]
+    fn app_probes_go_through_the_proxy_unless_turned_off() {
+        use k8s_openapi::api::core::v1::{HTTPGetAction, Probe};
+        let mut spec = app_spec();
+        spec.containers[0].readiness_probe = Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/ready".into()),
+                port: IntOrString::Int(8080),
+                ..HTTPGetAction::default()
+            }),
+            ..Probe::default()
+        });
+        let probers = |inj: &Injection| {
+            let proxy = inj
+                .spec
+                .init_containers
+                .iter()
+                .flatten()
+                .chain(&inj.spec.containers)
+                .find(|c| c.name == sidecar::PROXY_CONTAINER)
+                .unwrap();
+            proxy
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == "STRAIT_APP_PROBERS")
+                .and_then(|e| e.value.clone())
+        };
+        let path = |inj: &Injection| {
+            let probe = inj.spec.containers[0].readiness_probe.as_ref().unwrap();
+            probe.http_get.as_ref().unwrap().path.clone().unwrap()
+        };
+
+        let inj = injected(&meta(&[], &[]), &spec, &InjectSettings::default());
+        assert_eq!(path(&inj), "/app-health/app/readyz");
+        assert_eq!(
+            probers(&inj).as_deref(),
+            Some(
+                r#"{"/app-health/app/readyz":{"httpGet":{"path":"/ready","port":8080,"scheme":"HTTP"},"timeoutSeconds":1}}"#
+            )
+        );
+
+        let off = InjectSettings {
+            rewrite_app_http_probe: false,
+            ..InjectSettings::default()
+        };
+        for (m, settings) in [
+            (
+                meta(&[], &[(keys::REWRITE_PROBES_ISTIO, "false")]),
+                InjectSettings::default(),
+            ),
+            (
+                meta(&[], &[(keys::REWRITE_PROBES_STRAIT, "false")]),
+                InjectSettings::default(),
+            ),
+            (meta(&[], &[]), off.clone()),
+            (
+                meta(&[], &[(keys::INTERCEPTION_MODE, "NONE")]),
+                InjectSettings::default(),
+            ),
+        ] {
+            let inj = injected(&m, &spec, &settings);
+            assert_eq!(path(&inj), "/ready", "{m:?}");
+            assert_eq!(probers(&inj), None);
+        }
+        // The pod's annotation wins over the settings, Strait's key over Istio's.
+        let m = meta(
+            &[],
+            &[
+                (keys::REWRITE_PROBES_STRAIT, "true"),
+                (keys::REWRITE_PROBES_ISTIO, "false"),
+            ],
+        );
+        assert_eq!(path(&injected(&m, &spec, &off)), "/app-health/app/readyz");
+
+        let bad = meta(&[], &[(keys::REWRITE_PROBES_ISTIO, "sometimes")]);
+        assert_eq!(
+            inject_pod(&bad, &spec, None, &InjectSettings::default())
+                .unwrap_err()
+                .to_string(),
+            "metadata.annotations['sidecar.istio.io/rewriteAppHTTPProbers']: expected \"true\" or \"false\", got \"sometimes\""
+        );
     }
 
     #[test]

@@ -7,10 +7,11 @@ use std::fmt;
 use k8s_openapi::api::core::v1::PodSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::controls::annotation;
+use crate::controls::{annotation, parse_bool};
 use crate::error::{InjectError, annotation_path, label_path};
 use crate::keys;
 use crate::settings::InjectSettings;
+use crate::sidecar::{self, StopProxy};
 
 /// Why a pod was left as it was.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,9 +30,15 @@ pub enum SkipReason {
     NamespaceDisabled { label: String },
     /// Neither the namespace nor the pod asks for a sidecar.
     NotEnabled,
-    /// Without native sidecars, a pod that runs to completion (a Job's) would never finish:
-    /// the proxy does not exit when the app does.
-    RunsToCompletion { restart_policy: String },
+    /// Without native sidecars, a pod that runs to completion (a Job's) has its app's
+    /// containers run under `strait-proxy run-app`, which stops the proxy when the app ends;
+    /// that needs each container's `command` (the image's entrypoint is unknown here), and
+    /// `spec.containers[index]` has none.
+    RunsToCompletionWithoutCommand {
+        restart_policy: String,
+        index: usize,
+        container: String,
+    },
 }
 
 /// Where the decision is made.
@@ -96,15 +103,34 @@ pub(crate) fn decide(
     if skip.is_some() {
         return Ok(skip);
     }
-    if !settings.native_sidecars
-        && let Some(policy) = spec.restart_policy.as_deref()
-        && policy != "Always"
+    if run_app(spec, settings).is_some()
+        && let Some((index, c)) = spec
+            .containers
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.command.as_ref().is_none_or(Vec::is_empty))
     {
-        return Ok(Some(SkipReason::RunsToCompletion {
-            restart_policy: policy.to_string(),
+        return Ok(Some(SkipReason::RunsToCompletionWithoutCommand {
+            restart_policy: spec.restart_policy.clone().unwrap_or_default(),
+            index,
+            container: c.name.clone(),
         }));
     }
     Ok(None)
+}
+
+/// Without native sidecars, a pod that runs to completion (restartPolicy `Never` or
+/// `OnFailure`, a Job's) would never end beside a proxy that does not: its app's containers
+/// run under `strait-proxy run-app`, which stops the proxy as this says.
+pub(crate) fn run_app(spec: &PodSpec, settings: &InjectSettings) -> Option<StopProxy> {
+    if settings.native_sidecars {
+        return None;
+    }
+    match spec.restart_policy.as_deref() {
+        Some("Never") => Some(StopProxy::Always),
+        Some("OnFailure") => Some(StopProxy::OnSuccess),
+        _ => None,
+    }
 }
 
 /// Labels before annotations, Strait's key before Istio's; the first present decides.
@@ -127,11 +153,9 @@ fn wish(meta: &ObjectMeta) -> Result<Option<Wish>, InjectError> {
     let Some((Some(value), what, key)) = candidates.into_iter().find(|(v, ..)| v.is_some()) else {
         return Ok(None);
     };
-    // Istio's spellings of yes and no.
-    let inject = match value.trim().to_ascii_lowercase().as_str() {
-        "true" | "y" | "yes" | "on" => true,
-        "false" | "n" | "no" | "off" => false,
-        _ => {
+    let inject = match parse_bool(value) {
+        Some(inject) => inject,
+        None => {
             let path = if what == "label" {
                 label_path(key)
             } else {
@@ -192,9 +216,14 @@ impl fmt::Display for SkipReason {
                 keys::NAMESPACE_STRAIT,
                 keys::INJECT_ISTIO
             ),
-            SkipReason::RunsToCompletion { restart_policy } => write!(
+            SkipReason::RunsToCompletionWithoutCommand {
+                restart_policy,
+                index,
+                container,
+            } => write!(
                 f,
-                "the pod runs to completion (restartPolicy {restart_policy}) and native sidecars are off: the proxy would keep it running"
+                "the pod runs to completion (restartPolicy {restart_policy}) and native sidecars are off, so its containers must run under {} run-app to stop the proxy when they end; spec.containers[{index}].command (container {container}) is not set and the image's entrypoint is unknown here: set command to have the pod injected",
+                sidecar::RUN_APP_BINARY
             ),
         }
     }
@@ -363,9 +392,19 @@ mod tests {
     }
 
     #[test]
-    fn jobs_need_native_sidecars() {
+    fn jobs_without_native_sidecars_need_a_command() {
+        use k8s_openapi::api::core::v1::Container;
+        let container = |name: &str, command: Option<&[&str]>| Container {
+            name: name.into(),
+            command: command.map(|c| c.iter().map(|s| s.to_string()).collect()),
+            ..Container::default()
+        };
         let job = PodSpec {
             restart_policy: Some("Never".into()),
+            containers: vec![
+                container("main", Some(&["perl", "-e", "1"])),
+                container("helper", None),
+            ],
             ..PodSpec::default()
         };
         let anywhere = Scope::Anywhere { force: false };
@@ -378,12 +417,36 @@ mod tests {
             native_sidecars: false,
             ..InjectSettings::default()
         };
+        let skipped = decide(&pod(&[], &[]), &job, anywhere, &classic)
+            .unwrap()
+            .unwrap();
         assert_eq!(
-            decide(&pod(&[], &[]), &job, anywhere, &classic).unwrap(),
-            Some(SkipReason::RunsToCompletion {
-                restart_policy: "Never".into()
-            })
+            skipped,
+            SkipReason::RunsToCompletionWithoutCommand {
+                restart_policy: "Never".into(),
+                index: 1,
+                container: "helper".into(),
+            }
         );
+        assert!(
+            skipped
+                .to_string()
+                .contains("spec.containers[1].command (container helper) is not set"),
+            "{skipped}"
+        );
+        let mut with_commands = job.clone();
+        with_commands.containers[1].command = Some(vec!["sleep".into()]);
+        assert_eq!(
+            decide(&pod(&[], &[]), &with_commands, anywhere, &classic).unwrap(),
+            None
+        );
+        assert_eq!(run_app(&with_commands, &classic), Some(StopProxy::Always));
+        with_commands.restart_policy = Some("OnFailure".into());
+        assert_eq!(
+            run_app(&with_commands, &classic),
+            Some(StopProxy::OnSuccess)
+        );
+        assert_eq!(run_app(&with_commands, &native), None);
         let service = PodSpec {
             restart_policy: Some("Always".into()),
             ..PodSpec::default()

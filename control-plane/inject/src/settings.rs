@@ -43,6 +43,12 @@ pub struct InjectSettings {
     pub native_sidecars: bool,
     /// Without native sidecars: start the proxy first and hold the app until it is ready.
     pub hold_application_until_proxy_starts: bool,
+    /// Send the app's httpGet and tcpSocket probes through the proxy (`/app-health/…` on the
+    /// admin port), which performs them from inside the pod: with capture, the kubelet's own
+    /// would meet the proxy (and STRICT mTLS). Istio's name; a pod's
+    /// `sidecar.istio.io/rewriteAppHTTPProbers` annotation overrides it.
+    #[serde(rename = "rewriteAppHTTPProbe")]
+    pub rewrite_app_http_probe: bool,
     pub capture: CaptureSettings,
 }
 
@@ -107,6 +113,7 @@ impl Default for InjectSettings {
             resources: ProxyResources::default(),
             native_sidecars: true,
             hold_application_until_proxy_starts: true,
+            rewrite_app_http_probe: true,
             capture: CaptureSettings::default(),
         }
     }

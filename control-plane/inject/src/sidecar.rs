@@ -1,13 +1,15 @@
 //! The containers and volumes a sidecar adds: `strait-init` (the capture), `strait-proxy`, the
-//! projected ServiceAccount token and the mesh root.
+//! projected ServiceAccount token and the mesh root; for a pod that runs to completion without
+//! native sidecars, `strait-copy` (strait-proxy into the `strait-bin` volume) and the app's
+//! containers rewritten to run under `strait-proxy run-app`.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, ExecAction,
-    HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, Probe, ProjectedVolumeSource,
-    ResourceRequirements, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
-    VolumeProjection,
+    Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, Probe,
+    ProjectedVolumeSource, ResourceRequirements, SecurityContext, ServiceAccountTokenProjection,
+    Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -23,6 +25,13 @@ pub const TOKEN_DIR: &str = "/var/run/secrets/strait/tokens";
 /// The token's file name in [`TOKEN_DIR`].
 pub const TOKEN_FILE: &str = "strait-token";
 pub const ROOT_DIR: &str = "/var/run/secrets/strait/root";
+/// The init container that copies strait-proxy into [`BIN_VOLUME`].
+pub const COPY_CONTAINER: &str = "strait-copy";
+/// An emptyDir holding strait-proxy, mounted read-only into the app's containers at [`BIN_DIR`].
+pub const BIN_VOLUME: &str = "strait-bin";
+pub const BIN_DIR: &str = "/var/run/strait/bin";
+/// strait-proxy as the app's containers see it.
+pub const RUN_APP_BINARY: &str = "/var/run/strait/bin/strait-proxy";
 
 /// Where the proxy container goes, which decides how the app waits for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +44,19 @@ pub(crate) enum Placement {
     Held,
     /// The last container, started beside the app.
     Beside,
+    /// The first container, with no hook: the app's containers run under `strait-proxy
+    /// run-app`, which waits for the proxy itself and stops it when the app ends (a pod that
+    /// runs to completion, without native sidecars).
+    Wrapped,
+}
+
+/// How `run-app` treats the proxy once the app has ended: from the pod's restartPolicy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StopProxy {
+    /// `Never`: the pod is done when its app is.
+    Always,
+    /// `OnFailure`: the kubelet starts a failed app again, which needs the proxy.
+    OnSuccess,
 }
 
 /// `iptables --proxy-uid 1337 …` as root with NET_ADMIN and NET_RAW, and nothing else.
@@ -159,7 +181,7 @@ pub(crate) fn proxy_container(
                 ..Lifecycle::default()
             }),
         ),
-        Placement::Beside => (None, None, None),
+        Placement::Beside | Placement::Wrapped => (None, None, None),
     };
     Container {
         name: PROXY_CONTAINER.to_string(),
@@ -200,6 +222,94 @@ pub(crate) fn proxy_container(
             },
         ]),
         ..Container::default()
+    }
+}
+
+/// `strait-proxy copy-self` into the `strait-bin` volume, as the proxy's user: the app's
+/// containers run it from there, whatever their image holds.
+pub(crate) fn copy_container(
+    settings: &InjectSettings,
+    resources: Option<ResourceRequirements>,
+) -> Container {
+    Container {
+        name: COPY_CONTAINER.to_string(),
+        image: Some(settings.image.clone()),
+        image_pull_policy: settings.image_pull_policy.clone(),
+        args: Some(vec![
+            "copy-self".into(),
+            "--to".into(),
+            RUN_APP_BINARY.into(),
+        ]),
+        resources,
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_group: Some(settings.proxy_gid),
+            run_as_non_root: Some(true),
+            run_as_user: Some(settings.proxy_uid),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: BIN_VOLUME.into(),
+            mount_path: BIN_DIR.into(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    }
+}
+
+pub(crate) fn bin_volume() -> Volume {
+    Volume {
+        name: BIN_VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }
+}
+
+/// The container already runs under `strait-proxy run-app` (injected, or written so).
+pub(crate) fn runs_under_run_app(container: &Container) -> bool {
+    container.command.as_deref() == Some(&[RUN_APP_BINARY.to_string()])
+        && container
+            .args
+            .as_deref()
+            .and_then(<[String]>::first)
+            .is_some_and(|a| a == "run-app")
+}
+
+/// `command: [strait-proxy]`, `args: [run-app, --admin-addr, …, --, <command…>, <args…>]`,
+/// with the `strait-bin` volume mounted read-only. Kubernetes expands `$(VAR)` in `command` and
+/// `args` alike, so the app's own move over as they are. A container already running under
+/// run-app keeps its arguments; one without `command` is the caller's to refuse (the image's
+/// entrypoint is unknown here).
+pub(crate) fn run_app(container: &mut Container, admin_port: u16, stop: StopProxy) {
+    if !runs_under_run_app(container) {
+        let mut args = vec![
+            "run-app".to_string(),
+            "--admin-addr".into(),
+            format!("127.0.0.1:{admin_port}"),
+        ];
+        if stop == StopProxy::OnSuccess {
+            args.extend(["--stop-proxy".into(), "on-success".into()]);
+        }
+        args.push("--".into());
+        args.extend(container.command.take().unwrap_or_default());
+        args.extend(container.args.take().unwrap_or_default());
+        container.command = Some(vec![RUN_APP_BINARY.into()]);
+        container.args = Some(args);
+    }
+    let mounts = container.volume_mounts.get_or_insert_default();
+    if !mounts.iter().any(|m| m.name == BIN_VOLUME) {
+        mounts.push(VolumeMount {
+            name: BIN_VOLUME.into(),
+            mount_path: BIN_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
     }
 }
 
