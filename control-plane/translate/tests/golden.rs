@@ -2,7 +2,9 @@
 //!
 //! Each case is a directory under `tests/golden/` with `config.yaml` (the objects), `node.json`
 //! (node id and metadata, as `straitctl bootstrap` writes them), optionally `mesh.yaml` (Istio
-//! MeshConfig), and `xds.json` (the expected output). `UPDATE_GOLDEN=1 cargo test -p
+//! MeshConfig), optionally `credentials/NAMESPACE/NAME/{tls.crt,tls.key,ca.crt}` (Kubernetes
+//! TLS Secrets for `credentialName`), and `xds.json` (the expected output; private keys in it
+//! are redacted). `UPDATE_GOLDEN=1 cargo test -p
 //! strait-translate` rewrites the expectations; review the diff before committing it.
 
 use std::path::{Path, PathBuf};
@@ -58,19 +60,73 @@ fn to_json<M: Message + prost::Name>(pool: &DescriptorPool, msg: &M) -> serde_js
 }
 
 fn render(pool: &DescriptorPool, out: &strait_translate::Output) -> String {
-    let v = serde_json::json!({
+    let mut v = serde_json::json!({
         "listeners": out.listeners.iter().map(|m| to_json(pool, m)).collect::<Vec<_>>(),
         "routes": out.routes.iter().map(|m| to_json(pool, m)).collect::<Vec<_>>(),
         "clusters": out.clusters.iter().map(|m| to_json(pool, m)).collect::<Vec<_>>(),
         "endpoints": out.endpoints.iter().map(|m| to_json(pool, m)).collect::<Vec<_>>(),
     });
+    if !out.secrets.is_empty() {
+        let secrets = out
+            .secrets
+            .iter()
+            .map(|m| {
+                let mut s = to_json(pool, m);
+                if let Some(key) = s.pointer_mut("/tlsCertificate/privateKey") {
+                    *key = serde_json::json!({"inlineString": "<redacted>"});
+                }
+                s
+            })
+            .collect::<Vec<_>>();
+        v["secrets"] = serde_json::Value::Array(secrets);
+    }
     serde_json::to_string_pretty(&v).expect("json") + "\n"
+}
+
+/// `credentials/NAMESPACE/NAME/` directories, read as Kubernetes TLS Secrets; `None` when the
+/// case has none (then `credentialName` is refused, as without Kubernetes).
+fn credentials(dir: &Path) -> Result<Option<strait_model::Credentials>, String> {
+    let root = dir.join("credentials");
+    if !root.is_dir() {
+        return Ok(None);
+    }
+    let mut out = strait_model::Credentials::new();
+    let entries = |p: &Path| -> Result<Vec<PathBuf>, String> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(p)
+            .map_err(|e| e.to_string())?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        v.sort();
+        Ok(v)
+    };
+    for ns in entries(&root)? {
+        for secret in entries(&ns)? {
+            let name = |p: &Path| {
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            let data = entries(&secret)?
+                .into_iter()
+                .map(|f| Ok((name(&f), std::fs::read(&f).map_err(|e| e.to_string())?)))
+                .collect::<Result<_, String>>()?;
+            let id = strait_model::CredentialId::new(name(&ns), name(&secret));
+            let credential =
+                strait_model::Credential::from_secret(id.clone(), Some("kubernetes.io/tls"), &data)
+                    .map_err(|e| e.to_string())?;
+            out.insert(id, std::sync::Arc::new(credential));
+        }
+    }
+    Ok(Some(out))
 }
 
 fn run_case(pool: &DescriptorPool, dir: &Path) -> Result<(), String> {
     let config = std::fs::read_to_string(dir.join("config.yaml")).map_err(|e| e.to_string())?;
     let objects = loader::parse(&config, "config.yaml").map_err(|e| format!("{e:?}"))?;
-    let model = Model::build(&objects).map_err(|e| e.to_string())?;
+    let credentials = credentials(dir)?;
+    let model = Model::build_with(&objects, credentials.as_ref()).map_err(|e| e.to_string())?;
     let node: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("node.json")).map_err(|e| e.to_string())?,
     )
