@@ -83,49 +83,10 @@ fn render(pool: &DescriptorPool, out: &strait_translate::Output) -> String {
     serde_json::to_string_pretty(&v).expect("json") + "\n"
 }
 
-/// `credentials/NAMESPACE/NAME/` directories, read as Kubernetes TLS Secrets; `None` when the
-/// case has none (then `credentialName` is refused, as without Kubernetes).
-fn credentials(dir: &Path) -> Result<Option<strait_model::Credentials>, String> {
-    let root = dir.join("credentials");
-    if !root.is_dir() {
-        return Ok(None);
-    }
-    let mut out = strait_model::Credentials::new();
-    let entries = |p: &Path| -> Result<Vec<PathBuf>, String> {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(p)
-            .map_err(|e| e.to_string())?
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        v.sort();
-        Ok(v)
-    };
-    for ns in entries(&root)? {
-        for secret in entries(&ns)? {
-            let name = |p: &Path| {
-                p.file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned()
-            };
-            let data = entries(&secret)?
-                .into_iter()
-                .map(|f| Ok((name(&f), std::fs::read(&f).map_err(|e| e.to_string())?)))
-                .collect::<Result<_, String>>()?;
-            let id = strait_model::CredentialId::new(name(&ns), name(&secret));
-            let credential =
-                strait_model::Credential::from_secret(id.clone(), Some("kubernetes.io/tls"), &data)
-                    .map_err(|e| e.to_string())?;
-            out.insert(id, std::sync::Arc::new(credential));
-        }
-    }
-    Ok(Some(out))
-}
-
 fn run_case(pool: &DescriptorPool, dir: &Path) -> Result<(), String> {
     let config = std::fs::read_to_string(dir.join("config.yaml")).map_err(|e| e.to_string())?;
     let objects = loader::parse(&config, "config.yaml").map_err(|e| format!("{e:?}"))?;
-    let credentials = credentials(dir)?;
+    let credentials = strait_tests::golden::credentials(dir)?;
     let model = Model::build_with(&objects, credentials.as_ref()).map_err(|e| e.to_string())?;
     let node: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("node.json")).map_err(|e| e.to_string())?,
