@@ -146,7 +146,7 @@ fn part(out: strait_translate::Output) -> Result<Part, InconsistentSnapshot> {
         routes: out.routes,
         clusters: out.clusters,
         endpoints: out.endpoints,
-        secrets: Vec::new(),
+        secrets: out.secrets,
         secret_owner: None,
     })
 }
@@ -296,6 +296,9 @@ impl Controller {
                 match connected {
                     Ok(connected) => {
                         let proxy = &connected.proxy;
+                        if !connected.authenticated && self.uses_credentials(proxy) {
+                            tracing::warn!(node = %proxy.id, "gateway serves servers with credentialName but connected without authentication: it gets no private keys, so those servers cannot start; connect to the TLS xDS port with a bootstrap token");
+                        }
                         if proxy.inbound.is_some() && !connected.authenticated {
                             tracing::warn!(node = %proxy.id, "proxy serves a workload but connected without authentication: it gets no workload certificate, so mTLS to and from it cannot work; connect to the TLS xDS port with a bootstrap token");
                         }
@@ -343,6 +346,19 @@ impl Controller {
         }
     }
 
+    /// Whether a gateway selected by a Gateway uses a credential (Kubernetes Secret).
+    fn uses_credentials(&self, proxy: &ProxyNode) -> bool {
+        proxy.mode == strait_model::ProxyMode::Gateway
+            && self
+                .translations
+                .model
+                .gateways
+                .values()
+                .filter(|g| g.selects(&proxy.labels))
+                .flat_map(|g| &g.servers)
+                .any(|s| matches!(s.tls, Some(strait_model::ServerTls::Credential { .. })))
+    }
+
     /// The SPIFFE identity a node claims: its namespace and service account.
     fn identity_of(&self, node: &ProxyNode) -> String {
         strait_translate::spiffe(
@@ -369,14 +385,17 @@ impl Controller {
     }
 
     /// The SDS secrets for a shape: the trust bundle always, the workload key only when a
-    /// proxy of that shape proved it holds the identity and does not certify its own key.
+    /// proxy of that shape proved it holds the identity and does not certify its own key. The
+    /// owner, to whom alone private keys go (these and a gateway's credentials), is the
+    /// identity such a proxy proved.
     fn secrets(&self, shape: &ProxyNode, authenticated: bool) -> (Vec<Secret>, Option<String>) {
+        let owner = authenticated.then(|| self.identity_of(shape));
         let Some(certs) = &self.certs else {
-            return (Vec::new(), None);
+            return (Vec::new(), owner);
         };
         let mut secrets = vec![certs.root_secret()];
         if !authenticated || shape.own_certificate {
-            return (secrets, None);
+            return (secrets, owner);
         }
         let issued = strait_ca::Identity::new(
             self.settings.trust_domain.clone(),
@@ -386,15 +405,12 @@ impl Controller {
         .map_err(|e| e.to_string())
         .and_then(|id| certs.workload_secret(&id).map_err(|e| e.to_string()));
         match issued {
-            Ok(secret) => {
-                secrets.push(secret);
-                (secrets, Some(self.identity_of(shape)))
-            }
+            Ok(secret) => secrets.push(secret),
             Err(error) => {
                 tracing::error!(%error, namespace = %shape.namespace, "cannot issue a workload certificate");
-                (secrets, None)
             }
         }
+        (secrets, owner)
     }
 
     /// The snapshot of a node shape in the current generation: its parts made if this
@@ -560,6 +576,111 @@ mod tests {
         assert!(certs.next_renewal().is_none());
     }
 
+    fn value(v: &serde_json::Value) -> Value {
+        let kind = match v {
+            serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+            serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+            serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap()),
+            serde_json::Value::Object(o) => Kind::StructValue(Struct {
+                fields: o.iter().map(|(k, v)| (k.clone(), value(v))).collect(),
+            }),
+            _ => Kind::NullValue(0),
+        };
+        Value { kind: Some(kind) }
+    }
+
+    fn gateway_node(id: &str) -> Node {
+        let metadata = strait_model::node::NodeMetadata {
+            namespace: "istio-system".into(),
+            labels: [("istio".to_string(), "ingressgateway".to_string())].into(),
+            service_account: Some("ingress".into()),
+            mode: strait_model::ProxyMode::Gateway,
+            listen_address: Some("127.0.0.1".parse().unwrap()),
+            gateway_ports: [(443, 18443)].into(),
+            outbound_port: 15001,
+            ..Default::default()
+        }
+        .to_json();
+        Node {
+            id: id.into(),
+            metadata: Some(Struct {
+                fields: metadata
+                    .iter()
+                    .map(|(k, v)| (k.clone(), value(v)))
+                    .collect(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_gateway_credential_goes_only_to_a_stream_authenticated_as_the_gateway() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["bookinfo.example.com".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let id = strait_model::CredentialId::new("istio-system", "bookinfo");
+        let data = [
+            ("tls.crt".to_string(), cert.pem().into_bytes()),
+            ("tls.key".to_string(), key.serialize_pem().into_bytes()),
+        ]
+        .into();
+        let credential =
+            strait_model::Credential::from_secret(id.clone(), Some("kubernetes.io/tls"), &data)
+                .unwrap();
+        let credentials = [(id, Arc::new(credential))].into();
+        let objects = strait_model::loader::parse(
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: bookinfo, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [bookinfo.example.com]
+    tls: {mode: SIMPLE, credentialName: bookinfo}
+",
+            "test.yaml",
+        )
+        .unwrap();
+        let model = Model::build_with(&objects, Some(&credentials)).unwrap();
+        let cache = SnapshotCache::new();
+        let mut controller = Controller::new(
+            cache.clone(),
+            &mut Registry::default(),
+            MeshSettings::default(),
+            None,
+        );
+        controller.advance(Arc::new(model), Instant::now());
+        let owner = "spiffe://cluster.local/ns/istio-system/sa/ingress";
+        controller.on_event(NodeEvent::Connected {
+            node: gateway_node("gw-1"),
+            identity: Some(owner.to_string()),
+        });
+        controller.on_event(NodeEvent::Connected {
+            node: gateway_node("gw-2"),
+            identity: None,
+        });
+        let seen = |node: &str, identity: Option<&str>| -> Vec<String> {
+            ready(&cache, node)
+                .for_identity(identity)
+                .resources(SECRET_TYPE)
+                .map(|(name, _)| name.to_string())
+                .collect()
+        };
+        assert_eq!(seen("gw-1", Some(owner)), ["kubernetes://bookinfo"]);
+        assert!(seen("gw-1", None).is_empty());
+        assert!(
+            seen(
+                "gw-1",
+                Some("spiffe://cluster.local/ns/istio-system/sa/other")
+            )
+            .is_empty()
+        );
+        assert!(seen("gw-2", None).is_empty(), "unauthenticated: no key");
+    }
+
     fn model(reviews_endpoint: &str, weight_v1: u32) -> Arc<Model> {
         let yaml = format!(
             r#"
@@ -611,7 +732,7 @@ spec:
     fn ready(cache: &SnapshotCache, id: &str) -> Arc<Snapshot> {
         match &*cache.subscribe(id).borrow() {
             NodeState::Ready(s) => s.clone(),
-            _ => panic!("{id} has no snapshot"),
+            other => panic!("{id} has no snapshot: {other:?}"),
         }
     }
 

@@ -116,6 +116,9 @@ struct Layers {
     files: Vec<Object>,
     kube: kube::KubeLayer,
     api: BTreeMap<ObjectId, Object>,
+    /// Gateway credentials from Kubernetes Secrets; `None` without Kubernetes (then
+    /// `credentialName` is refused).
+    credentials: Option<strait_model::Credentials>,
     loaded: bool,
     /// Outstanding rejections, one per source.
     errors: BTreeMap<Source, ErrorRecord>,
@@ -196,7 +199,8 @@ impl ConfigStore {
             .entered();
         let mut layers = self.lock();
         let candidate = union(&objects, &layers.kube.accepted, &layers.api, &[]);
-        let model = match Model::build(candidate.iter().copied()) {
+        let model = match Model::build_with(candidate.iter().copied(), layers.credentials.as_ref())
+        {
             Ok(model) => model,
             Err(errors) => {
                 self.reject(&mut layers, Source::Files, &errors);
@@ -266,12 +270,10 @@ impl ConfigStore {
         // Validate the whole batch, unchanged objects included, so that an object given twice
         // is reported; unchanged objects are identical to what is stored, so the model is the
         // same as the one of what gets stored.
-        let model = match Model::build(union(
-            &layers.files,
-            &layers.kube.accepted,
-            &layers.api,
-            &objects,
-        )) {
+        let model = match Model::build_with(
+            union(&layers.files, &layers.kube.accepted, &layers.api, &objects),
+            layers.credentials.as_ref(),
+        ) {
             Ok(model) => model,
             Err(errors) => {
                 if !dry_run {
@@ -327,7 +329,8 @@ impl ConfigStore {
             api.remove(id);
         }
         let candidate = union(&layers.files, &layers.kube.accepted, &api, &[]);
-        let model = match Model::build(candidate.iter().copied()) {
+        let model = match Model::build_with(candidate.iter().copied(), layers.credentials.as_ref())
+        {
             Ok(model) => model,
             Err(errors) => {
                 self.reject(&mut layers, Source::Api, &errors);
@@ -357,19 +360,53 @@ impl ConfigStore {
         &self,
         changes: Vec<kube::KubeChange>,
     ) -> Result<Arc<Published>, ValidationErrors> {
+        self.kube_apply_with(changes, Vec::new())
+    }
+
+    /// From now on `credentialName` names Kubernetes Secrets (the Kubernetes source runs).
+    pub fn watch_credentials(&self) {
+        self.lock().credentials.get_or_insert_with(Default::default);
+    }
+
+    /// [`ConfigStore::kube_apply`], with changed credentials (Secrets, already checked by
+    /// the model's reader) put in place first.
+    pub fn kube_apply_with(
+        &self,
+        changes: Vec<kube::KubeChange>,
+        credentials: Vec<kube::CredentialChange>,
+    ) -> Result<Arc<Published>, ValidationErrors> {
         let _span = tracing::info_span!(
             "config.apply",
             source = "kubernetes",
-            changes = changes.len()
+            changes = changes.len(),
+            credentials = credentials.len()
         )
         .entered();
         let mut layers = self.lock();
         let before: BTreeSet<ObjectId> = layers.kube.refused.keys().cloned().collect();
+        let known = layers.credentials.get_or_insert_with(Default::default);
+        for change in credentials {
+            match change {
+                kube::CredentialChange::Upsert(c) => {
+                    known.insert(c.id.clone(), Arc::new(c));
+                }
+                kube::CredentialChange::Remove(id) => {
+                    known.remove(&id);
+                }
+            }
+        }
         // The other layers are read in place while the Kubernetes layer changes.
         let Layers {
-            files, api, kube, ..
+            files,
+            api,
+            kube,
+            credentials,
+            ..
         } = &mut *layers;
-        let build = |kube: &BTreeMap<ObjectId, Object>| Model::build(union(files, kube, api, &[]));
+        let credentials = credentials.as_ref();
+        let build = |kube: &BTreeMap<ObjectId, Object>| {
+            Model::build_with(union(files, kube, api, &[]), credentials)
+        };
         let applied = kube.apply(changes, &build);
         let model = match applied {
             Ok(model) => model,
@@ -396,8 +433,9 @@ impl ConfigStore {
             &layers.api,
             &[],
         ));
-        if accepted == self.current().objects {
-            return Ok(self.current());
+        let current = self.current();
+        if accepted == current.objects && model.credentials == current.model.credentials {
+            return Ok(current);
         }
         Ok(self.publish(Source::Kubernetes, model, accepted))
     }

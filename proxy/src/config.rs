@@ -31,8 +31,8 @@ pub use route::{
     RetryPolicy, Route, RouteConfig, RouteMatch, VirtualHost, WeightedCluster,
 };
 pub use tls::{
-    CertificateSource, DownstreamTls, Loaded, RootsSource, SanKind, SanMatcher, UpstreamTls,
-    Validation,
+    CertificateSource, DownstreamTls, Loaded, RootsSource, SanKind, SanMatcher, SdsSecret, Secrets,
+    UpstreamTls, Validation,
 };
 
 /// Everything the data path needs, complete: every route names an existing cluster and every

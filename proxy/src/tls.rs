@@ -29,6 +29,8 @@ pub enum TlsError {
         "uses the workload certificate or mesh roots (SDS default/ROOTCA), but this proxy has no workload identity: start it with --token-file and the TLS xDS address"
     )]
     NoIdentity,
+    #[error("SDS secret {0:?} has not come yet")]
+    SecretMissing(Arc<str>),
     #[error("{0}")]
     Rustls(#[from] rustls::Error),
 }
@@ -54,6 +56,42 @@ pub fn load_certified_key(chain: &str, key: &str) -> Result<Arc<CertifiedKey>, S
         .keys_match()
         .map_err(|e| format!("the private key does not match {chain}: {e}"))?;
     Ok(Arc::new(certified))
+}
+
+/// A PEM certificate chain and private key given inline (SDS).
+pub fn certified_key_from_pem(chain: &[u8], key: &[u8]) -> Result<Arc<CertifiedKey>, String> {
+    let certs = CertificateDer::pem_slice_iter(chain)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the certificate chain: {e}"))?;
+    if certs.is_empty() {
+        return Err("the certificate chain holds no certificate".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("the private key: {e}"))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| format!("the private key is not usable: {e}"))?;
+    let certified = CertifiedKey::new(certs, signing);
+    certified
+        .keys_match()
+        .map_err(|e| format!("the private key does not match the certificate: {e}"))?;
+    Ok(Arc::new(certified))
+}
+
+/// PEM trust anchors given inline (SDS).
+pub fn anchors_from_pem(pem: &[u8]) -> Result<Arc<[TrustAnchor<'static>]>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("trusted CAs: {e}"))?;
+    if certs.is_empty() {
+        return Err("trusted CAs: no certificate".into());
+    }
+    certs
+        .iter()
+        .map(|c| {
+            webpki::anchor_from_trusted_cert(c)
+                .map(|a| a.to_owned())
+                .map_err(|e| format!("not a usable CA certificate: {e:?}"))
+        })
+        .collect()
 }
 
 /// Reads PEM trust anchors.
@@ -98,6 +136,13 @@ impl Presented {
                 Presented::Workload(identity.ok_or(TlsError::NoIdentity)?.clone())
             }
             CertificateSource::Files { loaded, .. } => Presented::Fixed(loaded.0.clone()),
+            CertificateSource::Sds { name, loaded } => Presented::Fixed(
+                loaded
+                    .as_ref()
+                    .ok_or_else(|| TlsError::SecretMissing(name.clone()))?
+                    .0
+                    .clone(),
+            ),
         })
     }
 
@@ -138,6 +183,13 @@ impl Roots {
         Ok(match source {
             RootsSource::Mesh => Roots::Mesh(identity.ok_or(TlsError::NoIdentity)?.clone()),
             RootsSource::File { anchors, .. } => Roots::Fixed(anchors.0.clone()),
+            RootsSource::Sds { name, anchors } => Roots::Fixed(
+                anchors
+                    .as_ref()
+                    .ok_or_else(|| TlsError::SecretMissing(name.clone()))?
+                    .0
+                    .clone(),
+            ),
         })
     }
 

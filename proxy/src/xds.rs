@@ -18,7 +18,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 
 use crate::accept::Sockets;
-use crate::config::{Cluster, Config, Endpoint, Listener, RouteConfig};
+use crate::config::{Cluster, Config, Endpoint, Listener, RouteConfig, SdsSecret, Secrets};
 use crate::identity::Proof;
 use crate::stats::Stats;
 use crate::xds::convert::{Assignment, Resource};
@@ -27,8 +27,9 @@ pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 /// Envoy's subscription order.
-const TYPES: [&str; 4] = [CLUSTER, ENDPOINT, LISTENER, ROUTE];
+const TYPES: [&str; 5] = [CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET];
 
 /// google.rpc.Code INVALID_ARGUMENT, as Envoy sends in a NACK.
 const INVALID_ARGUMENT: i32 = 3;
@@ -95,6 +96,8 @@ pub struct State {
     routes: BTreeMap<String, Arc<RouteConfig>>,
     clusters: BTreeMap<String, Cluster>,
     endpoints: BTreeMap<String, Arc<[Endpoint]>>,
+    /// SDS secrets fetched over ADS (not `default`/`ROOTCA`, which this proxy makes itself).
+    secrets: Secrets,
     versions: BTreeMap<&'static str, Arc<str>>,
     /// Delta: the version of each resource held, per type.
     held: BTreeMap<&'static str, BTreeMap<String, String>>,
@@ -238,6 +241,21 @@ impl State {
                 }
                 let wanted = self.wanted_rds();
                 self.routes.retain(|n, _| wanted.contains(n));
+                let wanted = self.wanted_sds();
+                self.secrets.retain(|n, _| wanted.contains(&**n));
+            }
+            SECRET => {
+                let items: Vec<(Arc<str>, SdsSecret)> = convert_all::<SdsSecret>(update)?
+                    .into_iter()
+                    .map(|(n, s)| (Arc::from(n.as_str()), s))
+                    .collect();
+                if update.full {
+                    self.secrets.clear();
+                }
+                for name in &update.removed {
+                    self.secrets.remove(*name);
+                }
+                self.secrets.extend(items);
             }
             _ => {
                 let items = convert_all::<RouteConfig>(update)?
@@ -279,6 +297,15 @@ impl State {
             .collect()
     }
 
+    /// The SDS names the listeners need (fetched over ADS).
+    pub fn wanted_sds(&self) -> BTreeSet<String> {
+        self.listeners
+            .values()
+            .flat_map(|l| l.chains.iter().filter_map(|c| c.tls.as_deref()))
+            .flat_map(|t| t.sds_names().map(|n| n.to_string()))
+            .collect()
+    }
+
     /// Resource versions held of a type (delta's `initial_resource_versions` on reconnect).
     fn held(&self, type_url: &'static str) -> BTreeMap<String, String> {
         self.held.get(type_url).cloned().unwrap_or_default()
@@ -300,6 +327,14 @@ impl State {
         let mut routes = BTreeMap::new();
         let mut listeners = BTreeMap::new();
         for (name, l) in &self.listeners {
+            // A listener whose SDS secrets have not come is not served yet (Envoy's warming).
+            let l = match with_secrets(l, &self.secrets) {
+                Ok(l) => l,
+                Err(secret) => {
+                    tracing::debug!(listener = %name, %secret, "listener waits for its SDS secret");
+                    continue;
+                }
+            };
             // A TCP chain's cluster must be there, as a route's must.
             if l.tcp_clusters().any(|c| !clusters.contains_key(c)) {
                 return None;
@@ -325,7 +360,7 @@ impl State {
                     return None;
                 }
             }
-            listeners.insert(Arc::from(name.as_str()), l.clone());
+            listeners.insert(Arc::from(name.as_str()), l);
         }
         Some(Config {
             versions: self.versions.clone(),
@@ -334,6 +369,25 @@ impl State {
             clusters,
         })
     }
+}
+
+/// A listener with the SDS secrets its chains name put in place.
+fn with_secrets(l: &Listener, secrets: &Secrets) -> Result<Listener, Arc<str>> {
+    if !l
+        .chains
+        .iter()
+        .filter_map(|c| c.tls.as_deref())
+        .any(|t| t.sds_names().next().is_some())
+    {
+        return Ok(l.clone());
+    }
+    let mut out = l.clone();
+    for chain in &mut out.chains {
+        if let Some(tls) = &chain.tls {
+            chain.tls = Some(Arc::new(tls.with_secrets(secrets)?));
+        }
+    }
+    Ok(out)
 }
 
 // === The client ===
@@ -556,6 +610,7 @@ impl Session<'_> {
         for (type_url, wanted) in [
             (ENDPOINT, self.state.wanted_eds()),
             (ROUTE, self.state.wanted_rds()),
+            (SECRET, self.state.wanted_sds()),
         ] {
             if wanted.is_empty() {
                 continue;
@@ -612,6 +667,7 @@ impl Session<'_> {
             for (type_url, wanted) in [
                 (ENDPOINT, self.state.wanted_eds()),
                 (ROUTE, self.state.wanted_rds()),
+                (SECRET, self.state.wanted_sds()),
             ] {
                 let current = subscribed.entry(type_url).or_default();
                 if *current == wanted {
@@ -650,13 +706,18 @@ fn sotw_request(type_url: &str, sub: &SotwSub, node: Option<Node>) -> DiscoveryR
     }
 }
 
-/// Asks for the EDS and RDS names the accepted clusters and listeners need, when they changed.
+/// Asks for the EDS, RDS and SDS names the accepted clusters and listeners need, when they
+/// changed.
 fn sotw_resubscribe(
     state: &State,
     subs: &mut BTreeMap<&'static str, SotwSub>,
     tx: &mpsc::UnboundedSender<DiscoveryRequest>,
 ) {
-    for (type_url, wanted) in [(ENDPOINT, state.wanted_eds()), (ROUTE, state.wanted_rds())] {
+    for (type_url, wanted) in [
+        (ENDPOINT, state.wanted_eds()),
+        (ROUTE, state.wanted_rds()),
+        (SECRET, state.wanted_sds()),
+    ] {
         let sub = subs.entry(type_url).or_default();
         if sub.names == wanted && (sub.sent || wanted.is_empty()) {
             continue;

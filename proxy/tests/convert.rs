@@ -18,7 +18,8 @@ fn golden(case: &str) -> Output {
         .join(case);
     let config = std::fs::read_to_string(dir.join("config.yaml")).expect("config.yaml");
     let objects = loader::parse(&config, "config.yaml").expect("parse");
-    let model = Model::build(&objects).expect("model");
+    let credentials = strait_tests::golden::credentials(&dir).expect("credentials");
+    let model = Model::build_with(&objects, credentials.as_ref()).expect("model");
     let node: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("node.json")).expect("node.json"))
             .expect("node json");
@@ -404,6 +405,92 @@ fn state_publishes_only_complete_configs_and_a_rejected_update_changes_nothing()
     );
     assert!(error.contains("lb_policy"), "{error}");
     assert_eq!(state.assemble().expect("still complete"), before);
+}
+
+fn all<M: prost::Message>(
+    type_url: &str,
+    items: &[M],
+) -> Vec<envoy_types::pb::google::protobuf::Any> {
+    items.iter().map(|m| any(type_url, m)).collect()
+}
+
+#[test]
+fn a_gateway_listener_waits_for_its_sds_secrets_and_follows_their_rotation() {
+    use strait_proxy::config::{CertificateSource, RootsSource};
+    use strait_proxy::xds::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, State, Update};
+    let out = golden("gateway-credential");
+    let anys = |type_url: &str, items: Vec<envoy_types::pb::google::protobuf::Any>| {
+        (type_url.to_string(), items)
+    };
+    let mut state = State::default();
+    let apply = |state: &mut State, (type_url, items): (String, Vec<_>)| {
+        state.apply(&Update {
+            type_url: &type_url,
+            version: "v1",
+            resources: items.iter().map(|a| (None, None, a)).collect(),
+            removed: Vec::new(),
+            full: true,
+        })
+    };
+    apply(&mut state, anys(CLUSTER, all(CLUSTER, &out.clusters))).expect("clusters");
+    apply(&mut state, anys(ENDPOINT, all(ENDPOINT, &out.endpoints))).expect("endpoints");
+    apply(&mut state, anys(LISTENER, all(LISTENER, &out.listeners))).expect("listeners");
+    apply(&mut state, anys(ROUTE, all(ROUTE, &out.routes))).expect("routes");
+    assert_eq!(
+        state.wanted_sds().into_iter().collect::<Vec<_>>(),
+        [
+            "kubernetes://bookinfo-cert",
+            "kubernetes://mtls-cert",
+            "kubernetes://mtls-cert-cacert"
+        ]
+    );
+    let config = state
+        .assemble()
+        .expect("complete but for the warming listener");
+    assert!(
+        config.listeners.is_empty(),
+        "no listener before its secrets"
+    );
+
+    apply(&mut state, anys(SECRET, all(SECRET, &out.secrets))).expect("secrets");
+    let config = state.assemble().expect("complete");
+    let listener = config
+        .listeners
+        .values()
+        .next()
+        .expect("the HTTPS listener");
+    let tls = listener.chains[0].tls.as_ref().expect("TLS");
+    assert!(
+        matches!(&tls.certificate, CertificateSource::Sds { name, loaded: Some(_) } if &**name == "kubernetes://bookinfo-cert")
+    );
+    let mtls = listener.chains[1].tls.as_ref().expect("TLS");
+    assert!(mtls.require_client_certificate);
+    assert!(matches!(
+        mtls.validation.as_ref().map(|v| &v.roots),
+        Some(RootsSource::Sds {
+            anchors: Some(_),
+            ..
+        })
+    ));
+    strait_proxy::tls::server_config(tls, None).expect("a server config from the secret");
+
+    // The same secrets again (a rotation looks alike on the wire): a new config to serve.
+    apply(&mut state, anys(SECRET, all(SECRET, &out.secrets))).expect("secrets again");
+    assert_ne!(state.assemble().expect("complete"), config);
+
+    // A secret that does not convert is refused whole, naming it; the last good stays.
+    let mut bad = out.secrets.clone();
+    if let Some(envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::secret::Type::TlsCertificate(c)) = &mut bad[0].r#type {
+        c.private_key = Some(envoy_types::pb::envoy::config::core::v3::DataSource {
+            specifier: Some(envoy_types::pb::envoy::config::core::v3::data_source::Specifier::InlineString("junk".into())),
+            ..Default::default()
+        });
+    }
+    let error = apply(&mut state, anys(SECRET, all(SECRET, &bad))).expect_err("refused");
+    assert!(error.contains("kubernetes://bookinfo-cert"), "{error}");
+    assert!(error.contains("private key"), "{error}");
+    assert!(!error.contains("junk"), "the key is not echoed: {error}");
+    assert!(state.assemble().expect("complete").listeners.len() == 1);
 }
 
 #[test]

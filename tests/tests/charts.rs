@@ -369,6 +369,8 @@ fn rbac_grants_what_straitd_needs() {
         ("", "endpoints"),
         ("", "pods"),
         ("", "namespaces"),
+        // Gateway credentials (credentialName, Ingress secretName).
+        ("", "secrets"),
         ("discovery.k8s.io", "endpointslices"),
         ("networking.k8s.io", "ingresses"),
         ("networking.k8s.io", "ingressclasses"),
@@ -422,10 +424,12 @@ fn rbac_grants_what_straitd_needs() {
         "create"
     ));
     assert!(allows(cluster_role, "", "configmaps", "create"));
-    assert!(
-        !allows(cluster_role, "", "secrets", "get"),
-        "straitd reads its CA from a volume"
-    );
+    for verb in ["create", "update", "patch"] {
+        assert!(
+            !allows(cluster_role, "", "secrets", verb),
+            "straitd reads Secrets, never writes them ({verb}); its CA comes from a volume"
+        );
+    }
     let webhook_rule = cluster_role["rules"]
         .as_array()
         .unwrap()

@@ -1,5 +1,6 @@
 //! Strait's policy model: Istio YAML in, one validator, a validated model out. No I/O, no protobufs.
 
+pub mod credential;
 pub mod duration;
 pub mod error;
 pub mod host;
@@ -10,6 +11,7 @@ pub mod model;
 pub mod node;
 pub mod re2;
 
+pub use credential::{Credential, CredentialError, CredentialId, Credentials};
 pub use error::{ObjectId, ValidationError, ValidationErrors};
 pub use istio::Kind;
 pub use loader::{Object, Spec};

@@ -11,6 +11,7 @@ mod virtual_service;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use crate::credential::Credentials;
 use crate::error::{ObjectId, ValidationError, ValidationErrors};
 use crate::loader::{Object, Spec};
 
@@ -35,6 +36,9 @@ pub struct Model {
     pub gateways: BTreeMap<ObjectId, Gateway>,
     pub peer_authentications: Vec<PeerAuthentication>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
+    /// The TLS credentials (Kubernetes Secrets) `credentialName` may name; empty without
+    /// Kubernetes.
+    pub credentials: Credentials,
     /// Problems that do not make the configuration unsafe but deserve a look.
     pub warnings: Vec<ValidationError>,
 }
@@ -542,14 +546,28 @@ pub enum ServerTls {
         certificate: String,
         private_key: String,
     },
+    /// The certificate (and, for MUTUAL, the CA that verifies clients) from the credential
+    /// `name` in the gateway workload's namespace (Istio's `credentialName`). A gateway whose
+    /// namespace does not hold it does not serve the server.
+    Credential { name: String, mutual: bool },
 }
 
 // === Building ===
 
 impl Model {
-    /// Validates a whole batch of objects and builds the model: the one validator.
+    /// Validates a whole batch of objects and builds the model, where there are no
+    /// credentials to name (no Kubernetes): `credentialName` is refused.
     pub fn build<'a>(
         objects: impl IntoIterator<Item = &'a Object>,
+    ) -> Result<Model, ValidationErrors> {
+        Model::build_with(objects, None)
+    }
+
+    /// The one validator: a whole batch of objects, with the credentials (Kubernetes Secrets)
+    /// that `credentialName` may name, or `None` where there are none to read.
+    pub fn build_with<'a>(
+        objects: impl IntoIterator<Item = &'a Object>,
+        credentials: Option<&Credentials>,
     ) -> Result<Model, ValidationErrors> {
         let objects: Vec<&Object> = objects.into_iter().collect();
         let mut errors = Vec::new();
@@ -590,7 +608,13 @@ impl Model {
             &mut errors,
             &mut warnings,
         );
-        let gateways = gateway::build(&by_kind(crate::Kind::Gateway), &mut errors);
+        let gateways = gateway::build(
+            &by_kind(crate::Kind::Gateway),
+            &services,
+            credentials,
+            &mut errors,
+            &mut warnings,
+        );
         let peer_authentications =
             security::peer_authentications(&by_kind(crate::Kind::PeerAuthentication), &mut errors);
         let authorization_policies = security::authorization_policies(
@@ -615,6 +639,7 @@ impl Model {
                 gateways,
                 peer_authentications,
                 authorization_policies,
+                credentials: credentials.cloned().unwrap_or_default(),
                 warnings,
             })
         } else {
@@ -645,6 +670,7 @@ impl Model {
             gateways,
             peer_authentications,
             authorization_policies,
+            credentials,
             warnings: _,
         } = self;
         services.len() == other.services.len()
@@ -657,6 +683,7 @@ impl Model {
             && *gateways == other.gateways
             && *peer_authentications == other.peer_authentications
             && *authorization_policies == other.authorization_policies
+            && *credentials == other.credentials
     }
 
     pub fn policy_for(&self, host: &str, port: u16, subset: Option<&str>) -> ResolvedPolicy {

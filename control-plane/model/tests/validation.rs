@@ -532,7 +532,10 @@ fn gateways_are_checked() {
         &gw(
             "  servers:\n  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [a.example.com]\n    tls: {mode: SIMPLE, credentialName: secret}\n",
         ),
-        &["spec.servers[0].tls.credentialName", "not supported"],
+        &[
+            "spec.servers[0].tls.credentialName",
+            "only with --kubernetes",
+        ],
     );
     rejects(
         &gw("  servers:\n  - port: {number: 31400, name: tcp, protocol: TCP}\n    hosts: ['*']\n"),
@@ -869,4 +872,155 @@ fn destination_rule_tls_modes_are_checked() {
         &dr("{mode: WHATEVER}"),
         &["spec.trafficPolicy.tls.mode", "WHATEVER"],
     );
+}
+
+// === credentialName (Kubernetes Secrets) ===
+
+fn credential(namespace: &str, name: &str, with_ca: bool) -> strait_model::Credential {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["bookinfo.example.com".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("certificate");
+    let mut data = std::collections::BTreeMap::new();
+    data.insert("tls.crt".to_string(), cert.pem().into_bytes());
+    data.insert("tls.key".to_string(), key.serialize_pem().into_bytes());
+    if with_ca {
+        data.insert("ca.crt".to_string(), cert.pem().into_bytes());
+    }
+    strait_model::Credential::from_secret(
+        strait_model::CredentialId::new(namespace, name),
+        Some("kubernetes.io/tls"),
+        &data,
+    )
+    .expect("a good credential")
+}
+
+fn build_with(extra: &str, credentials: &[strait_model::Credential]) -> Result<Model, String> {
+    let mut objects = loader::parse(REGISTRY, "registry.yaml").map_err(|e| format!("{e:?}"))?;
+    objects.extend(loader::parse(extra, "test.yaml").map_err(|e| format!("{e:?}"))?);
+    let credentials: strait_model::Credentials = credentials
+        .iter()
+        .map(|c| (c.id.clone(), std::sync::Arc::new(c.clone())))
+        .collect();
+    let mut model = Model::build_with(&objects, Some(&credentials)).map_err(|e| e.to_string())?;
+    // The registry's own warnings are no concern here.
+    model.warnings.retain(|w| {
+        w.object
+            .as_ref()
+            .is_some_and(|o| o.kind == strait_model::Kind::Gateway)
+    });
+    Ok(model)
+}
+
+fn https_gateway(namespace: &str, tls: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: bookinfo, namespace: {namespace}}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 443, name: https, protocol: HTTPS}}\n    hosts: [bookinfo.example.com]\n    tls: {tls}\n"
+    )
+}
+
+#[test]
+fn credential_name_is_accepted_when_the_credential_is_known() {
+    let model = build_with(
+        &https_gateway(
+            "istio-system",
+            "{mode: SIMPLE, credentialName: bookinfo-cert}",
+        ),
+        &[credential("istio-system", "bookinfo-cert", false)],
+    )
+    .unwrap();
+    let gw = model.gateways.values().next().unwrap();
+    assert_eq!(
+        gw.servers[0].tls,
+        Some(strait_model::ServerTls::Credential {
+            name: "bookinfo-cert".into(),
+            mutual: false
+        })
+    );
+    assert!(model.warnings.is_empty(), "{:?}", model.warnings);
+    assert_eq!(model.credentials.len(), 1);
+    // Istio's newer list form, with one credential.
+    let model = build_with(
+        &https_gateway(
+            "istio-system",
+            "{mode: MUTUAL, credentialNames: [bookinfo-cert]}",
+        ),
+        &[credential("istio-system", "bookinfo-cert", true)],
+    )
+    .unwrap();
+    assert!(model.warnings.is_empty(), "{:?}", model.warnings);
+}
+
+#[test]
+fn a_missing_credential_is_a_warning_naming_the_field() {
+    let model = build_with(
+        &https_gateway(
+            "istio-system",
+            "{mode: SIMPLE, credentialName: bookinfo-cert}",
+        ),
+        &[credential("istio-system", "other", false)],
+    )
+    .unwrap();
+    let warnings: Vec<String> = model.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    for fragment in [
+        "Gateway istio-system/bookinfo",
+        "spec.servers[0].tls.credentialName",
+        "\"bookinfo-cert\"",
+        "not served until it exists",
+    ] {
+        assert!(
+            warnings[0].contains(fragment),
+            "{fragment:?} in {warnings:?}"
+        );
+    }
+    // MUTUAL needs a CA to verify clients with.
+    let model = build_with(
+        &https_gateway(
+            "istio-system",
+            "{mode: MUTUAL, credentialName: bookinfo-cert}",
+        ),
+        &[credential("istio-system", "bookinfo-cert", false)],
+    )
+    .unwrap();
+    assert!(
+        model
+            .warnings
+            .iter()
+            .any(|w| w.message.contains("has no CA")),
+        "{:?}",
+        model.warnings
+    );
+}
+
+#[test]
+fn credential_name_is_checked() {
+    let known = [credential("istio-system", "c", true)];
+    for (tls, fragments) in [
+        (
+            "{mode: SIMPLE, credentialName: c, serverCertificate: /c.pem, privateKey: /k.pem}",
+            &["spec.servers[0].tls.credentialName", "not both"][..],
+        ),
+        (
+            "{mode: SIMPLE, credentialNames: [c, d]}",
+            &["spec.servers[0].tls.credentialNames", "not supported"][..],
+        ),
+        (
+            "{mode: SIMPLE, credentialName: Not_A_Name}",
+            &["spec.servers[0].tls.credentialName", "not a valid name"][..],
+        ),
+        (
+            "{mode: MUTUAL, serverCertificate: /c.pem, privateKey: /k.pem}",
+            &["spec.servers[0].tls.mode", "MUTUAL"][..],
+        ),
+        (
+            "{mode: ISTIO_MUTUAL, credentialName: c}",
+            &["spec.servers[0].tls.mode", "not supported"][..],
+        ),
+    ] {
+        let err = build_with(&https_gateway("istio-system", tls), &known).unwrap_err();
+        for f in fragments {
+            assert!(err.contains(f), "{f:?} in {err}");
+        }
+    }
 }

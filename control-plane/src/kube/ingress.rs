@@ -10,7 +10,10 @@
 //!
 //! - a Gateway `k8s-ingress-NAME` in the Ingress's namespace, selecting the ingress gateway
 //!   (`istio: ingressgateway` unless configured), with one HTTP server on port 80 for the
-//!   Ingress's hosts (`*` for a rule without a host, and for the default backend);
+//!   Ingress's hosts (`*` for a rule without a host, and for the default backend), and one
+//!   HTTPS server on port 443 per `spec.tls` entry, for its hosts (`*` when it names none),
+//!   with `credentialName: secretName` (so, as in Istio, the Secret is looked up in the
+//!   ingress gateway's namespace);
 //! - one VirtualService `k8s-ingress-NAME-I` per host, bound to that Gateway, with a route per
 //!   path in the order Kubernetes gives precedence (the longest path first; Exact before
 //!   Prefix for the same path) and the default backend, if any, as the last, catch-all route.
@@ -20,9 +23,8 @@
 //! `/foo/`. `ImplementationSpecific` is a plain prefix. A backend is a Service:
 //! `NAME.NAMESPACE.svc.DOMAIN` at `port.number`, or at the Service port named `port.name`.
 //!
-//! Not served: `spec.tls` (the gateway takes certificates from files, not from Kubernetes
-//! secrets, so `credentialName` is refused by the validator): the HTTP server is made and a
-//! warning says so. Resource backends are refused.
+//! A `spec.tls` entry without a `secretName` is skipped with a warning. Resource backends are
+//! refused.
 //!
 //! Everything made goes through the loader, so the one validator sees it as any other object.
 
@@ -53,6 +55,7 @@ pub const NAME_PREFIX: &str = "k8s-ingress-";
 
 /// The Gateway's port for plain HTTP, as in Istio.
 const HTTP_PORT: u16 = 80;
+const HTTPS_PORT: u16 = 443;
 
 /// The class an Ingress names: the annotation, else `spec.ingressClassName`.
 pub fn class(ingress: &Ingress) -> Option<&str> {
@@ -278,13 +281,25 @@ pub fn convert<'s>(
         .default_backend
         .as_ref()
         .and_then(|b| backend(b, "spec.defaultBackend", &mut errors));
-    if !spec.tls.as_deref().unwrap_or_default().is_empty() {
-        warnings.push(problem(
-            "spec.tls",
-            "not served: Strait's gateway takes certificates from files, not from Kubernetes \
-             secrets (credentialName), so only plain HTTP on port 80 is served for this Ingress"
-                .to_string(),
-        ));
+    // Istio's ingress controller: one SIMPLE HTTPS server on 443 per TLS entry.
+    let mut https_servers = Vec::new();
+    for (i, tls) in spec.tls.iter().flatten().enumerate() {
+        let Some(secret) = tls.secret_name.as_deref().filter(|s| !s.is_empty()) else {
+            warnings.push(problem(
+                &format!("spec.tls[{i}].secretName"),
+                "no Secret named: this entry serves no HTTPS".to_string(),
+            ));
+            continue;
+        };
+        let hosts = match tls.hosts.as_deref() {
+            None | Some([]) => vec!["*".to_string()],
+            Some(hosts) => hosts.to_vec(),
+        };
+        https_servers.push(json!({
+            "port": {"number": HTTPS_PORT, "protocol": "HTTPS", "name": format!("https-{i}")},
+            "hosts": hosts,
+            "tls": {"mode": "SIMPLE", "credentialName": secret},
+        }));
     }
     if !errors.is_empty() {
         return Err(ValidationErrors(errors));
@@ -305,16 +320,18 @@ pub fn convert<'s>(
     // Broadest first: the gateway binds a VirtualService's host to the first server host that
     // intersects it, which must then be the host itself or one that covers it.
     server_hosts.sort_by_key(|h| breadth(h));
+    let mut servers = vec![json!({
+        "port": {"number": HTTP_PORT, "protocol": "HTTP", "name": "http"},
+        "hosts": server_hosts,
+    })];
+    servers.extend(https_servers);
     let mut documents = vec![json!({
         "apiVersion": "networking.istio.io/v1",
         "kind": "Gateway",
         "metadata": {"name": gateway, "namespace": namespace},
         "spec": {
             "selector": options.selector,
-            "servers": [{
-                "port": {"number": HTTP_PORT, "protocol": "HTTP", "name": "http"},
-                "hosts": server_hosts,
-            }],
+            "servers": servers,
         },
     })];
     for (i, (host, mut paths)) in hosts.into_iter().enumerate() {
@@ -805,14 +822,17 @@ spec:
     }
 
     #[test]
-    fn tls_is_warned_about_and_only_http_is_served() {
+    fn tls_becomes_an_https_server_with_the_secret_as_credential() {
         let c = convert_with(
             &ingress(
                 "
 metadata: {name: secure, namespace: shop}
 spec:
   ingressClassName: strait
-  tls: [{hosts: [shop.example.com], secretName: shop-cert}]
+  tls:
+  - {hosts: [shop.example.com], secretName: shop-cert}
+  - {secretName: any-cert}
+  - {hosts: [none.example.com]}
   rules:
   - host: shop.example.com
     http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 8080}}}}]}
@@ -821,16 +841,31 @@ spec:
             &web_services(),
         )
         .unwrap();
-        assert_eq!(c.warnings.len(), 1);
-        let w = c.warnings[0].to_string();
-        assert!(
-            w.starts_with("Kubernetes Ingress shop/secure: spec.tls: "),
-            "{w}"
-        );
-        let servers = &c.objects[0].raw["spec"]["servers"];
-        assert_eq!(servers.as_array().unwrap().len(), 1);
-        assert_eq!(servers[0]["port"]["number"], 80);
         assert_eq!(c.objects[0].id.kind, Kind::Gateway);
+        let servers = &c.objects[0].raw["spec"]["servers"];
+        assert_eq!(
+            *servers,
+            json!([
+                {"port": {"number": 80, "protocol": "HTTP", "name": "http"}, "hosts": ["shop.example.com"]},
+                {
+                    "port": {"number": 443, "protocol": "HTTPS", "name": "https-0"},
+                    "hosts": ["shop.example.com"],
+                    "tls": {"mode": "SIMPLE", "credentialName": "shop-cert"},
+                },
+                {
+                    "port": {"number": 443, "protocol": "HTTPS", "name": "https-1"},
+                    "hosts": ["*"],
+                    "tls": {"mode": "SIMPLE", "credentialName": "any-cert"},
+                },
+            ])
+        );
+        let warnings: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            warnings,
+            [
+                "Kubernetes Ingress shop/secure: spec.tls[2].secretName: no Secret named: this entry serves no HTTPS"
+            ]
+        );
     }
 
     #[test]

@@ -1,27 +1,29 @@
 //! Watches the API server and feeds the store's Kubernetes layer.
 //!
 //! One watcher per resource (Services, EndpointSlices or Endpoints, Pods, each Istio kind,
-//! Ingresses) sends its events to one task that owns what has been seen, turns it into the model's
+//! Ingresses, Secrets) sends its events to one task that owns what has been seen, turns it into the model's
 //! objects (`convert`) and hands the store what changed, in batches gathered over a few
-//! milliseconds. The store accepts or refuses each object alone.
+//! milliseconds. The store accepts or refuses each object alone. Of Secrets only those shaped
+//! as TLS credentials are kept, read by the model's reader (a malformed one is refused alone,
+//! logged with the field, and its last good version stays).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use strait_model::{Kind, Object, ObjectId};
+use strait_model::{Credential, CredentialId, Kind, Object, ObjectId};
 use tokio::sync::mpsc;
 
 use super::convert::{self, EndpointAddress, PodInfo};
 use super::ingress::{self, IngressOptions};
 use crate::store::ConfigStore;
-use crate::store::kube::KubeChange;
+use crate::store::kube::{CredentialChange, KubeChange};
 
 /// How long events are gathered into one batch for the store.
 const BATCH_WINDOW: Duration = Duration::from_millis(20);
@@ -93,6 +95,46 @@ enum Update {
     Istio(Kind, Event<DynamicObject>),
     Ingress(Event<Ingress>),
     IngressClass(Event<IngressClass>),
+    Secret(Event<SecretData>),
+}
+
+/// A Secret as kept: its key, and its type and data only if it is shaped as a credential
+/// (other Secrets' contents are not held).
+#[derive(Clone, Debug)]
+struct SecretData {
+    key: Key,
+    credential: Option<SecretContents>,
+}
+
+/// A Secret's type and data.
+type SecretContents = (Option<String>, BTreeMap<String, Vec<u8>>);
+
+impl SecretData {
+    fn of(secret: Secret) -> SecretData {
+        let key = key_of(&secret.metadata);
+        let data: BTreeMap<String, Vec<u8>> = secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        let credential = Credential::is_candidate(secret.type_.as_deref(), &data)
+            .then_some((secret.type_, data));
+        SecretData { key, credential }
+    }
+}
+
+/// Secrets of these types are never credentials: not even listed.
+const NOT_CREDENTIALS: &str = "type!=kubernetes.io/service-account-token,type!=helm.sh/release.v1,type!=bootstrap.kubernetes.io/token";
+
+fn map_event<A, B>(event: Event<A>, f: impl Fn(A) -> B) -> Event<B> {
+    match event {
+        Event::Apply(o) => Event::Apply(f(o)),
+        Event::Delete(o) => Event::Delete(f(o)),
+        Event::Init => Event::Init,
+        Event::InitApply(o) => Event::InitApply(f(o)),
+        Event::InitDone => Event::InitDone,
+    }
 }
 
 /// Runs the watchers until the store is dropped; errors of one watcher are retried with
@@ -165,6 +207,14 @@ pub async fn run(
             move |event| Update::Istio(kind, event),
         );
     }
+    store.watch_credentials();
+    spawn_watch_with(
+        Api::<Secret>::all(client.clone()),
+        watcher::Config::default().fields(NOT_CREDENTIALS),
+        "Secrets",
+        tx.clone(),
+        |event| Update::Secret(map_event(event, SecretData::of)),
+    );
     drop(tx);
 
     let mut state = State::new(options);
@@ -182,8 +232,9 @@ pub async fn run(
             }
         }
         let changes = state.changes();
-        if !changes.is_empty()
-            && let Err(errors) = store.kube_apply(changes)
+        let credentials = state.credential_changes();
+        if !(changes.is_empty() && credentials.is_empty())
+            && let Err(errors) = store.kube_apply_with(changes, credentials)
         {
             tracing::error!(%errors, "Kubernetes objects not applied: the other sources do not validate with them");
         }
@@ -227,10 +278,27 @@ fn spawn_watch<K>(
         + Sync
         + 'static,
 {
+    spawn_watch_with(api, watcher::Config::default(), what, tx, wrap);
+}
+
+/// [`spawn_watch`] with a watcher config (selectors).
+fn spawn_watch_with<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    what: impl std::fmt::Display + Send + 'static,
+    tx: mpsc::Sender<Update>,
+    wrap: impl Fn(Event<K>) -> Update + Send + 'static,
+) where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
     tokio::spawn(async move {
-        let mut stream = watcher::watcher(api, watcher::Config::default())
-            .default_backoff()
-            .boxed();
+        let mut stream = watcher::watcher(api, config).default_backoff().boxed();
         while let Some(item) = stream.next().await {
             match item {
                 Ok(event) => {
@@ -318,6 +386,11 @@ struct State {
     istio: BTreeMap<Kind, Seen<DynamicObject>>,
     ingresses: Seen<Ingress>,
     ingress_classes: Seen<IngressClass>,
+    secrets: Seen<SecretData>,
+    /// Secrets to read again.
+    dirty_secrets: BTreeSet<Key>,
+    /// The credentials the store was last given.
+    sent_credentials: BTreeMap<CredentialId, Credential>,
     /// Services whose ServiceEntry must be made again.
     dirty_services: BTreeSet<Key>,
     /// Istio objects that changed.
@@ -341,6 +414,9 @@ impl State {
             istio: BTreeMap::new(),
             ingresses: Seen::new(),
             ingress_classes: Seen::new(),
+            secrets: Seen::new(),
+            dirty_secrets: BTreeSet::new(),
+            sent_credentials: BTreeMap::new(),
             dirty_services: BTreeSet::new(),
             dirty_istio: BTreeSet::new(),
             dirty_ingresses: BTreeSet::new(),
@@ -417,7 +493,44 @@ impl State {
                         .extend(self.ingresses.items.keys().cloned());
                 }
             }
+            Update::Secret(e) => {
+                let keys = self.secrets.apply(e, |s| s.key.clone());
+                self.dirty_secrets.extend(keys);
+            }
         }
+    }
+
+    /// The credentials that changed since the last call. A Secret that does not read as a
+    /// credential is refused alone: logged, naming the field; its last good version stays.
+    fn credential_changes(&mut self) -> Vec<CredentialChange> {
+        let mut changes = Vec::new();
+        for key in std::mem::take(&mut self.dirty_secrets) {
+            let id = CredentialId::new(key.0.clone(), key.1.clone());
+            let shaped = self
+                .secrets
+                .items
+                .get(&key)
+                .and_then(|s| s.credential.as_ref());
+            let Some((secret_type, data)) = shaped else {
+                if self.sent_credentials.remove(&id).is_some() {
+                    changes.push(CredentialChange::Remove(id));
+                }
+                continue;
+            };
+            match Credential::from_secret(id.clone(), secret_type.as_deref(), data) {
+                Ok(credential) => {
+                    if self.sent_credentials.get(&id) != Some(&credential) {
+                        self.sent_credentials.insert(id, credential.clone());
+                        changes.push(CredentialChange::Upsert(credential));
+                    }
+                }
+                Err(error) => {
+                    let kept = self.sent_credentials.contains_key(&id);
+                    tracing::error!(%error, last_good_in_force = kept, "Secret refused as a credential");
+                }
+            }
+        }
+        changes
     }
 
     fn dirty_namespace(&mut self, ns: &str) {
@@ -697,5 +810,59 @@ spec:
                 "-VirtualService shop/k8s-ingress-shop-0",
             ]
         );
+    }
+
+    fn tls_secret(name: &str, key_pem: &str, cert_pem: &str) -> Secret {
+        let mut secret: Secret = serde_yaml_ng::from_str(&format!(
+            "metadata: {{name: {name}, namespace: istio-system}}\ntype: kubernetes.io/tls"
+        ))
+        .unwrap();
+        secret.data = Some(
+            [("tls.crt", cert_pem), ("tls.key", key_pem)]
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        k8s_openapi::ByteString(v.as_bytes().to_vec()),
+                    )
+                })
+                .collect(),
+        );
+        secret
+    }
+
+    #[test]
+    fn a_malformed_secret_is_refused_and_its_last_good_version_stays() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["bookinfo.example.com".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let mut state = State::new(KubeSourceOptions::default());
+        let good = tls_secret("bookinfo", &key.serialize_pem(), &cert.pem());
+        state.update(Update::Secret(Event::Apply(SecretData::of(good.clone()))));
+        let changes = state.credential_changes();
+        assert!(
+            matches!(&changes[..], [CredentialChange::Upsert(c)] if c.id.to_string() == "istio-system/bookinfo"),
+            "{changes:?}"
+        );
+        // The same again: nothing to send.
+        state.update(Update::Secret(Event::Apply(SecretData::of(good.clone()))));
+        assert!(state.credential_changes().is_empty());
+        // A key that is no key: refused, and nothing sent (the last good one stays).
+        let bad = tls_secret("bookinfo", "not a key", &cert.pem());
+        state.update(Update::Secret(Event::Apply(SecretData::of(bad))));
+        assert!(state.credential_changes().is_empty());
+        // Another kind of Secret is not even held.
+        let token: Secret = serde_yaml_ng::from_str(
+            "metadata: {name: t, namespace: istio-system}\ntype: Opaque\ndata: {token: eA==}",
+        )
+        .unwrap();
+        assert!(SecretData::of(token).credential.is_none());
+        state.update(Update::Secret(Event::Delete(SecretData::of(good))));
+        assert!(matches!(
+            &state.credential_changes()[..],
+            [CredentialChange::Remove(id)] if id.name == "bookinfo"
+        ));
     }
 }

@@ -26,6 +26,14 @@ pub enum KubeChange {
     Malformed(ObjectId, ValidationError),
 }
 
+/// A gateway credential (a Kubernetes Secret) that changed. A Secret that does not read as
+/// one is not sent (its last good version stays), see `kube/source.rs`.
+#[derive(Clone, Debug)]
+pub enum CredentialChange {
+    Upsert(strait_model::Credential),
+    Remove(strait_model::CredentialId),
+}
+
 /// What the API server holds, split by whether it is in force.
 #[derive(Clone, Debug, Default)]
 pub(super) struct KubeLayer {

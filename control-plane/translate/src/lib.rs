@@ -4,6 +4,7 @@
 //! same inputs always give the same output (which is what makes snapshots comparable).
 
 mod cluster;
+mod credential;
 mod inbound;
 mod listener;
 mod origin;
@@ -17,11 +18,13 @@ use envoy_types::pb::envoy::config::{
     cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
     route::v3::RouteConfiguration,
 };
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use strait_model::mesh::{MeshConfig, OutboundTrafficPolicy};
 use strait_model::node::Interception;
 use strait_model::{Model, ProxyMode, ProxyNode};
 
 pub use cluster::{BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER};
+pub use credential::{CREDENTIAL_PREFIX, credential_ca_secret_name, credential_secret_name};
 pub use inbound::VIRTUAL_INBOUND;
 pub use listener::OUTBOUND_ROUTE_NAME;
 pub use origin::{Encoded, METADATA_KEY, config_path, origins, parse_config_path};
@@ -64,6 +67,9 @@ pub struct Output {
     pub routes: Vec<RouteConfiguration>,
     pub clusters: Vec<Cluster>,
     pub endpoints: Vec<ClusterLoadAssignment>,
+    /// SDS secrets a gateway's credentials (`credentialName`) make; those with a private key
+    /// go only to a stream authenticated as the gateway.
+    pub secrets: Vec<Secret>,
 }
 
 /// Translates the model for one proxy with default mesh settings.
@@ -83,6 +89,7 @@ pub fn translate_with(model: &Model, node: &ProxyNode, settings: &MeshSettings) 
         out.routes.extend(part.routes);
         out.clusters.extend(part.clusters);
         out.endpoints.extend(part.endpoints);
+        out.secrets.extend(part.secrets);
     }
     out
 }
@@ -103,6 +110,7 @@ pub fn mesh(model: &Model, settings: &MeshSettings) -> Output {
 /// as it is; and of the node only what [`ProxyNode::outbound_shape`] keeps.
 pub fn outbound(model: &Model, node: &ProxyNode, settings: &MeshSettings) -> Output {
     let mut clusters = Vec::new();
+    let mut secrets = Vec::new();
     let (listeners, routes) = match (node.mode, node.interception) {
         (ProxyMode::Sidecar, Interception::Redirect { inbound_port }) => {
             clusters.extend(cluster::captured_clusters());
@@ -112,13 +120,17 @@ pub fn outbound(model: &Model, node: &ProxyNode, settings: &MeshSettings) -> Out
             let routes = vec![route::sidecar_routes(model, node)];
             (vec![listener::sidecar_outbound(node)], routes)
         }
-        (ProxyMode::Gateway, _) => listener::gateway(model, node),
+        (ProxyMode::Gateway, _) => {
+            secrets = credential::gateway_secrets(model, node);
+            listener::gateway(model, node)
+        }
     };
     Output {
         listeners,
         routes,
         clusters,
         endpoints: Vec::new(),
+        secrets,
     }
 }
 

@@ -24,6 +24,8 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 use strait_model::{Gateway, GatewayServer, Model, Protocol, ProxyNode, ServerTls};
 
+use crate::credential::{credential_socket, credential_usable};
+
 use crate::cluster::socket;
 use crate::proto::{ads, any};
 use crate::route::{FAULT_FILTER, gateway_virtual_hosts};
@@ -88,7 +90,13 @@ pub(crate) fn hcm(stat_prefix: &str, route_config: &str, strip_port: bool) -> Fi
 pub fn gateway(model: &Model, node: &ProxyNode) -> (Vec<Listener>, Vec<RouteConfiguration>) {
     let mut by_port: BTreeMap<u16, Vec<(&Gateway, &GatewayServer)>> = BTreeMap::new();
     for gw in model.gateways.values().filter(|g| g.selects(&node.labels)) {
-        for server in &gw.servers {
+        // A server whose credential is not in the gateway's namespace is not served: Envoy
+        // would hold the whole listener warming until the secret came.
+        for server in gw
+            .servers
+            .iter()
+            .filter(|s| credential_usable(model, node, s))
+        {
             by_port.entry(server.port).or_default().push((gw, server));
         }
     }
@@ -156,12 +164,13 @@ pub fn gateway(model: &Model, node: &ProxyNode) -> (Vec<Listener>, Vec<RouteConf
 }
 
 fn tls_socket(tls: &ServerTls) -> Option<TransportSocket> {
-    let ServerTls::Simple {
-        certificate,
-        private_key,
-    } = tls
-    else {
-        return None;
+    let (certificate, private_key) = match tls {
+        ServerTls::Simple {
+            certificate,
+            private_key,
+        } => (certificate, private_key),
+        ServerTls::Credential { name, mutual } => return Some(credential_socket(name, *mutual)),
+        ServerTls::HttpsRedirect => return None,
     };
     let file = |f: &str| DataSource {
         specifier: Some(Specifier::Filename(f.to_string())),

@@ -39,14 +39,14 @@ const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
 const RBAC_FILTER: &str = "envoy.filters.http.rbac";
 const NETWORK_RBAC_FILTER: &str = "envoy.filters.network.rbac";
 
-fn sds(name: &str) -> SdsSecretConfig {
+pub(crate) fn sds(name: &str) -> SdsSecretConfig {
     SdsSecretConfig {
         name: name.to_string(),
         sds_config: Some(ads()),
     }
 }
 
-fn tls_socket(config: Any) -> TransportSocket {
+pub(crate) fn tls_socket(config: Any) -> TransportSocket {
     TransportSocket {
         name: TLS_SOCKET.to_string(),
         config_type: Some(transport_socket::ConfigType::TypedConfig(config)),

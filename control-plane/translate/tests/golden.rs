@@ -2,7 +2,9 @@
 //!
 //! Each case is a directory under `tests/golden/` with `config.yaml` (the objects), `node.json`
 //! (node id and metadata, as `straitctl bootstrap` writes them), optionally `mesh.yaml` (Istio
-//! MeshConfig), and `xds.json` (the expected output). `UPDATE_GOLDEN=1 cargo test -p
+//! MeshConfig), optionally `credentials/NAMESPACE/NAME/{tls.crt,tls.key,ca.crt}` (Kubernetes
+//! TLS Secrets for `credentialName`), and `xds.json` (the expected output; private keys in it
+//! are redacted). `UPDATE_GOLDEN=1 cargo test -p
 //! strait-translate` rewrites the expectations; review the diff before committing it.
 
 use std::path::{Path, PathBuf};
@@ -58,19 +60,34 @@ fn to_json<M: Message + prost::Name>(pool: &DescriptorPool, msg: &M) -> serde_js
 }
 
 fn render(pool: &DescriptorPool, out: &strait_translate::Output) -> String {
-    let v = serde_json::json!({
+    let mut v = serde_json::json!({
         "listeners": out.listeners.iter().map(|m| to_json(pool, m)).collect::<Vec<_>>(),
         "routes": out.routes.iter().map(|m| to_json(pool, m)).collect::<Vec<_>>(),
         "clusters": out.clusters.iter().map(|m| to_json(pool, m)).collect::<Vec<_>>(),
         "endpoints": out.endpoints.iter().map(|m| to_json(pool, m)).collect::<Vec<_>>(),
     });
+    if !out.secrets.is_empty() {
+        let secrets = out
+            .secrets
+            .iter()
+            .map(|m| {
+                let mut s = to_json(pool, m);
+                if let Some(key) = s.pointer_mut("/tlsCertificate/privateKey") {
+                    *key = serde_json::json!({"inlineString": "<redacted>"});
+                }
+                s
+            })
+            .collect::<Vec<_>>();
+        v["secrets"] = serde_json::Value::Array(secrets);
+    }
     serde_json::to_string_pretty(&v).expect("json") + "\n"
 }
 
 fn run_case(pool: &DescriptorPool, dir: &Path) -> Result<(), String> {
     let config = std::fs::read_to_string(dir.join("config.yaml")).map_err(|e| e.to_string())?;
     let objects = loader::parse(&config, "config.yaml").map_err(|e| format!("{e:?}"))?;
-    let model = Model::build(&objects).map_err(|e| e.to_string())?;
+    let credentials = strait_tests::golden::credentials(dir)?;
+    let model = Model::build_with(&objects, credentials.as_ref()).map_err(|e| e.to_string())?;
     let node: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("node.json")).map_err(|e| e.to_string())?,
     )

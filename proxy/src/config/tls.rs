@@ -2,8 +2,12 @@
 //!
 //! Two SDS names have a fixed meaning, as behind Istio's agent: `default` is this proxy's own
 //! workload certificate (made and renewed by [`crate::identity`]), `ROOTCA` the mesh's trust
-//! anchors that came with it. Certificates named by file are read when the config is converted.
+//! anchors that came with it. Any other SDS name (a gateway's `kubernetes://NAME`) comes over
+//! ADS and is put in place when the config is assembled ([`Secrets`]); until it has come, what
+//! uses it waits, as a warming Envoy listener does. Certificates named by file are read when
+//! the config is converted.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -46,7 +50,24 @@ pub enum CertificateSource {
         #[serde(skip)]
         loaded: Loaded<CertifiedKey>,
     },
+    /// A certificate and key that come over SDS; `loaded` once they have.
+    Sds {
+        name: Arc<str>,
+        #[serde(skip)]
+        loaded: Option<Loaded<CertifiedKey>>,
+    },
 }
+
+/// An SDS secret as it came over ADS, converted: what [`CertificateSource::Sds`] and
+/// [`RootsSource::Sds`] name.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SdsSecret {
+    Certificate(Loaded<CertifiedKey>),
+    Roots(Loaded<[TrustAnchor<'static>]>),
+}
+
+/// The SDS secrets held, by name.
+pub type Secrets = BTreeMap<Arc<str>, SdsSecret>;
 
 /// How a peer's certificate is verified: its chain against the roots, then (if any are given)
 /// one of its subject alternative names against the matchers.
@@ -66,6 +87,12 @@ pub enum RootsSource {
         path: Arc<str>,
         #[serde(skip)]
         anchors: Loaded<[TrustAnchor<'static>]>,
+    },
+    /// Roots that come over SDS; `anchors` once they have.
+    Sds {
+        name: Arc<str>,
+        #[serde(skip)]
+        anchors: Option<Loaded<[TrustAnchor<'static>]>>,
     },
 }
 
@@ -96,6 +123,42 @@ impl DownstreamTls {
                 .validation
                 .as_ref()
                 .is_some_and(|v| matches!(v.roots, RootsSource::Mesh))
+    }
+
+    /// The SDS names (other than the workload's) this needs.
+    pub fn sds_names(&self) -> impl Iterator<Item = &Arc<str>> {
+        let certificate = match &self.certificate {
+            CertificateSource::Sds { name, .. } => Some(name),
+            _ => None,
+        };
+        let roots = match self.validation.as_ref().map(|v| &v.roots) {
+            Some(RootsSource::Sds { name, .. }) => Some(name),
+            _ => None,
+        };
+        certificate.into_iter().chain(roots)
+    }
+
+    /// The same with its SDS secrets put in place; the name of one that is missing (or of
+    /// the wrong kind) if any is.
+    pub fn with_secrets(&self, secrets: &Secrets) -> Result<DownstreamTls, Arc<str>> {
+        let mut out = self.clone();
+        if let CertificateSource::Sds { name, loaded } = &mut out.certificate {
+            match secrets.get(name) {
+                Some(SdsSecret::Certificate(key)) => *loaded = Some(key.clone()),
+                _ => return Err(name.clone()),
+            }
+        }
+        if let Some(Validation {
+            roots: RootsSource::Sds { name, anchors },
+            ..
+        }) = &mut out.validation
+        {
+            match secrets.get(name) {
+                Some(SdsSecret::Roots(roots)) => *anchors = Some(roots.clone()),
+                _ => return Err(name.clone()),
+            }
+        }
+        Ok(out)
     }
 }
 

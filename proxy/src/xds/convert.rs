@@ -234,6 +234,16 @@ impl Resource for Cluster {
     }
 }
 
+impl Resource for crate::config::SdsSecret {
+    const TYPE_URL: &'static str =
+        "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+    fn from_any(any: &Any) -> Result<(String, Self), ConvertError> {
+        let pb: envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret =
+            decode_named(any, "secret", Self::TYPE_URL)?;
+        Ok((pb.name.clone(), tls::secret(&pb)?))
+    }
+}
+
 /// An EDS assignment's endpoints.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Assignment(pub Arc<[Endpoint]>);

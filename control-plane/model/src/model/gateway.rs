@@ -1,15 +1,20 @@
 //! Gateways: which proxies they select, and the ports, hosts and TLS of their servers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Gateway, GatewayHost, GatewayServer, Protocol, ServerTls, spec_of};
+use super::{Gateway, GatewayHost, GatewayServer, Protocol, ServerTls, Service, spec_of};
+use crate::credential::Credentials;
 use crate::error::{ObjectId, Report, ValidationError};
 use crate::loader::{Object, Spec};
 use crate::{host, loader};
 
+/// `credentials`: what `credentialName` may name, `None` where there is no Kubernetes.
 pub(super) fn build(
     objects: &[&Object],
+    services: &BTreeMap<String, Service>,
+    credentials: Option<&Credentials>,
     errors: &mut Vec<ValidationError>,
+    warnings: &mut Vec<ValidationError>,
 ) -> BTreeMap<ObjectId, Gateway> {
     let mut out = BTreeMap::new();
     for o in objects {
@@ -29,7 +34,7 @@ pub(super) fn build(
         let mut servers: Vec<GatewayServer> = Vec::new();
         for (i, s) in spec.servers.iter().enumerate() {
             let path = format!("spec.servers[{i}]");
-            if let Some(server) = server(s, &path, &mut r) {
+            if let Some(server) = server(s, &path, credentials.is_some(), &mut r) {
                 for (j, other) in servers.iter().enumerate() {
                     conflicts(&server, other, &path, j, &mut r);
                 }
@@ -39,21 +44,84 @@ pub(super) fn build(
         if r.count() > before {
             continue;
         }
-        out.insert(
-            o.id.clone(),
-            Gateway {
-                id: o.id.clone(),
-                selector: spec.selector.clone(),
-                servers,
-            },
-        );
+        let gateway = Gateway {
+            id: o.id.clone(),
+            selector: spec.selector.clone(),
+            servers,
+        };
+        if let Some(credentials) = credentials {
+            missing_credentials(&gateway, &o.origin, services, credentials, warnings);
+        }
+        out.insert(o.id.clone(), gateway);
     }
     out
+}
+
+/// Warns (as `istioctl analyze` does) of a `credentialName` that names no credential where
+/// the gateway runs: the namespaces of the workloads its selector picks, when the registry
+/// knows them; else anywhere. Such a server is not served until the credential appears.
+fn missing_credentials(
+    gateway: &Gateway,
+    origin: &str,
+    services: &BTreeMap<String, Service>,
+    credentials: &Credentials,
+    warnings: &mut Vec<ValidationError>,
+) {
+    let namespaces: BTreeSet<&str> = services
+        .values()
+        .filter(|s| s.endpoints.iter().any(|e| gateway.selects(&e.labels)))
+        .map(|s| s.namespace.as_str())
+        .collect();
+    for (i, server) in gateway.servers.iter().enumerate() {
+        let Some(ServerTls::Credential { name, mutual }) = &server.tls else {
+            continue;
+        };
+        let named: Vec<_> = credentials
+            .values()
+            .filter(|c| c.id.name == *name)
+            .collect();
+        let found: Vec<_> = if namespaces.is_empty() {
+            named
+        } else {
+            named
+                .into_iter()
+                .filter(|c| namespaces.contains(c.id.namespace.as_str()))
+                .collect()
+        };
+        let place = if namespaces.is_empty() {
+            "in any namespace".to_string()
+        } else {
+            format!(
+                "in the gateway's namespace ({})",
+                namespaces.iter().copied().collect::<Vec<_>>().join(", ")
+            )
+        };
+        let message = if found.is_empty() {
+            Some(format!(
+                "credential {name:?} (a Secret) not found {place}; the server is not served until it exists"
+            ))
+        } else if *mutual && found.iter().all(|c| c.ca_certificates.is_none()) {
+            Some(format!(
+                "credential {name:?} has no CA (ca.crt or cacert) to verify clients with for mode MUTUAL; the server is not served until it has one"
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = message {
+            warnings.push(ValidationError {
+                origin: origin.to_string(),
+                object: Some(gateway.id.clone()),
+                path: format!("spec.servers[{i}].tls.credentialName"),
+                message,
+            });
+        }
+    }
 }
 
 fn server(
     s: &crate::istio::networking::Server,
     path: &str,
+    kubernetes: bool,
     r: &mut Report<'_>,
 ) -> Option<GatewayServer> {
     let before = r.count();
@@ -131,60 +199,12 @@ fn server(
         (None, Some(Protocol::Https)) => {
             r.error(
                 format!("{path}.tls"),
-                "an HTTPS server needs tls (mode SIMPLE with serverCertificate and privateKey)",
+                "an HTTPS server needs tls (mode SIMPLE with credentialName, or serverCertificate and privateKey)",
             );
             None
         }
         (None, _) => None,
-        (Some(t), Some(Protocol::Https)) => {
-            let tp = format!("{path}.tls");
-            if t.credential_name.is_some() || !t.credential_names.is_empty() {
-                r.unsupported(format!("{tp}.credentialName"), "credentialName (Kubernetes secrets); use serverCertificate and privateKey files");
-            }
-            for (field, present) in [
-                ("caCertificates", t.ca_certificates.is_some()),
-                ("caCrl", t.ca_crl.is_some()),
-                ("subjectAltNames", !t.subject_alt_names.is_empty()),
-                (
-                    "verifyCertificateSpki",
-                    !t.verify_certificate_spki.is_empty(),
-                ),
-                (
-                    "verifyCertificateHash",
-                    !t.verify_certificate_hash.is_empty(),
-                ),
-                ("minProtocolVersion", t.min_protocol_version.is_some()),
-                ("maxProtocolVersion", t.max_protocol_version.is_some()),
-                ("cipherSuites", !t.cipher_suites.is_empty()),
-                ("httpsRedirect", t.https_redirect == Some(true)),
-            ] {
-                if present {
-                    r.unsupported(format!("{tp}.{field}"), field);
-                }
-            }
-            match t.mode.as_deref() {
-                Some("SIMPLE") => {}
-                None => r.error(
-                    format!("{tp}.mode"),
-                    "a mode is required; Strait supports SIMPLE",
-                ),
-                Some(m) => r.unsupported(format!("{tp}.mode"), &format!("TLS mode {m}")),
-            }
-            let file = |v: &Option<String>, field: &str, r: &mut Report<'_>| match v {
-                Some(f) if !f.is_empty() => f.clone(),
-                _ => {
-                    r.error(
-                        format!("{tp}.{field}"),
-                        "a file path is required for mode SIMPLE",
-                    );
-                    String::new()
-                }
-            };
-            Some(ServerTls::Simple {
-                certificate: file(&t.server_certificate, "serverCertificate", r),
-                private_key: file(&t.private_key, "privateKey", r),
-            })
-        }
+        (Some(t), Some(Protocol::Https)) => server_tls(t, &format!("{path}.tls"), kubernetes, r),
         (Some(t), _) => {
             if t.mode.is_some() || t.server_certificate.is_some() || t.private_key.is_some() {
                 r.error(format!("{path}.tls"), "only httpsRedirect is allowed on a plain HTTP server; use protocol HTTPS to terminate TLS");
@@ -211,6 +231,105 @@ fn server(
         hosts,
         tls,
         name: s.name.clone(),
+    })
+}
+
+/// An HTTPS server's TLS: a credential (Kubernetes Secret) or certificate files.
+fn server_tls(
+    t: &crate::istio::networking::ServerTlsSettings,
+    tp: &str,
+    kubernetes: bool,
+    r: &mut Report<'_>,
+) -> Option<ServerTls> {
+    for (field, present) in [
+        ("caCertificates", t.ca_certificates.is_some()),
+        ("caCrl", t.ca_crl.is_some()),
+        ("subjectAltNames", !t.subject_alt_names.is_empty()),
+        (
+            "verifyCertificateSpki",
+            !t.verify_certificate_spki.is_empty(),
+        ),
+        (
+            "verifyCertificateHash",
+            !t.verify_certificate_hash.is_empty(),
+        ),
+        ("minProtocolVersion", t.min_protocol_version.is_some()),
+        ("maxProtocolVersion", t.max_protocol_version.is_some()),
+        ("cipherSuites", !t.cipher_suites.is_empty()),
+        ("httpsRedirect", t.https_redirect == Some(true)),
+    ] {
+        if present {
+            r.unsupported(format!("{tp}.{field}"), field);
+        }
+    }
+    let credential = match (&t.credential_name, t.credential_names.as_slice()) {
+        (None, []) => None,
+        (Some(name), []) => Some(("credentialName", name)),
+        (None, [name]) => Some(("credentialNames[0]", name)),
+        (None, [_, ..]) => {
+            r.unsupported(
+                format!("{tp}.credentialNames"),
+                "more than one credential per server",
+            );
+            return None;
+        }
+        (Some(_), [_, ..]) => {
+            r.error(
+                format!("{tp}.credentialNames"),
+                "set credentialName or credentialNames, not both",
+            );
+            return None;
+        }
+    };
+    let mutual = match t.mode.as_deref() {
+        Some("SIMPLE") => false,
+        Some("MUTUAL") if credential.is_some() => true,
+        None => {
+            r.error(
+                format!("{tp}.mode"),
+                "a mode is required; Strait supports SIMPLE, and MUTUAL with credentialName",
+            );
+            false
+        }
+        Some(m) => {
+            r.unsupported(format!("{tp}.mode"), &format!("TLS mode {m} here"));
+            false
+        }
+    };
+    if let Some((field, name)) = credential {
+        if t.server_certificate.is_some() || t.private_key.is_some() {
+            r.error(
+                format!("{tp}.{field}"),
+                "set credentialName or serverCertificate and privateKey, not both",
+            );
+        }
+        if !kubernetes {
+            r.error(
+                format!("{tp}.{field}"),
+                "credentialName names a Kubernetes Secret, which straitd reads only with --kubernetes; without it use serverCertificate and privateKey files",
+            );
+        }
+        if let Err(m) = loader::check_dns_name(name) {
+            r.error(format!("{tp}.{field}"), m);
+        }
+        return Some(ServerTls::Credential {
+            name: name.clone(),
+            mutual,
+        });
+    }
+    let file = |v: &Option<String>, field: &str, r: &mut Report<'_>| match v {
+        Some(f) if !f.is_empty() => f.clone(),
+        _ => {
+            r.error(
+                format!("{tp}.{field}"),
+                "a file path (or credentialName) is required for mode SIMPLE",
+            );
+            String::new()
+        }
+    };
+    Some(ServerTls::Simple {
+        certificate: file(&t.server_certificate, "serverCertificate", r),
+        private_key: file(&t.private_key, "privateKey", r),
     })
 }
 

@@ -2,27 +2,29 @@
 //!
 //! What is honoured: certificates from files or SDS `default` (the workload certificate),
 //! validation by a CA file or SDS `ROOTCA` (the mesh roots) with URI/DNS SAN matchers, SNI,
-//! ALPN (h2, http/1.1), `require_client_certificate`, and per-endpoint transport matches.
-//! Anything else that would change a handshake is refused by name.
+//! ALPN (h2, http/1.1), `require_client_certificate`, and per-endpoint transport matches. A
+//! filter chain may also take its certificate and roots from other SDS secrets over ADS (a
+//! gateway's `kubernetes://NAME`), which [`secret`] converts. Anything else that would change
+//! a handshake is refused by name.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch;
 use envoy_types::pb::envoy::config::core::v3::{
-    DataSource, Metadata, TransportSocket, data_source, transport_socket,
+    DataSource, Metadata, TransportSocket, config_source, data_source, transport_socket,
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
-    SubjectAltNameMatcher, UpstreamTlsContext, common_tls_context::ValidationContextType,
-    subject_alt_name_matcher::SanType,
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret,
+    SubjectAltNameMatcher, TlsCertificate, UpstreamTlsContext,
+    common_tls_context::ValidationContextType, secret, subject_alt_name_matcher::SanType,
 };
 use envoy_types::pb::google::protobuf::value::Kind;
 
 use super::{At, ConvertError, string_match};
 use crate::config::{
-    CertificateSource, DownstreamTls, Loaded, RootsSource, SanKind, SanMatcher, TransportMatch,
-    UpstreamTls, Validation,
+    CertificateSource, DownstreamTls, Loaded, RootsSource, SanKind, SanMatcher, SdsSecret,
+    TransportMatch, UpstreamTls, Validation,
 };
 
 const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
@@ -62,6 +64,16 @@ pub(super) fn upstream(
     let common = ctx.common_tls_context.unwrap_or_default();
     let at = at.at("common_tls_context");
     let (certificate, validation, alpn) = common_context(&at, &common)?;
+    let fetched = matches!(certificate, Some(CertificateSource::Sds { .. }))
+        || matches!(
+            validation.as_ref().map(|v| &v.roots),
+            Some(RootsSource::Sds { .. })
+        );
+    if fetched {
+        return Err(at.unsupported(format!(
+            "SDS secrets other than {WORKLOAD_SECRET:?} and {ROOTS_SECRET:?} on a cluster (only filter chains fetch them)"
+        )));
+    }
     let validation = validation.ok_or_else(|| {
         at.at("validation_context_type").unsupported(
             "TLS to an upstream without a trusted CA (strait-proxy always verifies the server)",
@@ -233,14 +245,17 @@ fn common_context(at: &At<'_>, c: &CommonTlsContext) -> Result<Common, ConvertEr
                 loaded: Loaded(loaded),
             })
         }
-        ([], [sds]) => {
-            secret(
-                &at.at("tls_certificate_sds_secret_configs[0]"),
-                sds,
-                WORKLOAD_SECRET,
-            )?;
-            Some(CertificateSource::Workload)
-        }
+        ([], [sds]) => Some(
+            match sds_name(&at.at("tls_certificate_sds_secret_configs[0]"), sds)? {
+                Sds::Workload => CertificateSource::Workload,
+                Sds::Roots => {
+                    return Err(at
+                        .at("tls_certificate_sds_secret_configs[0].name")
+                        .invalid(format!("{ROOTS_SECRET:?} holds roots, not a certificate")));
+                }
+                Sds::Fetched(name) => CertificateSource::Sds { name, loaded: None },
+            },
+        ),
         _ => {
             return Err(at
                 .at("tls_certificates")
@@ -253,17 +268,10 @@ fn common_context(at: &At<'_>, c: &CommonTlsContext) -> Result<Common, ConvertEr
         Some(ValidationContextType::ValidationContext(v)) => {
             Some(validation(&at.at("validation_context"), v, None)?)
         }
-        Some(ValidationContextType::ValidationContextSdsSecretConfig(sds)) => {
-            secret(
-                &at.at("validation_context_sds_secret_config"),
-                sds,
-                ROOTS_SECRET,
-            )?;
-            Some(Validation {
-                roots: RootsSource::Mesh,
-                subject_alt_names: Vec::new(),
-            })
-        }
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(sds)) => Some(Validation {
+            roots: sds_roots(&at.at("validation_context_sds_secret_config"), sds)?,
+            subject_alt_names: Vec::new(),
+        }),
         Some(ValidationContextType::CombinedValidationContext(combined)) => {
             let at = at.at("combined_validation_context");
             let mut rest = combined.clone();
@@ -279,11 +287,7 @@ fn common_context(at: &At<'_>, c: &CommonTlsContext) -> Result<Common, ConvertEr
                     at.at("validation_context_sds_secret_config")
                         .invalid("missing")
                 })?;
-            secret(
-                &at.at("validation_context_sds_secret_config"),
-                sds,
-                ROOTS_SECRET,
-            )?;
+            let roots = sds_roots(&at.at("validation_context_sds_secret_config"), sds)?;
             let default = combined
                 .default_validation_context
                 .clone()
@@ -291,7 +295,7 @@ fn common_context(at: &At<'_>, c: &CommonTlsContext) -> Result<Common, ConvertEr
             Some(validation(
                 &at.at("default_validation_context"),
                 &default,
-                Some(RootsSource::Mesh),
+                Some(roots),
             )?)
         }
         Some(_) => return Err(at.unsupported("this validation context type")),
@@ -367,16 +371,94 @@ fn san(at: &At<'_>, m: &SubjectAltNameMatcher) -> Result<SanMatcher, ConvertErro
     })
 }
 
-/// An SDS reference: only `expected` is known (it is served by this proxy's identity), and it
-/// must come over ADS.
-fn secret(at: &At<'_>, sds: &SdsSecretConfig, expected: &str) -> Result<(), ConvertError> {
-    if sds.name != expected {
-        return Err(at.at("name").unsupported(format!(
-            "SDS secret {:?} (this proxy serves {WORKLOAD_SECRET:?}, its own workload certificate, and {ROOTS_SECRET:?}, the mesh roots)",
-            sds.name
-        )));
+/// What an SDS name refers to.
+enum Sds {
+    /// `default`: this proxy's own certificate.
+    Workload,
+    /// `ROOTCA`: the mesh roots that came with it.
+    Roots,
+    /// Anything else: fetched over ADS.
+    Fetched(Arc<str>),
+}
+
+/// An SDS reference, which must come over ADS (as straitd serves every secret).
+fn sds_name(at: &At<'_>, sds: &SdsSecretConfig) -> Result<Sds, ConvertError> {
+    let ads = matches!(
+        sds.sds_config
+            .as_ref()
+            .and_then(|c| c.config_source_specifier.as_ref()),
+        None | Some(config_source::ConfigSourceSpecifier::Ads(_))
+    );
+    if !ads {
+        return Err(at
+            .at("sds_config")
+            .unsupported("SDS from a source other than ADS"));
     }
-    Ok(())
+    Ok(match sds.name.as_str() {
+        "" => return Err(at.at("name").invalid("empty")),
+        WORKLOAD_SECRET => Sds::Workload,
+        ROOTS_SECRET => Sds::Roots,
+        name => Sds::Fetched(name.into()),
+    })
+}
+
+fn sds_roots(at: &At<'_>, sds: &SdsSecretConfig) -> Result<RootsSource, ConvertError> {
+    match sds_name(at, sds)? {
+        Sds::Roots => Ok(RootsSource::Mesh),
+        Sds::Workload => Err(at.at("name").invalid(format!(
+            "{WORKLOAD_SECRET:?} holds a certificate, not roots"
+        ))),
+        Sds::Fetched(name) => Ok(RootsSource::Sds {
+            name,
+            anchors: None,
+        }),
+    }
+}
+
+/// An SDS secret that came over ADS: a certificate chain with its key, or trusted CAs, inline.
+pub(super) fn secret(pb: &Secret) -> Result<SdsSecret, ConvertError> {
+    let at = At::new("secret");
+    let at = at.at(format!("{:?}", pb.name));
+    let inline = |at: &At<'_>, source: Option<&DataSource>| -> Result<Vec<u8>, ConvertError> {
+        match source.and_then(|s| s.specifier.as_ref()) {
+            Some(data_source::Specifier::InlineString(s)) => Ok(s.as_bytes().to_vec()),
+            Some(data_source::Specifier::InlineBytes(b)) => Ok(b.clone()),
+            Some(_) => Err(at.unsupported("secret data other than inline (files, environment)")),
+            None => Err(at.invalid("missing")),
+        }
+    };
+    match &pb.r#type {
+        Some(secret::Type::TlsCertificate(cert)) => {
+            let at = at.at("tls_certificate");
+            let mut rest = cert.clone();
+            rest.certificate_chain = None;
+            rest.private_key = None;
+            if rest != TlsCertificate::default() {
+                return Err(at.unsupported(
+                    "certificate settings other than certificate_chain and private_key",
+                ));
+            }
+            let chain = inline(&at.at("certificate_chain"), cert.certificate_chain.as_ref())?;
+            let key =
+                zeroize::Zeroizing::new(inline(&at.at("private_key"), cert.private_key.as_ref())?);
+            let loaded =
+                crate::tls::certified_key_from_pem(&chain, &key).map_err(|e| at.invalid(e))?;
+            Ok(SdsSecret::Certificate(Loaded(loaded)))
+        }
+        Some(secret::Type::ValidationContext(v)) => {
+            let at = at.at("validation_context");
+            let mut rest = v.clone();
+            rest.trusted_ca = None;
+            if rest != CertificateValidationContext::default() {
+                return Err(at.unsupported("validation secrets other than trusted_ca"));
+            }
+            let pem = inline(&at.at("trusted_ca"), v.trusted_ca.as_ref())?;
+            let anchors =
+                crate::tls::anchors_from_pem(&pem).map_err(|e| at.at("trusted_ca").invalid(e))?;
+            Ok(SdsSecret::Roots(Loaded(anchors)))
+        }
+        _ => Err(at.unsupported("secret types other than tls_certificate and validation_context")),
+    }
 }
 
 fn file(at: &At<'_>, source: Option<&DataSource>) -> Result<String, ConvertError> {
