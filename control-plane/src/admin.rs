@@ -460,7 +460,7 @@ mod tests {
             .await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_eq!(body["error"], "ServiceEntry default/nope not found");
-        let (status, body) = admin.json(Method::GET, "/objects/sidecar", "").await;
+        let (status, body) = admin.json(Method::GET, "/objects/envoyfilter", "").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(body["error"].as_str().unwrap().contains("unknown kind"));
 

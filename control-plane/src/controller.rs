@@ -1,7 +1,8 @@
 //! The push loop: model changes and connecting proxies in, per-node snapshots out.
 //!
 //! Each model generation is translated in parts, each encoded once and shared
-//! ([`Translations`]): the mesh's clusters and endpoints once for every proxy, the outbound
+//! ([`Translations`]): the mesh's clusters and endpoints once for every proxy (once per scope
+//! where Sidecars or `exportTo` give proxies different views, shared by equal ones), the outbound
 //! side once per outbound shape (mode, namespace, labels, ports), the inbound side once per
 //! node shape. A change that moves only endpoints keeps every outbound part as it is. A part
 //! that replaces one remembers what changed, so streams compare only those names. A model
@@ -17,7 +18,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use strait_model::{Model, ProxyNode};
+use strait_model::{Model, ObjectId, ProxyNode, Scope};
 use strait_translate::MeshSettings;
 use strait_xds::cache::SnapshotCache;
 use strait_xds::server::NodeEvent;
@@ -54,18 +55,36 @@ pub struct Controller {
 /// Parts by the node (or outbound) shape they were made for.
 type Parts = HashMap<ProxyNode, Arc<Part>>;
 
+/// A generation as the proxies of one scope see it: the model cut to their scope (the whole
+/// model without Sidecars and `exportTo`), the settings their Sidecar overrides, and the part
+/// with its clusters and endpoints.
+struct View {
+    model: Arc<Model>,
+    settings: MeshSettings,
+    mesh: Arc<Part>,
+}
+
+/// Which scope a proxy has: its namespace and the Sidecar that applies to it.
+type ScopeKey = (String, Option<ObjectId>);
+
 /// One model generation, translated in shared parts as proxies need them.
 struct Translations {
     model: Arc<Model>,
     /// When the change this generation carries was made.
     origin: Instant,
-    mesh: Arc<Part>,
+    /// Every proxy's view when the model scopes none (no Sidecar, no `exportTo`).
+    whole: Option<Arc<View>>,
+    /// The scoped views made so far, by scope key and by scope (equal scopes share one).
+    views: HashMap<ScopeKey, Arc<View>>,
+    by_scope: HashMap<Scope, Arc<View>>,
     /// By [`ProxyNode::outbound_shape`].
     outbound: Parts,
     /// By node shape.
     inbound: Parts,
     /// The previous generation's (outbound, inbound) parts, which new ones succeed.
     previous: Option<(Parts, Parts)>,
+    /// The previous generation's views, whose mesh parts new ones succeed.
+    previous_views: (Option<Arc<View>>, HashMap<ScopeKey, Arc<View>>),
     /// Composed per (node shape, whether a stream of it authenticated).
     snapshots: HashMap<(ProxyNode, bool), Arc<Snapshot>>,
 }
@@ -77,12 +96,15 @@ impl Translations {
         origin: Instant,
     ) -> Result<Self, InconsistentSnapshot> {
         Ok(Translations {
-            mesh: Arc::new(part(strait_translate::mesh(&model, settings))?),
+            whole: whole_view(&model, settings, None)?,
             model,
             origin,
+            views: HashMap::new(),
+            by_scope: HashMap::new(),
             outbound: HashMap::new(),
             inbound: HashMap::new(),
             previous: None,
+            previous_views: (None, HashMap::new()),
             snapshots: HashMap::new(),
         })
     }
@@ -97,7 +119,7 @@ impl Translations {
         origin: Instant,
         in_use: &std::collections::HashSet<ProxyNode>,
     ) -> Result<(), InconsistentSnapshot> {
-        let mesh = Arc::new(part(strait_translate::mesh(&model, settings))?.succeeding(&self.mesh));
+        let whole = whole_view(&model, settings, self.whole.as_ref())?;
         let mut outbound = std::mem::take(&mut self.outbound);
         outbound.retain(|shape, _| in_use.contains(shape));
         let inbound = std::mem::take(&mut self.inbound);
@@ -106,17 +128,83 @@ impl Translations {
         } else {
             (HashMap::new(), outbound)
         };
+        let previous_views = (self.whole.take(), std::mem::take(&mut self.views));
         *self = Translations {
             model,
             origin,
-            mesh,
+            whole,
+            views: HashMap::new(),
+            by_scope: HashMap::new(),
             outbound,
             inbound: HashMap::new(),
             previous: Some((previous_outbound, inbound)),
+            previous_views,
             snapshots: HashMap::new(),
         };
         Ok(())
     }
+
+    /// The view a proxy of this shape has in this generation, made now if it was not yet.
+    fn view_for(
+        &mut self,
+        shape: &ProxyNode,
+        settings: &MeshSettings,
+    ) -> Result<Arc<View>, InconsistentSnapshot> {
+        if let Some(whole) = &self.whole {
+            return Ok(whole.clone());
+        }
+        // A Sidecar applies to sidecars only; gateways see what is exported to them.
+        let sidecar = self.model.sidecar_of(shape);
+        let key = (shape.namespace.clone(), sidecar.map(|s| s.id.clone()));
+        if let Some(view) = self.views.get(&key) {
+            return Ok(view.clone());
+        }
+        let scope = self
+            .model
+            .scope_for(&shape.namespace, sidecar)
+            .expect("a model without scoping has a whole view");
+        let view = match self.by_scope.get(&scope) {
+            Some(view) => view.clone(),
+            None => {
+                let model = Arc::new(self.model.scoped(&scope));
+                let settings = settings.scoped(&scope);
+                let mut mesh = part(strait_translate::mesh(&model, &settings))?;
+                if let Some(old) = self.previous_views.1.get(&key) {
+                    mesh = mesh.succeeding(&old.mesh);
+                }
+                let view = Arc::new(View {
+                    model,
+                    settings,
+                    mesh: Arc::new(mesh),
+                });
+                self.by_scope.insert(scope, view.clone());
+                view
+            }
+        };
+        self.views.insert(key, view.clone());
+        Ok(view)
+    }
+}
+
+/// The one view every proxy shares, when the model scopes none; its mesh part succeeds the
+/// previous generation's.
+fn whole_view(
+    model: &Arc<Model>,
+    settings: &MeshSettings,
+    previous: Option<&Arc<View>>,
+) -> Result<Option<Arc<View>>, InconsistentSnapshot> {
+    if model.is_scoped() {
+        return Ok(None);
+    }
+    let mut mesh = part(strait_translate::mesh(model, settings))?;
+    if let Some(old) = previous {
+        mesh = mesh.succeeding(&old.mesh);
+    }
+    Ok(Some(Arc::new(View {
+        model: model.clone(),
+        settings: settings.clone(),
+        mesh: Arc::new(mesh),
+    })))
 }
 
 /// The part made for `key` in this generation; made now, as the successor of the previous
@@ -424,6 +512,7 @@ impl Controller {
         if let Some(snapshot) = self.translations.snapshots.get(&key) {
             return Ok(snapshot.clone());
         }
+        let view = self.translations.view_for(shape, &self.settings)?;
         let t = &mut self.translations;
         let (previous_outbound, previous_inbound) = match &t.previous {
             Some((outbound, inbound)) => (Some(outbound), Some(inbound)),
@@ -435,13 +524,13 @@ impl Controller {
             shape.outbound_shape(),
             || {
                 self.metrics.translations.inc();
-                strait_translate::outbound(&t.model, shape, &self.settings)
+                strait_translate::outbound(&view.model, shape, &view.settings)
             },
         )?;
         let inbound = part_for(&mut t.inbound, previous_inbound, shape.clone(), || {
             strait_translate::inbound(&t.model, shape, &self.settings)
         })?;
-        let mesh = t.mesh.clone();
+        let mesh = view.mesh.clone();
         let origin = t.origin;
         let (secrets, secret_owner) = self.secrets(shape, authenticated);
         let secrets = Arc::new(Part::build(Resources {
@@ -500,8 +589,12 @@ mod tests {
     use super::*;
 
     fn node(id: &str, sa: &str, own_certificate: bool) -> Node {
+        node_in("default", id, sa, own_certificate)
+    }
+
+    fn node_in(namespace: &str, id: &str, sa: &str, own_certificate: bool) -> Node {
         let metadata = strait_model::node::NodeMetadata {
-            namespace: "default".into(),
+            namespace: namespace.into(),
             service_account: Some(sa.into()),
             outbound_port: 15001,
             own_certificate,
@@ -885,6 +978,61 @@ spec:
             ready(&cache, "n0").version(ROUTE_TYPE),
             moved.version(ROUTE_TYPE)
         );
+    }
+
+    #[test]
+    fn proxies_of_equal_scopes_share_a_mesh_part_and_a_sidecar_narrows_its_own() {
+        use strait_xds::snapshot::{CLUSTER_TYPE, ENDPOINT_TYPE};
+        let cache = SnapshotCache::new();
+        let mut registry = Registry::default();
+        let mut controller =
+            Controller::new(cache.clone(), &mut registry, MeshSettings::default(), None);
+        let scoped_model = |endpoint: &str| {
+            let mut objects = model(endpoint, 90).as_ref().clone();
+            let sidecar = strait_model::loader::parse(
+                "apiVersion: networking.istio.io/v1\nkind: Sidecar\n\
+                 metadata: {name: default, namespace: narrow}\n\
+                 spec: {egress: [{hosts: ['default/ratings.default.svc.cluster.local']}]}\n",
+                "sidecar.yaml",
+            )
+            .unwrap();
+            let built = Model::build(&sidecar).unwrap();
+            objects.sidecars = built.sidecars;
+            Arc::new(objects)
+        };
+        controller.advance(scoped_model("10.0.0.1"), Instant::now());
+        for (i, namespace) in ["default", "other", "narrow", "narrow"].iter().enumerate() {
+            controller.on_event(NodeEvent::Connected {
+                node: node_in(namespace, &format!("n{i}"), "web", false),
+                identity: None,
+            });
+        }
+        let (default, other, narrow, narrow2) = (
+            ready(&cache, "n0"),
+            ready(&cache, "n1"),
+            ready(&cache, "n2"),
+            ready(&cache, "n3"),
+        );
+        // Namespaces that see the same share one mesh part; the Sidecar's namespace has its own.
+        assert!(Arc::ptr_eq(&default.parts()[0], &other.parts()[0]));
+        assert!(Arc::ptr_eq(&narrow.parts()[0], &narrow2.parts()[0]));
+        assert!(!Arc::ptr_eq(&default.parts()[0], &narrow.parts()[0]));
+        assert_eq!(
+            narrow.resource_names(CLUSTER_TYPE),
+            ["outbound|9080||ratings.default.svc.cluster.local"]
+        );
+        assert!(default.get(ENDPOINT_TYPE, REVIEWS_V1).is_some());
+
+        // An endpoint of reviews moves: the narrow part is made again as the successor of its
+        // last one, and nothing it holds changed.
+        controller.advance(scoped_model("10.0.0.9"), Instant::now());
+        controller.push(controller.nodes.values().cloned().collect());
+        let moved = ready(&cache, "n2");
+        let changed = moved.parts()[0].changed_since(&narrow.parts()[0], 1);
+        assert_eq!(changed.map(<[_]>::len), Some(0), "{changed:?}");
+        let moved_default = ready(&cache, "n0");
+        let changed = moved_default.parts()[0].changed_since(&default.parts()[0], 1);
+        assert!(changed.is_some_and(|c| c.iter().any(|n| &**n == REVIEWS_V1)));
     }
 
     const OUTBOUND_ROUTE: &str = strait_translate::OUTBOUND_ROUTE_NAME;

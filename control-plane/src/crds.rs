@@ -13,7 +13,8 @@ use std::collections::BTreeSet;
 use serde_json::{Map, Value, json};
 use strait_model::Kind;
 use strait_model::istio::networking::{
-    DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec,
+    DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, SidecarSpec, VirtualServiceSpec,
+    WorkloadEntrySpec,
 };
 use strait_model::istio::security::{AuthorizationPolicySpec, PeerAuthenticationSpec};
 
@@ -151,6 +152,16 @@ pub fn names(kind: Kind) -> Names {
             description: "Access control for the selected workloads: ALLOW, DENY or AUDIT \
                           rules on sources, operations and conditions.",
         },
+        Kind::Sidecar => Names {
+            plural: "sidecars",
+            singular: "sidecar",
+            short_names: &[],
+            columns: &[],
+            age_first: false,
+            description: "What the selected workloads' sidecars may reach: the egress hosts \
+                          (namespace/host) whose configuration they receive, and their \
+                          outbound traffic policy.",
+        },
     }
 }
 
@@ -164,6 +175,7 @@ pub fn spec_json_schema(kind: Kind) -> Value {
         Kind::WorkloadEntry => schemars::schema_for!(WorkloadEntrySpec),
         Kind::PeerAuthentication => schemars::schema_for!(PeerAuthenticationSpec),
         Kind::AuthorizationPolicy => schemars::schema_for!(AuthorizationPolicySpec),
+        Kind::Sidecar => schemars::schema_for!(SidecarSpec),
     };
     schema.to_value()
 }

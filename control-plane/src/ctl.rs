@@ -1253,7 +1253,7 @@ ratings (ServiceEntry default/ratings) created
         assert_eq!(get(Some("se"), Some("nope")), 1);
         assert!(
             run_get(&GetArgs {
-                kind: Some("sidecar".into()),
+                kind: Some("envoyfilter".into()),
                 name: None,
                 namespace: None,
                 output: GetOutput::Table,

@@ -387,7 +387,7 @@ fn rbac_grants_what_straitd_needs() {
             )
         })
         .collect();
-    assert_eq!(istio.len(), 7);
+    assert_eq!(istio.len(), strait_model::Kind::ALL.len());
     for (group, resource) in read
         .iter()
         .map(|(g, r)| (g.to_string(), r.to_string()))
@@ -1031,7 +1031,11 @@ fn charts_install_on_a_real_api_server() -> anyhow::Result<()> {
     // non-structural schema would show as NonStructuralSchema, and v1 CRDs would be refused).
     let crds = eventually_blocking(std::time::Duration::from_secs(60), || {
         let crds = crd_conditions(&api)?;
-        anyhow::ensure!(crds.len() == 7, "{} CRDs so far", crds.len());
+        anyhow::ensure!(
+            crds.len() == strait_model::Kind::ALL.len(),
+            "{} CRDs so far",
+            crds.len()
+        );
         for (name, conditions) in &crds {
             for wanted in ["NamesAccepted", "Established"] {
                 anyhow::ensure!(
@@ -1183,7 +1187,7 @@ fn charts_install_on_a_real_api_server() -> anyhow::Result<()> {
     api.helm(&["uninstall", "strait", "-n", "strait-system"])?;
     api.helm(&["uninstall", "strait-base"])?;
     assert_eq!(secret_data(&api, "cacerts")?, ca);
-    assert_eq!(crd_conditions(&api)?.len(), 7);
+    assert_eq!(crd_conditions(&api)?.len(), strait_model::Kind::ALL.len());
     assert!(
         api.kubectl(&["get", "deployment", "straitd", "-n", "strait-system"])
             .is_err()

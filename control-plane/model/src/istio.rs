@@ -20,10 +20,11 @@ pub enum Kind {
     WorkloadEntry,
     PeerAuthentication,
     AuthorizationPolicy,
+    Sidecar,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Gateway,
@@ -31,6 +32,7 @@ impl Kind {
         Kind::WorkloadEntry,
         Kind::PeerAuthentication,
         Kind::AuthorizationPolicy,
+        Kind::Sidecar,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -42,6 +44,7 @@ impl Kind {
             Kind::WorkloadEntry => "WorkloadEntry",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::Sidecar => "Sidecar",
         }
     }
 
@@ -61,7 +64,7 @@ impl Kind {
         }
     }
 
-    /// Accepts the kind name in any case, plural and short forms (`vs`, `dr`, `gw`, `se`, `we`).
+    /// Accepts the kind name in any case, plural and short forms (`vs`, `dr`, `gw`, `se`, `we`, `pa`, `ap`, `sc`).
     pub fn parse_loose(s: &str) -> Option<Kind> {
         let lower = s.to_ascii_lowercase();
         let k = match lower.trim_end_matches('s') {
@@ -72,6 +75,7 @@ impl Kind {
             "workloadentry" | "workloadentrie" | "we" => Kind::WorkloadEntry,
             "peerauthentication" | "pa" => Kind::PeerAuthentication,
             "authorizationpolicy" | "authorizationpolicie" | "ap" => Kind::AuthorizationPolicy,
+            "sidecar" | "sc" => Kind::Sidecar,
             _ => return None,
         };
         Some(k)

@@ -7,7 +7,8 @@ use serde::Deserialize;
 
 use crate::error::{ObjectId, ValidationError};
 use crate::istio::networking::{
-    DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec,
+    DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, SidecarSpec, VirtualServiceSpec,
+    WorkloadEntrySpec,
 };
 use crate::istio::security::{AuthorizationPolicySpec, PeerAuthenticationSpec};
 use crate::istio::{Kind, ObjectMeta};
@@ -22,6 +23,7 @@ pub enum Spec {
     WorkloadEntry(WorkloadEntrySpec),
     PeerAuthentication(PeerAuthenticationSpec),
     AuthorizationPolicy(AuthorizationPolicySpec),
+    Sidecar(SidecarSpec),
 }
 
 /// One object as read, with where it came from.
@@ -38,9 +40,8 @@ pub struct Object {
 }
 
 /// Istio kinds Strait does not implement yet; named so users get a precise answer.
-const UNSUPPORTED_KINDS: [&str; 6] = [
+const UNSUPPORTED_KINDS: [&str; 5] = [
     "RequestAuthentication",
-    "Sidecar",
     "EnvoyFilter",
     "ProxyConfig",
     "Telemetry",
@@ -145,7 +146,7 @@ pub fn parse_value(
                 None,
                 "kind",
                 format!(
-                    "unsupported kind {kind_name:?}; expected one of VirtualService, DestinationRule, Gateway, ServiceEntry, WorkloadEntry, PeerAuthentication, AuthorizationPolicy"
+                    "unsupported kind {kind_name:?}; expected one of VirtualService, DestinationRule, Gateway, ServiceEntry, WorkloadEntry, PeerAuthentication, AuthorizationPolicy, Sidecar"
                 ),
             )
         })?;
@@ -248,6 +249,7 @@ fn deserialize_spec(kind: Kind, value: serde_json::Value) -> Result<Spec, (Strin
         Kind::WorkloadEntry => Spec::WorkloadEntry(de(value)?),
         Kind::PeerAuthentication => Spec::PeerAuthentication(de(value)?),
         Kind::AuthorizationPolicy => Spec::AuthorizationPolicy(de(value)?),
+        Kind::Sidecar => Spec::Sidecar(de(value)?),
     })
 }
 
@@ -356,7 +358,7 @@ mod tests {
 
     #[test]
     fn rejects_unknown_kinds_versions_and_security_kinds() {
-        let e = one("apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s}\n")
+        let e = one("apiVersion: networking.istio.io/v1\nkind: EnvoyFilter\nmetadata: {name: s}\n")
             .unwrap_err();
         assert_eq!(e.path, "kind");
         let e = one("apiVersion: networking.istio.io/v2\nkind: Gateway\nmetadata: {name: s}\n")

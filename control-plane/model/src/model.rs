@@ -5,6 +5,7 @@ mod destination_rule;
 mod gateway;
 pub mod outbound;
 mod registry;
+mod scope;
 mod security;
 mod virtual_service;
 
@@ -16,6 +17,7 @@ use crate::error::{ObjectId, ValidationError, ValidationErrors};
 use crate::loader::{Object, Spec};
 
 pub use destination_rule::ResolvedPolicy;
+pub use scope::{EgressHost, EgressNamespace, ExportTo, Scope, Sidecar};
 pub use security::{
     AuthorizationPolicy, AuthzAction, AuthzRule, ConditionKey, ConditionMatch, MtlsMode,
     OperationMatch, PeerAuthentication, ROOT_NAMESPACE, SourceMatch,
@@ -36,6 +38,8 @@ pub struct Model {
     pub gateways: BTreeMap<ObjectId, Gateway>,
     pub peer_authentications: Vec<PeerAuthentication>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
+    /// Sidecars by id order.
+    pub sidecars: Vec<Sidecar>,
     /// The TLS credentials (Kubernetes Secrets) `credentialName` may name; empty without
     /// Kubernetes.
     pub credentials: Credentials,
@@ -170,6 +174,7 @@ pub struct Service {
     pub mesh_external: bool,
     pub endpoints: Vec<Endpoint>,
     pub source: ObjectId,
+    pub export_to: ExportTo,
 }
 
 impl Service {
@@ -185,6 +190,7 @@ impl Service {
             mesh_external,
             endpoints: _,
             source,
+            export_to,
         } = self;
         *hostname == other.hostname
             && *namespace == other.namespace
@@ -193,6 +199,7 @@ impl Service {
             && *resolution == other.resolution
             && *mesh_external == other.mesh_external
             && *source == other.source
+            && *export_to == other.export_to
     }
 
     pub fn port(&self, number: u16) -> Option<&ServicePort> {
@@ -211,6 +218,7 @@ pub fn cluster_name(host: &str, port: u16, subset: Option<&str>) -> String {
 pub struct DestinationRule {
     pub id: ObjectId,
     pub host: String,
+    pub export_to: ExportTo,
     pub policy: TrafficPolicy,
     pub subsets: Vec<Subset>,
 }
@@ -326,6 +334,7 @@ pub struct VirtualService {
     /// Where the routes apply; `[Mesh]` when the spec names none.
     pub gateways: Vec<GatewayRef>,
     pub http: Vec<HttpRoute>,
+    pub export_to: ExportTo,
 }
 
 impl VirtualService {
@@ -621,6 +630,7 @@ impl Model {
             &by_kind(crate::Kind::AuthorizationPolicy),
             &mut errors,
         );
+        let sidecars = scope::build_sidecars(&by_kind(crate::Kind::Sidecar), &mut errors);
         let virtual_services = virtual_service::build(
             &by_kind(crate::Kind::VirtualService),
             &services,
@@ -639,6 +649,7 @@ impl Model {
                 gateways,
                 peer_authentications,
                 authorization_policies,
+                sidecars,
                 credentials: credentials.cloned().unwrap_or_default(),
                 warnings,
             })
@@ -670,6 +681,7 @@ impl Model {
             gateways,
             peer_authentications,
             authorization_policies,
+            sidecars,
             credentials,
             warnings: _,
         } = self;
@@ -683,6 +695,7 @@ impl Model {
             && *gateways == other.gateways
             && *peer_authentications == other.peer_authentications
             && *authorization_policies == other.authorization_policies
+            && *sidecars == other.sidecars
             && *credentials == other.credentials
     }
 
@@ -726,6 +739,7 @@ impl Model {
         out.extend(self.destination_rules.values().map(|d| d.id.to_string()));
         out.extend(self.virtual_services.iter().map(|v| v.id.to_string()));
         out.extend(self.gateways.keys().map(|g| g.to_string()));
+        out.extend(self.sidecars.iter().map(|s| s.id.to_string()));
         out
     }
 }

@@ -118,6 +118,9 @@ pub fn slice_service(slice: &EndpointSlice) -> Option<String> {
 
 /// The name the ServiceEntry made from Service `name` gets: its own, with a prefix that keeps
 /// it apart from a user's ServiceEntry of the same name.
+/// The namespaces a Service is visible in, as Istio reads it (`.`, `*`, `~` or names).
+pub const EXPORT_TO_ANNOTATION: &str = "networking.istio.io/exportTo";
+
 pub fn service_entry_name(service: &str) -> String {
     format!("k8s-svc-{service}")
 }
@@ -216,7 +219,7 @@ pub fn service_entry(
             })
             .collect()
     };
-    let document = json!({
+    let mut document = json!({
         "apiVersion": "networking.istio.io/v1",
         "kind": "ServiceEntry",
         "metadata": {"name": service_entry_name(name), "namespace": namespace},
@@ -229,6 +232,20 @@ pub fn service_entry(
             "endpoints": endpoints,
         },
     });
+    // Istio's annotation: the namespaces the Service is visible in, comma-separated.
+    if let Some(export_to) = service
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(EXPORT_TO_ANNOTATION))
+    {
+        let values: Vec<&str> = export_to
+            .split(',')
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect();
+        document["spec"]["exportTo"] = json!(values);
+    }
     let origin = format!("Kubernetes Service {namespace}/{name}");
     Some(loader::parse_value(document, &origin).and_then(|o| {
         o.ok_or_else(|| ValidationError {
@@ -292,6 +309,37 @@ spec:
   - {name: grpc-api, port: 9090, appProtocol: grpc}
   - {name: dns, port: 53, protocol: UDP}
 ";
+
+    #[test]
+    fn the_export_to_annotation_limits_where_a_service_is_seen() {
+        let svc = service(&REVIEWS.replace(
+            "metadata: {name: reviews, namespace: shop}",
+            "metadata: {name: reviews, namespace: shop, annotations: {networking.istio.io/exportTo: '., ops'}}",
+        ));
+        let object = service_entry(&svc, &[], &BTreeMap::new(), "cluster.local")
+            .unwrap()
+            .unwrap();
+        assert_eq!(object.raw["spec"]["exportTo"], json!([".", "ops"]));
+        let model = strait_model::Model::build([&object]).unwrap();
+        let reviews = &model.services["reviews.shop.svc.cluster.local"];
+        assert!(reviews.export_to.includes("shop") && reviews.export_to.includes("ops"));
+        assert!(!reviews.export_to.includes("default"));
+        // A bad value is refused with the field it became.
+        let svc = service(&REVIEWS.replace(
+            "metadata: {name: reviews, namespace: shop}",
+            "metadata: {name: reviews, namespace: shop, annotations: {networking.istio.io/exportTo: '*, ops'}}",
+        ));
+        let object = service_entry(&svc, &[], &BTreeMap::new(), "cluster.local")
+            .unwrap()
+            .unwrap();
+        let err = strait_model::Model::build([&object])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("spec.exportTo") && err.contains("Kubernetes Service shop/reviews"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn a_service_with_endpoints_becomes_a_service_entry() {

@@ -29,7 +29,7 @@ use crate::store::kube::{CredentialChange, KubeChange};
 const BATCH_WINDOW: Duration = Duration::from_millis(20);
 
 /// Istio's kinds, as the API server serves them: (kind, group, version, plural).
-pub const ISTIO_KINDS: [(Kind, &str, &str, &str); 7] = [
+pub const ISTIO_KINDS: [(Kind, &str, &str, &str); 8] = [
     (
         Kind::VirtualService,
         "networking.istio.io",
@@ -67,6 +67,7 @@ pub const ISTIO_KINDS: [(Kind, &str, &str, &str); 7] = [
         "v1",
         "authorizationpolicies",
     ),
+    (Kind::Sidecar, "networking.istio.io", "v1", "sidecars"),
 ];
 
 #[derive(Clone, Debug)]

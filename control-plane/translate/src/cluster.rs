@@ -386,15 +386,17 @@ fn original_dst(name: &str) -> Cluster {
 
 /// The clusters every captured sidecar has: passthrough and black hole.
 pub fn captured_clusters() -> Vec<Cluster> {
-    vec![
-        original_dst(PASSTHROUGH_CLUSTER),
-        Cluster {
-            name: BLACKHOLE_CLUSTER.to_string(),
-            connect_timeout: Some(duration(CONNECT_TIMEOUT)),
-            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
-            ..Default::default()
-        },
-    ]
+    vec![original_dst(PASSTHROUGH_CLUSTER), blackhole()]
+}
+
+/// A cluster without endpoints: what it gets is refused (503 for HTTP).
+pub fn blackhole() -> Cluster {
+    Cluster {
+        name: BLACKHOLE_CLUSTER.to_string(),
+        connect_timeout: Some(duration(CONNECT_TIMEOUT)),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        ..Default::default()
+    }
 }
 
 /// A cluster to the workload itself at the connection's original destination, from 127.0.0.6

@@ -21,7 +21,7 @@ use envoy_types::pb::envoy::config::{
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use strait_model::mesh::{MeshConfig, OutboundTrafficPolicy};
 use strait_model::node::Interception;
-use strait_model::{Model, ProxyMode, ProxyNode};
+use strait_model::{Model, ProxyMode, ProxyNode, Scope};
 
 pub use cluster::{BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER};
 pub use credential::{CREDENTIAL_PREFIX, credential_ca_secret_name, credential_secret_name};
@@ -50,6 +50,17 @@ impl Default for MeshSettings {
 }
 
 impl MeshSettings {
+    /// The settings for proxies of a scope: their Sidecar's outbound traffic policy, if it
+    /// sets one, over the mesh's.
+    pub fn scoped(&self, scope: &Scope) -> MeshSettings {
+        MeshSettings {
+            outbound_traffic_policy: scope
+                .outbound_traffic_policy
+                .unwrap_or(self.outbound_traffic_policy),
+            ..self.clone()
+        }
+    }
+
     /// The settings a MeshConfig gives, over the defaults.
     pub fn from_mesh_config(config: &MeshConfig) -> Self {
         let defaults = MeshSettings::default();
@@ -77,12 +88,19 @@ pub fn translate(model: &Model, node: &ProxyNode) -> Output {
     translate_with(model, node, &MeshSettings::default())
 }
 
-/// Translates the model for one proxy: the mesh's part, its outbound part and its inbound
-/// part together.
+/// Translates the model for one proxy: the mesh's part and its outbound part as its scope
+/// (Sidecar, `exportTo`) lets it see the model, and its inbound part.
 pub fn translate_with(model: &Model, node: &ProxyNode, settings: &MeshSettings) -> Output {
-    let mut out = mesh(model, settings);
+    let scoped = model
+        .scope_for(&node.namespace, model.sidecar_of(node))
+        .map(|scope| (model.scoped(&scope), settings.scoped(&scope)));
+    let (view, view_settings) = match &scoped {
+        Some((model, settings)) => (model, settings),
+        None => (model, settings),
+    };
+    let mut out = mesh(view, view_settings);
     for part in [
-        outbound(model, node, settings),
+        outbound(view, node, view_settings),
         inbound(model, node, settings),
     ] {
         out.listeners.extend(part.listeners);
@@ -125,6 +143,15 @@ pub fn outbound(model: &Model, node: &ProxyNode, settings: &MeshSettings) -> Out
             listener::gateway(model, node)
         }
     };
+    // A route to what the proxy's scope leaves out goes to the BlackHoleCluster, which
+    // captured sidecars always have.
+    if !clusters.iter().any(|c| c.name == BLACKHOLE_CLUSTER)
+        && routes
+            .iter()
+            .any(|r| route::uses_cluster(r, BLACKHOLE_CLUSTER))
+    {
+        clusters.push(cluster::blackhole());
+    }
     Output {
         listeners,
         routes,

@@ -28,12 +28,12 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
     RegexMatchAndSubstitute, RegexMatcher, StringMatcher, string_matcher,
 };
 use strait_model::{
-    Fault, FaultStatus, GatewayRef, HashKey, HeaderMatch, HeaderOps, HttpRoute, LoadBalancer,
-    Model, ProxyNode, Redirect, RetryPolicy, RouteAction, RouteMatch, Service, ServicePort,
-    StringMatch, VirtualService, cluster_name, host,
+    Destination, Fault, FaultStatus, GatewayRef, HashKey, HeaderMatch, HeaderOps, HttpRoute,
+    LoadBalancer, Model, ProxyNode, Redirect, RetryPolicy, RouteAction, RouteMatch, Service,
+    ServicePort, StringMatch, VirtualService, cluster_name, host,
 };
 
-use crate::cluster::PASSTHROUGH_CLUSTER;
+use crate::cluster::{BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
 use crate::listener::OUTBOUND_ROUTE_NAME;
 use crate::proto::{any, boolv, duration, headers_to_add, percent, u32v};
 
@@ -326,6 +326,35 @@ fn applies(m: &RouteMatch, cx: &Context<'_>) -> bool {
             .is_none_or(|ns| ns == &cx.node.namespace)
 }
 
+/// The cluster a destination names; the BlackHoleCluster where the proxy's scope (its Sidecar,
+/// `exportTo`) leaves the service or subset out, so that share of requests gets a 503 as in
+/// Istio, where Envoy finds no such cluster.
+fn cluster_for(model: &Model, destination: &Destination) -> String {
+    if model.holds(destination) {
+        destination.cluster_name()
+    } else {
+        BLACKHOLE_CLUSTER.to_string()
+    }
+}
+
+/// Whether a route configuration sends anything to `cluster`.
+pub(crate) fn uses_cluster(config: &RouteConfiguration, cluster: &str) -> bool {
+    config
+        .virtual_hosts
+        .iter()
+        .flat_map(|v| &v.routes)
+        .any(|r| match &r.action {
+            Some(route::Action::Route(action)) => match &action.cluster_specifier {
+                Some(route_action::ClusterSpecifier::Cluster(c)) => c == cluster,
+                Some(route_action::ClusterSpecifier::WeightedClusters(w)) => {
+                    w.clusters.iter().any(|c| c.name == cluster)
+                }
+                _ => false,
+            },
+            _ => false,
+        })
+}
+
 fn route(model: &Model, http: &HttpRoute, m: Option<&RouteMatch>, name: &str) -> Route {
     let mut r = Route {
         name: name.to_string(),
@@ -347,13 +376,13 @@ fn route(model: &Model, http: &HttpRoute, m: Option<&RouteMatch>, name: &str) ->
                 [only] => {
                     // A lone destination's header changes ride on the route itself.
                     merge_headers(&mut r, &only.headers);
-                    route_action::ClusterSpecifier::Cluster(only.destination.cluster_name())
+                    route_action::ClusterSpecifier::Cluster(cluster_for(model, &only.destination))
                 }
                 _ => route_action::ClusterSpecifier::WeightedClusters(WeightedCluster {
                     clusters: live
                         .iter()
                         .map(|d| ClusterWeight {
-                            name: d.destination.cluster_name(),
+                            name: cluster_for(model, &d.destination),
                             weight: Some(u32v(d.weight)),
                             request_headers_to_add: headers_to_add(&d.headers.request),
                             request_headers_to_remove: d.headers.request.remove.clone(),
@@ -374,6 +403,7 @@ fn route(model: &Model, http: &HttpRoute, m: Option<&RouteMatch>, name: &str) ->
                 request_mirror_policies: http
                     .mirrors
                     .iter()
+                    .filter(|m| model.holds(&m.destination))
                     .map(|m| RequestMirrorPolicy {
                         cluster: m.destination.cluster_name(),
                         runtime_fraction: Some(RuntimeFractionalPercent {

@@ -13,3 +13,4 @@ mod kubernetes;
 mod mtls;
 mod resilience;
 mod samples;
+mod scoping;

@@ -433,3 +433,31 @@ pub struct WorkloadEntrySpec {
     pub weight: Option<u32>,
     pub service_account: Option<String>,
 }
+
+// === Sidecar ===
+
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SidecarSpec {
+    pub workload_selector: Option<WorkloadSelector>,
+    pub ingress: Raw,
+    pub egress: Vec<EgressListener>,
+    pub outbound_traffic_policy: Option<SidecarOutboundTrafficPolicy>,
+    pub inbound_connection_pool: Raw,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct EgressListener {
+    pub port: Raw,
+    pub bind: Option<String>,
+    pub capture_mode: Option<String>,
+    pub hosts: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SidecarOutboundTrafficPolicy {
+    pub mode: Option<String>,
+    pub egress_proxy: Raw,
+}

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::scope::export_to;
 use super::{
     ClientTls, ClientTlsMode, ConnectionPool, DestinationRule, HashKey, HashRing, LoadBalancer,
     OutlierDetection, Service, Subset, TcpKeepalive, TrafficPolicy, spec_of,
@@ -97,9 +98,7 @@ pub(super) fn build(
             continue;
         }
         let resolved = host::resolve(&spec.host, &o.id.namespace);
-        if spec.export_to.iter().any(|e| e != "*") {
-            r.unsupported("spec.exportTo", "exportTo other than \"*\"");
-        }
+        let export_to = export_to(&spec.export_to, &o.id.namespace, "spec.exportTo", &mut r);
         if spec.workload_selector.is_some() {
             r.unsupported(
                 "spec.workloadSelector",
@@ -159,6 +158,7 @@ pub(super) fn build(
             DestinationRule {
                 id: o.id.clone(),
                 host: resolved,
+                export_to,
                 policy,
                 subsets,
             },

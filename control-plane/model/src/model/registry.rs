@@ -138,9 +138,7 @@ fn service_entry(
             Err(m) => r.error(format!("spec.addresses[{i}]"), m),
         }
     }
-    if spec.export_to.iter().any(|e| e != "*") {
-        r.unsupported("spec.exportTo", "exportTo other than \"*\"");
-    }
+    let export_to = super::scope::export_to(&spec.export_to, &o.id.namespace, "spec.exportTo", r);
     if !spec.subject_alt_names.is_empty() {
         r.unsupported("spec.subjectAltNames", "subjectAltNames");
     }
@@ -256,6 +254,7 @@ fn service_entry(
         mesh_external,
         endpoints,
         source: o.id.clone(),
+        export_to,
     })
 }
 

@@ -133,9 +133,7 @@ fn virtual_service(
     if spec.tls.is_some() {
         r.unsupported("spec.tls", "tls routing");
     }
-    if spec.export_to.iter().any(|e| e != "*") {
-        r.unsupported("spec.exportTo", "exportTo other than \"*\"");
-    }
+    let export_to = super::scope::export_to(&spec.export_to, &o.id.namespace, "spec.exportTo", r);
     if spec.http.is_empty() && spec.tcp.is_none() && spec.tls.is_none() {
         r.error("spec.http", "at least one http route is required");
     }
@@ -222,6 +220,7 @@ fn virtual_service(
         hosts,
         gateways,
         http,
+        export_to,
     })
 }
 
