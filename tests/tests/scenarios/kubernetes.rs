@@ -518,6 +518,48 @@ fn istio_objects_are_validated_refused_alone_and_get_a_status() -> anyhow::Resul
         anyhow::ensure!(tally.get("web-v2") == Some(&10), "{tally:?}");
         Ok(())
     })?;
+    // A Sidecar from the API server narrows the namespace's sidecars to web: api's VIP is no
+    // longer a service of theirs (the request passes through to the absent address), web
+    // still routes; the Sidecar's status says it is in force. Deleting it brings api back.
+    cluster.kube.apply_yaml(
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: shop}\n\
+         spec: {egress: [{hosts: ['./web.shop.svc.cluster.local']}]}\n",
+    )?;
+    let api_answers = || {
+        let addr = SocketAddr::new("10.96.0.51".parse()?, 80);
+        cluster.pod.block_on(async {
+            HttpClient::without_pooling()
+                .request(
+                    addr,
+                    &Req::get("api.shop", "/").timeout(Duration::from_millis(500)),
+                )
+                .await
+        })
+    };
+    eventually_blocking(PROPAGATION + Duration::from_secs(1), || {
+        let resp = api_answers();
+        anyhow::ensure!(
+            resp.as_ref().map_or(true, |r| r.status != 200),
+            "api is outside the Sidecar's egress: {resp:?}"
+        );
+        let (status, message) = reconciled(&cluster, "sidecar", "default")?;
+        anyhow::ensure!(status == "True", "{message}");
+        Ok(())
+    })?;
+    let tally = cluster.tally_web(10);
+    anyhow::ensure!(
+        tally.get("web-v2") == Some(&10),
+        "web is imported: {tally:?}"
+    );
+    cluster
+        .kube
+        .kubectl(&["delete", "sidecar", "-n", "shop", "default"])?;
+    eventually_blocking(PROPAGATION + Duration::from_secs(1), || {
+        let resp = api_answers()?;
+        anyhow::ensure!(resp.status == 200 && resp.body == "web-v2", "{resp:?}");
+        Ok(())
+    })?;
+
     let hub = cluster.net.hub().clone();
     hub.block_on(crate::common::assert_no_nacks(&cluster.straitd))?;
 
