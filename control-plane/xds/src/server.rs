@@ -2,6 +2,7 @@
 
 mod delta;
 mod ledger;
+mod requests;
 mod service;
 mod sotw;
 
@@ -17,7 +18,7 @@ use prost::bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Status, Streaming};
+use tonic::{Request, Status};
 
 use crate::cache::{NodeState, SnapshotCache};
 use crate::metrics::XdsMetrics;
@@ -168,7 +169,7 @@ impl AdsServer {
 
     async fn start<P: Protocol>(
         &self,
-        request: Request<Streaming<P::Request>>,
+        request: Request<requests::Requests<P::Request>>,
     ) -> Result<ReceiverStream<Result<Bytes, Status>>, Status> {
         let identity = match &self.authenticator {
             None => None,
@@ -353,7 +354,7 @@ impl Drop for Registration {
 /// snapshot changes, until the client goes away or the node is rejected.
 async fn serve_stream<P: Protocol>(
     inner: Arc<Inner>,
-    mut requests: Streaming<P::Request>,
+    mut requests: requests::Requests<P::Request>,
     identity: Option<String>,
     tx: mpsc::Sender<Result<Bytes, Status>>,
 ) {

@@ -1,6 +1,6 @@
 //! The ADS gRPC service, with Strait's own response framing.
 //!
-//! Requests are decoded by tonic (`Streaming`, prost). Each response is encoded, by the
+//! Requests are decoded message by message (`requests.rs`). Each response is encoded, by the
 //! stream task, into a buffer of exactly its size behind a gRPC frame header (a flag byte
 //! and a length; [`frame`]) and handed to HTTP/2 as one `Bytes`, freed once written.
 //! tonic's own encoder keeps one buffer per stream at the size of the largest response the
@@ -19,7 +19,6 @@ use prost::bytes::Bytes;
 use tokio_stream::StreamExt;
 use tonic::Status;
 use tonic::body::Body;
-use tonic::codec::{Codec, Streaming};
 use tonic::metadata::MetadataMap;
 
 use super::delta::Delta;
@@ -78,8 +77,7 @@ where
     P::Request: Message + Default,
 {
     let (parts, body) = request.into_parts();
-    let decoder = tonic_prost::ProstCodec::<(), P::Request>::default().decoder();
-    let requests = Streaming::new_request(decoder, body, None, None);
+    let requests = super::requests::decode::<P::Request>(body);
     let request = tonic::Request::from_parts(
         MetadataMap::from_headers(parts.headers),
         parts.extensions,
