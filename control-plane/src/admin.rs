@@ -260,7 +260,13 @@ fn list(state: &AdminState, kind: Option<&str>, namespace: Option<&str>) -> Resp
         Err(response) => return response,
     };
     let objects = state.store.get(kind, namespace, None);
-    Json(objects.iter().map(ObjectEntry::from).collect::<Vec<_>>()).into_response()
+    Json(
+        objects
+            .iter()
+            .map(|o| ObjectEntry::from(&**o))
+            .collect::<Vec<_>>(),
+    )
+    .into_response()
 }
 
 async fn list_all(State(state): State<AdminState>) -> Response {
@@ -291,7 +297,7 @@ async fn get_object(
         .get(Some(kind), Some(&namespace), Some(&name))
         .first()
     {
-        Some(object) => Json(ObjectEntry::from(object)).into_response(),
+        Some(object) => Json(ObjectEntry::from(&**object)).into_response(),
         None => error_response(
             StatusCode::NOT_FOUND,
             format!("{kind} {namespace}/{name} not found"),
