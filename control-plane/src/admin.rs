@@ -156,15 +156,35 @@ async fn apply(
         Ok(objects) => objects,
         Err(response) => return response,
     };
-    let result = if dry_run {
-        state.store.dry_run(objects)
-    } else {
-        state.store.apply(objects)
-    };
+    let store = state.store.clone();
+    let result = blocking(move || {
+        if dry_run {
+            store.dry_run(objects)
+        } else {
+            store.apply(objects)
+        }
+    })
+    .await;
     match result {
-        Ok(outcome) => Json(outcome).into_response(),
-        Err(errors) => invalid(errors),
+        Ok(Ok(outcome)) => Json(outcome).into_response(),
+        Ok(Err(errors)) => invalid(errors),
+        Err(response) => response,
     }
+}
+
+/// Runs a change of the store on a blocking thread: it waits for the store's lock and may
+/// validate every object in force, which must not hold up the runtime's workers (the xDS
+/// streams run on them).
+async fn blocking<T: Send + 'static>(
+    change: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Response> {
+    tokio::task::spawn_blocking(change).await.map_err(|e| {
+        error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the change did not finish: {e}"),
+            Vec::new(),
+        )
+    })
 }
 
 /// Parses a request body of YAML or JSON documents; an empty batch is an error.
@@ -186,7 +206,7 @@ async fn delete_documents(State(state): State<AdminState>, body: String) -> Resp
         Err(response) => return response,
     };
     let ids: Vec<ObjectId> = objects.into_iter().map(|o| o.id).collect();
-    delete(&state, &ids)
+    delete(&state, ids).await
 }
 
 async fn delete_object(
@@ -199,16 +219,22 @@ async fn delete_object(
     };
     delete(
         &state,
-        &[ObjectId {
+        vec![ObjectId {
             kind,
             namespace,
             name,
         }],
     )
+    .await
 }
 
-fn delete(state: &AdminState, ids: &[ObjectId]) -> Response {
-    match state.store.delete(ids) {
+async fn delete(state: &AdminState, ids: Vec<ObjectId>) -> Response {
+    let store = state.store.clone();
+    let result = match blocking(move || store.delete(&ids)).await {
+        Ok(result) => result,
+        Err(response) => return response,
+    };
+    match result {
         Ok(outcome) => Json(outcome).into_response(),
         Err(e @ StoreError::NotFound(_)) => {
             error_response(StatusCode::NOT_FOUND, e.to_string(), Vec::new())
@@ -260,7 +286,13 @@ fn list(state: &AdminState, kind: Option<&str>, namespace: Option<&str>) -> Resp
         Err(response) => return response,
     };
     let objects = state.store.get(kind, namespace, None);
-    Json(objects.iter().map(ObjectEntry::from).collect::<Vec<_>>()).into_response()
+    Json(
+        objects
+            .iter()
+            .map(|o| ObjectEntry::from(&**o))
+            .collect::<Vec<_>>(),
+    )
+    .into_response()
 }
 
 async fn list_all(State(state): State<AdminState>) -> Response {
@@ -291,7 +323,7 @@ async fn get_object(
         .get(Some(kind), Some(&namespace), Some(&name))
         .first()
     {
-        Some(object) => Json(ObjectEntry::from(object)).into_response(),
+        Some(object) => Json(ObjectEntry::from(&**object)).into_response(),
         None => error_response(
             StatusCode::NOT_FOUND,
             format!("{kind} {namespace}/{name} not found"),

@@ -3,10 +3,16 @@
 //! Three layers feed the store: the file layer (the config directory, replaced whole on every
 //! reload), the Kubernetes layer (objects watched from the API server, see [`kube`]) and the
 //! API layer (objects applied through the admin API, keyed by id; an API object overrides a
-//! file or Kubernetes object with the same id while it exists). Every change builds the union
-//! of the layers and runs it through `Model::build`, the one validator. A file reload or an
-//! apply that fails is rejected whole: the last good configuration stays in force and the
-//! failure becomes the store's status. Kubernetes objects are accepted or refused one by one.
+//! file or Kubernetes object with the same id while it exists). Every change forms the union
+//! of the layers and validates it with the one validator: `Model::derive` makes the new model
+//! from the one in force where the change allows (a ServiceEntry whose endpoints alone
+//! changed), `Model::build_with` builds the whole union otherwise, with the same result
+//! either way. A file reload or an apply that fails is rejected whole: the last good
+//! configuration stays in force and the failure becomes the store's status. Kubernetes objects
+//! are accepted or refused one by one.
+//!
+//! Objects are shared, not copied: the layers hold each as an `Arc<Object>`, and the published
+//! list of objects in force points at the same ones.
 
 pub mod kube;
 
@@ -18,7 +24,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
-use strait_model::{Kind, Model, Object, ObjectId, ValidationError, ValidationErrors};
+use strait_model::{
+    Change, Credentials, Kind, Model, Object, ObjectId, ValidationError, ValidationErrors,
+};
 use tokio::sync::watch;
 
 /// One accepted configuration, as subscribers see it.
@@ -27,8 +35,18 @@ pub struct Published {
     /// Increments with every accepted change; 0 is the empty model before the first load.
     pub generation: u64,
     pub model: Arc<Model>,
-    /// The accepted union of both layers, sorted by id.
-    pub objects: Vec<Object>,
+    /// The accepted union of the layers, sorted by id (shared with the layers).
+    pub objects: Vec<Arc<Object>>,
+}
+
+impl Published {
+    /// The object in force with this id.
+    pub fn object(&self, id: &ObjectId) -> Option<&Arc<Object>> {
+        self.objects
+            .binary_search_by(|o| o.id.cmp(id))
+            .ok()
+            .map(|i| &self.objects[i])
+    }
 }
 
 /// Where a change came from.
@@ -113,9 +131,9 @@ pub enum StoreError {
 /// The layers behind the published configuration. Only accepted states are stored here.
 #[derive(Default)]
 struct Layers {
-    files: Vec<Object>,
+    files: Vec<Arc<Object>>,
     kube: kube::KubeLayer,
-    api: BTreeMap<ObjectId, Object>,
+    api: BTreeMap<ObjectId, Arc<Object>>,
     /// Gateway credentials from Kubernetes Secrets; `None` without Kubernetes (then
     /// `credentialName` is refused).
     credentials: Option<strait_model::Credentials>,
@@ -197,27 +215,27 @@ impl ConfigStore {
     pub fn replace_files(&self, objects: Vec<Object>) -> Result<Arc<Published>, ValidationErrors> {
         let _span = tracing::info_span!("config.apply", source = "files", objects = objects.len())
             .entered();
+        let objects: Vec<Arc<Object>> = objects.into_iter().map(Arc::new).collect();
         let mut layers = self.lock();
-        let candidate = union(&objects, &layers.kube.accepted, &layers.api, &[]);
-        let model = match Model::build_with(candidate.iter().copied(), layers.credentials.as_ref())
-        {
-            Ok(model) => model,
+        let current = self.current();
+        let accepted = sorted(union(&objects, &layers.kube.accepted, &layers.api, &[]));
+        let validated = match validate(&current.basis(), accepted, layers.credentials.as_ref()) {
+            Ok(validated) => validated,
             Err(errors) => {
                 self.reject(&mut layers, Source::Files, &errors);
                 return Err(errors);
             }
         };
-        let accepted = sorted(candidate);
         let first_load = !layers.loaded;
         layers.files = objects;
         layers.loaded = true;
         layers.errors.remove(&Source::Files);
         // A reload that changes nothing (an editor touching a file) is not a new generation,
         // except the first load, which subscribers wait for.
-        let published = if first_load || accepted != self.current().objects {
-            self.publish(Source::Files, model, accepted)
+        let published = if first_load || !same_objects(&validated.objects, &current.objects) {
+            self.publish(Source::Files, validated)
         } else {
-            self.current()
+            current
         };
         Ok(published)
     }
@@ -246,35 +264,50 @@ impl ConfigStore {
         objects: Vec<Object>,
         dry_run: bool,
     ) -> Result<ApplyOutcome, ValidationErrors> {
+        let objects: Vec<Arc<Object>> = objects.into_iter().map(Arc::new).collect();
         let mut layers = self.lock();
+        let current = self.current();
         let mut outcome = ApplyOutcome {
             dry_run,
+            generation: current.generation,
             ..ApplyOutcome::default()
         };
         let mut changed = Vec::new();
         for object in &objects {
-            let current = layers
-                .api
-                .get(&object.id)
-                .or_else(|| layers.kube.accepted.get(&object.id))
-                .or_else(|| layers.files.iter().find(|f| f.id == object.id));
-            match current {
+            let in_force = current.object(&object.id);
+            match in_force {
                 None => outcome.created.push(object.id.clone()),
                 Some(c) if c.raw == object.raw => outcome.unchanged.push(object.id.clone()),
                 Some(_) => outcome.configured.push(object.id.clone()),
             }
-            if current.is_none_or(|c| c.raw != object.raw) {
+            if in_force.is_none_or(|c| c.raw != object.raw) {
                 changed.push(object.clone());
             }
         }
-        // Validate the whole batch, unchanged objects included, so that an object given twice
-        // is reported; unchanged objects are identical to what is stored, so the model is the
-        // same as the one of what gets stored.
-        let model = match Model::build_with(
-            union(&layers.files, &layers.kube.accepted, &layers.api, &objects),
-            layers.credentials.as_ref(),
-        ) {
-            Ok(model) => model,
+        // An object given twice is an error: validated with the whole batch, which reports it.
+        // Otherwise what is validated is what gets stored: the changed objects over the rest
+        // (an unchanged object is identical to the one in force).
+        let ids: BTreeSet<&ObjectId> = objects.iter().map(|o| &o.id).collect();
+        let batch = if ids.len() < objects.len() {
+            &objects
+        } else {
+            &changed
+        };
+        if batch.is_empty() {
+            outcome.warnings = current.model.warnings.clone();
+            if !dry_run {
+                layers.errors.remove(&Source::Api);
+            }
+            return Ok(outcome);
+        }
+        let accepted = sorted(union(
+            &layers.files,
+            &layers.kube.accepted,
+            &layers.api,
+            batch,
+        ));
+        let validated = match validate(&current.basis(), accepted, layers.credentials.as_ref()) {
+            Ok(validated) => validated,
             Err(errors) => {
                 if !dry_run {
                     self.reject(&mut layers, Source::Api, &errors);
@@ -282,26 +315,15 @@ impl ConfigStore {
                 return Err(errors);
             }
         };
-        outcome.warnings = model.warnings.clone();
+        outcome.warnings = validated.model.warnings.clone();
         if dry_run {
-            outcome.generation = self.current().generation;
             return Ok(outcome);
         }
         layers.errors.remove(&Source::Api);
-        if changed.is_empty() {
-            outcome.generation = self.current().generation;
-            return Ok(outcome);
-        }
         for object in changed {
             layers.api.insert(object.id.clone(), object);
         }
-        let accepted = sorted(union(
-            &layers.files,
-            &layers.kube.accepted,
-            &layers.api,
-            &[],
-        ));
-        outcome.generation = self.publish(Source::Api, model, accepted).generation;
+        outcome.generation = self.publish(Source::Api, validated).generation;
         Ok(outcome)
     }
 
@@ -311,6 +333,7 @@ impl ConfigStore {
     pub fn delete(&self, ids: &[ObjectId]) -> Result<DeleteOutcome, StoreError> {
         let _span = tracing::info_span!("config.delete", objects = ids.len()).entered();
         let mut layers = self.lock();
+        let current = self.current();
         let ids: BTreeSet<&ObjectId> = ids.iter().collect();
         for &id in &ids {
             if layers.api.contains_key(id) {
@@ -328,16 +351,14 @@ impl ConfigStore {
         for &id in &ids {
             api.remove(id);
         }
-        let candidate = union(&layers.files, &layers.kube.accepted, &api, &[]);
-        let model = match Model::build_with(candidate.iter().copied(), layers.credentials.as_ref())
-        {
-            Ok(model) => model,
+        let accepted = sorted(union(&layers.files, &layers.kube.accepted, &api, &[]));
+        let validated = match validate(&current.basis(), accepted, layers.credentials.as_ref()) {
+            Ok(validated) => validated,
             Err(errors) => {
                 self.reject(&mut layers, Source::Api, &errors);
                 return Err(errors.into());
             }
         };
-        let accepted = sorted(candidate);
         let restored = ids
             .iter()
             .filter(|&&id| layers.files.iter().any(|f| &f.id == id))
@@ -345,7 +366,7 @@ impl ConfigStore {
             .collect();
         layers.api = api;
         layers.errors.remove(&Source::Api);
-        let generation = self.publish(Source::Api, model, accepted).generation;
+        let generation = self.publish(Source::Api, validated).generation;
         Ok(DeleteOutcome {
             generation,
             deleted: ids.into_iter().cloned().collect(),
@@ -404,12 +425,13 @@ impl ConfigStore {
             ..
         } = &mut *layers;
         let credentials = credentials.as_ref();
-        let build = |kube: &BTreeMap<ObjectId, Object>| {
-            Model::build_with(union(files, kube, api, &[]), credentials)
+        let build = |kube: &BTreeMap<ObjectId, Arc<Object>>, basis: &Validated| {
+            validate(basis, sorted(union(files, kube, api, &[])), credentials)
         };
-        let applied = kube.apply(changes, &build);
-        let model = match applied {
-            Ok(model) => model,
+        let current = self.current();
+        let applied = kube.apply(changes, current.basis(), &build);
+        let validated = match applied {
+            Ok(validated) => validated,
             Err(errors) => {
                 self.reject(&mut layers, Source::Kubernetes, &errors);
                 return Err(errors);
@@ -427,17 +449,12 @@ impl ConfigStore {
             }
         }
         layers.errors.remove(&Source::Kubernetes);
-        let accepted = sorted(union(
-            &layers.files,
-            &layers.kube.accepted,
-            &layers.api,
-            &[],
-        ));
-        let current = self.current();
-        if accepted == current.objects && model.credentials == current.model.credentials {
+        if same_objects(&validated.objects, &current.objects)
+            && validated.model.credentials == current.model.credentials
+        {
             return Ok(current);
         }
-        Ok(self.publish(Source::Kubernetes, model, accepted))
+        Ok(self.publish(Source::Kubernetes, validated))
     }
 
     /// Where each object from the API server stands (for its `status`).
@@ -452,7 +469,7 @@ impl ConfigStore {
         kind: Option<Kind>,
         namespace: Option<&str>,
         name: Option<&str>,
-    ) -> Vec<Object> {
+    ) -> Vec<Arc<Object>> {
         self.current()
             .objects
             .iter()
@@ -516,12 +533,12 @@ impl ConfigStore {
         );
     }
 
-    fn publish(&self, source: Source, model: Model, objects: Vec<Object>) -> Arc<Published> {
+    fn publish(&self, source: Source, validated: Validated) -> Arc<Published> {
         let previous = self.current();
         let published = Arc::new(Published {
             generation: previous.generation + 1,
-            model: Arc::new(model),
-            objects,
+            model: validated.model,
+            objects: validated.objects,
         });
         if published.model.warnings != previous.model.warnings {
             for warning in &published.model.warnings {
@@ -532,6 +549,7 @@ impl ConfigStore {
             source = source.as_str(),
             generation = published.generation,
             objects = published.objects.len(),
+            derived = validated.derived,
             "configuration accepted"
         );
         self.inner
@@ -542,15 +560,126 @@ impl ConfigStore {
     }
 }
 
+/// A validated configuration: the objects in force, sorted by id, and their model.
+#[derive(Clone, Debug)]
+pub(crate) struct Validated {
+    pub(crate) objects: Vec<Arc<Object>>,
+    pub(crate) model: Arc<Model>,
+    /// Whether the model was derived from the one before (what changed validated alone).
+    pub(crate) derived: bool,
+}
+
+impl Published {
+    /// What a change is validated against.
+    fn basis(&self) -> Validated {
+        Validated {
+            objects: self.objects.clone(),
+            model: self.model.clone(),
+            derived: true,
+        }
+    }
+}
+
+/// Validates `accepted` (sorted by id, as [`sorted`] leaves it), a change from `basis`:
+/// `Model::derive` where what changed allows it, else `Model::build_with` of the whole, the
+/// same model either way. `basis.model` must be what `build_with` made of `basis.objects`
+/// with these credentials; `Model::derive` refuses other credentials than it holds.
+fn validate(
+    basis: &Validated,
+    accepted: Vec<Arc<Object>>,
+    credentials: Option<&Credentials>,
+) -> Result<Validated, ValidationErrors> {
+    let no_credentials = Credentials::default();
+    let same_credentials = basis.model.credentials == *credentials.unwrap_or(&no_credentials);
+    if let Some(changes) = diff(&basis.objects, &accepted) {
+        if changes.is_empty() && same_credentials {
+            return Ok(Validated {
+                objects: accepted,
+                model: basis.model.clone(),
+                derived: true,
+            });
+        }
+        if let Some(model) = Model::derive(&basis.model, &changes, credentials) {
+            return Ok(Validated {
+                objects: accepted,
+                model: Arc::new(model),
+                derived: true,
+            });
+        }
+    }
+    let model = Model::build_with(accepted.iter().map(|o| &**o), credentials)?;
+    Ok(Validated {
+        objects: accepted,
+        model: Arc::new(model),
+        derived: false,
+    })
+}
+
+/// What differs between two lists of objects sorted by id, as changes from `before` to
+/// `after`; `None` when `after` holds an id twice (a whole build reports that).
+fn diff<'a>(before: &'a [Arc<Object>], after: &'a [Arc<Object>]) -> Option<Vec<Change<'a>>> {
+    let mut changes = Vec::new();
+    let (mut b, mut a) = (before.iter().peekable(), after.iter().peekable());
+    let mut last: Option<&ObjectId> = None;
+    loop {
+        let order = match (b.peek(), a.peek()) {
+            (None, None) => return Some(changes),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(x), Some(y)) => x.id.cmp(&y.id),
+        };
+        if order != std::cmp::Ordering::Less {
+            let id = a.peek().map(|o| &o.id);
+            if id.is_some() && id == last {
+                return None;
+            }
+            last = id;
+        }
+        match order {
+            std::cmp::Ordering::Less => {
+                let before = b.next().map(|o| &**o);
+                changes.push(Change {
+                    before,
+                    after: None,
+                });
+            }
+            std::cmp::Ordering::Greater => {
+                let after = a.next().map(|o| &**o);
+                changes.push(Change {
+                    before: None,
+                    after,
+                });
+            }
+            std::cmp::Ordering::Equal => {
+                let (x, y) = (b.next()?, a.next()?);
+                if !Arc::ptr_eq(x, y) && **x != **y {
+                    changes.push(Change {
+                        before: Some(x),
+                        after: Some(y),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Whether two lists of objects are the same, element by element.
+fn same_objects(a: &[Arc<Object>], b: &[Arc<Object>]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| Arc::ptr_eq(x, y) || **x == **y)
+}
+
 /// The objects in force for a set of layers: files, overridden by Kubernetes objects,
 /// overridden by the API layer, overridden by `batch` (kept whole, duplicates included, so
 /// that `Model::build` can report them).
 fn union<'a>(
-    files: &'a [Object],
-    kube: &'a BTreeMap<ObjectId, Object>,
-    api: &'a BTreeMap<ObjectId, Object>,
-    batch: &'a [Object],
-) -> Vec<&'a Object> {
+    files: &'a [Arc<Object>],
+    kube: &'a BTreeMap<ObjectId, Arc<Object>>,
+    api: &'a BTreeMap<ObjectId, Arc<Object>>,
+    batch: &'a [Arc<Object>],
+) -> Vec<&'a Arc<Object>> {
     let in_batch: BTreeSet<&ObjectId> = batch.iter().map(|o| &o.id).collect();
     let above_kube = |id: &ObjectId| api.contains_key(id) || in_batch.contains(id);
     files
@@ -562,8 +691,9 @@ fn union<'a>(
         .collect()
 }
 
-fn sorted(objects: Vec<&Object>) -> Vec<Object> {
-    let mut objects: Vec<Object> = objects.into_iter().cloned().collect();
+/// Sorted by id, objects with the same id in their order (pointers copied, not objects).
+fn sorted(objects: Vec<&Arc<Object>>) -> Vec<Arc<Object>> {
+    let mut objects: Vec<Arc<Object>> = objects.into_iter().cloned().collect();
     objects.sort_by(|a, b| a.id.cmp(&b.id));
     objects
 }
@@ -759,6 +889,36 @@ spec:
             outcome.generation, 3,
             "a no-op apply is not a new generation"
         );
+    }
+
+    #[test]
+    fn an_endpoint_change_shares_the_other_objects_and_validates_as_a_whole_build() {
+        let (store, _) = store();
+        let mut files = parse(SERVICES, "services.yaml");
+        files.extend(parse(&vs("reviews", "reviews"), "vs.yaml"));
+        store.replace_files(files).unwrap();
+        let before = store.current();
+        let moved = SERVICES.replacen("127.0.0.1", "127.0.0.2", 1);
+        let outcome = store.apply(parse(&moved, "admin API")).unwrap();
+        assert_eq!(outcome.configured, [id(Kind::ServiceEntry, "reviews")]);
+        let after = store.current();
+        assert_eq!(after.generation, before.generation + 1);
+        let reviews = id(Kind::ServiceEntry, "reviews");
+        for (b, a) in before.objects.iter().zip(&after.objects) {
+            assert_eq!(b.id, a.id);
+            assert_eq!(Arc::ptr_eq(b, a), a.id != reviews, "{}", a.id);
+        }
+        assert_eq!(
+            after.model.services["reviews.default.svc.cluster.local"].endpoints[0].address,
+            "127.0.0.2"
+        );
+        let whole = Model::build(after.objects.iter().map(|o| &**o)).unwrap();
+        assert_eq!(*after.model, whole);
+        // A bad endpoint is refused as before, naming the field.
+        let bad = SERVICES.replacen("127.0.0.1", "not-an-ip", 1);
+        let errors = store.apply(parse(&bad, "admin API")).unwrap_err();
+        assert!(errors.to_string().contains("spec.endpoints[0]"), "{errors}");
+        assert_eq!(store.current().generation, after.generation);
     }
 
     #[test]
@@ -1018,6 +1178,27 @@ spec:
             assert!(published.model.destination_rules.is_empty());
             let (_, in_force) = refused(&store, Kind::VirtualService, "reviews");
             assert!(!in_force);
+            let published = store.kube_apply(upserts(DR)).unwrap();
+            assert_eq!(published.model.virtual_services.len(), 1);
+        }
+
+        #[test]
+        fn an_endpoint_change_leaves_refused_objects_as_they_were() {
+            let (store, _) = store();
+            store.kube_apply(upserts(SERVICES)).unwrap();
+            store.kube_apply(upserts(&vs_subset("v1"))).unwrap();
+            let waiting = refused(&store, Kind::VirtualService, "reviews");
+            let moved = SERVICES.replacen("127.0.0.1", "127.0.0.2", 1);
+            let published = store.kube_apply(upserts(&moved)).unwrap();
+            let host = "reviews.default.svc.cluster.local";
+            assert_eq!(
+                published.model.services[host].endpoints[0].address,
+                "127.0.0.2"
+            );
+            assert_eq!(refused(&store, Kind::VirtualService, "reviews"), waiting);
+            let whole = Model::build(published.objects.iter().map(|o| &**o)).unwrap();
+            assert_eq!(*published.model, whole);
+            // What it waits for still brings it in.
             let published = store.kube_apply(upserts(DR)).unwrap();
             assert_eq!(published.model.virtual_services.len(), 1);
         }

@@ -79,7 +79,11 @@ pub fn validate_object(
     // names (a host or subset not there yet) are warnings, since objects reach the API server
     // in any order; the store sets such an object aside until what it needs arrives.
     let current = store.current();
-    let others = current.objects.iter().filter(|o| o.id != object.id);
+    let others = current
+        .objects
+        .iter()
+        .map(|o| &**o)
+        .filter(|o| o.id != object.id);
     let warnings = match Model::build(others.chain(std::iter::once(&object))) {
         Ok(model) => model
             .warnings

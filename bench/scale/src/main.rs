@@ -11,7 +11,6 @@
 mod procfs;
 
 mod envoy;
-mod mesh;
 mod report;
 mod stats;
 mod straitd;
@@ -37,6 +36,7 @@ use crate::report::{
 use crate::stats::Summary;
 use crate::straitd::Straitd;
 use crate::xds::{Client, EDS, Fleet, RDS, TYPE_NAMES, TYPES};
+use strait_scale::mesh;
 
 #[derive(Parser, Debug, Serialize)]
 #[command(

@@ -3,6 +3,7 @@
 
 mod destination_rule;
 mod gateway;
+mod incremental;
 pub mod outbound;
 mod registry;
 mod scope;
@@ -17,6 +18,7 @@ use crate::error::{ObjectId, ValidationError, ValidationErrors};
 use crate::loader::{Object, Spec};
 
 pub use destination_rule::ResolvedPolicy;
+pub use incremental::Change;
 pub use scope::{EgressHost, EgressNamespace, ExportTo, Scope, Sidecar};
 pub use security::{
     AuthorizationPolicy, AuthzAction, AuthzRule, ConditionKey, ConditionMatch, MtlsMode,
@@ -172,7 +174,8 @@ pub struct Service {
     pub ports: Vec<ServicePort>,
     pub resolution: Resolution,
     pub mesh_external: bool,
-    pub endpoints: Vec<Endpoint>,
+    /// Shared, so that a model made from another (`Model::derive`) copies pointers.
+    pub endpoints: std::sync::Arc<[Endpoint]>,
     pub source: ObjectId,
     pub export_to: ExportTo,
 }
@@ -574,6 +577,8 @@ impl Model {
 
     /// The one validator: a whole batch of objects, with the credentials (Kubernetes Secrets)
     /// that `credentialName` may name, or `None` where there are none to read.
+    /// [`Model::derive`] validates a change by what it touches and must agree with it: a
+    /// stage that reads services' endpoints is accounted for there (`model/incremental.rs`).
     pub fn build_with<'a>(
         objects: impl IntoIterator<Item = &'a Object>,
         credentials: Option<&Credentials>,

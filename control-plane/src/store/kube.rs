@@ -7,14 +7,21 @@
 //! rest is set aside (refused, with the errors that name it) instead of holding the others
 //! back; its last good version stays in force; and refused versions are tried again after
 //! every change, so the VirtualService goes into force when its DestinationRule arrives.
+//! A change that moved only endpoints (its model derived from the one before) cannot change
+//! whether a refused version fits, so nothing is retried then, unless something else changed
+//! since the refused versions were last tried (a file, say).
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
 
 use strait_model::{Model, Object, ObjectId, ValidationError, ValidationErrors};
 
-/// Validates the other layers together with a version of this one.
+use super::Validated;
+
+/// Validates the other layers together with a version of this one, as a change from a
+/// configuration validated before.
 pub(super) type Build<'a> =
-    &'a dyn Fn(&BTreeMap<ObjectId, Object>) -> Result<Model, ValidationErrors>;
+    &'a dyn Fn(&BTreeMap<ObjectId, Arc<Object>>, &Validated) -> Result<Validated, ValidationErrors>;
 
 /// One change from a watcher.
 #[derive(Clone, Debug)]
@@ -38,12 +45,14 @@ pub enum CredentialChange {
 #[derive(Clone, Debug, Default)]
 pub(super) struct KubeLayer {
     /// In force.
-    pub(super) accepted: BTreeMap<ObjectId, Object>,
+    pub(super) accepted: BTreeMap<ObjectId, Arc<Object>>,
     /// The latest version of each object that is not in force, and why. An object may be here
     /// and in `accepted` at once: its new version refused, its last good one in force.
-    pub(super) refused: BTreeMap<ObjectId, (Object, Vec<ValidationError>)>,
+    pub(super) refused: BTreeMap<ObjectId, (Arc<Object>, Vec<ValidationError>)>,
     /// Versions that could not be read, and why (nothing to retry until a new version comes).
     pub(super) malformed: BTreeMap<ObjectId, ValidationError>,
+    /// The model the refused versions were last tried against.
+    tried_against: Weak<Model>,
 }
 
 /// Where an object from the API server stands, for its `status`.
@@ -61,18 +70,22 @@ pub enum KubeObjectStatus {
 
 impl KubeLayer {
     /// Applies `changes`, then settles: every version that validates with the rest is in
-    /// force, every one that does not is refused. Errors that name no object of this layer
-    /// (a broken file) come back as `Err`, and nothing changes.
+    /// force, every one that does not is refused. `basis` is the configuration in force, which
+    /// this layer as it is now is part of. Errors that name no object of this layer (a broken
+    /// file) come back as `Err`, and nothing changes.
     pub(super) fn apply(
         &mut self,
         changes: Vec<KubeChange>,
+        basis: Validated,
         build: Build<'_>,
-    ) -> Result<Model, ValidationErrors> {
+    ) -> Result<Validated, ValidationErrors> {
+        let tried_against_basis = Weak::ptr_eq(&self.tried_against, &Arc::downgrade(&basis.model));
         let mut next = self.clone();
         let mut previous = BTreeMap::new();
         for change in changes {
             match change {
                 KubeChange::Upsert(object) => {
+                    let object = Arc::new(object);
                     let id = object.id.clone();
                     next.refused.remove(&id);
                     next.malformed.remove(&id);
@@ -93,36 +106,42 @@ impl KubeLayer {
                 }
             }
         }
-        let model = next.settle(build)?;
+        let (mut validated, settled_at_once) = next.settle(build, &basis)?;
         // A refused new version: its last good version goes back into force, if it still fits.
-        let mut restored = false;
         for (id, old) in previous {
             if next.refused.contains_key(&id) && !next.accepted.contains_key(&id) {
                 let mut trial = next.accepted.clone();
                 trial.insert(id.clone(), old);
-                if build(&trial).is_ok() {
+                if let Ok(v) = build(&trial, &validated) {
                     next.accepted = trial;
-                    restored = true;
+                    validated = v;
                 }
             }
         }
-        let model = if restored {
-            build(&next.accepted)?
-        } else {
-            model
-        };
-        let model = next.retry_refused(build, model);
+        // Only endpoints moved since the refused versions were tried, and nothing was set aside:
+        // none fits now that did not then (what validates them reads no endpoint).
+        if !(tried_against_basis && settled_at_once && validated.derived) {
+            validated = next.retry_refused(build, validated);
+        }
+        next.tried_against = Arc::downgrade(&validated.model);
         *self = next;
-        Ok(model)
+        Ok(validated)
     }
 
     /// Builds; while the errors name objects of this layer, sets them aside and builds again.
-    fn settle(&mut self, build: Build<'_>) -> Result<Model, ValidationErrors> {
+    /// Also says whether the first build fitted.
+    fn settle(
+        &mut self,
+        build: Build<'_>,
+        basis: &Validated,
+    ) -> Result<(Validated, bool), ValidationErrors> {
+        let mut at_once = true;
         loop {
-            let errors = match build(&self.accepted) {
-                Ok(model) => return Ok(model),
+            let errors = match build(&self.accepted, basis) {
+                Ok(validated) => return Ok((validated, at_once)),
                 Err(errors) => errors,
             };
+            at_once = false;
             let mut named: BTreeMap<ObjectId, Vec<ValidationError>> = BTreeMap::new();
             for e in &errors.0 {
                 if let Some(id) = e
@@ -146,7 +165,7 @@ impl KubeLayer {
     }
 
     /// Tries each refused version again, one at a time, keeping those that now fit.
-    fn retry_refused(&mut self, build: Build<'_>, mut model: Model) -> Model {
+    fn retry_refused(&mut self, build: Build<'_>, mut validated: Validated) -> Validated {
         loop {
             let mut progress = false;
             let ids: Vec<ObjectId> = self.refused.keys().cloned().collect();
@@ -156,9 +175,9 @@ impl KubeLayer {
                 };
                 let mut trial = self.accepted.clone();
                 trial.insert(id.clone(), object.clone());
-                match build(&trial) {
-                    Ok(m) => {
-                        model = m;
+                match build(&trial, &validated) {
+                    Ok(v) => {
+                        validated = v;
                         self.accepted = trial;
                         self.refused.remove(&id);
                         progress = true;
@@ -178,7 +197,7 @@ impl KubeLayer {
                 }
             }
             if !progress {
-                return model;
+                return validated;
             }
         }
     }

@@ -200,7 +200,7 @@ fn inbound_hcm(
 fn workload_ports(model: &Model, node: &ProxyNode) -> BTreeMap<u16, Protocol> {
     let mut ports = BTreeMap::new();
     for service in model.services.values() {
-        for e in &service.endpoints {
+        for e in service.endpoints.iter() {
             let Ok(ip) = e.address.parse::<IpAddr>() else {
                 continue;
             };

@@ -109,6 +109,64 @@ pub(super) fn build(
     services
 }
 
+/// The services of ServiceEntry `after`, a new version of `before` that differs from it in its
+/// endpoints alone, given the `services` a valid build made of `before`: the same services
+/// with the new endpoints. `None` when the change is anything more, or when the new version
+/// is not valid on its own or has a warning (a whole build reports those, in their order).
+///
+/// Nothing else `build` checks reads endpoints: the hosts, addresses and ports `before` held
+/// without conflict are the same, and the workloads a selector picks are not involved (a
+/// ServiceEntry with a `workloadSelector` is left to a whole build).
+pub(super) fn endpoints_changed(
+    before: &Object,
+    after: &Object,
+    services: &BTreeMap<String, Service>,
+) -> Option<Vec<Service>> {
+    let (Spec::ServiceEntry(old), Spec::ServiceEntry(new)) = (&before.spec, &after.spec) else {
+        return None;
+    };
+    if before.id != after.id
+        || old.workload_selector.is_some()
+        || new.workload_selector.is_some()
+        || before.meta.labels != after.meta.labels
+        || before.meta.annotations != after.meta.annotations
+    {
+        return None;
+    }
+    let without_endpoints = |spec: &ServiceEntrySpec| ServiceEntrySpec {
+        endpoints: Vec::new(),
+        ..spec.clone()
+    };
+    if without_endpoints(old) != without_endpoints(new) {
+        return None;
+    }
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    let mut r = Report {
+        origin: &after.origin,
+        object: Some(&after.id),
+        errors: &mut errors,
+    };
+    let template = service_entry(new, after, &[], &mut r, &mut warnings)?;
+    if !errors.is_empty() || !warnings.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(new.hosts.len());
+    for h in &new.hosts {
+        let hostname = h.trim().to_ascii_lowercase();
+        let previous = services.get(&hostname)?;
+        let service = Service {
+            hostname,
+            ..template.clone()
+        };
+        if previous.source != after.id || !previous.same_but_endpoints(&service) {
+            return None;
+        }
+        out.push(service);
+    }
+    Some(out)
+}
+
 fn service_entry(
     spec: &ServiceEntrySpec,
     o: &Object,
@@ -252,7 +310,7 @@ fn service_entry(
         ports,
         resolution,
         mesh_external,
-        endpoints,
+        endpoints: endpoints.into(),
         source: o.id.clone(),
         export_to,
     })

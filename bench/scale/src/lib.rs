@@ -1,0 +1,3 @@
+//! What the harness's binary and its benchmarks share: the generated mesh.
+
+pub mod mesh;
