@@ -68,6 +68,9 @@ fn service_entry(i: usize) -> Value {
     if i == 3 {
         spec["addresses"] = json!(["240.0.0.3"]);
     }
+    if i == 7 {
+        spec["exportTo"] = json!(["."]);
+    }
     json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
            "metadata": {"name": format!("svc-{i}"), "namespace": ns}, "spec": spec})
 }
@@ -106,6 +109,11 @@ fn mesh(gateway: bool) -> Vec<Object> {
         "spec": {"hosts": ["selected.ns-a.svc.cluster.local"],
                  "ports": [{"number": 9080, "name": "http"}], "location": "MESH_INTERNAL",
                  "resolution": "STATIC", "workloadSelector": {"labels": {"app": "selected"}}}}),
+    );
+    docs.push(
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+        "metadata": {"name": "default", "namespace": "ns-b"},
+        "spec": {"egress": [{"hosts": ["./*", "istio-system/*"]}]}}),
     );
     for i in 0..4usize {
         let ns = if i.is_multiple_of(2) { "ns-a" } else { "ns-b" };
