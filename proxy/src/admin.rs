@@ -1,6 +1,7 @@
 //! The admin API: readiness, liveness, the runtime config as JSON, the workload certificate,
 //! Prometheus stats, `POST /quitquitquit` (Envoy's and Istio's name), which makes the proxy
-//! drain and exit once the app is done, and the app's probes (`/app-health/…`).
+//! drain and exit once the app is done (`?container=NAME`: once every run-app container has
+//! ended, `run_apps`), and the app's probes (`/app-health/…`).
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -18,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::app_health::{self, AppProbers};
+use crate::run_apps::Report;
 use crate::runtime::Shared;
 
 /// How long answers already being written get at shutdown (the answer to `/quitquitquit`).
@@ -116,6 +118,56 @@ fn may_quit(method: &Method, peer: IpAddr) -> Result<(), (StatusCode, &'static s
     Ok(())
 }
 
+/// Which container a `/quitquitquit` query reports the end of: `None` for no query (quit now),
+/// else the one `container=NAME` it must be.
+fn container_of(query: Option<&str>) -> Result<Option<&str>, String> {
+    let Some(query) = query else { return Ok(None) };
+    match query.split_once('=') {
+        Some(("container", name)) if !name.contains('&') => Ok(Some(name)),
+        _ => Err(format!(
+            "expected no query or container=NAME, got {query:?}\n"
+        )),
+    }
+}
+
+/// `/quitquitquit` from inside the pod: without a container, drain and exit now (Envoy's and
+/// Istio's); with `?container=NAME`, a run-app container has ended, and the proxy drains once
+/// every one the injector named has.
+fn quit(shared: &Shared, query: Option<&str>) -> Response<Full<Bytes>> {
+    let container = match container_of(query) {
+        Ok(container) => container,
+        Err(why) => return text(StatusCode::BAD_REQUEST, "text/plain", why),
+    };
+    if let Some(name) = container {
+        match shared.run_apps.ended(name) {
+            Ok(Report::AllEnded) => {
+                tracing::info!(
+                    container = name,
+                    "/quitquitquit: every run-app container has ended: draining"
+                );
+            }
+            Ok(Report::Waiting(waiting)) => {
+                let waiting = waiting.join(", ");
+                tracing::info!(container = name, %waiting, "/quitquitquit: a run-app container has ended");
+                return text(
+                    StatusCode::OK,
+                    "text/plain",
+                    format!("{name} has ended; waiting for {waiting}\n"),
+                );
+            }
+            Err(error) => {
+                tracing::warn!(%error, "/quitquitquit refused");
+                return text(StatusCode::BAD_REQUEST, "text/plain", format!("{error}\n"));
+            }
+        }
+    } else {
+        tracing::info!("/quitquitquit: draining");
+    }
+    // The answer still goes out: shutdown lets admin connections finish theirs.
+    shared.quit.notify_one();
+    text(StatusCode::OK, "text/plain", "OK\n".into())
+}
+
 pub fn respond(shared: &Shared, req: &Request<Incoming>, peer: IpAddr) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if path == "/quitquitquit" {
@@ -125,10 +177,7 @@ pub fn respond(shared: &Shared, req: &Request<Incoming>, peer: IpAddr) -> Respon
             }
             return text(status, "text/plain", why.into());
         }
-        tracing::info!("/quitquitquit: draining");
-        // The answer still goes out: shutdown lets admin connections finish theirs.
-        shared.quit.notify_one();
-        return text(StatusCode::OK, "text/plain", "OK\n".into());
+        return quit(shared, req.uri().query());
     }
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", String::new());
@@ -201,6 +250,70 @@ pub fn respond(shared: &Shared, req: &Request<Incoming>, peer: IpAddr) -> Respon
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quit_names_one_container_or_none() {
+        assert_eq!(container_of(None), Ok(None));
+        assert_eq!(container_of(Some("container=web")), Ok(Some("web")));
+        for bad in ["", "container", "pod=web", "container=a&container=b"] {
+            assert!(container_of(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    fn body(resp: Response<Full<Bytes>>) -> (StatusCode, String) {
+        use futures::FutureExt;
+        use http_body_util::BodyExt;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .now_or_never()
+            .unwrap()
+            .unwrap()
+            .to_bytes();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    /// Whether `quit` has been notified (and takes the permit).
+    fn quitting(shared: &Shared) -> bool {
+        use futures::FutureExt;
+        shared.quit.notified().now_or_never().is_some()
+    }
+
+    #[test]
+    fn the_proxy_quits_once_every_run_app_container_has_ended() {
+        let shared = Shared {
+            run_apps: Arc::new(crate::run_apps::RunApps::new(["a", "b"]).unwrap()),
+            ..Shared::default()
+        };
+        let a = body(quit(&shared, Some("container=a")));
+        assert_eq!(a, (StatusCode::OK, "a has ended; waiting for b\n".into()));
+        assert_eq!(body(quit(&shared, Some("container=a"))), a);
+        assert!(!quitting(&shared));
+        let (status, why) = body(quit(&shared, Some("container=c")));
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            why,
+            "unknown container \"c\": the run-app containers are a, b\n"
+        );
+        assert_eq!(
+            body(quit(&shared, Some("pod=a"))).0,
+            StatusCode::BAD_REQUEST
+        );
+        assert!(!quitting(&shared));
+        assert_eq!(
+            body(quit(&shared, Some("container=b"))),
+            (StatusCode::OK, "OK\n".into())
+        );
+        assert!(quitting(&shared));
+        // Without a container: at once, as Istio's, whatever the containers.
+        let shared = Shared {
+            run_apps: Arc::new(crate::run_apps::RunApps::new(["a", "b"]).unwrap()),
+            ..Shared::default()
+        };
+        assert_eq!(body(quit(&shared, None)), (StatusCode::OK, "OK\n".into()));
+        assert!(quitting(&shared));
+    }
 
     #[test]
     fn only_a_post_from_loopback_may_stop_the_proxy() {

@@ -7,6 +7,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::app_health::AppProbers;
+use crate::run_apps::RunApps;
 use crate::runtime::Shared;
 use crate::xds::XdsSettings;
 
@@ -18,6 +19,8 @@ pub struct Settings {
     pub otlp_endpoint: Option<String>,
     /// The app's probes, served on the admin port (`/app-health/…`).
     pub app_probers: AppProbers,
+    /// The app containers under `run-app`: the proxy stops once each has reported its end.
+    pub run_apps: Arc<RunApps>,
 }
 
 /// A running proxy: stop it with [`Running::shutdown`].
@@ -51,6 +54,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let identity = settings.xds.identity.clone();
     let shared = Arc::new(Shared {
         tracing,
+        run_apps: settings.run_apps.clone(),
         ..Shared::new(identity.clone())
     });
     let admin_error = |source| StartError::Admin {

@@ -4,7 +4,8 @@
 //! then `http` (routing, authorization, forwarding) or `tcp`, reaching endpoints through
 //! `upstream` (balancing, breakers, pools). Below them: the typed `config`, `authz` (RBAC
 //! evaluation) and `tls`; beside them: `xds` (the client and protobuf conversion), `runtime`
-//! (the snapshot the data path loads), `identity`, `admin` (with `app_health`, the app's probes), `stats` and `trace`; `lifecycle` is the app's side (`run-app`, `wait`).
+//! (the snapshot the data path loads), `identity`, `admin` (with `app_health`, the app's probes), `stats` and `trace`; `lifecycle` is the app's side (`run-app`, `wait`), `run_apps` the proxy's (which
+//! run-app containers must end before it stops).
 
 pub mod accept;
 pub mod admin;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod http;
 pub mod identity;
 pub mod lifecycle;
+pub mod run_apps;
 pub mod runtime;
 pub mod stats;
 pub mod tcp;

@@ -1,7 +1,7 @@
 //! The app's side of a sidecar without native sidecars: wait until the proxy is ready
-//! (`strait-proxy wait`), run the app under `strait-proxy run-app` and stop the proxy when it
-//! ends (`POST /quitquitquit`), and `strait-proxy copy-self`, which puts this binary where the
-//! app's containers can run it.
+//! (`strait-proxy wait`), run the app under `strait-proxy run-app`, reaping orphans as the
+//! container's init, and tell the proxy when it ends (`POST /quitquitquit?container=NAME`),
+//! and `strait-proxy copy-self`, which puts this binary where the app's containers can run it.
 
 use std::ffi::OsString;
 use std::io;
@@ -15,7 +15,7 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use rustix::process::Signal;
+use rustix::process::{Pid, Signal, WaitOptions};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +57,9 @@ pub struct RunApp {
     pub admin: SocketAddr,
     pub wait_timeout: Duration,
     pub stop_proxy: StopProxy,
+    /// This container's name, reported to the proxy, which stops once every run-app container
+    /// of the pod has ended; `None`: the proxy stops at once.
+    pub container: Option<String>,
     /// The program and its arguments.
     pub command: Vec<OsString>,
 }
@@ -91,18 +94,29 @@ pub async fn wait_ready(admin: SocketAddr, timeout: Duration) -> Result<(), Life
     }
 }
 
-/// `POST /quitquitquit`: the proxy drains and exits. Best effort, within 2 s; a failure is
-/// logged, since the app's exit code is what matters.
-pub async fn quit_proxy(admin: SocketAddr) {
-    let request = hyper::Request::post(format!("http://{admin}/quitquitquit"))
+/// `POST /quitquitquit` (`?container=NAME` with a container: the proxy stops once every
+/// run-app container has ended). Best effort, within 2 s; a failure is logged, since the app's
+/// exit code is what matters.
+pub async fn quit_proxy(admin: SocketAddr, container: Option<&str>) {
+    let query = container.map_or_else(String::new, |name| format!("?container={name}"));
+    let request = hyper::Request::post(format!("http://{admin}/quitquitquit{query}"))
         .body(Empty::<Bytes>::new())
-        .expect("a socket address makes a valid URI");
-    match tokio::time::timeout(Duration::from_secs(2), client().request(request)).await {
-        Ok(Ok(resp)) if resp.status().is_success() => {
-            tracing::debug!(%admin, "asked the proxy to quit")
+        .expect("a socket address and a container name make a valid URI");
+    let answer = async {
+        let resp = client().request(request).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .map_err(|e| e.to_string())?;
+        let body = String::from_utf8_lossy(&body.to_bytes()).trim().to_string();
+        Ok::<_, String>((status, body))
+    };
+    match tokio::time::timeout(Duration::from_secs(2), answer).await {
+        Ok(Ok((status, answer))) if status.is_success() => {
+            tracing::info!(%admin, container, %answer, "told the proxy the app has ended")
         }
-        Ok(Ok(resp)) => {
-            tracing::warn!(%admin, status = %resp.status(), "the proxy refused /quitquitquit")
+        Ok(Ok((status, answer))) => {
+            tracing::warn!(%admin, container, %status, %answer, "the proxy refused /quitquitquit")
         }
         Ok(Err(error)) => tracing::warn!(%admin, %error, "could not ask the proxy to quit"),
         Err(_) => tracing::warn!(%admin, "the proxy did not answer /quitquitquit within 2s"),
@@ -112,8 +126,14 @@ pub async fn quit_proxy(admin: SocketAddr) {
 /// Waits for the proxy, runs the app (stdio and environment inherited, SIGTERM and SIGINT
 /// passed on to it), stops the proxy, and returns the exit code to leave with: the app's, or
 /// 128 + the signal that killed it (as a shell reports it), 127 when it could not be started.
+///
+/// run-app is its container's PID 1, and a child subreaper besides (so also when it is not):
+/// processes the app leaves behind are reparented to it, and it reaps every child that ends,
+/// keeping the app's own status when its pid comes up. It starts no other process, so waiting
+/// for any child takes no one else's status.
 pub async fn run_app(app: &RunApp) -> Result<i32, LifecycleError> {
-    // Installed before anything else, so a SIGTERM while waiting is not lost.
+    // Installed before anything else, so a SIGTERM while waiting is not lost, and before the
+    // app starts, so no SIGCHLD is.
     let install = |kind: SignalKind, name: &'static str| {
         signal(kind).map_err(|source| LifecycleError::Signal {
             signal: name,
@@ -122,6 +142,10 @@ pub async fn run_app(app: &RunApp) -> Result<i32, LifecycleError> {
     };
     let mut term = install(SignalKind::terminate(), "SIGTERM")?;
     let mut int = install(SignalKind::interrupt(), "SIGINT")?;
+    let mut child_ended = install(SignalKind::child(), "SIGCHLD")?;
+    if let Err(error) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
+        tracing::warn!(%error, "could not become a child subreaper: orphans are reaped only as PID 1");
+    }
 
     let (program, args) = app
         .command
@@ -140,7 +164,9 @@ pub async fn run_app(app: &RunApp) -> Result<i32, LifecycleError> {
         _ = term.recv() => return Ok(128 + Signal::TERM.as_raw()),
         _ = int.recv() => return Ok(128 + Signal::INT.as_raw()),
     }
-    let mut child = match tokio::process::Command::new(program).args(args).spawn() {
+    // std's Command, not tokio's: tokio's Child waits for its own pid on SIGCHLD, which the
+    // reaping below would race with. Nothing here waits on this handle.
+    let child = match std::process::Command::new(program).args(args).spawn() {
         Ok(child) => child,
         Err(error) => {
             tracing::error!(command = %shown, %error, "could not start the app");
@@ -152,23 +178,27 @@ pub async fn run_app(app: &RunApp) -> Result<i32, LifecycleError> {
             return Ok(app.finish(code).await);
         }
     };
-    let pid = child
-        .id()
-        .and_then(|id| i32::try_from(id).ok())
-        .and_then(rustix::process::Pid::from_raw);
+    let pid = i32::try_from(child.id())
+        .ok()
+        .and_then(Pid::from_raw)
+        .expect("a started child has a positive pid");
+    drop(child);
     let forward = |sig: Signal, name: &str| {
-        if let Some(pid) = pid
-            && let Err(error) = rustix::process::kill_process(pid, sig)
-        {
+        if let Err(error) = rustix::process::kill_process(pid, sig) {
             tracing::warn!(signal = name, %error, "could not pass the signal on to the app");
         }
     };
     let status = loop {
+        // Every child that has ended, before waiting again: SIGCHLDs arriving together are
+        // delivered once.
+        if let Some(status) = reap(pid).map_err(|source| LifecycleError::Wait {
+            command: shown.clone(),
+            source,
+        })? {
+            break status;
+        }
         tokio::select! {
-            status = child.wait() => break status.map_err(|source| LifecycleError::Wait {
-                command: shown.clone(),
-                source,
-            })?,
+            _ = child_ended.recv() => {}
             _ = term.recv() => forward(Signal::TERM, "SIGTERM"),
             _ = int.recv() => forward(Signal::INT, "SIGINT"),
         }
@@ -176,11 +206,34 @@ pub async fn run_app(app: &RunApp) -> Result<i32, LifecycleError> {
     Ok(app.finish(exit_code(status)).await)
 }
 
+/// Reaps every child that has ended, without blocking; returns the app's status once `app`
+/// is among them. Orphans reparented here are reaped and forgotten.
+fn reap(app: Pid) -> io::Result<Option<ExitStatus>> {
+    use std::os::unix::process::ExitStatusExt;
+    let mut status = None;
+    loop {
+        match rustix::process::wait(WaitOptions::NOHANG) {
+            Ok(Some((pid, wait))) if pid == app => {
+                status = Some(ExitStatus::from_raw(wait.as_raw()));
+            }
+            Ok(Some((pid, wait))) => {
+                tracing::debug!(pid = pid.as_raw_nonzero().get(), ?wait, "reaped an orphan");
+            }
+            // Children remain, none has ended.
+            Ok(None) => return Ok(status),
+            Err(rustix::io::Errno::INTR) => {}
+            // No children left: the app has been reaped (now, or it would have been seen).
+            Err(rustix::io::Errno::CHILD) if status.is_some() => return Ok(status),
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
 impl RunApp {
-    /// Stops the proxy if the app's exit `code` ends the pod; returns `code`.
+    /// Tells the proxy the app has ended if its exit `code` ends the pod; returns `code`.
     async fn finish(&self, code: i32) -> i32 {
         if self.stop_proxy == StopProxy::Always || code == 0 {
-            quit_proxy(self.admin).await;
+            quit_proxy(self.admin, self.container.as_deref()).await;
         }
         code
     }

@@ -17,6 +17,7 @@ use strait_proxy::app::{self, Settings};
 use strait_proxy::app_health::{self, AppProbers};
 use strait_proxy::identity::{Identity, IdentitySettings};
 use strait_proxy::lifecycle::{self, RunApp, StopProxy};
+use strait_proxy::run_apps::RunApps;
 use strait_proxy::xds::{NodeInfo, Protocol, XdsSettings};
 
 #[derive(Parser, Debug)]
@@ -88,6 +89,11 @@ struct Args {
     /// without one, `traceparent` and `tracestate` pass through untouched.
     #[arg(long, env = "STRAIT_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// The app containers that run under `run-app` (comma-separated; the injector sets
+    /// STRAIT_RUN_APP_CONTAINERS): `POST /quitquitquit?container=NAME` from each, and the proxy
+    /// stops once all have ended.
+    #[arg(long, env = "STRAIT_RUN_APP_CONTAINERS", value_delimiter = ',')]
+    run_app_containers: Vec<String>,
     /// Worker threads serving traffic [default: the available parallelism].
     #[arg(long, env = "STRAIT_CONCURRENCY")]
     concurrency: Option<std::num::NonZeroUsize>,
@@ -101,9 +107,10 @@ enum Command {
     /// Wait until the proxy's admin `/ready` answers 200, then exit 0 (1 at the timeout): the
     /// injected postStart hook that holds the app until the sidecar is ready.
     Wait(WaitArgs),
-    /// Wait until the proxy is ready, run the app (`-- CMD ARGS...`), then ask the proxy to
-    /// quit (`POST /quitquitquit`) and exit with the app's code: how an injected Job's
-    /// containers run without native sidecars, so the pod ends.
+    /// Wait until the proxy is ready, run the app (`-- CMD ARGS...`), reaping orphaned
+    /// processes meanwhile, then tell the proxy (`POST /quitquitquit`, with `--container` only
+    /// this container's end) and exit with the app's code: how an injected Job's containers run
+    /// without native sidecars, so the pod ends.
     RunApp(RunAppArgs),
     /// Copy this binary to a path (mode 0755) and exit: the init step that lets the app's
     /// containers run `strait-proxy run-app` from a shared volume, with no shell needed.
@@ -132,6 +139,10 @@ struct RunAppArgs {
     /// restartPolicy OnFailure, whose failed app the kubelet starts again).
     #[arg(long, value_enum, default_value = "always")]
     stop_proxy: StopProxy,
+    /// This container's name: the proxy stops once every run-app container it was told of
+    /// (STRAIT_RUN_APP_CONTAINERS) has ended. Without it, the proxy stops when this app does.
+    #[arg(long, value_parser = container_name)]
+    container: Option<String>,
     /// The app: its program and arguments, after `--`.
     #[arg(required = true, last = true)]
     command: Vec<OsString>,
@@ -142,6 +153,14 @@ struct CopySelfArgs {
     /// Where the copy goes (a file in a volume the app's containers mount).
     #[arg(long)]
     to: PathBuf,
+}
+
+fn container_name(name: &str) -> Result<String, String> {
+    if strait_proxy::run_apps::is_container_name(name) {
+        Ok(name.to_string())
+    } else {
+        Err("a container name is lowercase letters, digits and '-'".into())
+    }
 }
 
 /// A runtime for the small subcommands.
@@ -254,6 +273,7 @@ fn main() -> anyhow::Result<()> {
                 admin: run.admin_addr,
                 wait_timeout: run.wait_timeout,
                 stop_proxy: run.stop_proxy,
+                container: run.container.clone(),
                 command: run.command.clone(),
             };
             let code = current_thread()?.block_on(lifecycle::run_app(&app))?;
@@ -316,7 +336,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         admin: args.admin_addr,
         otlp_endpoint: args.otlp_endpoint.clone(),
         app_probers: app_probers()?,
+        run_apps: Arc::new(RunApps::new(&args.run_app_containers)?),
     };
+    if !settings.run_apps.is_empty() {
+        tracing::info!(containers = %settings.run_apps.names().join(","), "stopping once these run-app containers have ended");
+    }
     let running = app::start(settings)
         .await
         .context("starting strait-proxy")?;

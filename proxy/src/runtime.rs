@@ -15,6 +15,7 @@ use rustls::server::ServerConfig;
 
 use crate::config::{Cluster, Config, Listener};
 use crate::identity::Identity;
+use crate::run_apps::RunApps;
 use crate::stats::{ClusterGauges, ClusterStats, Stats};
 use crate::trace::Tracing;
 use crate::upstream::balance::Balancer;
@@ -321,6 +322,8 @@ pub struct Shared {
     pub identity: Option<Arc<Identity>>,
     /// Notified by the admin `POST /quitquitquit`: drain and exit (the app has finished).
     pub quit: tokio::sync::Notify,
+    /// The containers under `run-app` whose ends `/quitquitquit?container=` counts.
+    pub run_apps: Arc<RunApps>,
 }
 
 impl Shared {

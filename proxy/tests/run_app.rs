@@ -1,6 +1,7 @@
 //! The strait-proxy binary as a Job's sidecar without native sidecars: `POST /quitquitquit`
 //! makes it drain and exit 0 (GET does not), and `strait-proxy run-app` waits for `/ready`,
-//! runs the app, stops the proxy and exits with the app's code.
+//! runs the app, stops the proxy and exits with the app's code; with several run-app
+//! containers the proxy stops once all have ended; run-app reaps the orphans the app leaves.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -108,8 +109,23 @@ impl ProxyProcess {
     /// On `admin`, against `xds` (or a port nothing listens on: never ready); returns once
     /// the admin API answers (or it has exited).
     fn spawn(xds: Option<SocketAddr>, admin: &str, outbound_port: u16) -> ProxyProcess {
+        ProxyProcess::spawn_for(xds, admin, outbound_port, &[])
+    }
+
+    /// As `spawn`, told that `run_apps` are the containers under run-app (as the injector
+    /// tells it: `STRAIT_RUN_APP_CONTAINERS`).
+    fn spawn_for(
+        xds: Option<SocketAddr>,
+        admin: &str,
+        outbound_port: u16,
+        run_apps: &[&str],
+    ) -> ProxyProcess {
         let xds = xds.map_or_else(|| format!("127.0.0.1:{}", free_port()), |x| x.to_string());
-        let child = strait_proxy()
+        let mut cmd = strait_proxy();
+        if !run_apps.is_empty() {
+            cmd.env("STRAIT_RUN_APP_CONTAINERS", run_apps.join(","));
+        }
+        let child = cmd
             .args(["--xds", &format!("http://{xds}")])
             .args(["--node-id", NODE, "--labels", "app=pi"])
             .args(["--outbound-port", &outbound_port.to_string()])
@@ -172,8 +188,14 @@ fn marker(name: &str) -> PathBuf {
 /// `strait-proxy run-app` for `script` (run by sh with `$1` = hello, `$MARKER` and
 /// `$GREETING` = world set).
 fn run_app(admin: &str, marker: &PathBuf, script: &str) -> Child {
+    run_app_with(admin, marker, script, &[])
+}
+
+/// As `run_app`, with more run-app flags (`--container NAME`).
+fn run_app_with(admin: &str, marker: &PathBuf, script: &str, flags: &[&str]) -> Child {
     strait_proxy()
         .args(["run-app", "--admin-addr", admin, "--wait-timeout", "30s"])
+        .args(flags)
         .args(["--", "sh", "-c", script, "sh", "hello"])
         .env("MARKER", marker)
         .env("GREETING", "world")
@@ -273,6 +295,182 @@ async fn run_app_passes_sigterm_on_to_the_app() {
         let status = exited_within(&mut app, Duration::from_secs(10)).expect("run-app exits");
         assert_eq!(status.code(), Some(7), "{}", stderr_of(&mut app));
         assert_eq!(std::fs::read_to_string(&marker).expect("marker"), "TERM\n");
+        let _ = std::fs::remove_file(&marker);
+        let status = exited_within(&mut proxy.child, Duration::from_secs(5))
+            .expect("the proxy exits once the app has");
+        assert!(status.success(), "{status}");
+    })
+    .await
+    .expect("test body");
+    drop(xds);
+}
+
+fn wait_for(marker: &PathBuf, text: &str) {
+    let started = Instant::now();
+    while std::fs::read_to_string(marker).unwrap_or_default() != text {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{} never said {text:?}",
+            marker.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_run_app_containers_the_proxy_stops_after_both() {
+    let outbound = free_port();
+    let xds = xds(outbound).await;
+    let xds_addr = xds.addr;
+    tokio::task::spawn_blocking(move || {
+        let admin = format!("127.0.0.1:{}", admin_port());
+        let mut proxy = ProxyProcess::spawn_for(Some(xds_addr), &admin, outbound, &["a", "b"]);
+        let marker_a = marker("two-a");
+        let marker_b = marker("two-b");
+        let go_b = marker("two-b-go");
+        let mut a = run_app_with(
+            &admin,
+            &marker_a,
+            r#"echo ran > "$MARKER""#,
+            &["--container", "a"],
+        );
+        // b runs until told to finish (its GO file exists).
+        let mut b = strait_proxy()
+            .args(["run-app", "--admin-addr", &admin, "--wait-timeout", "30s"])
+            .args(["--container", "b", "--"])
+            .args([
+                "sh",
+                "-c",
+                r#"echo started > "$MARKER"; while [ ! -e "$GO" ]; do sleep 0.05; done"#,
+            ])
+            .env("MARKER", &marker_b)
+            .env("GO", &go_b)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn run-app b");
+        wait_for(&marker_b, "started\n");
+        let status = exited_within(&mut a, Duration::from_secs(30)).expect("run-app a exits");
+        assert_eq!(status.code(), Some(0), "{}", stderr_of(&mut a));
+        assert_eq!(std::fs::read_to_string(&marker_a).expect("a ran"), "ran\n");
+
+        // a has ended, b has not: the proxy goes on serving.
+        assert_eq!(
+            exited_within(&mut proxy.child, Duration::from_millis(500)),
+            None,
+            "the proxy stopped while b still runs"
+        );
+        assert_eq!(get(&admin, "/ready"), (200, "LIVE\n".into()));
+        // A second report from a changes nothing; an unknown container is refused by name.
+        assert_eq!(
+            request("POST", &admin, "/quitquitquit?container=a"),
+            (200, "a has ended; waiting for b\n".into())
+        );
+        let (status, body) = request("POST", &admin, "/quitquitquit?container=c");
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("unknown container \"c\""), "{body}");
+        assert_eq!(get(&admin, "/ready").0, 200);
+
+        std::fs::write(&go_b, "").expect("tell b to finish");
+        let status = exited_within(&mut b, Duration::from_secs(10)).expect("run-app b exits");
+        assert_eq!(status.code(), Some(0), "{}", stderr_of(&mut b));
+        let status = exited_within(&mut proxy.child, Duration::from_secs(5))
+            .expect("the proxy exits once both have ended");
+        assert!(status.success(), "{status}");
+        for path in [marker_a, marker_b, go_b] {
+            let _ = std::fs::remove_file(path);
+        }
+    })
+    .await
+    .expect("test body");
+    drop(xds);
+}
+
+/// `/proc/PID/stat`: the process's name, state and parent.
+fn stat(pid: u32) -> Option<(String, char, u32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, rest) = text.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_string();
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((name, state, ppid))
+}
+
+/// The children of `parent`: pid, name, state.
+fn children(parent: u32) -> Vec<(u32, String, char)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        if let Some((name, state, ppid)) = stat(pid)
+            && ppid == parent
+        {
+            out.push((pid, name, state));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_app_reaps_the_orphans_the_app_leaves() {
+    let outbound = free_port();
+    let xds = xds(outbound).await;
+    let xds_addr = xds.addr;
+    tokio::task::spawn_blocking(move || {
+        let admin = format!("127.0.0.1:{}", admin_port());
+        let mut proxy = ProxyProcess::spawn(Some(xds_addr), &admin, outbound);
+        let marker = marker("orphan");
+        // The subshell starts `sleep 1` and exits at once: the sleep is orphaned, and run-app
+        // (a child subreaper) becomes its parent. The app itself lives on for 3 s.
+        let mut app = run_app(
+            &admin,
+            &marker,
+            r#"(sleep 1 &); echo started > "$MARKER"; sleep 3; exit 3"#,
+        );
+        let run_app_pid = app.id();
+        wait_for(&marker, "started\n");
+        let orphan = children(run_app_pid)
+            .into_iter()
+            .find(|(_, name, _)| name == "sleep")
+            .map(|(pid, ..)| pid)
+            .unwrap_or_else(|| {
+                panic!(
+                    "the orphan was not reparented to run-app; its children: {:?}",
+                    children(run_app_pid)
+                )
+            });
+        // The orphan ends after 1 s; run-app, still running the app, must have reaped it.
+        let started = Instant::now();
+        while stat(orphan).is_some_and(|(_, state, _)| state != 'Z') {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the orphan never ended"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            app.try_wait().expect("try_wait"),
+            None,
+            "the app is still running"
+        );
+        let zombies: Vec<_> = children(run_app_pid)
+            .into_iter()
+            .filter(|(.., state)| *state == 'Z')
+            .collect();
+        assert!(
+            zombies.is_empty(),
+            "zombie children of run-app: {zombies:?}"
+        );
+        assert_eq!(
+            stat(orphan).map(|(_, state, _)| state),
+            None,
+            "the orphan was reaped"
+        );
+
+        let status = exited_within(&mut app, Duration::from_secs(10)).expect("run-app exits");
+        assert_eq!(status.code(), Some(3), "{}", stderr_of(&mut app));
         let _ = std::fs::remove_file(&marker);
         let status = exited_within(&mut proxy.child, Duration::from_secs(5))
             .expect("the proxy exits once the app has");

@@ -270,6 +270,7 @@ impl World {
             admin: "127.0.0.1:0".parse().expect("addr"),
             otlp_endpoint: otlp,
             app_probers: Default::default(),
+            run_apps: Default::default(),
         })
         .await
         .expect("proxy starts");

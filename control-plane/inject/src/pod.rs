@@ -153,9 +153,19 @@ pub(crate) fn inject_in(
                     settings,
                     controls.resources.clone(),
                 ));
+                let mut names: Vec<String> = Vec::new();
                 for c in &mut containers {
-                    sidecar::run_app(c, settings.ports.admin, stop);
+                    let name = sidecar::run_app(c, settings.ports.admin, stop);
+                    if !names.contains(&name) {
+                        names.push(name);
+                    }
                 }
+                // The proxy stops once every one of them has ended, not at the first.
+                proxy.env.get_or_insert_default().push(EnvVar {
+                    name: sidecar::RUN_APP_CONTAINERS_ENV.into(),
+                    value: Some(names.join(",")),
+                    ..EnvVar::default()
+                });
             }
             init_containers.extend(init);
             if placement == Placement::Beside {
@@ -442,8 +452,9 @@ mod tests {
         );
         assert_eq!(
             app.args.as_deref().unwrap().join(" "),
-            "run-app --admin-addr 127.0.0.1:15900 --stop-proxy on-success -- perl -e print $(GREETING)"
+            "run-app --admin-addr 127.0.0.1:15900 --stop-proxy on-success --container app -- perl -e print $(GREETING)"
         );
+        assert_eq!(arg(&inj.spec.containers[2], "--container"), Some("logger"));
         let mount = app.volume_mounts.as_deref().unwrap().last().unwrap();
         assert_eq!(
             (
@@ -483,15 +494,98 @@ mod tests {
             c.volume_mounts = None;
         }
         let twice = injected(&meta(&[], &[]), &again, &classic);
-        assert_eq!(twice.spec.containers[1..], inj.spec.containers[1..]);
+        assert_eq!(twice.spec.containers, inj.spec.containers);
 
         // restartPolicy Never: the proxy stops whatever the app's exit.
         spec.restart_policy = Some("Never".into());
         let inj = injected(&meta(&[], &[]), &spec, &classic);
         assert_eq!(
-            inj.spec.containers[1].args.as_deref().unwrap()[..4],
-            ["run-app", "--admin-addr", "127.0.0.1:15900", "--"]
+            inj.spec.containers[1].args.as_deref().unwrap()[..6],
+            [
+                "run-app",
+                "--admin-addr",
+                "127.0.0.1:15900",
+                "--container",
+                "app",
+                "--"
+            ]
         );
+    }
+
+    fn env_value<'a>(c: &'a Container, name: &str) -> Option<&'a str> {
+        c.env
+            .as_deref()?
+            .iter()
+            .find(|e| e.name == name)?
+            .value
+            .as_deref()
+    }
+
+    #[test]
+    fn the_proxy_is_told_every_run_app_container_and_each_run_app_its_own_name() {
+        let classic = InjectSettings {
+            native_sidecars: false,
+            ..InjectSettings::default()
+        };
+        let mut spec = app_spec();
+        spec.restart_policy = Some("Never".into());
+        spec.containers[0].command = Some(vec!["train".into()]);
+        spec.containers[1].command = Some(vec!["ship-logs".into()]);
+        let inj = injected(&meta(&[], &[]), &spec, &classic);
+        let proxy = &inj.spec.containers[0];
+        assert_eq!(proxy.name, "strait-proxy");
+        assert_eq!(
+            env_value(proxy, "STRAIT_RUN_APP_CONTAINERS"),
+            Some("app,logger")
+        );
+        assert_eq!(arg(&inj.spec.containers[1], "--container"), Some("app"));
+        assert_eq!(arg(&inj.spec.containers[2], "--container"), Some("logger"));
+
+        // Written under run-app already: one without --container (an older injection) gets
+        // its own name; one with it keeps the name it reports, which the proxy is told.
+        let mut again = spec.clone();
+        again.containers = inj.spec.containers[1..].to_vec();
+        let args = again.containers[0].args.as_mut().unwrap();
+        let at = args.iter().position(|a| a == "--container").unwrap();
+        args.drain(at..at + 2);
+        again.containers[1].args.as_mut().unwrap()[4] = "shipper".into();
+        let twice = injected(&meta(&[], &[]), &again, &classic);
+        assert_eq!(
+            twice.spec.containers[1].args.as_deref().unwrap()[..5],
+            [
+                "run-app",
+                "--container",
+                "app",
+                "--admin-addr",
+                "127.0.0.1:15000"
+            ]
+        );
+        assert_eq!(
+            arg(&twice.spec.containers[2], "--container"),
+            Some("shipper")
+        );
+        assert_eq!(
+            env_value(&twice.spec.containers[0], "STRAIT_RUN_APP_CONTAINERS"),
+            Some("app,shipper")
+        );
+
+        // Pods that do not run to completion, or have native sidecars: no run-app, no list.
+        for (policy, settings) in [
+            (Some("Always"), &classic),
+            (Some("Never"), &InjectSettings::default()),
+        ] {
+            spec.restart_policy = policy.map(String::from);
+            let inj = injected(&meta(&[], &[]), &spec, settings);
+            let proxies: Vec<&Container> = inj
+                .spec
+                .containers
+                .iter()
+                .chain(inj.spec.init_containers.iter().flatten())
+                .filter(|c| c.name == "strait-proxy")
+                .collect();
+            assert_eq!(proxies.len(), 1);
+            assert_eq!(env_value(proxies[0], "STRAIT_RUN_APP_CONTAINERS"), None);
+        }
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub const BIN_VOLUME: &str = "strait-bin";
 pub const BIN_DIR: &str = "/var/run/strait/bin";
 /// strait-proxy as the app's containers see it.
 pub const RUN_APP_BINARY: &str = "/var/run/strait/bin/strait-proxy";
+/// On the proxy container: the app containers under run-app, comma-separated. The proxy stops
+/// once each has reported its end (`run-app --container NAME`).
+pub const RUN_APP_CONTAINERS_ENV: &str = "STRAIT_RUN_APP_CONTAINERS";
 
 /// Where the proxy container goes, which decides how the app waits for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -281,13 +284,31 @@ pub(crate) fn runs_under_run_app(container: &Container) -> bool {
             .is_some_and(|a| a == "run-app")
 }
 
-/// `command: [strait-proxy]`, `args: [run-app, --admin-addr, …, --, <command…>, <args…>]`,
-/// with the `strait-bin` volume mounted read-only. Kubernetes expands `$(VAR)` in `command` and
-/// `args` alike, so the app's own move over as they are. A container already running under
-/// run-app keeps its arguments; one without `command` is the caller's to refuse (the image's
-/// entrypoint is unknown here).
-pub(crate) fn run_app(container: &mut Container, admin_port: u16, stop: StopProxy) {
-    if !runs_under_run_app(container) {
+/// `command: [strait-proxy]`, `args: [run-app, --admin-addr, …, --container NAME, --,
+/// <command…>, <args…>]`, with the `strait-bin` volume mounted read-only. Kubernetes expands
+/// `$(VAR)` in `command` and `args` alike, so the app's own move over as they are. A container
+/// already running under run-app keeps its arguments, with `--container NAME` added if they
+/// have none; one without `command` is the caller's to refuse (the image's entrypoint is
+/// unknown here). Returns the name this run-app reports its end as, for
+/// [`RUN_APP_CONTAINERS_ENV`].
+pub(crate) fn run_app(container: &mut Container, admin_port: u16, stop: StopProxy) -> String {
+    if runs_under_run_app(container) {
+        let args = container.args.get_or_insert_default();
+        // run-app's own flags: the ones before `--`.
+        let flags = args.iter().position(|a| a == "--").unwrap_or(args.len());
+        let named = args[..flags].iter().enumerate().find_map(|(i, a)| {
+            match a.strip_prefix("--container=") {
+                Some(name) => Some(name.to_string()),
+                None if a == "--container" => args.get(i + 1).cloned(),
+                None => None,
+            }
+        });
+        if let Some(name) = named {
+            add_bin_mount(container);
+            return name;
+        }
+        args.splice(1..1, ["--container".to_string(), container.name.clone()]);
+    } else {
         let mut args = vec![
             "run-app".to_string(),
             "--admin-addr".into(),
@@ -296,12 +317,18 @@ pub(crate) fn run_app(container: &mut Container, admin_port: u16, stop: StopProx
         if stop == StopProxy::OnSuccess {
             args.extend(["--stop-proxy".into(), "on-success".into()]);
         }
+        args.extend(["--container".into(), container.name.clone()]);
         args.push("--".into());
         args.extend(container.command.take().unwrap_or_default());
         args.extend(container.args.take().unwrap_or_default());
         container.command = Some(vec![RUN_APP_BINARY.into()]);
         container.args = Some(args);
     }
+    add_bin_mount(container);
+    container.name.clone()
+}
+
+fn add_bin_mount(container: &mut Container) {
     let mounts = container.volume_mounts.get_or_insert_default();
     if !mounts.iter().any(|m| m.name == BIN_VOLUME) {
         mounts.push(VolumeMount {
