@@ -5,8 +5,8 @@
 # .tools/ (scripts/install-tools.sh), raises the open-file limit and runs
 # target/release/strait-scale with the arguments given, e.g.
 #   scripts/scale.sh --clients 2000 --services 500
-# Writes bench/results/scale-latest.md and .json. Not part of CI: it takes minutes, much memory,
-# and its numbers depend on the machine.
+# Writes bench/results/scale-latest.md and .json (scale-scoped-latest with --scoped). Not part
+# of CI: it takes minutes, much memory, and its numbers depend on the machine.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,13 +28,17 @@ Common options (all of them: scripts/scale.sh and then `target/release/strait-sc
   --namespaces N      namespaces (default 20)
   --endpoints N       endpoints per service (default 10)
   --split-share F     share of services with a 90/10 VirtualService (default 0.2)
+  --scoped            a Sidecar in every namespace (egress ./*, istio-system/* and
+                      --scoped-imports other namespaces); checks each client gets only its scope
+  --scoped-imports K  other namespaces each Sidecar imports (default 2)
   --steps A,B         client counts at which steady-state memory is read (default 1000,5000)
   --churn-seconds S   sustained churn duration (default 60)
   --churn-rate R      endpoint changes per second during churn (default 20)
   --timeout S         longest wait for any convergence (default 300)
   --load-threads N    tokio worker threads for the clients (default 1)
   --skip LIST         scenarios to skip: cold,steady,endpoint,route,churn,restart
-  --out-dir DIR       where scale-latest.md/.json go (default bench/results)
+  --out-dir DIR       where scale-latest.md/.json go (default bench/results;
+                      scale-scoped-latest.md/.json with --scoped; --name NAME to choose)
 
 Environment: CARGO_TARGET_DIR (default target/), STRAIT_ENVOY (an Envoy binary; else
 scripts/install-tools.sh installs one), STRAIT_SCALE_NOFILE (open-file limit, default 200000).

@@ -137,7 +137,7 @@ fn time(samples: &mut Vec<f64>, f: impl FnOnce()) {
 
 fn main() {
     let args = args();
-    let mut mesh = Mesh::generate(args.services, 20, args.endpoints, 0.2);
+    let mut mesh = Mesh::generate(args.services, 20, args.endpoints, 0.2, 2);
     let mut objects: Vec<Object> = Vec::new();
     for (name, text) in mesh.files() {
         objects.extend(loader::parse(&text, &name).expect("the generated mesh parses"));

@@ -12,6 +12,8 @@ use crate::xds::{Shape, TYPE_URLS};
 
 pub struct Envoy {
     pub node_id: String,
+    /// The index of the shape it is a sidecar of.
+    pub shape: usize,
     pub admin_port: u16,
     child: Child,
     log: PathBuf,
@@ -72,6 +74,7 @@ impl Envoy {
             .with_context(|| format!("spawning {}", envoy.display()))?;
         Ok(Envoy {
             node_id,
+            shape: shape.index,
             admin_port,
             child,
             log,

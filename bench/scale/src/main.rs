@@ -12,6 +12,7 @@ mod procfs;
 
 mod envoy;
 mod report;
+mod scope;
 mod stats;
 mod straitd;
 mod xds;
@@ -28,14 +29,15 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 
 use crate::envoy::{Envoy, sync_status};
-use crate::mesh::Mesh;
+use strait_scale::mesh::Mesh;
 use crate::report::{
     Baseline, Change, Churn, ColdStart, EnvoyCheck, EnvoyResult, MemPoint, Report, Restart, Steady,
     Step, Target, secs,
 };
+use crate::scope::Expectation;
 use crate::stats::Summary;
 use crate::straitd::Straitd;
-use crate::xds::{Client, EDS, Fleet, RDS, TYPE_NAMES, TYPES};
+use crate::xds::{Client, EDS, Expect, Fleet, RDS, TYPE_NAMES, TYPES};
 use strait_scale::mesh;
 
 #[derive(Parser, Debug, Serialize)]
@@ -47,7 +49,11 @@ use strait_scale::mesh;
 subscription order, ACKs and backoff) and --envoys stock Envoys, runs scenarios (a) cold start, \
 (b) steady-state memory, (c) one endpoint change, (d) one route weight change, (e) sustained \
 churn, (f) kill -9 and restart, and writes bench/results/scale-latest.{md,json}. \
-Run it through scripts/scale.sh, which builds the binaries, installs Envoy and raises ulimit -n."
+With --scoped every namespace gets a Sidecar (egress ./*, istio-system/* and --scoped-imports \
+other namespaces), as users scope a mesh; each client is then checked to hold exactly what its \
+scope calls for, and each change to reach the clients whose scope holds the service and no \
+other. Run it through scripts/scale.sh, which builds the binaries, installs Envoy and raises \
+ulimit -n."
 )]
 struct Args {
     /// Services (STATIC ServiceEntries).
@@ -62,6 +68,18 @@ struct Args {
     /// Share of services with a DestinationRule (v1/v2) and a 90/10 VirtualService.
     #[arg(long, default_value_t = 0.2)]
     split_share: f64,
+    /// Shared services in istio-system (besides --services), which every Sidecar of --scoped
+    /// imports; there in both variants, so that the two compare on one mesh.
+    #[arg(long, default_value_t = 2)]
+    shared_services: usize,
+    /// Scope the mesh as users do: a Sidecar in every namespace with egress hosts ./*,
+    /// istio-system/* and --scoped-imports other namespaces (gateways stay unscoped).
+    #[arg(long)]
+    scoped: bool,
+    /// With --scoped: how many other namespaces each namespace's Sidecar imports (ns-N imports
+    /// ns-(N+1) .. ns-(N+K), wrapping around).
+    #[arg(long, default_value_t = 2)]
+    scoped_imports: usize,
     /// Simulated ADS clients.
     #[arg(long, default_value_t = 10_000)]
     clients: usize,
@@ -117,9 +135,10 @@ struct Args {
     /// Where the Markdown and JSON reports go.
     #[arg(long, default_value = "bench/results")]
     out_dir: PathBuf,
-    /// Name of the report files: OUT_DIR/NAME.md and NAME.json.
-    #[arg(long, default_value = "scale-latest")]
-    name: String,
+    /// Name of the report files: OUT_DIR/NAME.md and NAME.json [default: scale-latest, with
+    /// --scoped scale-scoped-latest].
+    #[arg(long)]
+    name: Option<String>,
     /// Keep straitd's config, data dir and logs here instead of a temporary directory.
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -265,6 +284,8 @@ struct Harness {
     straitd: Straitd,
     monitor: Monitor,
     fleet: Arc<Fleet>,
+    /// What a proxy of each shape must hold.
+    expects: Vec<Arc<Expect>>,
     clients: Vec<Arc<Client>>,
     tasks: Vec<Option<JoinHandle<()>>>,
     envoys: Vec<Envoy>,
@@ -272,6 +293,14 @@ struct Harness {
     applied: BTreeMap<String, String>,
     timeout: Duration,
     report: Report,
+}
+
+/// A change the Envoys are checked against: what each had ACKed of its type before, and
+/// which of them are in its scope (they must ACK a new version; the others must not get one).
+struct EnvoyWatch {
+    type_index: usize,
+    before: BTreeMap<String, String>,
+    in_scope: BTreeSet<String>,
 }
 
 /// Why a wait ended.
@@ -404,13 +433,23 @@ impl Harness {
         }
     }
 
+    /// The Envoys whose scope holds this service.
+    fn envoys_seeing(&self, service: usize) -> BTreeSet<String> {
+        self.envoys
+            .iter()
+            .filter(|e| self.expects.get(e.shape).is_some_and(|x| x.sees(service)))
+            .map(|e| e.node_id.clone())
+            .collect()
+    }
+
     /// Waits (when `wait`) until every Envoy has every type ACKed at the version last sent
-    /// and, given `before` (type, what each had ACKed), a new version of that type.
+    /// and, given a change, every Envoy in its scope a new version of its type; counts the
+    /// Envoys outside its scope that got one.
     async fn envoy_check(
         &mut self,
         after: &str,
         wait: bool,
-        before: Option<(usize, BTreeMap<String, String>)>,
+        change: Option<EnvoyWatch>,
     ) -> EnvoyCheck {
         if self.envoys.is_empty() {
             return EnvoyCheck {
@@ -427,11 +466,11 @@ impl Harness {
                 Err(e) => self.log(format!("/debug/proxies: {e:#}")),
             }
             let s: &envoy::SyncStatus = &status;
-            let moved = before.as_ref().is_none_or(|(t, old)| {
-                let ty = envoy::short(xds::TYPE_URLS[*t]);
-                nodes.iter().all(|n| {
+            let moved = change.as_ref().is_none_or(|c| {
+                let ty = envoy::short(xds::TYPE_URLS[c.type_index]);
+                c.in_scope.iter().all(|n| {
                     let now = s.acked.get(n).and_then(|v| v.get(ty));
-                    now.is_some() && now != old.get(n)
+                    now.is_some() && now != c.before.get(n)
                 })
             });
             let settled = s.synced == self.envoys.len() && moved;
@@ -453,8 +492,26 @@ impl Harness {
             .map(|e| e.alive())
             .filter(|a| *a)
             .count();
+        let moved_outside: Vec<String> = change
+            .as_ref()
+            .map(|c| {
+                let ty = envoy::short(xds::TYPE_URLS[c.type_index]);
+                nodes
+                    .iter()
+                    .filter(|n| !c.in_scope.contains(*n))
+                    .filter(|n| {
+                        let now = status.acked.get(*n).and_then(|v| v.get(ty));
+                        now.is_some() && now != c.before.get(*n)
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
         let check = EnvoyCheck {
             after: after.to_string(),
+            in_scope: change.as_ref().map(|c| c.in_scope.len()),
+            moved_outside: moved_outside.len(),
+            moved_outside_examples: moved_outside.into_iter().take(3).collect(),
             synced: status.synced,
             of: self.envoys.len(),
             alive,
@@ -469,8 +526,19 @@ impl Harness {
                 .collect(),
         };
         self.log(format!(
-            "Envoys after {after}: {}/{} synced, {} alive, {} rejected updates, {} NACKs at straitd",
-            check.synced, check.of, check.alive, check.rejected_updates, check.nacks_at_straitd
+            "Envoys after {after}: {}/{} synced, {} alive, {} rejected updates, {} NACKs at straitd{}",
+            check.synced,
+            check.of,
+            check.alive,
+            check.rejected_updates,
+            check.nacks_at_straitd,
+            match check.in_scope {
+                Some(n) => format!(
+                    "; {n} in the change's scope, {} outside it got a new version",
+                    check.moved_outside
+                ),
+                None => String::new(),
+            }
         ));
         check
     }
@@ -591,7 +659,21 @@ impl Harness {
         ));
         self.report.cold_start = Some(cold);
         self.record_resources();
+        self.scope_check("(a) cold start");
         Ok(())
+    }
+
+    /// Whether every client holds what its scope calls for; recorded in the report.
+    fn scope_check(&mut self, after: &str) {
+        let check = xds::check_scopes(&self.fleet, &self.clients, after);
+        self.log(format!(
+            "scopes after {after}: {}/{} clients hold what their scope calls for; {} lack something, {} hold something outside it, {} have other routes",
+            check.as_expected, check.clients, check.missing, check.outside, check.routes_differ
+        ));
+        for e in &check.examples {
+            self.log(format!("  {e}"));
+        }
+        self.report.scope_checks.push(check);
     }
 
     /// The resources a converged sidecar and gateway hold.
@@ -688,6 +770,8 @@ impl Harness {
             steady.steps.push(s);
         }
         self.report.steady = Some(steady);
+        let last = format!("(b) {} clients", self.running());
+        self.scope_check(&last);
         Ok(())
     }
 
@@ -698,7 +782,8 @@ impl Harness {
         Ok(t.elapsed().as_secs_f64() * 1000.0)
     }
 
-    /// Applies one object and times the change of `resource` at every client holding it.
+    /// Applies one object and times the change of `resource` at every client `in_scope`
+    /// says should get it; counts the clients outside that scope that got it all the same.
     async fn timed_change(
         &mut self,
         what: &str,
@@ -706,13 +791,32 @@ impl Harness {
         resource: &str,
         key: String,
         yaml: String,
+        in_scope: impl Fn(&Client) -> bool,
     ) -> anyhow::Result<Change> {
-        let watch = self.fleet.watch(type_index, resource, &self.clients);
+        let bytes0: Vec<u64> = self.clients.iter().map(|c| c.state().bytes).collect();
+        // A route configuration is named for its listener, not for a service: every sidecar
+        // holds its own `outbound`, and only a new version of it outside the scope is a fault.
+        let watch = self.fleet.watch(
+            type_index,
+            resource,
+            &self.clients,
+            in_scope,
+            type_index == RDS,
+        );
         let affected = watch.pending();
-        self.log(format!(
-            "{what}: {affected} clients hold {} {resource}",
-            TYPE_NAMES[type_index]
-        ));
+        {
+            let inner = watch
+                .inner
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.log(format!(
+                "{what}: {affected} clients in its scope should get {} {resource} ({} of them do not hold it); {} outside ({} of them hold it)",
+                TYPE_NAMES[type_index],
+                inner.missing_at_t0,
+                self.clients.len() - affected,
+                inner.held_outside_at_t0,
+            ));
+        }
         let t0 = Instant::now();
         watch.set_t0(t0);
         let apply = self.apply(key.clone(), yaml).await;
@@ -730,11 +834,28 @@ impl Harness {
                 (p == 0, format!("{} of {affected} still to ACK", p))
             })
             .await;
+        // Whatever reaches a client outside the scope late is counted too.
+        self.settle().await;
         self.fleet.unwatch(&watch);
         let inner = watch
             .inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (mut outside_with_traffic, mut outside_bytes) = (0, 0);
+        for (c, b0) in self.clients.iter().zip(&bytes0) {
+            if inner.is_outside(c.id) {
+                let got = c.state().bytes.saturating_sub(*b0);
+                outside_with_traffic += usize::from(got > 0);
+                outside_bytes += got;
+            }
+        }
+        let received_outside_examples = inner
+            .received_outside
+            .iter()
+            .take(3)
+            .filter_map(|id| self.clients.get(*id as usize))
+            .map(|c| c.node_id.clone())
+            .collect();
         let latency = Summary::of(&inner.latencies);
         let bytes: Vec<f64> = inner.bytes.iter().map(|b| *b as f64).collect();
         let bytes = Summary::of(&bytes);
@@ -747,6 +868,13 @@ impl Harness {
             resource: resource.to_string(),
             apply_ms,
             affected,
+            outside_scope: self.clients.len() - affected,
+            missing_at_start: inner.missing_at_t0,
+            held_outside_at_start: inner.held_outside_at_t0,
+            received_outside: inner.received_outside.len(),
+            received_outside_examples,
+            outside_with_traffic,
+            outside_bytes,
             converged: inner.latencies.len(),
             timeout_s: self.timeout.as_secs_f64(),
             latency_s: latency,
@@ -757,35 +885,34 @@ impl Harness {
         };
         drop(inner);
         self.log(format!(
-            "{what}: {}/{affected} converged, p50 {} p99 {} max {}, {:.0} B per client for a {size} B resource",
+            "{what}: {}/{affected} converged, p50 {} p99 {} max {}, {:.0} B per client for a {size} B resource; outside its scope {} got it, {} got any response ({} B)",
             change.converged,
             secs(latency.p50),
             secs(latency.p99),
             secs(latency.max),
-            bytes.mean.unwrap_or(0.0)
+            bytes.mean.unwrap_or(0.0),
+            change.received_outside,
+            change.outside_with_traffic,
+            change.outside_bytes,
         ));
         Ok(change)
     }
 
     /// (c): one endpoint of one (unsplit) service moves.
     async fn endpoint_change(&mut self) -> anyhow::Result<()> {
-        let Some(i) = self
-            .mesh
-            .services
+        let app = self.mesh.app_services();
+        let Some(i) = app
             .iter()
-            .position(|s| !s.split && s.index >= self.mesh.services.len() / 2)
-            .or_else(|| self.mesh.services.iter().position(|s| !s.split))
-            .or(if self.mesh.services.is_empty() {
-                None
-            } else {
-                Some(0)
-            })
+            .position(|s| !s.split && s.index >= app.len() / 2)
+            .or_else(|| app.iter().position(|s| !s.split))
+            .or(if app.is_empty() { None } else { Some(0) })
         else {
             return Ok(());
         };
         self.mesh.services[i].moves += 1;
         let s = self.mesh.services[i].clone();
         let before = self.envoy_acked(EDS).await;
+        let in_scope = self.envoys_seeing(i);
         let change = self
             .timed_change(
                 "(c) One endpoint changes",
@@ -793,11 +920,17 @@ impl Harness {
                 &s.cluster_name(),
                 format!("ServiceEntry {}/{}", s.namespace, s.name),
                 s.service_entry(),
+                |c| c.expect.sees(i),
             )
             .await?;
         self.report.endpoint_change = Some(change);
+        let watch = EnvoyWatch {
+            type_index: EDS,
+            before,
+            in_scope,
+        };
         let check = self
-            .envoy_check("(c) endpoint change", true, Some((EDS, before)))
+            .envoy_check("(c) endpoint change", true, Some(watch))
             .await;
         self.push_envoy_check(check);
         Ok(())
@@ -840,6 +973,7 @@ impl Harness {
         self.mesh.services[i].v1_weight = 80;
         let s = self.mesh.services[i].clone();
         let before = self.envoy_acked(RDS).await;
+        let in_scope = self.envoys_seeing(i);
         let change = self
             .timed_change(
                 "(d) One VirtualService weight changes (90/10 to 80/20)",
@@ -847,11 +981,18 @@ impl Harness {
                 &route,
                 format!("VirtualService {}/{}", s.namespace, s.name),
                 s.virtual_service(),
+                // The sidecars that see the service; a gateway's routes are its Gateway's.
+                |c| c.expect.is_sidecar() && c.expect.sees(i),
             )
             .await?;
         self.report.route_change = Some(change);
+        let watch = EnvoyWatch {
+            type_index: RDS,
+            before,
+            in_scope,
+        };
         let check = self
-            .envoy_check("(d) route change", true, Some((RDS, before)))
+            .envoy_check("(d) route change", true, Some(watch))
             .await;
         self.push_envoy_check(check);
         Ok(())
@@ -897,7 +1038,13 @@ impl Harness {
             next = i + 1;
             self.mesh.services[i].moves += 1;
             let s = self.mesh.services[i].clone();
-            let watch = self.fleet.watch(EDS, &s.cluster_name(), &self.clients);
+            let watch = self.fleet.watch(
+                EDS,
+                &s.cluster_name(),
+                &self.clients,
+                |c| c.expect.sees(i),
+                false,
+            );
             let offset = t_start.elapsed().as_secs_f64();
             let yaml = s.service_entry();
             self.applied.insert(
@@ -953,6 +1100,8 @@ impl Harness {
                 )
             })
             .await;
+        // Whatever reaches a client outside a change's scope late is counted too.
+        self.settle().await;
         let mut apply_ms = Vec::new();
         let mut failed = 0;
         let mut unanswered = 0;
@@ -983,6 +1132,8 @@ impl Harness {
         let mut last = Vec::new();
         let mut converged = 0;
         let mut unconverged = 0;
+        let mut in_scope = Vec::new();
+        let (mut missing, mut held_outside, mut received_outside) = (0, 0, 0);
         for (offset, _, w, outcome) in &open {
             self.fleet.unwatch(w);
             if outcome.load(Ordering::Acquire) != 1 {
@@ -998,6 +1149,10 @@ impl Harness {
                 converged += 1;
             }
             unconverged += inner.pending.len();
+            in_scope.push(inner.in_scope as f64);
+            missing += inner.missing_at_t0;
+            held_outside += inner.held_outside_at_t0;
+            received_outside += inner.received_outside.len();
             p99s.extend(s.p99);
             maxes.extend(s.max);
             all.extend_from_slice(&inner.latencies);
@@ -1027,6 +1182,10 @@ impl Harness {
             first_10s: Summary::of(&first),
             last_10s: Summary::of(&last),
             unconverged_clients: unconverged,
+            in_scope_per_change: Summary::of(&in_scope),
+            missing_at_start: missing,
+            held_outside_at_start: held_outside,
+            received_outside,
         };
         self.log(format!(
             "(e) {converged}/{sent} changes converged; per-change p99 median {}, max {}; first 10 s p99 {}, last 10 s p99 {}",
@@ -1038,6 +1197,7 @@ impl Harness {
         self.report.churn = Some(churn);
         let check = self.envoy_check("(e) churn", true, None).await;
         self.push_envoy_check(check);
+        self.scope_check("(e) churn");
         Ok(())
     }
 
@@ -1144,6 +1304,7 @@ impl Harness {
         self.report.restart = Some(restart);
         let check = self.envoy_check("(f) restart", true, None).await;
         self.push_envoy_check(check);
+        self.scope_check("(f) restart");
         Ok(())
     }
 
@@ -1215,21 +1376,39 @@ async fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("strait-scale: warning: open-file limit {limit} < {needed}");
     }
 
-    let mesh = Mesh::generate(
+    let mut mesh = Mesh::generate(
         args.services,
         args.namespaces,
         args.endpoints,
         args.split_share,
+        args.shared_services,
     );
+    if args.scoped {
+        mesh = mesh.scoped(args.scoped_imports);
+    }
     let (se, dr, vs) = mesh.object_counts();
     let shapes = xds::shapes(args.shapes, &mesh);
+    let expectations: Vec<Expectation> = shapes.iter().map(|s| Expectation::of(&mesh, s)).collect();
+    let sidecar_sees: Vec<usize> = shapes
+        .iter()
+        .zip(&expectations)
+        .filter(|(s, _)| !s.gateway)
+        .map(|(_, e)| e.visible_count())
+        .collect();
     report.mesh = report::MeshInfo {
         services: args.services,
+        shared_services: mesh.shared_services(),
         namespaces: mesh.namespaces,
         endpoints_per_service: mesh.services.first().map_or(0, |s| s.endpoints),
         service_entries: se,
         destination_rules: dr,
         virtual_services: vs,
+        sidecars: mesh.sidecar_count(),
+        scoped_imports: mesh.scoping.map(|s| s.imports),
+        sidecar_sees_services: (
+            sidecar_sees.iter().copied().min().unwrap_or(0),
+            sidecar_sees.iter().copied().max().unwrap_or(0),
+        ),
         shapes: shapes.len(),
         gateway_shapes: shapes.iter().filter(|s| s.gateway).count(),
         ..Default::default()
@@ -1285,17 +1464,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .pid
         .store(straitd.pid().unwrap_or(0), Ordering::Release);
 
-    let fleet = Arc::new(Fleet::new(
+    let mut fleet = Fleet::new(
         straitd.xds_uri(),
         args.h2_window_kib.max(64) * 1024,
         Duration::from_secs_f64(args.connect_timeout.max(0.1)),
-    ));
+    );
+    fleet.know_mesh(&mesh);
+    let expects: Vec<Arc<Expect>> = expectations
+        .iter()
+        .map(|e| Arc::new(fleet.expect(e)))
+        .collect();
+    let fleet = Arc::new(fleet);
     let clients: Vec<Arc<Client>> = (0..args.clients)
         .map(|i| {
             Arc::new(Client::new(
                 i as u32,
                 &shapes[i % shapes.len()],
                 in_share(i, args.sotw_share),
+                expects[i % shapes.len()].clone(),
             ))
         })
         .collect();
@@ -1308,6 +1494,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         straitd,
         monitor,
         fleet,
+        expects,
         clients,
         envoys: Vec::new(),
         applied: BTreeMap::new(),
@@ -1367,8 +1554,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     h.report.notes.push(
         "convergence is timed in one process clock: from just before the POST /apply of the changed object to the moment each client has processed the response carrying the new version and queued its ACK".into(),
     );
+    h.report.notes.push(
+        "who should see what is the harness's own reading of the mesh it generated (bench/scale/src/scope.rs): a gateway sees every service; a sidecar every service when the mesh is not scoped, else those of its namespace, of istio-system and of the namespaces its Sidecar imports. A client is complete once it also holds every cluster its scope calls for; a change is waited for at the clients whose scope holds the service, and any other client that gets it is counted".into(),
+    );
     h.report.targets = targets(&h.report);
-    write_reports(&h.args.out_dir, &h.args.name, &h.report)?;
+    let name = h.args.name.clone().unwrap_or_else(|| {
+        if h.args.scoped {
+            "scale-scoped-latest".into()
+        } else {
+            "scale-latest".into()
+        }
+    });
+    write_reports(&h.args.out_dir, &name, &h.report)?;
     let md = h.report.markdown();
     println!("{md}");
     outcome
@@ -1456,7 +1653,7 @@ fn targets(r: &Report) -> Vec<Target> {
             )
         };
         push(
-            &format!("{label}: change to ACK at every holder, p99"),
+            &format!("{label}: change to ACK at every client in its scope, p99"),
             "<= 1 s",
             measured,
             Some(converged && c.latency_s.p99.is_some_and(|p| p <= 1.0)),
@@ -1533,6 +1730,79 @@ fn targets(r: &Report) -> Vec<Target> {
             Some(x.held_less == 0),
         );
     }
+    if !r.scope_checks.is_empty() {
+        let bad: Vec<String> = r
+            .scope_checks
+            .iter()
+            .filter(|c| c.faults() > 0)
+            .map(|c| {
+                format!(
+                    "after {}: {} of {} lack something, {} hold something outside their scope, {} have other routes",
+                    c.after, c.missing, c.clients, c.outside, c.routes_differ
+                )
+            })
+            .collect();
+        let measured = if bad.is_empty() {
+            format!(
+                "all clients at each of {} checks ({})",
+                r.scope_checks.len(),
+                r.scope_checks
+                    .iter()
+                    .map(|c| c.after.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else {
+            bad.join("; ")
+        };
+        push(
+            "every client holds what its scope calls for (clusters, assignments, a sidecar's virtual hosts), no more, no less",
+            "every client, every check",
+            measured,
+            Some(bad.is_empty()),
+        );
+    }
+    {
+        let mut parts = Vec::new();
+        let mut clean = true;
+        for (c, label) in [(&r.endpoint_change, "(c)"), (&r.route_change, "(d)")] {
+            let Some(c) = c else { continue };
+            parts.push(format!(
+                "{label} {} of {} outside its scope got it",
+                c.received_outside, c.outside_scope
+            ));
+            if c.held_outside_at_start > 0 || c.missing_at_start > 0 {
+                parts.push(format!(
+                    "{label} before the change {} outside held it, {} inside lacked it",
+                    c.held_outside_at_start, c.missing_at_start
+                ));
+            }
+            clean &=
+                c.received_outside == 0 && c.held_outside_at_start == 0 && c.missing_at_start == 0;
+        }
+        if let Some(c) = &r.churn {
+            parts.push(format!(
+                "(e) {} (change, client) pairs outside a change's scope got it",
+                c.received_outside
+            ));
+            if c.held_outside_at_start > 0 || c.missing_at_start > 0 {
+                parts.push(format!(
+                    "(e) before their changes {} pairs outside held it, {} inside lacked it",
+                    c.held_outside_at_start, c.missing_at_start
+                ));
+            }
+            clean &=
+                c.received_outside == 0 && c.held_outside_at_start == 0 && c.missing_at_start == 0;
+        }
+        if !parts.is_empty() {
+            push(
+                "a change reaches only the clients whose scope holds it",
+                "0 outside",
+                parts.join("; "),
+                Some(clean),
+            );
+        }
+    }
     if let Some(e) = &r.envoys {
         let nacks = e
             .checks
@@ -1547,20 +1817,22 @@ fn targets(r: &Report) -> Vec<Target> {
             .max()
             .unwrap_or(0);
         let synced = e.checks.iter().all(|c| c.synced == c.of);
+        let outside: usize = e.checks.iter().map(|c| c.moved_outside).sum();
         push(
-            "stock Envoys: synced after every scenario, 0 NACKs",
-            "all synced, 0",
+            "stock Envoys: synced after every scenario, 0 NACKs, none outside a change's scope got it",
+            "all synced, 0, 0",
             format!(
-                "{} ({} NACKs at straitd, {} rejected updates at the Envoys)",
+                "{} ({} NACKs at straitd, {} rejected updates at the Envoys, {} Envoys outside a change's scope got it)",
                 if synced {
                     "all synced"
                 } else {
                     "**not all synced**"
                 },
                 nacks,
-                rejected
+                rejected,
+                outside
             ),
-            Some(synced && nacks == 0 && rejected == 0),
+            Some(synced && nacks == 0 && rejected == 0 && outside == 0),
         );
     }
     if let Some(f) = &r.final_disconnect {
@@ -1607,8 +1879,14 @@ mod tests {
         assert_eq!(args.clients, 10_000);
         assert_eq!(args.services, 1000);
         assert_eq!(args.load_threads, 1);
+        assert!(!args.scoped);
+        assert_eq!((args.scoped_imports, args.shared_services), (2, 2));
         let args =
             Args::try_parse_from(["strait-scale", "--skip", "churn,restart"]).expect("skip parses");
         assert_eq!(args.skip, vec!["churn", "restart"]);
+        let args = Args::try_parse_from(["strait-scale", "--scoped", "--scoped-imports", "1"])
+            .expect("scoped parses");
+        assert!(args.scoped);
+        assert_eq!(args.scoped_imports, 1);
     }
 }

@@ -1,6 +1,7 @@
 //! The generated mesh: STATIC ServiceEntries with endpoint addresses (never contacted, only
 //! configured), DestinationRules with subsets v1/v2 and 90/10 VirtualServices for a share of
-//! the services, and one ingress Gateway; rendered as Istio YAML, one file per namespace.
+//! the services, a few shared services in `istio-system`, one ingress Gateway and, when
+//! scoped, a Sidecar in every namespace; rendered as Istio YAML, one file per namespace.
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -13,6 +14,9 @@ pub const GATEWAY_NAME: &str = "ingress";
 pub const GATEWAY_LABEL: (&str, &str) = ("istio", "ingressgateway");
 /// Gateway routes: one prefix per service, for the first this many services.
 const GATEWAY_ROUTES: usize = 20;
+/// Where the shared services live: Istio's root namespace, which every generated Sidecar
+/// imports (`istio-system/*`).
+pub const SHARED_NAMESPACE: &str = "istio-system";
 
 #[derive(Clone, Debug)]
 pub struct Service {
@@ -26,6 +30,8 @@ pub struct Service {
     pub endpoints: usize,
     /// How often endpoint 0 has moved to another address.
     pub moves: u32,
+    /// One of the shared services in [`SHARED_NAMESPACE`] (after the others).
+    pub shared: bool,
 }
 
 impl Service {
@@ -37,6 +43,18 @@ impl Service {
     /// Istio's `outbound|PORT||HOST`.
     pub fn cluster_name(&self) -> String {
         format!("outbound|{SERVICE_PORT}||{}", self.host())
+    }
+
+    /// Every cluster straitd makes for this service: the service's and, for a split one, a
+    /// cluster per subset (`outbound|PORT|SUBSET|HOST`).
+    pub fn cluster_names(&self) -> Vec<String> {
+        let mut names = vec![self.cluster_name()];
+        if self.split {
+            for subset in ["v1", "v2"] {
+                names.push(format!("outbound|{SERVICE_PORT}|{subset}|{}", self.host()));
+            }
+        }
+        names
     }
 
     /// Endpoint `j`'s address: 10.x.y.h for even services, 172.16-31.y.h for odd ones; endpoint
@@ -139,25 +157,40 @@ spec:
     }
 }
 
+/// How the mesh is scoped: a Sidecar (no workloadSelector) in every namespace `ns-N`, whose
+/// egress hosts are `./*`, `istio-system/*` and `ns-M/*` for the next `imports` namespaces
+/// (`ns-(N+1)` .. `ns-(N+imports)`, wrapping around). No Sidecar in `istio-system`, so none is
+/// a mesh-wide default; gateways are not scoped by Sidecars. Nothing has `exportTo`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scoping {
+    pub imports: usize,
+}
+
 #[derive(Clone, Debug)]
 pub struct Mesh {
     pub namespaces: usize,
+    /// The services of the namespaces (service i in `ns-(i mod namespaces)`), then the shared
+    /// ones in [`SHARED_NAMESPACE`]; `services[i].index == i`.
     pub services: Vec<Service>,
+    pub scoping: Option<Scoping>,
 }
 
 impl Mesh {
     /// `services` services over `namespaces` namespaces (service i in namespace i mod n), each
-    /// with `endpoints` endpoints; `split_share` of them (spread evenly) split 90/10.
+    /// with `endpoints` endpoints; `split_share` of them (spread evenly) split 90/10; then
+    /// `shared` unsplit services `shared-J` in [`SHARED_NAMESPACE`]. Not scoped.
     pub fn generate(
         services: usize,
         namespaces: usize,
         endpoints: usize,
         split_share: f64,
+        shared: usize,
     ) -> Mesh {
         let namespaces = namespaces.max(1);
         // In millionths, so that exactly floor(n * share) services split, spread evenly.
         let share = (split_share.clamp(0.0, 1.0) * 1e6).round() as usize;
-        let services = (0..services)
+        let endpoints = endpoints.clamp(1, 200);
+        let mut all: Vec<Service> = (0..services)
             .map(|i| {
                 let split = (i + 1) * share / 1_000_000 > i * share / 1_000_000;
                 Service {
@@ -166,14 +199,87 @@ impl Mesh {
                     namespace: namespace_name(i % namespaces),
                     split,
                     v1_weight: 90,
-                    endpoints: endpoints.clamp(1, 200),
+                    endpoints,
                     moves: 0,
+                    shared: false,
                 }
             })
             .collect();
+        all.extend((0..shared).map(|j| Service {
+            index: services + j,
+            name: format!("shared-{j}"),
+            namespace: SHARED_NAMESPACE.to_string(),
+            split: false,
+            v1_weight: 90,
+            endpoints,
+            moves: 0,
+            shared: true,
+        }));
         Mesh {
             namespaces,
-            services,
+            services: all,
+            scoping: None,
+        }
+    }
+
+    /// The same mesh with a Sidecar in every namespace (see [`Scoping`]).
+    pub fn scoped(mut self, imports: usize) -> Mesh {
+        self.scoping = Some(Scoping { imports });
+        self
+    }
+
+    /// The services of the namespaces, without the shared ones.
+    pub fn app_services(&self) -> &[Service] {
+        let n = self.services.iter().take_while(|s| !s.shared).count();
+        &self.services[..n]
+    }
+
+    pub fn shared_services(&self) -> usize {
+        self.services.iter().filter(|s| s.shared).count()
+    }
+
+    /// N for a namespace `ns-N` of this mesh.
+    pub fn namespace_index(&self, namespace: &str) -> Option<usize> {
+        let n: usize = namespace.strip_prefix("ns-")?.parse().ok()?;
+        (n < self.namespaces && namespace_name(n) == namespace).then_some(n)
+    }
+
+    /// The other namespaces `ns-N`'s Sidecar imports (none when the mesh is not scoped).
+    pub fn imports_of(&self, n: usize) -> Vec<usize> {
+        let Some(scoping) = self.scoping else {
+            return Vec::new();
+        };
+        let k = scoping.imports.min(self.namespaces.saturating_sub(1));
+        (1..=k).map(|d| (n + d) % self.namespaces).collect()
+    }
+
+    /// The Sidecar of namespace `ns-N`, when scoped.
+    pub fn sidecar_document(&self, n: usize) -> Option<String> {
+        self.scoping?;
+        let mut hosts = vec!["\"./*\"".to_string(), format!("\"{SHARED_NAMESPACE}/*\"")];
+        hosts.extend(
+            self.imports_of(n)
+                .into_iter()
+                .map(|m| format!("\"{}/*\"", namespace_name(m))),
+        );
+        Some(format!(
+            "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default, namespace: {ns}}}
+spec:
+  egress:
+  - hosts: [{hosts}]
+",
+            ns = namespace_name(n),
+            hosts = hosts.join(", "),
+        ))
+    }
+
+    pub fn sidecar_count(&self) -> usize {
+        if self.scoping.is_some() {
+            self.namespaces
+        } else {
+            0
         }
     }
 
@@ -204,7 +310,7 @@ spec:
   http:
 "
         );
-        for s in self.services.iter().take(GATEWAY_ROUTES) {
+        for s in self.app_services().iter().take(GATEWAY_ROUTES) {
             let _ = writeln!(
                 vs,
                 "  - match: [{{uri: {{prefix: /{name}/}}}}]\n    route: [{{destination: {{host: {host}, port: {{number: {SERVICE_PORT}}}}}}}]",
@@ -212,7 +318,7 @@ spec:
                 host = s.host(),
             );
         }
-        if self.services.is_empty() {
+        if self.app_services().is_empty() {
             return vec![gateway];
         }
         vec![gateway, vs]
@@ -221,11 +327,19 @@ spec:
     /// The config directory's files: (file name, multi-document YAML).
     pub fn files(&self) -> Vec<(String, String)> {
         let mut files: Vec<(String, Vec<String>)> = (0..self.namespaces)
-            .map(|n| (format!("{}.yaml", namespace_name(n)), Vec::new()))
+            .map(|n| {
+                let docs = self.sidecar_document(n).into_iter().collect();
+                (format!("{}.yaml", namespace_name(n)), docs)
+            })
             .collect();
+        let mut shared = Vec::new();
         for s in &self.services {
-            files[s.index % self.namespaces].1.extend(s.documents());
+            match self.namespace_index(&s.namespace) {
+                Some(n) => files[n].1.extend(s.documents()),
+                None => shared.extend(s.documents()),
+            }
         }
+        files.push((format!("{SHARED_NAMESPACE}.yaml"), shared));
         files.push(("gateway.yaml".into(), self.gateway_documents()));
         files
             .into_iter()
@@ -237,7 +351,7 @@ spec:
     /// Counts: (ServiceEntries, DestinationRules, VirtualServices) including the gateway's.
     pub fn object_counts(&self) -> (usize, usize, usize) {
         let splits = self.services.iter().filter(|s| s.split).count();
-        let gateway_vs = usize::from(!self.services.is_empty());
+        let gateway_vs = usize::from(!self.app_services().is_empty());
         (self.services.len(), splits, splits + gateway_vs)
     }
 }
@@ -271,20 +385,28 @@ mod tests {
 
     #[test]
     fn the_generated_mesh_is_what_straitd_accepts() {
-        let mesh = Mesh::generate(100, 7, 10, 0.2);
+        let mesh = Mesh::generate(100, 7, 10, 0.2, 2);
         let (objects, model) = load(&mesh);
         let count = |kind: Kind| objects.iter().filter(|o| o.id.kind == kind).count();
-        assert_eq!(count(Kind::ServiceEntry), 100);
+        assert_eq!(count(Kind::ServiceEntry), 102);
         assert_eq!(count(Kind::DestinationRule), 20);
         // 20 splits and the gateway's routes
         assert_eq!(count(Kind::VirtualService), 21);
         assert_eq!(count(Kind::Gateway), 1);
-        assert_eq!(mesh.object_counts(), (100, 20, 21));
-        assert_eq!(model.services.len(), 100);
+        assert_eq!(count(Kind::Sidecar), 0);
+        assert_eq!(mesh.object_counts(), (102, 20, 21));
+        assert_eq!(model.services.len(), 102);
+        assert!(!model.is_scoped());
         assert!(model.warnings.is_empty(), "{:?}", model.warnings);
         let svc = &mesh.services[3];
         assert_eq!(svc.namespace, "ns-3");
         assert!(model.services.contains_key(&svc.host()));
+        assert_eq!(mesh.app_services().len(), 100);
+        assert_eq!(mesh.shared_services(), 2);
+        let shared = &mesh.services[101];
+        assert!(shared.shared && shared.index == 101);
+        assert_eq!(shared.host(), "shared-1.istio-system.svc.cluster.local");
+        assert!(model.services.contains_key(&shared.host()));
         // every service's endpoints are distinct addresses in 10/8 or 172.16/12
         for s in &mesh.services {
             let addrs: std::collections::BTreeSet<_> =
@@ -292,18 +414,58 @@ mod tests {
             assert_eq!(addrs.len(), 10);
             assert!(addrs.iter().all(|a| a.is_private()), "{addrs:?}");
         }
+        let all: std::collections::BTreeSet<_> = mesh
+            .services
+            .iter()
+            .flat_map(|s| (0..s.endpoints).map(|j| s.address(j)))
+            .collect();
+        assert_eq!(all.len(), 102 * 10, "no two services share an address");
+    }
+
+    #[test]
+    fn the_scoped_mesh_has_a_sidecar_per_namespace_that_straitd_accepts() {
+        let mesh = Mesh::generate(100, 7, 10, 0.2, 2).scoped(2);
+        let (objects, model) = load(&mesh);
+        let sidecars: Vec<_> = objects
+            .iter()
+            .filter(|o| o.id.kind == Kind::Sidecar)
+            .collect();
+        assert_eq!(sidecars.len(), 7);
+        assert_eq!(mesh.sidecar_count(), 7);
+        assert!(sidecars.iter().all(|o| o.id.namespace.starts_with("ns-")));
+        assert!(model.is_scoped());
+        assert_eq!(model.sidecars.len(), 7);
+        assert!(model.warnings.is_empty(), "{:?}", model.warnings);
+        let ns6 = mesh.sidecar_document(6).expect("scoped");
+        assert!(
+            ns6.contains(r#"hosts: ["./*", "istio-system/*", "ns-0/*", "ns-1/*"]"#),
+            "{ns6}"
+        );
+        assert_eq!(mesh.imports_of(3), vec![4, 5]);
+        // more imports than other namespaces: each of the others once
+        let wide = Mesh::generate(10, 3, 1, 0.0, 0).scoped(5);
+        assert_eq!(wide.imports_of(1), vec![2, 0]);
+        assert!(
+            Mesh::generate(10, 3, 1, 0.0, 0)
+                .sidecar_document(0)
+                .is_none()
+        );
+        assert_eq!(mesh.namespace_index("ns-6"), Some(6));
+        assert_eq!(mesh.namespace_index("ns-7"), None);
+        assert_eq!(mesh.namespace_index("ns-06"), None);
+        assert_eq!(mesh.namespace_index(SHARED_NAMESPACE), None);
     }
 
     #[test]
     fn a_changed_object_still_loads_and_differs() {
-        let mut mesh = Mesh::generate(10, 2, 10, 0.5);
+        let mut mesh = Mesh::generate(10, 2, 10, 0.5, 0);
         let before = mesh.services[1].service_entry();
         mesh.services[1].moves += 1;
         let after = mesh.services[1].service_entry();
         assert_ne!(before, after);
         assert_ne!(
             mesh.services[1].address(0),
-            Mesh::generate(10, 2, 10, 0.5).services[1].address(0)
+            Mesh::generate(10, 2, 10, 0.5, 0).services[1].address(0)
         );
         let split = mesh
             .services
@@ -332,11 +494,11 @@ mod tests {
 
     #[test]
     fn the_split_share_is_spread_evenly() {
-        let mesh = Mesh::generate(1000, 20, 10, 0.2);
+        let mesh = Mesh::generate(1000, 20, 10, 0.2, 0);
         assert_eq!(mesh.services.iter().filter(|s| s.split).count(), 200);
-        let none = Mesh::generate(50, 5, 3, 0.0);
+        let none = Mesh::generate(50, 5, 3, 0.0, 0);
         assert_eq!(none.services.iter().filter(|s| s.split).count(), 0);
-        let all = Mesh::generate(50, 5, 3, 1.0);
+        let all = Mesh::generate(50, 5, 3, 1.0, 0);
         assert_eq!(all.services.iter().filter(|s| s.split).count(), 50);
     }
 }

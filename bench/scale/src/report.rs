@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::stats::Summary;
+use crate::xds::ScopeCheck;
 
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
@@ -24,6 +25,8 @@ pub struct Report {
     pub route_change: Option<Change>,
     pub churn: Option<Churn>,
     pub restart: Option<Restart>,
+    /// Whether the clients held what their scopes call for, after each scenario.
+    pub scope_checks: Vec<ScopeCheck>,
     pub final_disconnect: Option<MemPoint>,
     pub errors: Vec<String>,
     pub notes: Vec<String>,
@@ -58,11 +61,19 @@ pub struct LoadProcess {
 #[derive(Debug, Default, Serialize)]
 pub struct MeshInfo {
     pub services: usize,
+    /// In istio-system, besides `services`.
+    pub shared_services: usize,
     pub namespaces: usize,
     pub endpoints_per_service: usize,
     pub service_entries: usize,
     pub destination_rules: usize,
     pub virtual_services: usize,
+    /// Sidecar resources: one per namespace when scoped, else none.
+    pub sidecars: usize,
+    /// The other namespaces each Sidecar imports; `None`: not scoped.
+    pub scoped_imports: Option<usize>,
+    /// The fewest and most services a sidecar shape sees.
+    pub sidecar_sees_services: (usize, usize),
     pub shapes: usize,
     pub gateway_shapes: usize,
     /// Resources a sidecar client holds once converged, per type.
@@ -89,6 +100,11 @@ pub struct EnvoyResult {
 #[derive(Debug, Default, Serialize)]
 pub struct EnvoyCheck {
     pub after: String,
+    /// After a change: the Envoys in its scope (each must ACK a new version of its type).
+    pub in_scope: Option<usize>,
+    /// Envoys outside the change's scope that ACKed a new version of its type all the same.
+    pub moved_outside: usize,
+    pub moved_outside_examples: Vec<String>,
     pub synced: usize,
     pub of: usize,
     pub alive: usize,
@@ -141,7 +157,23 @@ pub struct Change {
     pub object: String,
     pub resource: String,
     pub apply_ms: f64,
+    /// Clients in the change's scope: those that see the service (for a route change, the
+    /// sidecars that see it). The change is waited for at these.
     pub affected: usize,
+    /// Clients outside it, which must not get it.
+    pub outside_scope: usize,
+    /// In scope, yet not holding the resource when the change was made (should be 0).
+    pub missing_at_start: usize,
+    /// Outside the scope, yet holding the resource when the change was made (should be 0;
+    /// not counted for a route configuration, whose name every sidecar holds for its own).
+    pub held_outside_at_start: usize,
+    /// Outside the scope, yet received a new version of the resource (should be 0).
+    pub received_outside: usize,
+    pub received_outside_examples: Vec<String>,
+    /// Outside the scope, and received any response from the change until every client in
+    /// it had ACKed and --settle more seconds had passed; the bytes they got.
+    pub outside_with_traffic: usize,
+    pub outside_bytes: u64,
     pub converged: usize,
     pub timeout_s: f64,
     pub latency_s: Summary,
@@ -168,6 +200,13 @@ pub struct Churn {
     pub first_10s: Summary,
     pub last_10s: Summary,
     pub unconverged_clients: usize,
+    /// Clients in each change's scope.
+    pub in_scope_per_change: Summary,
+    /// Summed over the changes: (change, client) pairs in scope without the resource at the
+    /// change, outside the scope holding it, outside the scope receiving it (all should be 0).
+    pub missing_at_start: usize,
+    pub held_outside_at_start: usize,
+    pub received_outside: usize,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -264,6 +303,29 @@ impl Report {
             self.load.worker_threads,
             self.machine.nproc,
         );
+        let m = &self.mesh;
+        match m.scoped_imports {
+            Some(k) => {
+                let _ = writeln!(
+                    md,
+                    "**Scoped**: a Sidecar in each of the {} namespaces, egress hosts `./*`, `istio-system/*` and {k} other \
+                     namespaces; a sidecar sees {} of the {} services, a gateway all of them.\n",
+                    m.sidecars,
+                    match m.sidecar_sees_services {
+                        (a, b) if a == b => a.to_string(),
+                        (a, b) => format!("{a} to {b}"),
+                    },
+                    m.services + m.shared_services
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    md,
+                    "Not scoped: no Sidecar, nothing with `exportTo`; every proxy sees all {} services.\n",
+                    m.services + m.shared_services
+                );
+            }
+        }
         let _ = writeln!(md, "| figure | measured | target | met |");
         let _ = writeln!(md, "| --- | --- | --- | --- |");
         for t in &self.targets {
@@ -361,9 +423,21 @@ impl Report {
             let _ = writeln!(md, "| POST /apply took | {:.1} ms |", c.apply_ms);
             let _ = writeln!(
                 md,
-                "| clients holding it | {} (converged {} within {:.0} s) |",
-                c.affected, c.converged, c.timeout_s
+                "| clients in its scope | {} (converged {} within {:.0} s; {} did not hold it before) |",
+                c.affected, c.converged, c.timeout_s, c.missing_at_start
             );
+            let _ = writeln!(
+                md,
+                "| clients outside its scope | {} ({} held it before, {} received a new version of it; {} got any response, {} B in all) |",
+                c.outside_scope,
+                c.held_outside_at_start,
+                c.received_outside,
+                c.outside_with_traffic,
+                c.outside_bytes
+            );
+            for e in &c.received_outside_examples {
+                let _ = writeln!(md, "| received outside its scope | `{}` |", cell(e));
+            }
             let _ = writeln!(md, "| change to ACK | {} |", summary_s(&c.latency_s));
             let _ = writeln!(
                 md,
@@ -406,7 +480,7 @@ impl Report {
             );
             let _ = writeln!(
                 md,
-                "| changes every holder ACKed (of those applied) | {} of {} |",
+                "| changes every client in their scope ACKed (of those applied) | {} of {} |",
                 c.converged_changes,
                 c.changes - c.applies_failed - c.applies_unanswered
             );
@@ -435,6 +509,18 @@ impl Report {
                 md,
                 "| (change, client) pairs never converged | {} |",
                 c.unconverged_clients
+            );
+            let _ = writeln!(
+                md,
+                "| clients in each change's scope | mean {:.0}, p50 {:.0}, max {:.0} |",
+                c.in_scope_per_change.mean.unwrap_or(0.0),
+                c.in_scope_per_change.p50.unwrap_or(0.0),
+                c.in_scope_per_change.max.unwrap_or(0.0)
+            );
+            let _ = writeln!(
+                md,
+                "| (change, client) pairs: in scope without it before / outside holding it / outside receiving it | {} / {} / {} |",
+                c.missing_at_start, c.held_outside_at_start, c.received_outside
             );
         }
         if let Some(r) = &self.restart {
@@ -471,6 +557,31 @@ impl Report {
                 let _ = writeln!(md, "| example | {} |", cell(e));
             }
         }
+        if !self.scope_checks.is_empty() {
+            let _ = writeln!(md, "\n## Scopes: what each client holds\n");
+            let _ = writeln!(
+                md,
+                "Each client's clusters and endpoint assignments against the services its scope holds, and a \
+                 sidecar's route configurations against them (a virtual host per service it sees, none other).\n"
+            );
+            let _ = writeln!(
+                md,
+                "| after | clients | as expected | lacking something | holding something outside | other routes |"
+            );
+            let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- |");
+            for c in &self.scope_checks {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} | {} |",
+                    c.after, c.clients, c.as_expected, c.missing, c.outside, c.routes_differ
+                );
+            }
+            for c in &self.scope_checks {
+                for x in &c.examples {
+                    let _ = writeln!(md, "\n- {}: `{}`", c.after, x.replace('`', "'"));
+                }
+            }
+        }
         if let Some(e) = &self.envoys {
             let _ = writeln!(md, "\n## Stock Envoys\n");
             let _ = writeln!(
@@ -483,18 +594,30 @@ impl Report {
             );
             let _ = writeln!(
                 md,
-                "| after | synced (all types ACKed at the version sent) | alive | Envoy update_rejected | NACKs at straitd (all streams) |"
+                "| after | synced (all types ACKed at the version sent) | alive | Envoy update_rejected | NACKs at straitd (all streams) | in the change's scope / outside it with a new version |"
             );
-            let _ = writeln!(md, "| --- | --- | --- | --- | --- |");
+            let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- |");
             for c in &e.checks {
                 let _ = writeln!(
                     md,
-                    "| {} | {} of {} | {} | {} | {} |",
-                    c.after, c.synced, c.of, c.alive, c.rejected_updates, c.nacks_at_straitd
+                    "| {} | {} of {} | {} | {} | {} | {} |",
+                    c.after,
+                    c.synced,
+                    c.of,
+                    c.alive,
+                    c.rejected_updates,
+                    c.nacks_at_straitd,
+                    c.in_scope
+                        .map_or("-".into(), |n| format!("{n} / {}", c.moved_outside))
                 );
             }
             for c in &e.checks {
-                for x in c.nack_examples.iter().chain(&c.unsynced_examples) {
+                for x in c
+                    .nack_examples
+                    .iter()
+                    .chain(&c.unsynced_examples)
+                    .chain(&c.moved_outside_examples)
+                {
                     let _ = writeln!(md, "\n- {}: `{}`", c.after, x.replace('`', "'"));
                 }
             }
@@ -507,15 +630,17 @@ impl Report {
             );
         }
         let _ = writeln!(md, "\n## Mesh\n");
-        let m = &self.mesh;
         let _ = writeln!(
             md,
-            "{} ServiceEntries (STATIC, {} endpoints each), {} DestinationRules (subsets v1/v2), {} VirtualServices \
-             (90/10 splits and the ingress Gateway's routes), 1 Gateway; {} client shapes, {} of them ingress gateways.",
+            "{} ServiceEntries (STATIC, {} endpoints each; {} of them shared, in istio-system), {} DestinationRules \
+             (subsets v1/v2), {} VirtualServices (90/10 splits and the ingress Gateway's routes), 1 Gateway, {} Sidecars; \
+             {} client shapes, {} of them ingress gateways.",
             m.service_entries,
             m.endpoints_per_service,
+            m.shared_services,
             m.destination_rules,
             m.virtual_services,
+            m.sidecars,
             m.shapes,
             m.gateway_shapes
         );

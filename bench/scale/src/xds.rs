@@ -2,7 +2,7 @@
 //! subscribe, ACK and keep their resources as Envoy does, and remember little: per resource an
 //! interned name, a version hash and when that version arrived.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -38,6 +38,8 @@ const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.htt
 const DISCOVERY_EDS: i32 = 3;
 /// No EDS service name (a cluster that is not EDS).
 const NONE: u32 = u32::MAX;
+/// The version a watch records for a client that should hold the resource but does not.
+const MISSING: u64 = u64::MAX;
 
 /// Envoy's reconnect backoff for xDS streams: jittered exponential, from 500 ms up to 30 s
 /// (`SubscriptionFactory::RetryInitialDelayMs` / `RetryMaxDelayMs`), each wait uniform in
@@ -100,6 +102,16 @@ mod lite {
     pub struct Named {
         #[prost(string, tag = "1")]
         pub name: String,
+    }
+
+    /// A RouteConfiguration's name and its virtual hosts' names (`HOST:PORT`, as Istio
+    /// names them).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RouteConfiguration {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(message, repeated, tag = "2")]
+        pub virtual_hosts: Vec<Named>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -232,7 +244,8 @@ impl Interner {
 }
 
 /// What a client holds of one resource: its version (a hash), when that version arrived (in
-/// ticks of 10 µs since the fleet's epoch) and, for a cluster, its EDS service name.
+/// ticks of 10 µs since the fleet's epoch) and, for a cluster, its EDS service name; for a
+/// route configuration, the [`route_digest`] of the services its virtual hosts name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {
     version: [u32; 2],
@@ -330,22 +343,24 @@ impl Shape {
     }
 }
 
-/// `count` shapes over the mesh's services: shape k is a sidecar of service k (its namespace,
+/// `count` shapes over the mesh's services (not the shared ones): shape k is a sidecar of
+/// service k (its namespace,
 /// `app` and `version: v1` labels, its service account); every 50th is an ingress gateway
 /// (`istio: ingressgateway`, gateway mode; with fewer than 50 shapes, the last one).
-pub fn shapes(count: usize, mesh: &crate::mesh::Mesh) -> Vec<Shape> {
+pub fn shapes(count: usize, mesh: &strait_scale::mesh::Mesh) -> Vec<Shape> {
     let count = count.max(1);
+    let services = mesh.app_services();
     (0..count)
         .map(|k| {
             let gateway = (k + 1) % 50 == 0 || ((2..50).contains(&count) && k == count - 1);
-            let (namespace, app) = match mesh.services.get(k % mesh.services.len().max(1)) {
+            let (namespace, app) = match services.get(k % services.len().max(1)) {
                 Some(s) if !gateway => (s.namespace.clone(), s.name.clone()),
-                _ => (crate::mesh::namespace_name(0), format!("ingress-{k}")),
+                _ => (strait_scale::mesh::namespace_name(0), format!("ingress-{k}")),
             };
             let mut labels = BTreeMap::new();
             labels.insert("app".to_string(), app.clone());
             if gateway {
-                let (key, value) = crate::mesh::GATEWAY_LABEL;
+                let (key, value) = strait_scale::mesh::GATEWAY_LABEL;
                 labels.insert(key.to_string(), value.to_string());
             } else {
                 labels.insert("version".to_string(), "v1".to_string());
@@ -398,9 +413,10 @@ fn to_value(v: &serde_json::Value) -> Value {
     Value { kind: Some(kind) }
 }
 
-/// A change being timed: which clients held the resource (and at which version) when it was
-/// made, and for each that has since received another version, how long it took and how many
-/// bytes of responses it got meanwhile.
+/// A change being timed: the clients in its scope (which should hold the resource, and the
+/// version each held when it was made), for each that has since received another version how
+/// long it took and how many bytes of responses it got meanwhile; and which clients outside
+/// its scope held or received the resource, which they should not.
 pub struct Watch {
     pub type_index: usize,
     pub name: u32,
@@ -410,8 +426,19 @@ pub struct Watch {
 pub struct WatchInner {
     /// Just before the change was sent.
     pub t0: Instant,
-    /// client id -> (version held at t0, bytes received by t0)
+    /// client id -> (version held at t0, or MISSING; bytes received by t0), for the clients in
+    /// the change's scope that have not yet received a new version.
     pub pending: HashMap<u32, (u64, u64)>,
+    /// Clients in the change's scope.
+    pub in_scope: usize,
+    /// Of those, how many did not hold the resource at t0 (they should have).
+    pub missing_at_t0: usize,
+    /// Clients outside the change's scope, a bit per client id.
+    outside: Vec<u64>,
+    /// Of those, how many held the resource at t0 (they should not have).
+    pub held_outside_at_t0: usize,
+    /// Clients outside the scope that received a new version of the resource.
+    pub received_outside: BTreeSet<u32>,
     /// Seconds from t0 to the ACK of the new version, one per converged client.
     pub latencies: Vec<f64>,
     /// Bytes of responses each converged delta client received from t0 to its ACK.
@@ -429,6 +456,10 @@ pub struct Fleet {
     pub window: u32,
     pub connect_timeout: Duration,
     names: Mutex<Interner>,
+    /// The mesh's service hosts, by name: what a virtual host's name is read against.
+    hosts: HashMap<Box<str>, u32>,
+    /// The mesh's clusters (interned names) and the service each is of.
+    cluster_services: HashMap<u32, u32>,
     /// Delta versions that are not 16 hex digits, by their hash (to send them back).
     versions: Mutex<HashMap<u64, Box<str>>>,
     watches: Mutex<Vec<Arc<Watch>>>,
@@ -447,6 +478,8 @@ impl Fleet {
             window,
             connect_timeout,
             names: Mutex::default(),
+            hosts: HashMap::new(),
+            cluster_services: HashMap::new(),
             versions: Mutex::default(),
             watches: Mutex::default(),
             watching: AtomicUsize::new(0),
@@ -463,6 +496,55 @@ impl Fleet {
 
     pub fn lookup(&self, name: &str) -> Option<u32> {
         lock(&self.names).lookup(name)
+    }
+
+    /// Learns the mesh's hosts and cluster names, so that responses can be read against them.
+    pub fn know_mesh(&mut self, mesh: &strait_scale::mesh::Mesh) {
+        let mut names = lock(&self.names);
+        for s in &mesh.services {
+            let index = s.index as u32;
+            self.hosts.insert(s.host().into(), index);
+            for cluster in s.cluster_names() {
+                self.cluster_services.insert(names.intern(&cluster), index);
+            }
+        }
+    }
+
+    /// What a client of this expectation must hold, in interned names.
+    pub fn expect(&self, e: &crate::scope::Expectation) -> Expect {
+        let mut names = lock(&self.names);
+        let mut clusters: Vec<u32> = e.clusters.iter().map(|c| names.intern(c)).collect();
+        clusters.sort_unstable();
+        Expect {
+            visible: e.visible.clone(),
+            clusters,
+            routes: e.routed.as_deref().map(route_digest),
+        }
+    }
+
+    /// The service a virtual host name (`HOST:PORT` or `HOST`) is for, if one of the mesh's.
+    fn service_of_virtual_host(&self, name: &str) -> Option<u32> {
+        let host = match name.rsplit_once(':') {
+            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+            _ => name,
+        };
+        self.hosts.get(host).copied()
+    }
+
+    /// The [`route_digest`] of the services a route configuration's virtual hosts name.
+    fn routes_of(&self, any: Option<&lite::Any>) -> (Option<String>, u32) {
+        let Some(rc) = any.and_then(|a| lite::RouteConfiguration::decode(a.value.as_slice()).ok())
+        else {
+            return (None, NONE);
+        };
+        let mut services: Vec<u32> = rc
+            .virtual_hosts
+            .iter()
+            .filter_map(|v| self.service_of_virtual_host(&v.name))
+            .collect();
+        services.sort_unstable();
+        services.dedup();
+        (Some(rc.name), route_digest(&services))
     }
 
     pub fn name(&self, id: u32) -> String {
@@ -491,14 +573,32 @@ impl Fleet {
         }
     }
 
-    /// Starts timing a change of `name` (of type `type_index`) at every client holding it.
-    pub fn watch(&self, type_index: usize, name: &str, clients: &[Arc<Client>]) -> Arc<Watch> {
+    /// Starts timing a change of `name` (of type `type_index`) at every client `in_scope`
+    /// says should get it, and watching that no other client does. `outside_may_hold`: the
+    /// name is not the service's alone (a sidecar's route configuration `outbound`), so a
+    /// client outside the scope holding its own resource of that name is no fault.
+    pub fn watch(
+        &self,
+        type_index: usize,
+        name: &str,
+        clients: &[Arc<Client>],
+        in_scope: impl Fn(&Client) -> bool,
+        outside_may_hold: bool,
+    ) -> Arc<Watch> {
         let id = self.lookup(name).unwrap_or(NONE);
         let mut pending = HashMap::new();
+        let words = clients.iter().map(|c| c.id as usize + 1).max().unwrap_or(0);
+        let mut outside = vec![0u64; words.div_ceil(64)];
+        let (mut missing, mut held_outside) = (0, 0);
         for c in clients {
             let st = lock(&c.state);
-            if let Some(e) = st.held[type_index].get(id) {
-                pending.insert(c.id, (e.version(), st.bytes));
+            let held = st.held[type_index].get(id);
+            if in_scope(c) {
+                pending.insert(c.id, (held.map_or(MISSING, Entry::version), st.bytes));
+                missing += usize::from(held.is_none());
+            } else {
+                outside[c.id as usize / 64] |= 1 << (c.id % 64);
+                held_outside += usize::from(held.is_some() && !outside_may_hold);
             }
         }
         let watch = Arc::new(Watch {
@@ -506,7 +606,12 @@ impl Fleet {
             name: id,
             inner: Mutex::new(WatchInner {
                 t0: Instant::now(),
+                in_scope: pending.len(),
                 pending,
+                missing_at_t0: missing,
+                outside,
+                held_outside_at_t0: held_outside,
+                received_outside: BTreeSet::new(),
                 latencies: Vec::new(),
                 bytes: Vec::new(),
                 bytes_sotw: Vec::new(),
@@ -535,7 +640,9 @@ impl Fleet {
                 .filter(|w| w.type_index == c.type_index && w.name == c.name)
             {
                 let mut inner = lock(&w.inner);
-                if let Some(&(old, b0)) = inner.pending.get(&client.id)
+                if inner.is_outside(client.id) {
+                    inner.received_outside.insert(client.id);
+                } else if let Some(&(old, b0)) = inner.pending.get(&client.id)
                     && old != c.version
                 {
                     inner.pending.remove(&client.id);
@@ -554,6 +661,14 @@ impl Fleet {
     }
 }
 
+impl WatchInner {
+    pub fn is_outside(&self, client: u32) -> bool {
+        self.outside
+            .get(client as usize / 64)
+            .is_some_and(|w| w & (1 << (client % 64)) != 0)
+    }
+}
+
 impl Watch {
     pub fn set_t0(&self, t0: Instant) {
         lock(&self.inner).t0 = t0;
@@ -569,6 +684,42 @@ struct Changed {
     name: u32,
     version: u64,
     size: usize,
+}
+
+/// A set of services (indices, ascending, no repeats) in 32 bits: how many in the top 12,
+/// the low 20 bits of the XOR of their hashes below. Equal sets give equal digests; unequal
+/// ones almost never do.
+pub fn route_digest(services: &[u32]) -> u32 {
+    let hash = services.iter().fold(0u64, |h, s| {
+        h ^ xxhash_rust::xxh3::xxh3_64(&s.to_le_bytes())
+    });
+    ((services.len().min(0xfff) as u32) << 20) | (hash as u32 & 0xf_ffff)
+}
+
+/// How many services a [`route_digest`] is of.
+pub fn digest_count(digest: u32) -> u32 {
+    digest >> 20
+}
+
+/// What a client must hold: its shape's [`crate::scope::Expectation`], names interned.
+#[derive(Debug, Default)]
+pub struct Expect {
+    /// By service index: whether the client sees it.
+    pub visible: Vec<bool>,
+    /// The clusters (and assignments) it must hold, sorted.
+    pub clusters: Vec<u32>,
+    /// A sidecar's: the digest of the services its route configurations must name.
+    pub routes: Option<u32>,
+}
+
+impl Expect {
+    pub fn sees(&self, service: usize) -> bool {
+        self.visible.get(service).copied().unwrap_or(false)
+    }
+
+    pub fn is_sidecar(&self) -> bool {
+        self.routes.is_some()
+    }
 }
 
 /// One client's state; the harness reads it between responses.
@@ -601,9 +752,10 @@ pub struct ClientState {
 }
 
 impl ClientState {
-    /// CDS, EDS, LDS and RDS all answered on this stream, every EDS cluster's assignment and
-    /// every listener's route configuration held, nothing asked for still missing.
-    fn is_complete(&self) -> bool {
+    /// CDS, EDS, LDS and RDS all answered on this stream, every cluster its scope calls for
+    /// held, every EDS cluster's assignment and every listener's route configuration held,
+    /// nothing asked for still missing.
+    fn is_complete(&self, expect: &Expect) -> bool {
         let named_ok = |t: usize| {
             self.subscribed[t].is_empty()
                 || (self.requested[t]
@@ -619,6 +771,10 @@ impl ClientState {
             && self.answered[LDS]
             && named_ok(EDS)
             && named_ok(RDS)
+            && expect
+                .clusters
+                .iter()
+                .all(|id| self.held[CDS].get(*id).is_some())
     }
 
     pub fn mark(&mut self) {
@@ -732,13 +888,15 @@ pub struct Client {
     pub node_id: String,
     pub shape: usize,
     pub sotw: bool,
+    /// What it must hold, by the harness's reading of the mesh.
+    pub expect: Arc<Expect>,
     node: Node,
     pub state: Mutex<ClientState>,
     stop: watch::Sender<bool>,
 }
 
 impl Client {
-    pub fn new(id: u32, shape: &Shape, sotw: bool) -> Client {
+    pub fn new(id: u32, shape: &Shape, sotw: bool, expect: Arc<Expect>) -> Client {
         let node_id = format!("sim-{id}.{}", shape.namespace);
         let node = Node {
             id: node_id.clone(),
@@ -752,6 +910,7 @@ impl Client {
             node_id,
             shape: shape.index,
             sotw,
+            expect,
             node,
             state: Mutex::new(ClientState::default()),
             stop: watch::Sender::new(false),
@@ -922,7 +1081,7 @@ async fn session<P: Protocol>(
             for request in out.drain(..) {
                 let _ = tx.send(request);
             }
-            if st.complete_at.is_none() && st.is_complete() {
+            if st.complete_at.is_none() && st.is_complete(&client.expect) {
                 st.complete_at = Some(fleet.ticks(Instant::now()));
             }
             st.bytes
@@ -1048,6 +1207,7 @@ impl Protocol for Delta {
                             .map(|(_, r)| r.iter().map(|n| names.intern(n)).collect());
                         set_routes(st, id, routes);
                     }
+                    RDS => aux = fleet.routes_of(any).1,
                     _ => {}
                 }
                 let previous = st.held[t].get(id).copied();
@@ -1188,6 +1348,10 @@ impl Protocol for Sotw {
                         }
                         None => continue,
                     },
+                    RDS => match fleet.routes_of(Some(any)) {
+                        (Some(name), digest) => (name, digest),
+                        (None, _) => continue,
+                    },
                     _ => match lite::Named::decode(any.value.as_slice()) {
                         Ok(n) => (n.name, NONE),
                         Err(_) => continue,
@@ -1275,6 +1439,115 @@ pub fn error_summary(clients: &[Arc<Client>], limit: usize) -> Vec<(String, usiz
     errors
 }
 
+/// Whether the clients hold what their scopes call for: a cluster and an assignment for every
+/// service they see and for none they do not, and (sidecars) route configurations naming
+/// exactly the services they see.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ScopeCheck {
+    pub after: String,
+    pub clients: usize,
+    /// Clients holding exactly what their scope calls for.
+    pub as_expected: usize,
+    /// Clients lacking a cluster or assignment of a service they see.
+    pub missing: usize,
+    /// Clients holding a cluster or assignment of a service outside their scope.
+    pub outside: usize,
+    /// Sidecars with a route configuration naming other services than their scope's.
+    pub routes_differ: usize,
+    pub examples: Vec<String>,
+}
+
+impl ScopeCheck {
+    pub fn faults(&self) -> usize {
+        self.clients - self.as_expected
+    }
+}
+
+/// Reads every client's resources against its expectation.
+pub fn check_scopes(fleet: &Fleet, clients: &[Arc<Client>], after: &str) -> ScopeCheck {
+    let mut check = ScopeCheck {
+        after: after.to_string(),
+        clients: clients.len(),
+        ..ScopeCheck::default()
+    };
+    for c in clients {
+        let st = c.state();
+        let e = &c.expect;
+        let mut missing = Vec::new();
+        for t in [CDS, EDS] {
+            missing.extend(
+                e.clusters
+                    .iter()
+                    .filter(|id| st.held[t].get(**id).is_none())
+                    .map(|id| (t, *id)),
+            );
+        }
+        let mut outside = Vec::new();
+        for t in [CDS, EDS] {
+            outside.extend(
+                st.held[t]
+                    .iter()
+                    .filter(|(id, _)| {
+                        fleet
+                            .cluster_services
+                            .get(id)
+                            .is_some_and(|s| !e.sees(*s as usize))
+                    })
+                    .map(|(id, _)| (t, *id)),
+            );
+        }
+        let routes: Vec<(u32, u32)> = match e.routes {
+            Some(want) => st.held[RDS]
+                .iter()
+                .filter(|(_, entry)| entry.aux != want)
+                .map(|(id, entry)| (*id, entry.aux))
+                .collect(),
+            None => Vec::new(),
+        };
+        check.missing += usize::from(!missing.is_empty());
+        check.outside += usize::from(!outside.is_empty());
+        check.routes_differ += usize::from(!routes.is_empty());
+        if missing.is_empty() && outside.is_empty() && routes.is_empty() {
+            check.as_expected += 1;
+            continue;
+        }
+        if check.examples.len() < 5 {
+            let mut what = Vec::new();
+            let first = |v: &[(usize, u32)]| {
+                v.first()
+                    .map(|(t, id)| format!("{} {}", TYPE_NAMES[*t], fleet.name(*id)))
+                    .unwrap_or_default()
+            };
+            if !missing.is_empty() {
+                what.push(format!(
+                    "{} missing (e.g. {})",
+                    missing.len(),
+                    first(&missing)
+                ));
+            }
+            if !outside.is_empty() {
+                what.push(format!(
+                    "{} outside its scope (e.g. {})",
+                    outside.len(),
+                    first(&outside)
+                ));
+            }
+            for (id, digest) in routes.iter().take(2) {
+                what.push(format!(
+                    "route {} names {} services, its scope {} (or others)",
+                    fleet.name(*id),
+                    digest_count(*digest),
+                    e.routes.map_or(0, digest_count)
+                ));
+            }
+            check
+                .examples
+                .push(format!("{}: {}", c.node_id, what.join("; ")));
+        }
+    }
+    check
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1331,23 +1604,172 @@ mod tests {
         let changes = st.resubscribe(EDS);
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].type_index, LDS);
-        assert!(!st.is_complete());
+        let none = Expect::default();
+        assert!(!st.is_complete(&none));
         // The listener names a route: RDS opens; complete once it is held.
         st.answered[LDS] = true;
         st.listener_routes = vec![(20, vec![30].into())];
         let changes = st.resubscribe(LDS);
         assert_eq!((changes[0].type_index, changes[0].open), (RDS, true));
-        assert!(!st.is_complete());
+        assert!(!st.is_complete(&none));
         st.answered[RDS] = true;
         st.held[RDS].apply(vec![(30, Entry::new(1, 0, NONE))], &[]);
-        assert!(st.is_complete());
+        assert!(st.is_complete(&none));
+        // Complete only once every cluster the scope calls for is held.
+        let more = Expect {
+            clusters: vec![1, 2, 4],
+            ..Expect::default()
+        };
+        assert!(!st.is_complete(&more));
+        st.held[CDS].apply(vec![(4, Entry::new(1, 0, NONE))], &[]);
+        assert!(st.is_complete(&more));
+        st.held[CDS].apply(Vec::new(), &[4]);
         // A cluster goes away: its assignment is unsubscribed and dropped.
         st.held[CDS].apply(Vec::new(), &[2]);
         let changes = st.resubscribe(CDS);
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].removed, vec![11]);
         assert!(st.held[EDS].get(11).is_none());
-        assert!(st.is_complete());
+        assert!(st.is_complete(&none));
+    }
+
+    fn scoped_fleet() -> (strait_scale::mesh::Mesh, Vec<Shape>, Fleet) {
+        let mesh = strait_scale::mesh::Mesh::generate(40, 4, 2, 0.5, 2).scoped(1);
+        let shapes = shapes(8, &mesh);
+        let mut fleet = Fleet::new("http://127.0.0.1:1".into(), 65535, Duration::from_secs(1));
+        fleet.know_mesh(&mesh);
+        (mesh, shapes, fleet)
+    }
+
+    fn client_of(fleet: &Fleet, mesh: &strait_scale::mesh::Mesh, id: u32, shape: &Shape) -> Arc<Client> {
+        let expect = fleet.expect(&crate::scope::Expectation::of(mesh, shape));
+        Arc::new(Client::new(id, shape, false, Arc::new(expect)))
+    }
+
+    /// Holds `names` in CDS and EDS, and one route configuration naming `routed`.
+    fn hold(fleet: &Fleet, client: &Client, names: &[String], routed: &[u32]) {
+        let mut st = client.state();
+        let ids: Vec<(u32, Entry)> = names
+            .iter()
+            .map(|n| (lock(&fleet.names).intern(n), Entry::new(1, 0, NONE)))
+            .collect();
+        st.held[CDS].replace(ids.clone());
+        st.held[EDS].replace(ids);
+        let route = lock(&fleet.names).intern("outbound");
+        st.held[RDS].replace(vec![(route, Entry::new(1, 0, route_digest(routed)))]);
+    }
+
+    #[test]
+    fn a_route_configuration_is_read_as_the_services_its_virtual_hosts_name() {
+        use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+        let (mesh, _, fleet) = scoped_fleet();
+        let vhost = |name: &str| VirtualHost {
+            name: name.into(),
+            domains: vec![name.into()],
+            ..Default::default()
+        };
+        let rc = RouteConfiguration {
+            name: "outbound".into(),
+            virtual_hosts: vec![
+                vhost(&format!("{}:9080", mesh.services[7].host())),
+                vhost("allow_any"),
+                vhost(&mesh.services[41].host()),
+                vhost(&format!("{}:9080", mesh.services[3].host())),
+                vhost("unknown.example.com:9080"),
+            ],
+            ..Default::default()
+        };
+        let any = lite::Any {
+            type_url: TYPE_URLS[RDS].into(),
+            value: rc.encode_to_vec(),
+        };
+        let (name, digest) = fleet.routes_of(Some(&any));
+        assert_eq!(name.as_deref(), Some("outbound"));
+        assert_eq!(digest, route_digest(&[3, 7, 41]));
+        assert_eq!(digest_count(digest), 3);
+        assert_ne!(digest, route_digest(&[3, 7]));
+        assert_ne!(digest, route_digest(&[3, 7, 40]));
+    }
+
+    #[test]
+    fn the_scope_check_finds_what_is_missing_or_outside() {
+        let (mesh, shapes, fleet) = scoped_fleet();
+        let sidecar = &shapes[1];
+        assert!(!sidecar.gateway);
+        let e = crate::scope::Expectation::of(&mesh, sidecar);
+        let routed = e.routed.clone().expect("a sidecar");
+        let good = client_of(&fleet, &mesh, 0, sidecar);
+        hold(&fleet, &good, &e.clusters, &routed);
+        // one cluster of a service outside its scope, one of its own missing, a route short
+        let outside = mesh
+            .services
+            .iter()
+            .find(|s| !e.sees(s.index))
+            .expect("a service it does not see");
+        let bad = client_of(&fleet, &mesh, 1, sidecar);
+        let mut names = e.clusters[1..].to_vec();
+        names.push(outside.cluster_name());
+        hold(&fleet, &bad, &names, &routed[1..]);
+        // Other clusters (BlackHoleCluster, inbound ones) are not the scope's business.
+        let extra = client_of(&fleet, &mesh, 2, sidecar);
+        let mut names = e.clusters.clone();
+        names.push("BlackHoleCluster".into());
+        hold(&fleet, &extra, &names, &routed);
+        let check = check_scopes(&fleet, &[good, bad, extra], "test");
+        assert_eq!(check.clients, 3);
+        assert_eq!(check.as_expected, 2);
+        assert_eq!(
+            (check.missing, check.outside, check.routes_differ),
+            (1, 1, 1)
+        );
+        assert_eq!(check.faults(), 1);
+        assert!(
+            check.examples[0].starts_with("sim-1."),
+            "{:?}",
+            check.examples
+        );
+        assert!(check.examples[0].contains(&outside.cluster_name()));
+    }
+
+    #[test]
+    fn a_watch_waits_for_the_scope_and_counts_what_reaches_outside_it() {
+        let (mesh, shapes, fleet) = scoped_fleet();
+        let svc = &mesh.services[0];
+        let clients: Vec<Arc<Client>> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, shape)| client_of(&fleet, &mesh, i as u32, shape))
+            .collect();
+        // Everyone holds svc-0's assignment, so the ones outside its scope hold it wrongly.
+        let id = lock(&fleet.names).intern(&svc.cluster_name());
+        for c in &clients {
+            c.state().held[EDS].replace(vec![(id, Entry::new(5, 0, NONE))]);
+        }
+        let sees = |c: &Client| c.expect.sees(0);
+        let inside = clients.iter().filter(|c| sees(c)).count();
+        assert!(inside > 0 && inside < clients.len(), "{inside}");
+        let watch = fleet.watch(EDS, &svc.cluster_name(), &clients, sees, false);
+        assert_eq!(watch.pending(), inside);
+        let changed = |version| {
+            vec![Changed {
+                type_index: EDS,
+                name: id,
+                version,
+                size: 10,
+            }]
+        };
+        for c in &clients {
+            // The same version again is no change; a new one is.
+            fleet.notify(c, 100, &changed(5), Instant::now());
+            fleet.notify(c, 200, &changed(6), Instant::now());
+        }
+        let inner = lock(&watch.inner);
+        assert!(inner.pending.is_empty());
+        assert_eq!(inner.latencies.len(), inside);
+        assert_eq!(inner.held_outside_at_t0, clients.len() - inside);
+        assert_eq!(inner.missing_at_t0, 0);
+        assert_eq!(inner.received_outside.len(), clients.len() - inside);
+        assert!(clients.iter().all(|c| inner.is_outside(c.id) != sees(c)));
     }
 
     #[test]
