@@ -26,7 +26,7 @@ pub mod listener_defaults {
 pub use matchers::{HeaderMatch, HeaderMatcher, Pattern, QueryMatcher, StringMatch};
 pub use rbac::{Cidr, Permission, Policy, Principal, Rbac, RbacAction};
 pub use route::{
-    Action, ClusterChoice, Fault, FaultAbort, FaultDelay, Forward, GrpcRetryOn, HashKey,
+    Action, ClusterChoice, Cors, Fault, FaultAbort, FaultDelay, Forward, GrpcRetryOn, HashKey,
     HashPolicy, HeaderAdd, HeaderChanges, Mirror, PathMatch, Redirect, RegexRewrite, RetryOn,
     RetryPolicy, Route, RouteConfig, RouteMatch, VirtualHost, WeightedCluster,
 };

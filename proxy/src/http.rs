@@ -1,5 +1,5 @@
 //! Serving HTTP on an accepted connection: one request at a time from routing to the response,
-//! through RBAC, faults, redirects and direct responses; forwarding is in `forward`.
+//! through RBAC, faults, CORS, redirects and direct responses; forwarding is in `forward`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -27,6 +27,7 @@ use forward::*;
 use headers::*;
 use routing::RequestView;
 
+mod cors;
 mod forward;
 pub use forward::RETRY_BUFFER_LIMIT;
 mod headers;
@@ -282,45 +283,61 @@ async fn route_and_forward(
             return (local(status, "fault filter abort"), served);
         }
     }
-    match &route.action {
+    // After faults, as Envoy's filters run (Istio's order: fault, CORS, router). Envoy's CORS
+    // filter skips routes without a route entry: redirects and direct responses.
+    let allowed = match route
+        .cors
+        .as_ref()
+        .filter(|_| http.cors && matches!(route.action, Action::Forward(_)))
+        .and_then(|policy| cors::decide(policy, req.method(), req.headers()))
+    {
+        Some(cors::Decision::Answer(resp)) => return (resp, served),
+        Some(cors::Decision::Allow(allowed)) => Some(allowed),
+        None => None,
+    };
+    let mut resp = match &route.action {
         Action::Direct { status, body } => {
             let mut resp = Response::new(full(body.as_deref().unwrap_or("").to_string()));
             *resp.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
             apply_response_headers(resp.headers_mut(), &route.headers);
-            (resp, served)
+            resp
         }
         Action::Redirect(rd) => {
             let location = redirect_location(rd, authority, req.uri());
             let status = StatusCode::from_u16(rd.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
             let mut resp = redirect_response(status, &location);
             apply_response_headers(resp.headers_mut(), &route.headers);
-            (resp, served)
+            resp
         }
         Action::Forward(fwd) => {
             let (cluster, extra) = choose_cluster(fwd);
-            let Some(upstream) = runtime.upstreams.get(&cluster) else {
+            if let Some(upstream) = runtime.upstreams.get(&cluster) {
+                let downstream = Downstream {
+                    authority: &authority_value,
+                    local: conn.local,
+                    peer,
+                    peer_ip: &conn.peer_ip,
+                };
+                let resp = forward(
+                    runtime, upstream, route, fwd, extra, downstream, upgrade, req,
+                )
+                .await;
+                served.stats = Some(upstream.stats.clone());
+                served.cluster = Some(cluster);
+                resp
+            } else {
                 // Assembly guarantees every route's clusters exist; keep failing closed anyway.
                 served.cluster = Some(cluster);
-                return (
-                    local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
-                    served,
-                );
-            };
-            let downstream = Downstream {
-                authority: &authority_value,
-                local: conn.local,
-                peer,
-                peer_ip: &conn.peer_ip,
-            };
-            let resp = forward(
-                runtime, upstream, route, fwd, extra, downstream, upgrade, req,
-            )
-            .await;
-            served.stats = Some(upstream.stats.clone());
-            served.cluster = Some(cluster);
-            (resp, served)
+                local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream")
+            }
         }
+    };
+    // Every response past the CORS filter, the proxy's own errors included, is marked (Envoy's
+    // encode path), after the route's header changes.
+    if let Some(allowed) = &allowed {
+        allowed.mark(resp.headers_mut());
     }
+    (resp, served)
 }
 
 fn redirect_response(status: StatusCode, location: &str) -> Response<ProxyBody> {

@@ -140,6 +140,126 @@ fn sidecar_bookinfo_converts_with_its_faults() {
 }
 
 #[test]
+fn sidecar_cors_converts_with_the_filter_in_the_chain_and_the_policies_per_route() {
+    let out = golden("sidecar-cors");
+    let [listener] = out.listeners.as_slice() else {
+        panic!("one listener: {:?}", out.listeners)
+    };
+    let listener = Listener::try_from(listener).expect("listener converts");
+    assert!(listener.chains[0].http().expect("an HTTP chain").cors);
+    let [rc] = out.routes.as_slice() else {
+        panic!("one route config")
+    };
+    let converted = RouteConfig::try_from(rc).expect("routes convert, CORS included");
+    let route = |name: &str| {
+        converted
+            .virtual_hosts
+            .iter()
+            .flat_map(|vh| vh.routes.iter())
+            .find(|r| &*r.name == name)
+            .unwrap_or_else(|| panic!("route {name}"))
+            .cors
+            .clone()
+            .unwrap_or_else(|| panic!("route {name} has CORS"))
+    };
+    let api = route("api");
+    assert_eq!(api.allow_origins.len(), 3);
+    assert!(api.allow_origins[2].matches("https://eu.shop.example"));
+    assert!(
+        !api.allow_origins
+            .iter()
+            .any(|m| m.matches("https://evil.example"))
+    );
+    assert_eq!(&*api.allow_methods, "GET,POST,PUT");
+    assert_eq!(&*api.allow_headers, "authorization,content-type");
+    assert_eq!(&*api.expose_headers, "x-request-id");
+    assert_eq!(&*api.max_age, "86400");
+    assert!(api.allow_credentials && api.forward_not_matching_preflights);
+    let legacy = route("legacy");
+    assert!(legacy.allow_origins[0].matches("*"));
+    assert!(!legacy.allow_credentials && !legacy.forward_not_matching_preflights);
+}
+
+/// The sidecar-cors listener with its connection manager's filters changed by `f`.
+fn cors_listener_with(
+    f: impl FnOnce(&mut Vec<envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter>),
+) -> Result<Listener, String> {
+    use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    use prost::Message;
+    let mut listener = golden("sidecar-cors").listeners.remove(0);
+    let filter = &mut listener.filter_chains[0].filters[0];
+    let Some(ConfigType::TypedConfig(any)) = &mut filter.config_type else {
+        panic!("a typed HCM")
+    };
+    let mut hcm = HttpConnectionManager::decode(any.value.as_slice()).expect("an HCM");
+    f(&mut hcm.http_filters);
+    any.value = hcm.encode_to_vec();
+    Listener::try_from(&listener).map_err(|e| e.to_string())
+}
+
+#[test]
+fn the_cors_filter_is_refused_where_strait_proxy_would_not_run_it_as_envoy_does() {
+    assert!(cors_listener_with(|_| {}).is_ok());
+    // Istio's order is fault, CORS, router; CORS before faults would answer preflights first.
+    let err = cors_listener_with(|filters| filters.swap(0, 1)).expect_err("refused");
+    assert!(
+        err.contains("a fault filter after the CORS filter"),
+        "{err}"
+    );
+    let err = cors_listener_with(|filters| filters[1].name = "cors".into()).expect_err("refused");
+    assert!(err.contains("a CORS filter named \"cors\""), "{err}");
+    let err = cors_listener_with(|filters| filters[1].disabled = true).expect_err("refused");
+    assert!(err.contains("disabled"), "{err}");
+    let err = cors_listener_with(|filters| {
+        let cors = filters[1].clone();
+        filters.insert(1, cors);
+    })
+    .expect_err("refused");
+    assert!(err.contains("a second CORS filter"), "{err}");
+}
+
+#[test]
+fn cors_policies_strait_proxy_cannot_honour_are_refused() {
+    use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
+    use envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy;
+    use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
+    use prost::Message;
+    let with = |f: &dyn Fn(&mut CorsPolicy)| {
+        let mut rc = golden("sidecar-cors").routes.remove(0);
+        for route in rc
+            .virtual_hosts
+            .iter_mut()
+            .flat_map(|vh| vh.routes.iter_mut())
+        {
+            if let Some(any) = route
+                .typed_per_filter_config
+                .get_mut("envoy.filters.http.cors")
+            {
+                let mut policy = CorsPolicy::decode(any.value.as_slice()).expect("a policy");
+                f(&mut policy);
+                any.value = policy.encode_to_vec();
+            }
+        }
+        RouteConfig::try_from(&rc).map_err(|e| e.to_string())
+    };
+    assert!(with(&|_| {}).is_ok());
+    let half = RuntimeFractionalPercent {
+        default_value: Some(FractionalPercent {
+            numerator: 50,
+            denominator: 0,
+        }),
+        ..Default::default()
+    };
+    let err = with(&|p| p.filter_enabled = Some(half.clone())).expect_err("refused");
+    assert!(err.contains("a fraction of requests"), "{err}");
+    let err = with(&|p| p.shadow_enabled = Some(half.clone())).expect_err("refused");
+    assert!(err.contains("shadow"), "{err}");
+    let err = with(&|p| p.max_age = "1\n2".into()).expect_err("refused");
+    assert!(err.contains("max_age"), "{err}");
+}
+
+#[test]
 fn sidecar_policies_convert_with_pool_limits() {
     let out = golden("sidecar-policies");
     let clusters: Vec<Cluster> = out

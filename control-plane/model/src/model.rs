@@ -24,6 +24,7 @@ pub use security::{
     AuthorizationPolicy, AuthzAction, AuthzRule, ConditionKey, ConditionMatch, MtlsMode,
     OperationMatch, PeerAuthentication, ROOT_NAMESPACE, SourceMatch,
 };
+pub use virtual_service::CorsPolicy;
 
 // === The model ===
 
@@ -372,6 +373,8 @@ pub struct HttpRoute {
     pub fault: Option<Fault>,
     pub mirrors: Vec<Mirror>,
     pub headers: HeaderOps,
+    /// Cross-origin requests: preflights answered by the proxy, CORS headers on responses.
+    pub cors: Option<CorsPolicy>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -1,6 +1,6 @@
 //! Every validation error path, and the real Istio samples, through the one validator.
 
-use strait_model::{GatewayRef, LoadBalancer, Model, RouteAction, loader};
+use strait_model::{GatewayRef, LoadBalancer, Model, RouteAction, StringMatch, loader};
 
 const REGISTRY: &str = r#"
 apiVersion: networking.istio.io/v1
@@ -289,10 +289,6 @@ fn retries_timeouts_faults_and_mirrors_are_checked() {
         &["spec.http[0].mirror.host", "not a known service"],
     );
     rejects(
-        &route("    corsPolicy: {allowOrigins: [{exact: x}]}\n"),
-        &["spec.http[0].corsPolicy", "not supported"],
-    );
-    rejects(
         &route("    headers: {request: {set: {':path': /x}}}\n"),
         &[
             "spec.http[0].headers.request.set.:path",
@@ -302,6 +298,153 @@ fn retries_timeouts_faults_and_mirrors_are_checked() {
     rejects(
         &route("    rewrite: {uri: /x, uriRegexRewrite: {match: a, rewrite: b}}\n"),
         &["spec.http[0].rewrite", "not both"],
+    );
+}
+
+#[test]
+fn cors_policies_are_checked_as_istio_does() {
+    let cors = |policy: &str| {
+        vs(&format!(
+            "  hosts: [reviews]\n  http:\n  - route:\n    - destination: {{host: reviews}}\n    corsPolicy: {policy}\n"
+        ))
+    };
+    let m = build(&cors(
+        "{allowOrigins: [{exact: 'https://a.example'}, {prefix: 'https://b.'}, {regex: 'https://.*\\.c\\.example'}], allowMethods: [GET, POST], allowHeaders: [X-Token], exposeHeaders: [x-id], maxAge: 24h, allowCredentials: true, unmatchedPreflights: IGNORE}",
+    ))
+    .unwrap();
+    let c = m.virtual_services[0].http[0]
+        .cors
+        .as_ref()
+        .expect("a policy");
+    assert_eq!(
+        c.allow_origins,
+        [
+            StringMatch::Exact("https://a.example".into()),
+            StringMatch::Prefix("https://b.".into()),
+            StringMatch::Regex(r"https://.*\.c\.example".into()),
+        ]
+    );
+    assert_eq!(c.allow_methods, ["GET", "POST"]);
+    assert_eq!(c.allow_headers, ["X-Token"], "header names keep their case");
+    assert_eq!(c.max_age, Some(std::time::Duration::from_secs(86_400)));
+    assert_eq!(c.allow_credentials, Some(true));
+    assert!(!c.forward_unmatched_preflights);
+    let c = build(&cors("{allowOrigins: [{exact: x}]}")).unwrap();
+    let c = c.virtual_services[0].http[0]
+        .cors
+        .clone()
+        .expect("a policy");
+    assert!(c.forward_unmatched_preflights, "FORWARD is the default");
+    assert_eq!(c.max_age, None);
+    // The deprecated list is read as exact origins, as Istio reads it.
+    let m = build(&cors("{allowOrigin: ['*']}")).unwrap();
+    assert_eq!(
+        m.virtual_services[0].http[0]
+            .cors
+            .as_ref()
+            .expect("a policy")
+            .allow_origins,
+        [StringMatch::Exact("*".into())]
+    );
+
+    // Envoy's CORS filter skips routes that answer themselves.
+    let m = build(&vs(
+        "  hosts: [reviews]\n  http:\n  - directResponse: {status: 204}\n    corsPolicy: {allowOrigins: [{exact: x}]}\n",
+    ))
+    .unwrap();
+    assert!(
+        m.warnings
+            .iter()
+            .any(|w| w.path == "spec.http[0].corsPolicy" && w.message.contains("no effect")),
+        "{:?}",
+        m.warnings
+    );
+
+    rejects(
+        &cors("{allowOrigins: [{exact: x}, {regex: '(unclosed'}]}"),
+        &[
+            "spec.http[0].corsPolicy.allowOrigins[1].regex",
+            "invalid regular expression",
+        ],
+    );
+    rejects(
+        &cors("{allowOrigins: [{exact: ''}]}"),
+        &[
+            "spec.http[0].corsPolicy.allowOrigins[0].exact",
+            "must not be empty",
+        ],
+    );
+    rejects(
+        &cors("{allowOrigins: [{exact: x, prefix: y}]}"),
+        &["spec.http[0].corsPolicy.allowOrigins[0]", "only one of"],
+    );
+    rejects(
+        &cors("{allowOrigins: []}"),
+        &[
+            "spec.http[0].corsPolicy.allowOrigins",
+            "at least one origin",
+        ],
+    );
+    rejects(
+        &cors("{allowMethods: [GET]}"),
+        &[
+            "spec.http[0].corsPolicy.allowOrigins",
+            "at least one origin",
+        ],
+    );
+    rejects(
+        &cors("{allowOrigins: [{exact: x}], allowOrigin: [y]}"),
+        &[
+            "spec.http[0].corsPolicy.allowOrigin",
+            "set only allowOrigins",
+        ],
+    );
+    rejects(
+        &cors("{allowOrigin: ['']}"),
+        &[
+            "spec.http[0].corsPolicy.allowOrigin[0]",
+            "must not be empty",
+        ],
+    );
+    rejects(
+        &cors("{allowOrigins: [{exact: x}], allowMethods: [GET, FETCH]}"),
+        &[
+            "spec.http[0].corsPolicy.allowMethods[1]",
+            "not a supported HTTP method",
+        ],
+    );
+    rejects(
+        &cors("{allowOrigins: [{exact: x}], allowHeaders: ['x token']}"),
+        &[
+            "spec.http[0].corsPolicy.allowHeaders[0]",
+            "not a valid header name",
+        ],
+    );
+    rejects(
+        &cors("{allowOrigins: [{exact: x}], exposeHeaders: ['']}"),
+        &[
+            "spec.http[0].corsPolicy.exposeHeaders[0]",
+            "not a valid header name",
+        ],
+    );
+    rejects(
+        &cors("{allowOrigins: [{exact: x}], maxAge: soon}"),
+        &["spec.http[0].corsPolicy.maxAge"],
+    );
+    rejects(
+        &cors("{allowOrigins: [{exact: x}], maxAge: 1500ms}"),
+        &["spec.http[0].corsPolicy.maxAge", "whole number of seconds"],
+    );
+    rejects(
+        &cors("{allowOrigins: [{exact: x}], unmatchedPreflights: DROP}"),
+        &[
+            "spec.http[0].corsPolicy.unmatchedPreflights",
+            "FORWARD or IGNORE",
+        ],
+    );
+    rejects(
+        &cors("{allowOrigins: [{exact: x}], allowPrivateNetwork: true}"),
+        &["allowPrivateNetwork"],
     );
 }
 

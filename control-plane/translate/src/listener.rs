@@ -11,6 +11,7 @@ use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
 };
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
@@ -28,7 +29,7 @@ use crate::credential::{credential_socket, credential_usable};
 
 use crate::cluster::socket;
 use crate::proto::{ads, any};
-use crate::route::{FAULT_FILTER, gateway_virtual_hosts};
+use crate::route::{CORS_FILTER, FAULT_FILTER, gateway_virtual_hosts};
 
 /// The route config the sidecar's outbound listener serves.
 pub const OUTBOUND_ROUTE_NAME: &str = "outbound";
@@ -47,8 +48,9 @@ pub fn sidecar_outbound(node: &ProxyNode) -> Listener {
     }
 }
 
-/// An HTTP connection manager that takes its routes over RDS and can inject faults. Gateways
-/// ignore the Host header's port, as clients reach them on mapped or defaulted ports.
+/// An HTTP connection manager that takes its routes over RDS, with the filters routes configure
+/// (faults, then CORS, as Istio orders them). Gateways ignore the Host header's port, as
+/// clients reach them on mapped or defaulted ports.
 pub(crate) fn hcm(stat_prefix: &str, route_config: &str, strip_port: bool) -> Filter {
     let manager = HttpConnectionManager {
         stat_prefix: stat_prefix.to_string(),
@@ -63,6 +65,11 @@ pub(crate) fn hcm(stat_prefix: &str, route_config: &str, strip_port: bool) -> Fi
                 config_type: Some(http_filter::ConfigType::TypedConfig(any(
                     &HttpFault::default(),
                 ))),
+                ..Default::default()
+            },
+            HttpFilter {
+                name: CORS_FILTER.to_string(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(any(&Cors::default()))),
                 ..Default::default()
             },
             HttpFilter {

@@ -20,6 +20,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{
     FaultDelay as PbDelay, fault_delay,
 };
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy as PbCors;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
     FaultAbort as PbAbort, HttpFault, fault_abort,
 };
@@ -27,10 +28,11 @@ use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::Previou
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     RegexMatchAndSubstitute, RegexMatcher, StringMatcher, string_matcher,
 };
+use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent::DenominatorType};
 use strait_model::{
-    Destination, Fault, FaultStatus, GatewayRef, HashKey, HeaderMatch, HeaderOps, HttpRoute,
-    LoadBalancer, Model, ProxyNode, Redirect, RetryPolicy, RouteAction, RouteMatch, Service,
-    ServicePort, StringMatch, VirtualService, cluster_name, host,
+    CorsPolicy, Destination, Fault, FaultStatus, GatewayRef, HashKey, HeaderMatch, HeaderOps,
+    HttpRoute, LoadBalancer, Model, ProxyNode, Redirect, RetryPolicy, RouteAction, RouteMatch,
+    Service, ServicePort, StringMatch, VirtualService, cluster_name, host,
 };
 
 use crate::cluster::{BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
@@ -38,6 +40,7 @@ use crate::listener::OUTBOUND_ROUTE_NAME;
 use crate::proto::{any, boolv, duration, headers_to_add, percent, u32v};
 
 pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
+pub const CORS_FILTER: &str = "envoy.filters.http.cors";
 
 /// Where a route config is served and who is asking: decides which matches apply.
 pub struct Context<'a> {
@@ -369,6 +372,10 @@ fn route(model: &Model, http: &HttpRoute, m: Option<&RouteMatch>, name: &str) ->
         r.typed_per_filter_config
             .insert(FAULT_FILTER.to_string(), any(&fault(f)));
     }
+    if let Some(c) = &http.cors {
+        r.typed_per_filter_config
+            .insert(CORS_FILTER.to_string(), any(&cors(c)));
+    }
     r.action = Some(match &http.action {
         RouteAction::Route(dests) => {
             let live: Vec<_> = dests.iter().filter(|d| d.weight > 0).collect();
@@ -452,6 +459,31 @@ fn route(model: &Model, http: &HttpRoute, m: Option<&RouteMatch>, name: &str) ->
         }
     });
     r
+}
+
+/// Istio's translation: lists comma-joined, `maxAge` in seconds, always enabled, and
+/// `unmatchedPreflights` as whether a preflight from an origin not allowed goes upstream.
+fn cors(c: &CorsPolicy) -> PbCors {
+    PbCors {
+        allow_origin_string_match: c.allow_origins.iter().map(string_matcher).collect(),
+        allow_methods: c.allow_methods.join(","),
+        allow_headers: c.allow_headers.join(","),
+        expose_headers: c.expose_headers.join(","),
+        max_age: c
+            .max_age
+            .map(|d| d.as_secs().to_string())
+            .unwrap_or_default(),
+        allow_credentials: c.allow_credentials.map(boolv),
+        filter_enabled: Some(RuntimeFractionalPercent {
+            default_value: Some(FractionalPercent {
+                numerator: 100,
+                denominator: DenominatorType::Hundred as i32,
+            }),
+            ..Default::default()
+        }),
+        forward_not_matching_preflights: Some(boolv(c.forward_unmatched_preflights)),
+        ..Default::default()
+    }
 }
 
 fn merge_headers(r: &mut Route, ops: &HeaderOps) {

@@ -116,6 +116,8 @@ pub struct HttpManager {
     pub client_cert_details: ClientCertDetails,
     /// RBAC filters in order (Istio's: DENY, AUDIT, ALLOW), before routing.
     pub rbac: Arc<[Rbac]>,
+    /// The CORS filter is in the chain: routes' CORS policies apply.
+    pub cors: bool,
 }
 
 /// Envoy's `forward_client_cert_details` with `set_current_client_cert_details`.

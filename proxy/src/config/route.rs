@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{HeaderMatcher, Pattern, QueryMatcher};
+use super::{HeaderMatcher, Pattern, QueryMatcher, StringMatch};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RouteConfig {
@@ -31,6 +31,28 @@ pub struct Route {
     pub headers: HeaderChanges,
     /// Injected before the action runs (Envoy's fault filter, configured per route).
     pub fault: Option<Fault>,
+    /// Envoy's CORS filter, configured per route; applies where the connection manager has it.
+    pub cors: Option<Cors>,
+}
+
+/// A route's CORS policy (Envoy's `CorsPolicy`). Empty strings are unset; the lists are as
+/// they are sent, comma-joined.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Cors {
+    /// An origin is allowed when one of these matches it, or matches `*`.
+    pub allow_origins: Arc<[StringMatch]>,
+    /// `*` answers with the method the preflight asks for.
+    pub allow_methods: Arc<str>,
+    /// `*` answers with the headers the preflight asks for.
+    pub allow_headers: Arc<str>,
+    pub expose_headers: Arc<str>,
+    /// Seconds, as sent.
+    pub max_age: Arc<str>,
+    pub allow_credentials: bool,
+    pub allow_private_network_access: bool,
+    /// A preflight from an origin not allowed goes upstream; otherwise the proxy answers it
+    /// without `access-control-allow-origin`.
+    pub forward_not_matching_preflights: bool,
 }
 
 /// A delay and/or an abort, each applied to a fraction of requests; the delay comes first.

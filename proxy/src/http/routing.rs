@@ -188,6 +188,7 @@ mod tests {
             },
             headers: HeaderChanges::default(),
             fault: None,
+            cors: None,
         }
     }
 

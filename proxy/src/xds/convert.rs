@@ -35,6 +35,9 @@ use envoy_types::pb::envoy::config::route::v3::{
     route_action::HashPolicy as PbHashPolicy, route_match,
 };
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay;
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3::{
+    Cors as PbCors, CorsPolicy as PbCorsPolicy,
+};
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{HttpFault, fault_abort};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager,
@@ -53,10 +56,10 @@ use prost::Message;
 
 use crate::config::listener_defaults::{DEFAULT_INSPECT_TIMEOUT, DEFAULT_TCP_IDLE_TIMEOUT};
 use crate::config::{
-    Action, ChainMatch, ClientCertDetails, Cluster, ClusterChoice, Discovery, Endpoint, Fault,
-    FaultAbort, FaultDelay, FilterChain, Forward, HashKey, HashPolicy, HeaderAdd, HeaderChanges,
-    HeaderMatch, HeaderMatcher, HttpManager, Inspect, LbPolicy, Limits, Listener, Mirror,
-    OutlierDetection, PathMatch, Pattern, QueryMatcher, Redirect, RegexRewrite, RetryOn,
+    Action, ChainMatch, ClientCertDetails, Cluster, ClusterChoice, Cors, Discovery, Endpoint,
+    Fault, FaultAbort, FaultDelay, FilterChain, Forward, HashKey, HashPolicy, HeaderAdd,
+    HeaderChanges, HeaderMatch, HeaderMatcher, HttpManager, Inspect, LbPolicy, Limits, Listener,
+    Mirror, OutlierDetection, PathMatch, Pattern, QueryMatcher, Redirect, RegexRewrite, RetryOn,
     RetryPolicy, Route, RouteConfig, RouteMatch, RouteSource, Serve, StringMatch, TcpProxy,
     Transport, UpstreamBind, VirtualHost, WeightedCluster,
 };
@@ -65,6 +68,9 @@ const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_con
 const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
 const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
 const FAULT_FILTER: &str = "envoy.filters.http.fault";
+const CORS: &str = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors";
+const CORS_POLICY: &str = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy";
+const CORS_FILTER: &str = "envoy.filters.http.cors";
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 /// Envoy's route timeout when a route sets none.
 const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);

@@ -5,6 +5,7 @@
 mod capture;
 mod common;
 mod config_changes;
+mod cors;
 mod discovery;
 mod gateway;
 mod kube_ingress;

@@ -40,8 +40,24 @@ pub struct HttpRoute {
     pub mirror_percentage: Option<Percent>,
     pub mirror_percent: Option<u32>,
     pub mirrors: Vec<HttpMirrorPolicy>,
-    pub cors_policy: Raw,
+    pub cors_policy: Option<CorsPolicy>,
     pub headers: Option<Headers>,
+}
+
+/// Cross-origin resource sharing for a route (answered by the proxy, as Envoy's CORS filter).
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct CorsPolicy {
+    pub allow_origins: Vec<StringMatch>,
+    /// Deprecated: exact origins, read as `allowOrigins` exact matches (as Istio reads them).
+    pub allow_origin: Vec<String>,
+    pub allow_methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub max_age: Option<String>,
+    pub allow_credentials: Option<bool>,
+    /// `FORWARD` (the default) or `IGNORE`.
+    pub unmatched_preflights: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]

@@ -266,9 +266,6 @@ fn http_route(
     if route.delegate.is_some() {
         r.unsupported(format!("{path}.delegate"), "delegate");
     }
-    if route.cors_policy.is_some() {
-        r.unsupported(format!("{path}.corsPolicy"), "corsPolicy");
-    }
 
     let mut matches = Vec::new();
     for (i, m) in route.r#match.iter().enumerate() {
@@ -400,6 +397,17 @@ fn http_route(
         .as_ref()
         .map(|h| header_ops(h, &format!("{path}.headers"), r))
         .unwrap_or_default();
+    let cors = route
+        .cors_policy
+        .as_ref()
+        .map(|c| cors_policy(c, &format!("{path}.corsPolicy"), r));
+    if cors.is_some() && route.route.is_empty() {
+        warn(
+            format!("{path}.corsPolicy"),
+            "has no effect on a redirect or directResponse route (Envoy's CORS filter skips them)"
+                .to_string(),
+        );
+    }
     if r.count() > before {
         return None;
     }
@@ -413,6 +421,7 @@ fn http_route(
         fault,
         mirrors,
         headers,
+        cors,
     })
 }
 
@@ -806,6 +815,117 @@ fn direct_response(
         Some(b) => b.string.clone(),
     };
     Some(RouteAction::DirectResponse { status, body })
+}
+
+/// A route's CORS policy, as Envoy's CORS filter applies it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CorsPolicy {
+    /// Origins allowed to make cross-origin requests; one that matches `*` allows any.
+    pub allow_origins: Vec<StringMatch>,
+    pub allow_methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    /// Whole seconds.
+    pub max_age: Option<Duration>,
+    pub allow_credentials: Option<bool>,
+    /// A preflight from an origin not allowed goes upstream (Istio's `FORWARD`, the default);
+    /// otherwise the proxy answers it without allowing anything (`IGNORE`).
+    pub forward_unmatched_preflights: bool,
+}
+
+/// The methods Istio accepts in `allowMethods`.
+const CORS_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
+];
+
+fn cors_policy(c: &wire::CorsPolicy, path: &str, r: &mut Report<'_>) -> CorsPolicy {
+    let mut allow_origins = Vec::new();
+    if !c.allow_origins.is_empty() && !c.allow_origin.is_empty() {
+        r.error(
+            format!("{path}.allowOrigin"),
+            "deprecated; set only allowOrigins",
+        );
+    }
+    for (i, o) in c.allow_origins.iter().enumerate() {
+        let op = format!("{path}.allowOrigins[{i}]");
+        if o.exact.as_deref() == Some("") {
+            r.error(format!("{op}.exact"), "must not be empty");
+            continue;
+        }
+        if let Some(m) = string_match(o, &op, false, r) {
+            allow_origins.push(m);
+        }
+    }
+    for (i, o) in c.allow_origin.iter().enumerate() {
+        if o.is_empty() {
+            r.error(format!("{path}.allowOrigin[{i}]"), "must not be empty");
+        } else {
+            allow_origins.push(StringMatch::Exact(o.clone()));
+        }
+    }
+    if c.allow_origins.is_empty() && c.allow_origin.is_empty() {
+        r.error(
+            format!("{path}.allowOrigins"),
+            "at least one origin is required; without one the policy allows no cross-origin request",
+        );
+    }
+    for (i, m) in c.allow_methods.iter().enumerate() {
+        if !CORS_METHODS.contains(&m.as_str()) {
+            r.error(
+                format!("{path}.allowMethods[{i}]"),
+                format!(
+                    "{m:?} is not a supported HTTP method; expected one of {}",
+                    CORS_METHODS.join(", ")
+                ),
+            );
+        }
+    }
+    for (field, names) in [
+        ("allowHeaders", &c.allow_headers),
+        ("exposeHeaders", &c.expose_headers),
+    ] {
+        for (i, name) in names.iter().enumerate() {
+            let token = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(ch));
+            if !token {
+                r.error(
+                    format!("{path}.{field}[{i}]"),
+                    format!("{name:?} is not a valid header name"),
+                );
+            }
+        }
+    }
+    let max_age = c.max_age.as_deref().and_then(|m| {
+        let mp = format!("{path}.maxAge");
+        let d = r.duration(m, &mp)?;
+        if d < Duration::from_secs(1) || d.subsec_nanos() != 0 {
+            r.error(&mp, "must be a whole number of seconds, at least 1s (browsers cache preflights by the second)");
+            return None;
+        }
+        Some(d)
+    });
+    let forward_unmatched_preflights = match c.unmatched_preflights.as_deref() {
+        None | Some("UNSPECIFIED") | Some("FORWARD") => true,
+        Some("IGNORE") => false,
+        Some(other) => {
+            r.error(
+                format!("{path}.unmatchedPreflights"),
+                format!("expected FORWARD or IGNORE, got {other:?}"),
+            );
+            true
+        }
+    };
+    CorsPolicy {
+        allow_origins,
+        allow_methods: c.allow_methods.clone(),
+        allow_headers: c.allow_headers.clone(),
+        expose_headers: c.expose_headers.clone(),
+        max_age,
+        allow_credentials: c.allow_credentials,
+        forward_unmatched_preflights,
+    }
 }
 
 fn retry(rt: &wire::HttpRetry, path: &str, r: &mut Report<'_>) -> Option<RetryPolicy> {

@@ -325,6 +325,7 @@ pub(super) fn http_manager(
         None => return Err(at.at("route_specifier").invalid("missing")),
     };
     let mut rbac_filters = Vec::new();
+    let mut cors = false;
     for (i, f) in hcm.http_filters.iter().enumerate() {
         let at = at.at(format!("http_filters[{i}]"));
         let any = match &f.config_type {
@@ -338,12 +339,37 @@ pub(super) fn http_manager(
             // The fault filter with no config of its own does nothing until a route configures
             // it, and routes that do are rejected.
             FAULT => {
+                if cors {
+                    return Err(at.unsupported("a fault filter after the CORS filter"));
+                }
                 let fault: HttpFault = at.decode(any, FAULT)?;
                 if fault != HttpFault::default() {
                     return Err(at.unsupported("fault injection"));
                 }
             }
+            // Does nothing until a route configures it (per route, keyed by this name).
+            CORS => {
+                if cors {
+                    return Err(at.unsupported("a second CORS filter"));
+                }
+                if f.name != CORS_FILTER {
+                    return Err(at.at("name").unsupported(format!(
+                        "a CORS filter named {:?} (routes configure {CORS_FILTER:?})",
+                        f.name
+                    )));
+                }
+                if f.disabled {
+                    return Err(at
+                        .at("disabled")
+                        .unsupported("a CORS filter disabled until a route enables it"));
+                }
+                let _: PbCors = at.at("typed_config").decode(any, CORS)?;
+                cors = true;
+            }
             rbac::TYPE_URL => {
+                if cors {
+                    return Err(at.unsupported("an RBAC filter after the CORS filter"));
+                }
                 if f.disabled {
                     return Err(at
                         .at("disabled")
@@ -409,5 +435,6 @@ pub(super) fn http_manager(
         websocket,
         client_cert_details,
         rbac: rbac_filters.into(),
+        cors,
     })
 }

@@ -31,6 +31,12 @@ impl TryFrom<&RouteConfiguration> for RouteConfig {
 }
 
 pub(super) fn virtual_host(at: &At<'_>, vh: &PbVirtualHost) -> Result<VirtualHost, ConvertError> {
+    #[allow(deprecated)]
+    if vh.cors.is_some() {
+        return Err(at
+            .at("cors")
+            .unsupported("virtual-host CORS (the deprecated field)"));
+    }
     if vh.retry_policy.is_some() {
         return Err(at.at("retry_policy").unsupported("retries"));
     }
@@ -88,13 +94,20 @@ pub(super) fn virtual_host(at: &At<'_>, vh: &PbVirtualHost) -> Result<VirtualHos
 
 pub(super) fn route(at: &At<'_>, r: &PbRoute) -> Result<Route, ConvertError> {
     let mut fault = None;
+    let mut cors = None;
     for (name, any) in &r.typed_per_filter_config {
         let at = at.at(format!("typed_per_filter_config[{name:?}]"));
-        if name != FAULT_FILTER {
-            return Err(at.unsupported(format!("per-route config of {name:?}")));
+        match name.as_str() {
+            FAULT_FILTER => {
+                let f: HttpFault = at.decode(any, FAULT)?;
+                fault = Some(fault_from(&at, &f)?);
+            }
+            CORS_FILTER => {
+                let c: PbCorsPolicy = at.decode(any, CORS_POLICY)?;
+                cors = Some(cors_from(&at, &c)?);
+            }
+            _ => return Err(at.unsupported(format!("per-route config of {name:?}"))),
         }
-        let f: HttpFault = at.decode(any, FAULT)?;
-        fault = Some(fault_from(&at, &f)?);
     }
     let m = r
         .r#match
@@ -135,6 +148,7 @@ pub(super) fn route(at: &At<'_>, r: &PbRoute) -> Result<Route, ConvertError> {
         matcher,
         action,
         fault,
+        cors,
         headers: header_changes(
             at,
             &r.request_headers_to_add,
@@ -142,6 +156,51 @@ pub(super) fn route(at: &At<'_>, r: &PbRoute) -> Result<Route, ConvertError> {
             &r.response_headers_to_add,
             &r.response_headers_to_remove,
         )?,
+    })
+}
+
+pub(super) fn cors_from(at: &At<'_>, c: &PbCorsPolicy) -> Result<Cors, ConvertError> {
+    if c.shadow_enabled.is_some() {
+        return Err(at.at("shadow_enabled").unsupported("shadow-mode CORS"));
+    }
+    // Unset is enabled; the runtime key has no runtime to read here, so the default holds.
+    if let Some(f) = &c.filter_enabled
+        && per_million(&at.at("filter_enabled"), f.default_value.as_ref())? != 1_000_000
+    {
+        return Err(at
+            .at("filter_enabled")
+            .unsupported("CORS enabled for a fraction of requests"));
+    }
+    let allow_origins = c
+        .allow_origin_string_match
+        .iter()
+        .enumerate()
+        .map(|(i, m)| string_match(&at.at(format!("allow_origin_string_match[{i}]")), m))
+        .collect::<Result<_, _>>()?;
+    let value = |field: &str, v: &str| -> Result<Arc<str>, ConvertError> {
+        if http::HeaderValue::from_str(v).is_err() {
+            return Err(at
+                .at(field)
+                .invalid(format!("{v:?} is not a valid header value")));
+        }
+        Ok(v.into())
+    };
+    Ok(Cors {
+        allow_origins,
+        allow_methods: value("allow_methods", &c.allow_methods)?,
+        allow_headers: value("allow_headers", &c.allow_headers)?,
+        expose_headers: value("expose_headers", &c.expose_headers)?,
+        max_age: value("max_age", &c.max_age)?,
+        allow_credentials: c.allow_credentials.as_ref().is_some_and(|b| b.value),
+        allow_private_network_access: c
+            .allow_private_network_access
+            .as_ref()
+            .is_some_and(|b| b.value),
+        // Envoy's default.
+        forward_not_matching_preflights: c
+            .forward_not_matching_preflights
+            .as_ref()
+            .is_none_or(|b| b.value),
     })
 }
 
@@ -355,6 +414,12 @@ pub(super) fn string_match(at: &At<'_>, sm: &StringMatcher) -> Result<StringMatc
 }
 
 pub(super) fn forward(at: &At<'_>, a: &RouteAction) -> Result<Forward, ConvertError> {
+    #[allow(deprecated)]
+    if a.cors.is_some() {
+        return Err(at
+            .at("cors")
+            .unsupported("CORS in the route action (the deprecated field)"));
+    }
     let retry = a
         .retry_policy
         .as_ref()
