@@ -5,6 +5,7 @@
 
 pub mod convert;
 pub mod ingress;
+pub mod ingress_status;
 pub mod lease;
 pub mod root_cert;
 pub mod source;

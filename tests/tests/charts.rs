@@ -404,7 +404,9 @@ fn rbac_grants_what_straitd_needs() {
             "delete {group}/{resource}"
         );
     }
-    for (group, plural) in &istio {
+    // The ingress gateway's addresses into Ingresses' status.loadBalancer.
+    let ingresses = ("networking.k8s.io".to_string(), "ingresses".to_string());
+    for (group, plural) in istio.iter().chain([&ingresses]) {
         for verb in ["update", "patch"] {
             let status = format!("{plural}/status");
             assert!(

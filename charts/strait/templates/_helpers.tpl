@@ -64,3 +64,10 @@ the Secret, the webhooks' caBundle and straitd agree. Returns YAML: {cert, key, 
 {{- end -}}
 {{- $bundle | b64enc -}}
 {{- end }}
+
+{{/* A label map as KEY=VALUE,KEY=VALUE (sorted by key), for a command-line flag. */}}
+{{- define "strait.labelList" -}}
+{{- $pairs := list -}}
+{{- range $k, $v := . -}}{{- $pairs = append $pairs (printf "%s=%s" $k $v) -}}{{- end -}}
+{{- join "," $pairs -}}
+{{- end }}

@@ -133,6 +133,11 @@ struct Args {
         value_parser = parse_label
     )]
     ingress_gateway_selector: Vec<(String, String)>,
+    /// With --kubernetes: the ingress gateway's Service (NAMESPACE/NAME), whose load balancer
+    /// addresses (else external IPs, else its ready pods' node addresses) the leader writes
+    /// into `status.loadBalancer` of the Ingresses Strait serves; not written when not given.
+    #[arg(long, env = "STRAIT_INGRESS_SERVICE")]
+    ingress_service: Option<strait_control_plane::kube::ingress_status::IngressService>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -276,6 +281,13 @@ async fn main() -> anyhow::Result<()> {
             },
             leader_rx.clone(),
         ));
+        if let Some(service) = args.ingress_service.clone() {
+            tokio::spawn(strait_control_plane::kube::ingress_status::run(
+                client.clone(),
+                service,
+                leader_rx.clone(),
+            ));
+        }
         tokio::spawn(strait_control_plane::kube::status::run(
             client,
             store.clone(),

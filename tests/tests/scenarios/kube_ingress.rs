@@ -20,6 +20,9 @@ use strait_tests::{
     Backend, ConfigDir, Proxy, ProxySpec, Straitd, data_plane, eventually_blocking,
 };
 
+/// The ingress gateway's Service, whose addresses Ingresses of ours show in their status.
+const GATEWAY_SERVICE: &str = "istio-system/ingressgateway";
+
 /// How fast a change in the API server must reach the gateway.
 const PROPAGATION: Duration = Duration::from_secs(2);
 /// How long the first configuration may take (the gateway and the watches are just up).
@@ -60,7 +63,10 @@ impl Hub {
             install_crds(&kube)?;
         }
         let config = ConfigDir::new()?;
-        let options = kube.straitd_options(config.path());
+        let mut options = kube.straitd_options(config.path());
+        options
+            .extra_args
+            .push(format!("--ingress-service={GATEWAY_SERVICE}"));
         let straitd = hub.spawn_from(move || Straitd::start(options))??;
         // The ingress gateway, on the hub's loopback, with the labels Ingresses select.
         let mut spec = ProxySpec::gateway(
@@ -272,9 +278,74 @@ fn ingresses_are_served_by_the_ingress_gateway() -> anyhow::Result<()> {
         Ok(())
     })?;
 
+    // The gateway Service's load balancer address (written by hand: no cloud controller
+    // runs here) shows in the status of Ingresses of ours, and changes with it.
+    // (The replica writing status holds the Lease in strait-system.)
+    hub.kube.ensure_namespace("strait-system")?;
+    hub.kube.ensure_namespace("istio-system")?;
+    hub.kube.apply_yaml(GATEWAY_LB)?;
+    for (address, within) in [
+        (r#"{"ip":"192.0.2.10"}"#, FIRST),
+        (r#"{"hostname":"lb.example.com"}"#, PROPAGATION),
+    ] {
+        hub.kube.kubectl(&[
+            "patch",
+            "service",
+            "ingressgateway",
+            "-n",
+            "istio-system",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"status":{{"loadBalancer":{{"ingress":[{address}]}}}}}}"#),
+        ])?;
+        eventually_blocking(within, || {
+            for ingress in ["admin", "plain"] {
+                let got = hub.kube.kubectl(&[
+                    "get",
+                    "ingress",
+                    "-n",
+                    "shop",
+                    ingress,
+                    "-o",
+                    "jsonpath={.status.loadBalancer.ingress}",
+                ])?;
+                anyhow::ensure!(
+                    got.replace(' ', "") == format!("[{address}]"),
+                    "{ingress}: {address} expected, got {got:?}"
+                );
+            }
+            Ok(())
+        })?;
+    }
+    let theirs = hub.kube.kubectl(&[
+        "get",
+        "ingress",
+        "-n",
+        "shop",
+        "theirs",
+        "-o",
+        "jsonpath={.status.loadBalancer}",
+    ])?;
+    anyhow::ensure!(
+        theirs.trim().is_empty() || theirs.trim() == "{}",
+        "another controller's Ingress is left alone: {theirs:?}"
+    );
+
     let net_hub = hub.net.hub().clone();
     net_hub.block_on(crate::common::assert_no_nacks(&hub.straitd))
 }
+
+/// The ingress gateway's Service ([`GATEWAY_SERVICE`]), of type LoadBalancer.
+const GATEWAY_LB: &str = "apiVersion: v1
+kind: Service
+metadata: {name: ingressgateway, namespace: istio-system}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.70
+  selector: {istio: ingressgateway}
+  ports: [{name: http2, port: 80, targetPort: 8080}]
+";
 
 /// No class at all: the cluster's default IngressClass decides.
 const UNCLASSED: &str = "apiVersion: networking.k8s.io/v1
