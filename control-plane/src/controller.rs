@@ -168,10 +168,7 @@ impl Translations {
             None => {
                 let model = Arc::new(self.model.scoped(&scope));
                 let settings = settings.scoped(&scope);
-                let mut mesh = part(strait_translate::mesh(&model, &settings))?;
-                if let Some(old) = self.previous_views.1.get(&key) {
-                    mesh = mesh.succeeding(&old.mesh);
-                }
+                let mesh = mesh_part(&model, &settings, self.previous_views.1.get(&key))?;
                 let view = Arc::new(View {
                     model,
                     settings,
@@ -196,15 +193,37 @@ fn whole_view(
     if model.is_scoped() {
         return Ok(None);
     }
-    let mut mesh = part(strait_translate::mesh(model, settings))?;
-    if let Some(old) = previous {
-        mesh = mesh.succeeding(&old.mesh);
-    }
     Ok(Some(Arc::new(View {
         model: model.clone(),
         settings: settings.clone(),
-        mesh: Arc::new(mesh),
+        mesh: Arc::new(mesh_part(model, settings, previous)?),
     })))
+}
+
+/// The mesh part of `model` as the proxies of one view see it, succeeding `previous`'s. When
+/// only endpoints moved since, the clusters and assignments of the services they moved in
+/// are translated and the rest is shared with the previous part: an endpoint change costs
+/// what changed, not the mesh.
+fn mesh_part(
+    model: &Model,
+    settings: &MeshSettings,
+    previous: Option<&Arc<View>>,
+) -> Result<Part, InconsistentSnapshot> {
+    let Some(old) = previous else {
+        return part(strait_translate::mesh(model, settings));
+    };
+    let mesh = if old.settings == *settings && model.same_but_endpoints(&old.model) {
+        let hosts = model.hosts_with_other_endpoints(&old.model);
+        let out = strait_translate::mesh_of(model, settings, &hosts);
+        old.mesh.patched(Resources {
+            clusters: out.clusters,
+            endpoints: out.endpoints,
+            ..Resources::default()
+        })?
+    } else {
+        part(strait_translate::mesh(model, settings))?
+    };
+    Ok(mesh.succeeding(&old.mesh))
 }
 
 /// The part made for `key` in this generation; made now, as the successor of the previous
@@ -1037,6 +1056,151 @@ spec:
 
     const OUTBOUND_ROUTE: &str = strait_translate::OUTBOUND_ROUTE_NAME;
     const REVIEWS_V1: &str = "outbound|9080|v1|reviews.default.svc.cluster.local";
+
+    /// A mesh part patched for an endpoint change is the part translated whole from the new
+    /// model, and says that only the changed services' resources changed.
+    #[test]
+    fn an_endpoint_change_patches_the_mesh_part_into_what_a_whole_translation_makes() {
+        // Part tables by position in PUSH_ORDER.
+        const CDS: usize = 0;
+        const EDS: usize = 1;
+        fn mesh_model(
+            reviews_v1_label: &str,
+            db_address: &str,
+            ratings: &str,
+            weight: u32,
+        ) -> Arc<Model> {
+            let yaml = format!(
+                r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: 10.0.0.1, labels: {{version: {reviews_v1_label}}}}}
+  - {{address: 10.0.0.2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ratings, namespace: default}}
+spec:
+  hosts: [ratings.default.svc.cluster.local]
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{ratings}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: db, namespace: default}}
+spec:
+  hosts: [db.example.com]
+  ports: [{{number: 5432, name: tcp, protocol: TCP}}]
+  resolution: DNS
+  endpoints: [{{address: {db_address}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: default}}
+spec:
+  host: reviews.default.svc.cluster.local
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+  trafficPolicy: {{outlierDetection: {{consecutive5xxErrors: {weight}}}}}
+"#
+            );
+            let objects = strait_model::loader::parse(&yaml, "test.yaml").unwrap();
+            Arc::new(Model::build(&objects).unwrap())
+        }
+        fn entries(part: &Part, i: usize) -> Vec<(String, u64)> {
+            part.table(i)
+                .iter()
+                .map(|(n, e)| (n.to_string(), e.version))
+                .collect()
+        }
+        let settings = MeshSettings::default();
+        let steps = [
+            // (model, names expected changed in CDS, in EDS)
+            (
+                mesh_model("v1", "db1.example.com", "{address: 10.0.1.1}", 5),
+                vec![],
+                vec![],
+            ),
+            // An endpoint moves from subset v1 to v2 (the service's own assignment, which
+            // carries no labels, stays as it was).
+            (
+                mesh_model("v2", "db1.example.com", "{address: 10.0.1.1}", 5),
+                vec![],
+                vec![
+                    "outbound|9080|v1|reviews.default.svc.cluster.local",
+                    "outbound|9080|v2|reviews.default.svc.cluster.local",
+                ],
+            ),
+            // A DNS service's endpoints live in its cluster; another service gains one.
+            (
+                mesh_model(
+                    "v2",
+                    "db2.example.com",
+                    "{address: 10.0.1.1}, {address: 10.0.1.2}",
+                    5,
+                ),
+                vec!["outbound|5432||db.example.com"],
+                vec!["outbound|9080||ratings.default.svc.cluster.local"],
+            ),
+            // Not an endpoint change: translated whole, and still right.
+            (
+                mesh_model("v2", "db2.example.com", "{address: 10.0.1.2}", 7),
+                vec![
+                    "outbound|9080|v1|reviews.default.svc.cluster.local",
+                    "outbound|9080|v2|reviews.default.svc.cluster.local",
+                    "outbound|9080||reviews.default.svc.cluster.local",
+                ],
+                vec!["outbound|9080||ratings.default.svc.cluster.local"],
+            ),
+        ];
+        let mut view: Option<Arc<View>> = None;
+        for (i, (model, clusters, endpoints)) in steps.into_iter().enumerate() {
+            let made = mesh_part(&model, &settings, view.as_ref()).unwrap();
+            let whole = part(strait_translate::mesh(&model, &settings)).unwrap();
+            for t in [CDS, EDS] {
+                assert_eq!(entries(&made, t), entries(&whole, t), "step {i}, table {t}");
+                assert_eq!(
+                    made.table(t).version(),
+                    whole.table(t).version(),
+                    "step {i}"
+                );
+            }
+            if let Some(old) = &view {
+                for (t, expected) in [(CDS, clusters), (EDS, endpoints)] {
+                    let mut changed: Vec<String> = made
+                        .changed_since(&old.mesh, t)
+                        .unwrap()
+                        .iter()
+                        .map(|n| n.to_string())
+                        .collect();
+                    changed.sort();
+                    let mut expected: Vec<String> =
+                        expected.into_iter().map(String::from).collect();
+                    expected.sort();
+                    assert_eq!(changed, expected, "step {i}, table {t}");
+                }
+            }
+            // Consistent on its own: every EDS cluster has its assignment.
+            Snapshot::compose(
+                vec![Arc::new(made.patched(Resources::default()).unwrap())],
+                None,
+            )
+            .unwrap();
+            view = Some(Arc::new(View {
+                model,
+                settings: settings.clone(),
+                mesh: Arc::new(made),
+            }));
+        }
+    }
 
     fn controller_translations(registry: &Registry) -> u64 {
         let mut text = String::new();

@@ -465,9 +465,15 @@ pub struct Fleet {
     cluster_services: HashMap<u32, u32>,
     /// Delta versions that are not 16 hex digits, by their hash (to send them back).
     versions: Mutex<HashMap<u64, Box<str>>>,
-    watches: Mutex<Vec<Arc<Watch>>>,
+    /// Open watches by (type index, interned name): a client's response is looked up by
+    /// what it changed, so the cost of noting it does not grow with the watches open (a
+    /// churn keeps a thousand open).
+    watches: Mutex<WatchIndex>,
     watching: AtomicUsize,
 }
+
+/// Watches by (type index, interned resource name).
+type WatchIndex = HashMap<(usize, u32), Vec<Arc<Watch>>>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -621,27 +627,34 @@ impl Fleet {
                 resource_size: 0,
             }),
         });
-        lock(&self.watches).push(watch.clone());
+        lock(&self.watches)
+            .entry((type_index, id))
+            .or_default()
+            .push(watch.clone());
         self.watching.fetch_add(1, Ordering::AcqRel);
         watch
     }
 
     pub fn unwatch(&self, watch: &Arc<Watch>) {
         let mut watches = lock(&self.watches);
-        let before = watches.len();
-        watches.retain(|w| !Arc::ptr_eq(w, watch));
-        if watches.len() < before {
+        let key = (watch.type_index, watch.name);
+        let Some(same) = watches.get_mut(&key) else {
+            return;
+        };
+        let before = same.len();
+        same.retain(|w| !Arc::ptr_eq(w, watch));
+        if same.len() < before {
             self.watching.fetch_sub(1, Ordering::AcqRel);
+        }
+        if same.is_empty() {
+            watches.remove(&key);
         }
     }
 
     fn notify(&self, client: &Client, bytes: u64, changed: &[Changed], now: Instant) {
         let watches = lock(&self.watches);
         for c in changed {
-            for w in watches
-                .iter()
-                .filter(|w| w.type_index == c.type_index && w.name == c.name)
-            {
+            for w in watches.get(&(c.type_index, c.name)).into_iter().flatten() {
                 let mut inner = lock(&w.inner);
                 if inner.is_outside(client.id) {
                     inner.received_outside.insert(client.id);

@@ -676,8 +676,6 @@ impl Model {
         destination_rule::lookup(&self.destination_rules, host)
     }
 
-    /// The policy in force for one cluster: the DestinationRule's top level, overridden by its
-    /// port-level settings, then by the subset's policy and its port-level settings.
     /// The two models differ in service endpoints at most (warnings aside): what reads no
     /// endpoint translates the same from both.
     pub fn same_but_endpoints(&self, other: &Model) -> bool {
@@ -707,6 +705,32 @@ impl Model {
             && *credentials == other.credentials
     }
 
+    /// The services whose endpoints differ between the two models, by hostname; what else
+    /// differs is not looked at (see [`Model::same_but_endpoints`]).
+    pub fn hosts_with_other_endpoints(&self, other: &Model) -> BTreeSet<String> {
+        let mut hosts: BTreeSet<String> = self
+            .services
+            .iter()
+            .filter(|(host, s)| {
+                other
+                    .services
+                    .get(*host)
+                    .is_none_or(|o| o.endpoints != s.endpoints)
+            })
+            .map(|(host, _)| host.clone())
+            .collect();
+        hosts.extend(
+            other
+                .services
+                .keys()
+                .filter(|h| !self.services.contains_key(*h))
+                .cloned(),
+        );
+        hosts
+    }
+
+    /// The policy in force for one cluster: the DestinationRule's top level, overridden by its
+    /// port-level settings, then by the subset's policy and its port-level settings.
     pub fn policy_for(&self, host: &str, port: u16, subset: Option<&str>) -> ResolvedPolicy {
         match self.destination_rule_for(host) {
             Some(dr) => dr.resolve(port, subset),

@@ -46,9 +46,19 @@ pub fn clusters(
     model: &Model,
     settings: &MeshSettings,
 ) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
+    clusters_of(model, settings, |_| true)
+}
+
+/// [`clusters`] of the services `wanted` picks (by hostname) only: what a change to those
+/// services' endpoints alone replaces, since a service's clusters read no other service.
+pub fn clusters_of(
+    model: &Model,
+    settings: &MeshSettings,
+    wanted: impl Fn(&str) -> bool,
+) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
     let mut clusters = Vec::new();
     let mut assignments = Vec::new();
-    for service in model.services.values() {
+    for service in model.services.values().filter(|s| wanted(&s.hostname)) {
         for port in &service.ports {
             let mut subsets: Vec<(Option<&str>, Option<&Labels>)> = vec![(None, None)];
             subsets.extend(

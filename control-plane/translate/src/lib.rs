@@ -19,6 +19,8 @@ use envoy_types::pb::envoy::config::{
     route::v3::RouteConfiguration,
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use std::collections::BTreeSet;
+
 use strait_model::mesh::{MeshConfig, OutboundTrafficPolicy};
 use strait_model::node::Interception;
 use strait_model::{Model, ProxyMode, ProxyNode, Scope};
@@ -116,6 +118,17 @@ pub fn translate_with(model: &Model, node: &ProxyNode, settings: &MeshSettings) 
 /// of the EDS ones. Reads no node, so it is made once per model for all of them.
 pub fn mesh(model: &Model, settings: &MeshSettings) -> Output {
     let (clusters, endpoints) = cluster::clusters(model, settings);
+    Output {
+        clusters,
+        endpoints,
+        ..Output::default()
+    }
+}
+
+/// [`mesh`]'s resources of the services `hosts` names only: with the mesh part of a model
+/// that differs from this one in those services' endpoints alone, the mesh part of this one.
+pub fn mesh_of(model: &Model, settings: &MeshSettings, hosts: &BTreeSet<String>) -> Output {
+    let (clusters, endpoints) = cluster::clusters_of(model, settings, |h| hosts.contains(h));
     Output {
         clusters,
         endpoints,

@@ -317,6 +317,47 @@ impl Part {
         })
     }
 
+    /// This part with the clusters and endpoints of `replacements` in place of those of the
+    /// same names (added where it has none): encodes only what is given and shares every
+    /// other resource with this part. For parts without listeners or routes (the mesh part),
+    /// whose references are only EDS clusters' to assignments; the result is what
+    /// [`Part::build`] makes of the same resources. Not yet a successor of this part: see
+    /// [`Part::succeeding`].
+    pub fn patched(&self, replacements: Resources) -> Result<Part, InconsistentSnapshot> {
+        assert!(
+            self.tables[LISTENERS].is_empty()
+                && self.tables[ROUTES].is_empty()
+                && replacements.listeners.is_empty()
+                && replacements.routes.is_empty()
+                && replacements.secrets.is_empty(),
+            "Part::patched replaces clusters and endpoints of a part of clusters and endpoints"
+        );
+        let new = Part::build(replacements)?;
+        let mut tables = self.tables.clone();
+        for i in [CLUSTERS, ENDPOINTS] {
+            if new.tables[i].is_empty() {
+                continue;
+            }
+            for (name, encoded) in &new.tables[i].entries {
+                tables[i].entries.insert(name.clone(), encoded.clone());
+            }
+            tables[i].version = tables[i].digest();
+        }
+        let mut eds_clusters = self.eds_clusters.clone();
+        for name in new.tables[CLUSTERS].entries.keys() {
+            eds_clusters.remove(name);
+        }
+        eds_clusters.extend(new.eds_clusters.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Ok(Part {
+            tables,
+            route_refs: Vec::new(),
+            cluster_refs: Vec::new(),
+            eds_clusters,
+            private_secrets: self.private_secrets.clone(),
+            ancestors: Vec::new(),
+        })
+    }
+
     /// This part as the successor of `previous`: it records which names differ from it (and
     /// from the parts `previous` replaced), so streams holding one of those compare only
     /// those names.
