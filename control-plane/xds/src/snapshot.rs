@@ -242,8 +242,54 @@ pub struct Part {
     eds_clusters: BTreeMap<Arc<str>, Arc<str>>,
     /// Secrets holding a private key.
     private_secrets: BTreeSet<String>,
+    /// What of the above this part does not resolve itself, for a snapshot to check against
+    /// its other parts: indexes of `route_refs` and `cluster_refs` (one per name), and the
+    /// EDS clusters whose assignment is not here. Composing checks these alone, so the
+    /// mesh part (which resolves its own) costs nothing per snapshot.
+    open: OpenRefs,
     /// The parts this one replaced, nearest first.
     ancestors: Vec<Ancestor>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct OpenRefs {
+    routes: Vec<usize>,
+    clusters: Vec<usize>,
+    eds: Vec<Arc<str>>,
+}
+
+impl OpenRefs {
+    fn of(
+        tables: &[Table; 5],
+        route_refs: &[(String, String)],
+        cluster_refs: &[ClusterRef],
+        eds_clusters: &BTreeMap<Arc<str>, Arc<str>>,
+    ) -> OpenRefs {
+        let mut seen = BTreeSet::new();
+        let routes = (0..route_refs.len())
+            .filter(|&i| {
+                let route = route_refs[i].1.as_str();
+                !tables[ROUTES].entries.contains_key(route) && seen.insert(route)
+            })
+            .collect();
+        let mut seen = BTreeSet::new();
+        let clusters = (0..cluster_refs.len())
+            .filter(|&i| {
+                let cluster = cluster_refs[i].cluster.as_str();
+                !tables[CLUSTERS].entries.contains_key(cluster) && seen.insert(cluster)
+            })
+            .collect();
+        let eds = eds_clusters
+            .iter()
+            .filter(|(_, service)| !tables[ENDPOINTS].entries.contains_key(&***service))
+            .map(|(cluster, _)| cluster.clone())
+            .collect();
+        OpenRefs {
+            routes,
+            clusters,
+            eds,
+        }
+    }
 }
 
 impl Part {
@@ -307,12 +353,15 @@ impl Part {
         }
 
         // By position in PUSH_ORDER (CLUSTERS, ENDPOINTS, ...).
+        let tables = [clusters, endpoints, secrets, listeners, routes];
+        let open = OpenRefs::of(&tables, &route_refs, &cluster_refs, &eds_clusters);
         Ok(Part {
-            tables: [clusters, endpoints, secrets, listeners, routes],
+            tables,
             route_refs,
             cluster_refs,
             eds_clusters,
             private_secrets,
+            open,
             ancestors: Vec::new(),
         })
     }
@@ -348,12 +397,14 @@ impl Part {
             eds_clusters.remove(name);
         }
         eds_clusters.extend(new.eds_clusters.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let open = OpenRefs::of(&tables, &[], &[], &eds_clusters);
         Ok(Part {
             tables,
             route_refs: Vec::new(),
             cluster_refs: Vec::new(),
             eds_clusters,
             private_secrets: self.private_secrets.clone(),
+            open,
             ancestors: Vec::new(),
         })
     }
@@ -469,7 +520,7 @@ impl Snapshot {
             }
         }
         for part in &parts {
-            for (listener, route) in &part.route_refs {
+            for (listener, route) in part.open.routes.iter().map(|&i| &part.route_refs[i]) {
                 if !has(ROUTES, route) {
                     return Err(InconsistentSnapshot::MissingRouteConfiguration {
                         listener: listener.clone(),
@@ -477,7 +528,7 @@ impl Snapshot {
                     });
                 }
             }
-            for r in &part.cluster_refs {
+            for r in part.open.clusters.iter().map(|&i| &part.cluster_refs[i]) {
                 if !has(CLUSTERS, &r.cluster) {
                     return Err(InconsistentSnapshot::MissingCluster {
                         route: r.route.to_string(),
@@ -486,7 +537,12 @@ impl Snapshot {
                     });
                 }
             }
-            for (cluster, service) in &part.eds_clusters {
+            for (cluster, service) in part
+                .open
+                .eds
+                .iter()
+                .filter_map(|c| part.eds_clusters.get_key_value(c))
+            {
                 if !has(ENDPOINTS, service) {
                     return Err(InconsistentSnapshot::MissingLoadAssignment {
                         cluster: cluster.to_string(),
@@ -539,6 +595,7 @@ impl Snapshot {
                     route_refs: part.route_refs.clone(),
                     cluster_refs: part.cluster_refs.clone(),
                     eds_clusters: part.eds_clusters.clone(),
+                    open: part.open.clone(),
                     private_secrets: BTreeSet::new(),
                     ancestors: Vec::new(),
                 })

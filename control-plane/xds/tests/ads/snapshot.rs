@@ -207,3 +207,79 @@ fn eds_clusters_need_a_load_assignment() {
     let snapshot = Snapshot::build(resources).unwrap();
     assert!(snapshot.eds_service_names().any(|n| &**n == "backend.svc"));
 }
+
+/// References a part leaves open are checked against the snapshot's other parts: resolved
+/// there, they compose; resolved nowhere, composing names them. A patched part resolves as
+/// one built whole.
+#[test]
+fn parts_resolve_each_others_references() {
+    use std::sync::Arc;
+    use strait_xds::snapshot::Part;
+
+    let part = |r: Resources| Arc::new(Part::build(r).unwrap());
+    let basic = fixtures::basic();
+    let front = part(Resources {
+        listeners: basic.listeners.clone(),
+        ..Resources::default()
+    });
+    let routes = part(Resources {
+        routes: basic.routes.clone(),
+        ..Resources::default()
+    });
+    let clusters = part(Resources {
+        clusters: basic.clusters.clone(),
+        ..Resources::default()
+    });
+    let endpoints = part(Resources {
+        endpoints: basic.endpoints.clone(),
+        ..Resources::default()
+    });
+    let all = [&front, &routes, &clusters, &endpoints];
+    let compose = |parts: &[&Arc<Part>]| {
+        Snapshot::compose(parts.iter().map(|p| Arc::clone(p)).collect(), None)
+    };
+    compose(&all).unwrap();
+    assert!(matches!(
+        compose(&[&front, &clusters, &endpoints]),
+        Err(InconsistentSnapshot::MissingRouteConfiguration { .. })
+    ));
+    assert!(matches!(
+        compose(&[&front, &routes, &endpoints]),
+        Err(InconsistentSnapshot::MissingCluster { ref cluster, .. }) if cluster == CLUSTER
+    ));
+    assert!(matches!(
+        compose(&[&front, &routes, &clusters]),
+        Err(InconsistentSnapshot::MissingLoadAssignment { .. })
+    ));
+
+    // A cluster patched in without its assignment leaves that reference open.
+    let patched = Arc::new(
+        clusters
+            .patched(Resources {
+                clusters: vec![fixtures::cluster("other", 1)],
+                ..Resources::default()
+            })
+            .unwrap(),
+    );
+    assert!(matches!(
+        compose(&[&front, &routes, &patched, &endpoints]),
+        Err(InconsistentSnapshot::MissingLoadAssignment { .. })
+    ));
+    let with_assignment = Arc::new(
+        patched
+            .patched(Resources {
+                endpoints: vec![fixtures::load_assignment("other", 9090)],
+                ..Resources::default()
+            })
+            .unwrap(),
+    );
+    compose(&[&front, &routes, &with_assignment, &endpoints]).unwrap();
+    let whole = Snapshot::build(fixtures::two_clusters()).unwrap();
+    let composed = compose(&[&front, &routes, &with_assignment, &endpoints]).unwrap();
+    for type_url in [CLUSTER_TYPE, ENDPOINT_TYPE] {
+        assert_eq!(
+            composed.resource_names(type_url),
+            whole.resource_names(type_url)
+        );
+    }
+}
