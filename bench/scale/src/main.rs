@@ -29,7 +29,6 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 
 use crate::envoy::{Envoy, sync_status};
-use strait_scale::mesh::Mesh;
 use crate::report::{
     Baseline, Change, Churn, ColdStart, EnvoyCheck, EnvoyResult, MemPoint, Report, Restart, Steady,
     Step, Target, secs,
@@ -39,6 +38,7 @@ use crate::stats::Summary;
 use crate::straitd::Straitd;
 use crate::xds::{Client, EDS, Expect, Fleet, RDS, TYPE_NAMES, TYPES};
 use strait_scale::mesh;
+use strait_scale::mesh::Mesh;
 
 #[derive(Parser, Debug, Serialize)]
 #[command(

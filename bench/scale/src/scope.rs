@@ -16,8 +16,8 @@
 //! endpoint assignment per cluster, and, for a sidecar, a virtual host in its outbound route
 //! configuration; what it does not see, none of these.
 
-use strait_scale::mesh::{Mesh, Service};
 use crate::xds::Shape;
+use strait_scale::mesh::{Mesh, Service};
 
 /// Whether a proxy of `namespace` (a gateway when `gateway`) may reach `service`.
 pub fn sees(mesh: &Mesh, namespace: &str, gateway: bool, service: &Service) -> bool {
@@ -93,8 +93,8 @@ mod tests {
     use strait_model::{Model, ObjectId, ProxyNode, loader};
 
     use super::*;
-    use strait_scale::mesh::SHARED_NAMESPACE;
     use crate::xds::shapes;
+    use strait_scale::mesh::SHARED_NAMESPACE;
 
     fn model_of(mesh: &Mesh) -> Model {
         let mut objects = Vec::new();

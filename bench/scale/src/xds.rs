@@ -355,7 +355,10 @@ pub fn shapes(count: usize, mesh: &strait_scale::mesh::Mesh) -> Vec<Shape> {
             let gateway = (k + 1) % 50 == 0 || ((2..50).contains(&count) && k == count - 1);
             let (namespace, app) = match services.get(k % services.len().max(1)) {
                 Some(s) if !gateway => (s.namespace.clone(), s.name.clone()),
-                _ => (strait_scale::mesh::namespace_name(0), format!("ingress-{k}")),
+                _ => (
+                    strait_scale::mesh::namespace_name(0),
+                    format!("ingress-{k}"),
+                ),
             };
             let mut labels = BTreeMap::new();
             labels.insert("app".to_string(), app.clone());
@@ -1641,7 +1644,12 @@ mod tests {
         (mesh, shapes, fleet)
     }
 
-    fn client_of(fleet: &Fleet, mesh: &strait_scale::mesh::Mesh, id: u32, shape: &Shape) -> Arc<Client> {
+    fn client_of(
+        fleet: &Fleet,
+        mesh: &strait_scale::mesh::Mesh,
+        id: u32,
+        shape: &Shape,
+    ) -> Arc<Client> {
         let expect = fleet.expect(&crate::scope::Expectation::of(mesh, shape));
         Arc::new(Client::new(id, shape, false, Arc::new(expect)))
     }

@@ -133,6 +133,10 @@ struct Args {
         value_parser = parse_label
     )]
     ingress_gateway_selector: Vec<(String, String)>,
+    /// How often the JWKS documents RequestAuthentications name by `jwksUri` are fetched
+    /// again (Istio's PILOT_JWT_PUB_KEY_REFRESH_INTERVAL).
+    #[arg(long, env = "STRAIT_JWKS_REFRESH", default_value = "20m", value_parser = parse_duration)]
+    jwks_refresh: std::time::Duration,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -284,6 +288,10 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
     tokio::spawn(controller.run(store.subscribe(), events_rx));
+    tokio::spawn(strait_control_plane::jwks::run(
+        store.clone(),
+        args.jwks_refresh,
+    ));
 
     let xds_listener = tokio::net::TcpListener::bind(args.xds_addr)
         .await
