@@ -289,7 +289,6 @@ mod tests {
             matches: m,
             tls: None,
             serve: Serve::Tcp(TcpProxy {
-                jwt: None,
                 rbac: Arc::from([]),
                 cluster: "x".into(),
                 idle_timeout: None,
