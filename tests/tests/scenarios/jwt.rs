@@ -348,7 +348,7 @@ async fn tokens_are_verified_and_authorization_reads_their_claims() -> anyhow::R
     anyhow::ensure!(mesh.keys.requests() >= 1, "straitd fetched the key server");
     // And in the query parameter the rule names.
     let resp = mesh
-        .send(Req::get(HOST, &format!("/ratings/1?ec_token={eve}")))
+        .send(Req::get(HOST, format!("/ratings/1?ec_token={eve}")))
         .await?;
     seen(&resp)?;
     // Its location is its own: in `Authorization` the RSA rule reads it, and refuses its issuer.
