@@ -3,7 +3,8 @@
 //! Each [`Backend`] serves on its own thread and tokio runtime, so it works the same from sync
 //! and async tests and keeps answering while the test thread blocks. Every answer carries
 //! `x-backend: NAME`; the body is the name, or, when the request has `x-echo: 1`, a JSON echo
-//! of the request as received (to check rewrites and header changes).
+//! of the request as received (to check rewrites and header changes), or a document set with
+//! [`Backend::set_document`] (a key server's JWKS).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
