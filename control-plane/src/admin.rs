@@ -251,7 +251,7 @@ fn parse_kind(kind: &str) -> Result<Kind, Response> {
         error_response(
             StatusCode::BAD_REQUEST,
             format!(
-                "unknown kind {kind:?}; expected one of VirtualService (vs), DestinationRule (dr), Gateway (gw), ServiceEntry (se), WorkloadEntry (we)"
+                "unknown kind {kind:?}; expected one of VirtualService (vs), DestinationRule (dr), Gateway (gw), ServiceEntry (se), WorkloadEntry (we), PeerAuthentication (pa), AuthorizationPolicy (ap), RequestAuthentication (ra), Sidecar (sc)"
             ),
             Vec::new(),
         )

@@ -16,7 +16,9 @@ use strait_model::istio::networking::{
     DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, SidecarSpec, VirtualServiceSpec,
     WorkloadEntrySpec,
 };
-use strait_model::istio::security::{AuthorizationPolicySpec, PeerAuthenticationSpec};
+use strait_model::istio::security::{
+    AuthorizationPolicySpec, PeerAuthenticationSpec, RequestAuthenticationSpec,
+};
 
 /// The version every kind is stored in; the others are served with the same schema.
 pub const STORAGE_VERSION: &str = "v1";
@@ -152,6 +154,16 @@ pub fn names(kind: Kind) -> Names {
             description: "Access control for the selected workloads: ALLOW, DENY or AUDIT \
                           rules on sources, operations and conditions.",
         },
+        Kind::RequestAuthentication => Names {
+            plural: "requestauthentications",
+            singular: "requestauthentication",
+            short_names: &["ra"],
+            columns: &[],
+            age_first: false,
+            description: "The JWTs the selected workloads verify: per issuer its audiences, \
+                          keys (jwks or jwksUri), where the token is found and what is passed \
+                          on once verified.",
+        },
         Kind::Sidecar => Names {
             plural: "sidecars",
             singular: "sidecar",
@@ -175,6 +187,7 @@ pub fn spec_json_schema(kind: Kind) -> Value {
         Kind::WorkloadEntry => schemars::schema_for!(WorkloadEntrySpec),
         Kind::PeerAuthentication => schemars::schema_for!(PeerAuthenticationSpec),
         Kind::AuthorizationPolicy => schemars::schema_for!(AuthorizationPolicySpec),
+        Kind::RequestAuthentication => schemars::schema_for!(RequestAuthenticationSpec),
         Kind::Sidecar => schemars::schema_for!(SidecarSpec),
     };
     schema.to_value()

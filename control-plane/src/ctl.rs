@@ -787,7 +787,7 @@ fn display_paths(paths: &[PathBuf]) -> String {
 fn parse_kind(kind: &str) -> anyhow::Result<Kind> {
     Kind::parse_loose(kind).ok_or_else(|| {
         anyhow!(
-            "unknown kind {kind:?}; expected one of VirtualService (vs), DestinationRule (dr), Gateway (gw), ServiceEntry (se), WorkloadEntry (we)"
+            "unknown kind {kind:?}; expected one of VirtualService (vs), DestinationRule (dr), Gateway (gw), ServiceEntry (se), WorkloadEntry (we), PeerAuthentication (pa), AuthorizationPolicy (ap), RequestAuthentication (ra), Sidecar (sc)"
         )
     })
 }

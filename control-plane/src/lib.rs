@@ -7,6 +7,7 @@ pub mod certs;
 pub mod controller;
 pub mod crds;
 pub mod ctl;
+pub mod jwks;
 pub mod kube;
 pub mod rejections;
 pub mod store;

@@ -25,7 +25,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use strait_model::{
-    Change, Credentials, Kind, Model, Object, ObjectId, ValidationError, ValidationErrors,
+    Change, Credentials, JwksFetches, Kind, Model, Object, ObjectId, ValidationError,
+    ValidationErrors,
 };
 use tokio::sync::watch;
 
@@ -137,6 +138,8 @@ struct Layers {
     /// Gateway credentials from Kubernetes Secrets; `None` without Kubernetes (then
     /// `credentialName` is refused).
     credentials: Option<strait_model::Credentials>,
+    /// What the JWKS fetcher last brought for each `jwksUri` (`jwks.rs`).
+    jwks: JwksFetches,
     loaded: bool,
     /// Outstanding rejections, one per source.
     errors: BTreeMap<Source, ErrorRecord>,
@@ -219,7 +222,12 @@ impl ConfigStore {
         let mut layers = self.lock();
         let current = self.current();
         let accepted = sorted(union(&objects, &layers.kube.accepted, &layers.api, &[]));
-        let validated = match validate(&current.basis(), accepted, layers.credentials.as_ref()) {
+        let validated = match validate(
+            &current.basis(),
+            accepted,
+            layers.credentials.as_ref(),
+            &layers.jwks,
+        ) {
             Ok(validated) => validated,
             Err(errors) => {
                 self.reject(&mut layers, Source::Files, &errors);
@@ -306,7 +314,12 @@ impl ConfigStore {
             &layers.api,
             batch,
         ));
-        let validated = match validate(&current.basis(), accepted, layers.credentials.as_ref()) {
+        let validated = match validate(
+            &current.basis(),
+            accepted,
+            layers.credentials.as_ref(),
+            &layers.jwks,
+        ) {
             Ok(validated) => validated,
             Err(errors) => {
                 if !dry_run {
@@ -352,7 +365,12 @@ impl ConfigStore {
             api.remove(id);
         }
         let accepted = sorted(union(&layers.files, &layers.kube.accepted, &api, &[]));
-        let validated = match validate(&current.basis(), accepted, layers.credentials.as_ref()) {
+        let validated = match validate(
+            &current.basis(),
+            accepted,
+            layers.credentials.as_ref(),
+            &layers.jwks,
+        ) {
             Ok(validated) => validated,
             Err(errors) => {
                 self.reject(&mut layers, Source::Api, &errors);
@@ -422,11 +440,17 @@ impl ConfigStore {
             api,
             kube,
             credentials,
+            jwks,
             ..
         } = &mut *layers;
         let credentials = credentials.as_ref();
         let build = |kube: &BTreeMap<ObjectId, Arc<Object>>, basis: &Validated| {
-            validate(basis, sorted(union(files, kube, api, &[])), credentials)
+            validate(
+                basis,
+                sorted(union(files, kube, api, &[])),
+                credentials,
+                jwks,
+            )
         };
         let current = self.current();
         let applied = kube.apply(changes, current.basis(), &build);
@@ -455,6 +479,27 @@ impl ConfigStore {
             return Ok(current);
         }
         Ok(self.publish(Source::Kubernetes, validated))
+    }
+
+    /// Puts what the JWKS fetcher brought in place: the model in force gets the keys (and a
+    /// warning per rule whose `jwksUri` failed) as a new generation, when that changes it.
+    pub fn set_jwks(&self, fetched: JwksFetches) {
+        let mut layers = self.lock();
+        layers.jwks = fetched;
+        let current = self.current();
+        let mut model = (*current.model).clone();
+        model.set_jwks(&layers.jwks);
+        if model == *current.model {
+            return;
+        }
+        self.publish_as(
+            "jwks",
+            Validated {
+                objects: current.objects.clone(),
+                model: Arc::new(model),
+                derived: true,
+            },
+        );
     }
 
     /// Where each object from the API server stands (for its `status`).
@@ -534,6 +579,10 @@ impl ConfigStore {
     }
 
     fn publish(&self, source: Source, validated: Validated) -> Arc<Published> {
+        self.publish_as(source.as_str(), validated)
+    }
+
+    fn publish_as(&self, source: &'static str, validated: Validated) -> Arc<Published> {
         let previous = self.current();
         let published = Arc::new(Published {
             generation: previous.generation + 1,
@@ -546,7 +595,7 @@ impl ConfigStore {
             }
         }
         tracing::info!(
-            source = source.as_str(),
+            source,
             generation = published.generation,
             objects = published.objects.len(),
             derived = validated.derived,
@@ -588,6 +637,7 @@ fn validate(
     basis: &Validated,
     accepted: Vec<Arc<Object>>,
     credentials: Option<&Credentials>,
+    jwks: &JwksFetches,
 ) -> Result<Validated, ValidationErrors> {
     let no_credentials = Credentials::default();
     let same_credentials = basis.model.credentials == *credentials.unwrap_or(&no_credentials);
@@ -607,7 +657,9 @@ fn validate(
             });
         }
     }
-    let model = Model::build_with(accepted.iter().map(|o| &**o), credentials)?;
+    let mut model = Model::build_with(accepted.iter().map(|o| &**o), credentials)?;
+    // A derived model keeps the keys of the one it came from; a built one gets them here.
+    model.set_jwks(jwks);
     Ok(Validated {
         objects: accepted,
         model: Arc::new(model),

@@ -9,7 +9,10 @@ use std::net::IpAddr;
 
 use http::HeaderMap;
 
-use crate::config::{HeaderMatch, HeaderMatcher, Permission, Policy, Principal, Rbac, RbacAction};
+use crate::config::{
+    HeaderMatch, HeaderMatcher, MetadataMatcher, Permission, Policy, Principal, Rbac, RbacAction,
+    ValueMatch,
+};
 
 /// What Envoy answers a request an RBAC filter denies.
 pub const DENIED_STATUS: u16 = 403;
@@ -31,6 +34,8 @@ pub struct RbacInput<'a> {
     /// `None` on plaintext. On TLS, the peer certificate's name as Envoy's `principal_name`
     /// sees it: its URI SAN, else its DNS SAN, else its subject.
     pub principal: Option<&'a str>,
+    /// The jwt_authn filter's metadata namespace (verified payloads), if it wrote any.
+    pub jwt: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 /// The outcome of one filter, or of a chain of them.
@@ -134,6 +139,34 @@ impl Principal {
                 .principal
                 .is_some_and(|peer| name.as_ref().is_none_or(|sm| sm.matches(peer))),
             Principal::DirectRemoteIp(cidr) => cidr.contains(input.direct_remote_ip),
+            Principal::Metadata(m) => metadata_matches(m, input),
+        }
+    }
+}
+
+/// Envoy's metadata matcher on the request's dynamic metadata; jwt_authn's is the only
+/// namespace a request has here (conversion refuses matchers on others).
+fn metadata_matches(m: &MetadataMatcher, input: &RbacInput<'_>) -> bool {
+    let mut path = m.path.iter();
+    let value = path.next().and_then(|first| {
+        let start = input.jwt?.get(&**first)?;
+        path.try_fold(start, |v, key| v.get(&**key))
+    });
+    m.value.matches(value) != m.invert
+}
+
+impl ValueMatch {
+    pub fn matches(&self, value: Option<&serde_json::Value>) -> bool {
+        use serde_json::Value;
+        match self {
+            ValueMatch::String(sm) => matches!(value, Some(Value::String(s)) if sm.matches(s)),
+            ValueMatch::Bool(b) => matches!(value, Some(Value::Bool(v)) if v == b),
+            ValueMatch::Present(want) => value.is_some_and(|v| !v.is_null()) == *want,
+            ValueMatch::ListOneOf(one) => matches!(
+                value,
+                Some(Value::Array(items)) if items.iter().any(|i| one.matches(Some(i)))
+            ),
+            ValueMatch::Or(any) => any.iter().any(|m| m.matches(value)),
         }
     }
 }
@@ -190,6 +223,7 @@ mod tests {
             destination_port: 15006,
             direct_remote_ip: "10.1.2.3".parse().expect("ip"),
             principal: None,
+            jwt: None,
         }
     }
 

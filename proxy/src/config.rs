@@ -1,6 +1,7 @@
 //! The runtime configuration: plain immutable types, rebuilt whole per xDS change.
 
 mod cluster;
+mod jwt;
 mod listener;
 mod matchers;
 mod rbac;
@@ -15,6 +16,7 @@ use serde::Serialize;
 pub use cluster::{
     Cluster, Discovery, Endpoint, LbPolicy, Limits, OutlierDetection, TransportMatch, UpstreamBind,
 };
+pub use jwt::{ClaimToHeader, Jwks, JwtAuthn, JwtProvider, Key, Requirement, TokenHeader};
 pub use listener::{
     ChainMatch, ClientCertDetails, ConnectionInfo, FilterChain, HttpManager, Inspect, Listener,
     RouteSource, Serve, TcpProxy, Transport,
@@ -24,7 +26,9 @@ pub mod listener_defaults {
     pub use super::listener::{DEFAULT_INSPECT_TIMEOUT, DEFAULT_TCP_IDLE_TIMEOUT};
 }
 pub use matchers::{HeaderMatch, HeaderMatcher, Pattern, QueryMatcher, StringMatch};
-pub use rbac::{Cidr, Permission, Policy, Principal, Rbac, RbacAction};
+pub use rbac::{
+    Cidr, MetadataMatcher, Permission, Policy, Principal, Rbac, RbacAction, ValueMatch,
+};
 pub use route::{
     Action, ClusterChoice, Cors, Fault, FaultAbort, FaultDelay, Forward, GrpcRetryOn, HashKey,
     HashPolicy, HeaderAdd, HeaderChanges, Mirror, PathMatch, Redirect, RegexRewrite, RetryOn,

@@ -29,6 +29,7 @@ use routing::RequestView;
 
 mod cors;
 mod forward;
+pub mod jwt;
 pub use forward::RETRY_BUFFER_LIMIT;
 mod headers;
 pub mod routing;
@@ -87,6 +88,20 @@ where
     });
     let connection = builder.serve_connection_with_upgrades(io, service);
     watcher.watch(connection.into_owned()).await
+}
+
+/// Envoy's answer to a request the jwt_authn filter refuses.
+fn jwt_failure(failure: jwt::Failure, authority: &str, uri: &http::Uri) -> Response<ProxyBody> {
+    let status = StatusCode::from_u16(failure.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+    let mut resp = local(status, failure.message());
+    let realm = format!(
+        "Bearer realm=\"http://{authority}{}\", error=\"invalid_token\"",
+        uri.path()
+    );
+    if let Ok(v) = HeaderValue::from_str(&realm) {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    resp
 }
 
 pub(crate) fn local(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
@@ -223,8 +238,22 @@ async fn route_and_forward(
         virtual_host: Some(vh.name.clone()),
         ..Served::default()
     };
+    let verified = match &http.jwt {
+        None => jwt::Verified::default(),
+        Some(filter) => {
+            let (method, uri) = (req.method().clone(), req.uri().clone());
+            match jwt::authenticate(filter, &method, &uri, req.headers_mut()) {
+                Ok(v) => v,
+                Err(failure) => {
+                    tracing::debug!(reason = failure.message(), %peer, "jwt_authn refused the request");
+                    return (jwt_failure(failure, authority, &uri), served);
+                }
+            }
+        }
+    };
     if !http.rbac.is_empty() {
         let input = crate::authz::RbacInput {
+            jwt: verified.metadata.as_ref(),
             method: req.method().as_str(),
             path: req.uri().path(),
             authority,

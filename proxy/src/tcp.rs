@@ -52,6 +52,7 @@ pub async fn serve<S: Io>(shared: Arc<Shared>, conn: Conn, downstream: S) -> Res
             destination_port: conn.local.port(),
             direct_remote_ip: conn.peer.ip(),
             principal: conn.tls.as_ref().and_then(|t| t.principal.as_deref()),
+            jwt: None,
         };
         let decision = authorize(&proxy.rbac, &input);
         if !decision.allowed {

@@ -823,3 +823,155 @@ fn registry_only_and_dual_stack_capture_convert() {
         "dual-stack: IPv6 connections to the app come from ::6"
     );
 }
+
+/// The sidecar-jwt inbound listener, its jwt_authn filter's config changed by `f`.
+fn jwt_listener_with(
+    f: impl FnOnce(
+        &mut envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::JwtAuthentication,
+    ),
+) -> Result<Listener, String> {
+    use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+    use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::JwtAuthentication;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        HttpConnectionManager, http_filter,
+    };
+    use prost::Message;
+    let out = golden("sidecar-jwt");
+    let mut listener = out
+        .listeners
+        .into_iter()
+        .find(|l| l.name.starts_with("inbound"))
+        .expect("an inbound listener");
+    let filter = &mut listener.filter_chains[0].filters[0];
+    let Some(ConfigType::TypedConfig(any)) = &mut filter.config_type else {
+        panic!("a typed HCM")
+    };
+    let mut hcm = HttpConnectionManager::decode(any.value.as_slice()).expect("an HCM");
+    let jwt = &mut hcm.http_filters[0];
+    assert_eq!(
+        jwt.name, "envoy.filters.http.jwt_authn",
+        "jwt_authn comes first"
+    );
+    let Some(http_filter::ConfigType::TypedConfig(config)) = &mut jwt.config_type else {
+        panic!("a typed jwt_authn")
+    };
+    let mut decoded = JwtAuthentication::decode(config.value.as_slice()).expect("jwt_authn");
+    f(&mut decoded);
+    config.value = decoded.encode_to_vec();
+    any.value = hcm.encode_to_vec();
+    Listener::try_from(&listener).map_err(|e| e.to_string())
+}
+
+#[test]
+fn sidecar_jwt_converts_providers_requirements_and_claim_principals() {
+    use strait_proxy::config::{Principal, Requirement, ValueMatch};
+    let listener = jwt_listener_with(|_| {}).expect("the jwt_authn listener converts");
+    let http = listener.chains[0].http().expect("an HTTP chain");
+    let jwt = http.jwt.as_ref().expect("the jwt_authn filter");
+    let names: Vec<&str> = jwt.providers.iter().map(|(n, _)| &**n).collect();
+    assert_eq!(names, ["origins-0", "origins-1"]);
+    let (_, accounts) = &jwt.providers[0];
+    assert_eq!(&*accounts.issuer, "accounts.example");
+    assert!(accounts.forward);
+    assert_eq!(&*accounts.from_cookies[0], "session");
+    assert_eq!(accounts.keys.keys.len(), 1, "the unfetched placeholder key");
+    let (_, issuer) = &jwt.providers[1];
+    assert_eq!(&*issuer.audiences[0], "ratings");
+    assert_eq!(issuer.from_headers[0].name.as_str(), "x-jwt");
+    assert_eq!(&*issuer.from_headers[0].prefix, "Bearer ");
+    assert_eq!(&*issuer.from_params[0], "token");
+    assert_eq!(
+        issuer.forward_payload_header.as_ref().map(|h| h.as_str()),
+        Some("x-jwt-payload")
+    );
+    assert_eq!(issuer.claim_to_headers[0].header.as_str(), "x-jwt-sub");
+    assert_eq!(issuer.payload_in_metadata.as_deref(), Some("payload"));
+    assert_eq!(issuer.clock_skew_seconds, 60, "Envoy's default skew");
+    assert!(!issuer.forward);
+    // Two providers: any one's token, or each one's valid where present (Istio's shape).
+    let Requirement::Any(any) = &jwt.requirement else {
+        panic!("requires_any: {:?}", jwt.requirement)
+    };
+    assert_eq!(any[0], Requirement::Provider(0));
+    assert_eq!(any[1], Requirement::Provider(1));
+    let Requirement::All(all) = &any[2] else {
+        panic!("requires_all: {:?}", any[2])
+    };
+    assert_eq!(
+        all[0],
+        Requirement::Any(vec![Requirement::Provider(0), Requirement::AllowMissing].into())
+    );
+    // The RBAC principals read the verified payload.
+    let allow = &http.rbac[0];
+    let found = format!("{:?}", allow.policies[0].1.principals);
+    assert!(found.contains("Metadata"), "{found}");
+    let Principal::And(ids) = &allow.policies[0].1.principals[0] else {
+        panic!("and_ids")
+    };
+    let Principal::Metadata(aud) = &ids[1] else {
+        panic!("the audience condition: {:?}", ids[1])
+    };
+    assert_eq!(
+        aud.path.iter().map(|s| &**s).collect::<Vec<_>>(),
+        ["payload", "aud"]
+    );
+    assert!(matches!(&aud.value, ValueMatch::Or(v) if matches!(v[0], ValueMatch::ListOneOf(_))));
+}
+
+#[test]
+fn jwt_authn_settings_strait_proxy_does_not_run_are_refused() {
+    use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::{
+        JwtRequirement, RemoteJwks, jwt_provider,
+    };
+    let err = jwt_listener_with(|c| {
+        let p = c.providers.get_mut("origins-0").expect("provider");
+        p.jwks_source_specifier = Some(jwt_provider::JwksSourceSpecifier::RemoteJwks(
+            RemoteJwks::default(),
+        ));
+    })
+    .expect_err("refused");
+    assert!(err.contains("remote JWKS"), "{err}");
+    let err = jwt_listener_with(|c| {
+        c.requirement_map
+            .insert("r".into(), JwtRequirement::default());
+    })
+    .expect_err("refused");
+    assert!(err.contains("requirement_map"), "{err}");
+    let err = jwt_listener_with(|c| {
+        c.providers
+            .get_mut("origins-1")
+            .expect("provider")
+            .require_expiration = true;
+    })
+    .expect_err("refused");
+    assert!(err.contains("provider settings other than"), "{err}");
+    let err = jwt_listener_with(|c| {
+        c.rules[0].r#match.as_mut().expect("match").path_specifier = Some(
+            envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier::Prefix(
+                "/api".into(),
+            ),
+        );
+    })
+    .expect_err("refused");
+    assert!(err.contains("prefix \"/\""), "{err}");
+    // A JWKS that cannot be read verifies nothing, as in Envoy: not a NACK.
+    let listener = jwt_listener_with(|c| {
+        let p = c.providers.get_mut("origins-1").expect("provider");
+        p.jwks_source_specifier = Some(jwt_provider::JwksSourceSpecifier::LocalJwks(
+            envoy_types::pb::envoy::config::core::v3::DataSource {
+                specifier: Some(
+                    envoy_types::pb::envoy::config::core::v3::data_source::Specifier::InlineString(
+                        "nope".into(),
+                    ),
+                ),
+                ..Default::default()
+            },
+        ));
+    })
+    .expect("accepted");
+    let jwt = listener.chains[0]
+        .http()
+        .and_then(|h| h.jwt.clone())
+        .expect("jwt");
+    assert!(jwt.providers[1].1.keys.keys.is_empty());
+}

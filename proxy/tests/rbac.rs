@@ -130,6 +130,7 @@ fn decide(filters: &[Rbac], r: &Req) -> (bool, Option<String>, Option<String>) {
         destination_port: r.port,
         direct_remote_ip: r.peer,
         principal: r.principal,
+        jwt: None,
     };
     let d = authorize(filters, &input);
     (

@@ -3,7 +3,8 @@
 //! Each [`Backend`] serves on its own thread and tokio runtime, so it works the same from sync
 //! and async tests and keeps answering while the test thread blocks. Every answer carries
 //! `x-backend: NAME`; the body is the name, or, when the request has `x-echo: 1`, a JSON echo
-//! of the request as received (to check rewrites and header changes).
+//! of the request as received (to check rewrites and header changes), or a document set with
+//! [`Backend::set_document`] (a key server's JWKS).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -36,6 +37,8 @@ struct Behaviour {
     fail_status: u16,
     status: Option<u16>,
     delay: Option<Duration>,
+    /// A JSON document served instead of the name (a JWKS, say).
+    document: Option<String>,
 }
 
 struct Shared {
@@ -135,6 +138,12 @@ impl Backend {
         self.shared.behaviour().delay = delay;
     }
 
+    /// Every request is answered with this JSON document instead of the name (and no echo),
+    /// as a key server serves its JWKS; `None` restores the name.
+    pub fn set_document(&self, document: Option<&str>) {
+        self.shared.behaviour().document = document.map(str::to_string);
+    }
+
     /// Requests received so far (counted on arrival, so delayed ones count too).
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::SeqCst)
@@ -200,7 +209,7 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     shared.requests.fetch_add(1, Ordering::SeqCst);
-    let (delay, status) = {
+    let (delay, status, document) = {
         let mut b = shared.behaviour();
         let status = if b.fail_next > 0 {
             b.fail_next -= 1;
@@ -208,7 +217,7 @@ async fn handle(
         } else {
             b.status.unwrap_or(200)
         };
-        (b.delay, status)
+        (b.delay, status, b.document.clone())
     };
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
@@ -217,7 +226,9 @@ async fn handle(
         .headers()
         .get(ECHO_HEADER)
         .is_some_and(|v| v.as_bytes() == b"1");
-    let (body, content_type) = if echo {
+    let (body, content_type) = if let Some(document) = document {
+        (document, "application/json")
+    } else if echo {
         let mut headers = BTreeMap::<String, String>::new();
         for (k, v) in req.headers() {
             let v = String::from_utf8_lossy(v.as_bytes()).into_owned();

@@ -20,11 +20,12 @@ pub enum Kind {
     WorkloadEntry,
     PeerAuthentication,
     AuthorizationPolicy,
+    RequestAuthentication,
     Sidecar,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Gateway,
@@ -32,6 +33,7 @@ impl Kind {
         Kind::WorkloadEntry,
         Kind::PeerAuthentication,
         Kind::AuthorizationPolicy,
+        Kind::RequestAuthentication,
         Kind::Sidecar,
     ];
 
@@ -44,6 +46,7 @@ impl Kind {
             Kind::WorkloadEntry => "WorkloadEntry",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::RequestAuthentication => "RequestAuthentication",
             Kind::Sidecar => "Sidecar",
         }
     }
@@ -51,7 +54,9 @@ impl Kind {
     /// The API group a kind belongs to.
     pub fn group(self) -> &'static str {
         match self {
-            Kind::PeerAuthentication | Kind::AuthorizationPolicy => "security.istio.io",
+            Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
+                "security.istio.io"
+            }
             _ => "networking.istio.io",
         }
     }
@@ -59,12 +64,14 @@ impl Kind {
     /// The API versions accepted for the kind's group.
     pub fn versions(self) -> &'static [&'static str] {
         match self {
-            Kind::PeerAuthentication | Kind::AuthorizationPolicy => &SECURITY_VERSIONS,
+            Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
+                &SECURITY_VERSIONS
+            }
             _ => &NETWORKING_VERSIONS,
         }
     }
 
-    /// Accepts the kind name in any case, plural and short forms (`vs`, `dr`, `gw`, `se`, `we`, `pa`, `ap`, `sc`).
+    /// Accepts the kind name in any case, plural and short forms (`vs`, `dr`, `gw`, `se`, `we`, `pa`, `ap`, `ra`, `sc`).
     pub fn parse_loose(s: &str) -> Option<Kind> {
         let lower = s.to_ascii_lowercase();
         let k = match lower.trim_end_matches('s') {
@@ -75,6 +82,7 @@ impl Kind {
             "workloadentry" | "workloadentrie" | "we" => Kind::WorkloadEntry,
             "peerauthentication" | "pa" => Kind::PeerAuthentication,
             "authorizationpolicy" | "authorizationpolicie" | "ap" => Kind::AuthorizationPolicy,
+            "requestauthentication" | "ra" => Kind::RequestAuthentication,
             "sidecar" | "sc" => Kind::Sidecar,
             _ => return None,
         };

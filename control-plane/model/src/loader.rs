@@ -10,7 +10,9 @@ use crate::istio::networking::{
     DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, SidecarSpec, VirtualServiceSpec,
     WorkloadEntrySpec,
 };
-use crate::istio::security::{AuthorizationPolicySpec, PeerAuthenticationSpec};
+use crate::istio::security::{
+    AuthorizationPolicySpec, PeerAuthenticationSpec, RequestAuthenticationSpec,
+};
 use crate::istio::{Kind, ObjectMeta};
 
 /// The spec of one object, by kind.
@@ -23,6 +25,7 @@ pub enum Spec {
     WorkloadEntry(WorkloadEntrySpec),
     PeerAuthentication(PeerAuthenticationSpec),
     AuthorizationPolicy(AuthorizationPolicySpec),
+    RequestAuthentication(RequestAuthenticationSpec),
     Sidecar(SidecarSpec),
 }
 
@@ -40,13 +43,7 @@ pub struct Object {
 }
 
 /// Istio kinds Strait does not implement yet; named so users get a precise answer.
-const UNSUPPORTED_KINDS: [&str; 5] = [
-    "RequestAuthentication",
-    "EnvoyFilter",
-    "ProxyConfig",
-    "Telemetry",
-    "WasmPlugin",
-];
+const UNSUPPORTED_KINDS: [&str; 4] = ["EnvoyFilter", "ProxyConfig", "Telemetry", "WasmPlugin"];
 
 /// Parses every document in `text`. `origin` names the source (usually a file path).
 /// All documents are checked; any error fails the whole text.
@@ -146,7 +143,7 @@ pub fn parse_value(
                 None,
                 "kind",
                 format!(
-                    "unsupported kind {kind_name:?}; expected one of VirtualService, DestinationRule, Gateway, ServiceEntry, WorkloadEntry, PeerAuthentication, AuthorizationPolicy, Sidecar"
+                    "unsupported kind {kind_name:?}; expected one of VirtualService, DestinationRule, Gateway, ServiceEntry, WorkloadEntry, PeerAuthentication, AuthorizationPolicy, RequestAuthentication, Sidecar"
                 ),
             )
         })?;
@@ -249,6 +246,7 @@ fn deserialize_spec(kind: Kind, value: serde_json::Value) -> Result<Spec, (Strin
         Kind::WorkloadEntry => Spec::WorkloadEntry(de(value)?),
         Kind::PeerAuthentication => Spec::PeerAuthentication(de(value)?),
         Kind::AuthorizationPolicy => Spec::AuthorizationPolicy(de(value)?),
+        Kind::RequestAuthentication => Spec::RequestAuthentication(de(value)?),
         Kind::Sidecar => Spec::Sidecar(de(value)?),
     })
 }
@@ -365,7 +363,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.path, "apiVersion");
         let e = one(
-            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: s}\n",
+            "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: s}\n",
         )
         .unwrap_err();
         assert!(

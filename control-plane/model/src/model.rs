@@ -6,6 +6,7 @@ mod gateway;
 mod incremental;
 pub mod outbound;
 mod registry;
+mod request_authentication;
 mod scope;
 mod security;
 mod virtual_service;
@@ -19,6 +20,9 @@ use crate::loader::{Object, Spec};
 
 pub use destination_rule::ResolvedPolicy;
 pub use incremental::Change;
+pub use request_authentication::{
+    FetchedJwks, JwksFetches, JwksSource, JwtHeader, JwtRule, RequestAuthentication, check_jwks,
+};
 pub use scope::{EgressHost, EgressNamespace, ExportTo, Scope, Sidecar};
 pub use security::{
     AuthorizationPolicy, AuthzAction, AuthzRule, ConditionKey, ConditionMatch, MtlsMode,
@@ -41,6 +45,10 @@ pub struct Model {
     pub gateways: BTreeMap<ObjectId, Gateway>,
     pub peer_authentications: Vec<PeerAuthentication>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
+    pub request_authentications: Vec<RequestAuthentication>,
+    /// What straitd fetched for the `jwksUri`s in use (set after validation, by
+    /// [`Model::set_jwks`]); empty where nothing fetches them (`straitctl analyze`).
+    pub jwks: std::sync::Arc<JwksFetches>,
     /// Sidecars by id order.
     pub sidecars: Vec<Sidecar>,
     /// The TLS credentials (Kubernetes Secrets) `credentialName` may name; empty without
@@ -638,6 +646,10 @@ impl Model {
             &by_kind(crate::Kind::AuthorizationPolicy),
             &mut errors,
         );
+        let request_authentications = request_authentication::build(
+            &by_kind(crate::Kind::RequestAuthentication),
+            &mut errors,
+        );
         let sidecars = scope::build_sidecars(&by_kind(crate::Kind::Sidecar), &mut errors);
         let virtual_services = virtual_service::build(
             &by_kind(crate::Kind::VirtualService),
@@ -657,6 +669,8 @@ impl Model {
                 gateways,
                 peer_authentications,
                 authorization_policies,
+                request_authentications,
+                jwks: Default::default(),
                 sidecars,
                 credentials: credentials.cloned().unwrap_or_default(),
                 warnings,
@@ -687,6 +701,8 @@ impl Model {
             gateways,
             peer_authentications,
             authorization_policies,
+            request_authentications,
+            jwks,
             sidecars,
             credentials,
             warnings: _,
@@ -701,6 +717,8 @@ impl Model {
             && *gateways == other.gateways
             && *peer_authentications == other.peer_authentications
             && *authorization_policies == other.authorization_policies
+            && *request_authentications == other.request_authentications
+            && *jwks == other.jwks
             && *sidecars == other.sidecars
             && *credentials == other.credentials
     }
@@ -755,6 +773,48 @@ impl Model {
         labels: &BTreeMap<String, String>,
     ) -> Vec<&AuthorizationPolicy> {
         security::authorization_for(&self.authorization_policies, namespace, labels)
+    }
+
+    /// The RequestAuthentications that apply to a workload, in a stable order.
+    pub fn request_authentication_for(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<&RequestAuthentication> {
+        request_authentication::for_workload(&self.request_authentications, namespace, labels)
+    }
+
+    /// The `jwksUri`s that RequestAuthentications name, for straitd to fetch.
+    pub fn jwks_uris(&self) -> BTreeSet<String> {
+        request_authentication::uris(&self.request_authentications)
+    }
+
+    /// Puts what straitd fetched in place (the entries for URIs in use) and warns, per rule,
+    /// of a `jwksUri` whose latest fetch failed.
+    pub fn set_jwks(&mut self, fetched: &JwksFetches) {
+        let uris = self.jwks_uris();
+        self.jwks = std::sync::Arc::new(
+            fetched
+                .iter()
+                .filter(|(uri, _)| uris.contains(*uri))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        );
+        self.warnings
+            .retain(|w| !request_authentication::is_fetch_warning(w));
+        self.warnings.extend(request_authentication::fetch_warnings(
+            &self.request_authentications,
+            &self.jwks,
+        ));
+    }
+
+    /// The JWKS document a rule's tokens are verified with: inline, or the last fetched for
+    /// its `jwksUri` (`None` before any fetch succeeded).
+    pub fn jwks_of<'a>(&'a self, rule: &'a JwtRule) -> Option<&'a str> {
+        match &rule.jwks {
+            JwksSource::Inline(text) => Some(text),
+            JwksSource::Uri(uri) => self.jwks.get(uri).and_then(|f| f.keys.as_deref()),
+        }
     }
 
     /// The subsets defined for a host.

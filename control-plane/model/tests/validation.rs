@@ -915,10 +915,10 @@ fn authorization_policies_are_checked() {
     rejects(
         &security(
             "AuthorizationPolicy",
-            "  rules: [{from: [{source: {requestPrincipals: ['*']}}]}]\n",
+            "  rules: [{from: [{source: {remoteIpBlocks: [10.0.0.0/8]}}]}]\n",
         ),
         &[
-            "spec.rules[0].from[0].source.requestPrincipals",
+            "spec.rules[0].from[0].source.remoteIpBlocks",
             "not supported",
         ],
     );
@@ -949,7 +949,21 @@ fn authorization_policies_are_checked() {
     rejects(
         &security(
             "AuthorizationPolicy",
-            "  rules: [{when: [{key: 'request.auth.claims[iss]', values: [x]}]}]\n",
+            "  rules: [{when: [{key: 'request.auth.claims[]', values: [x]}]}]\n",
+        ),
+        &["spec.rules[0].when[0].key", "request.auth.claims[NAME]"],
+    );
+    rejects(
+        &security(
+            "AuthorizationPolicy",
+            "  rules: [{when: [{key: 'request.auth.claims[a]b', values: [x]}]}]\n",
+        ),
+        &["spec.rules[0].when[0].key", "request.auth.claims[A][B]"],
+    );
+    rejects(
+        &security(
+            "AuthorizationPolicy",
+            "  rules: [{when: [{key: 'connection.sni', values: [x]}]}]\n",
         ),
         &["spec.rules[0].when[0].key", "not supported"],
     );
@@ -967,6 +981,221 @@ fn authorization_policies_are_checked() {
         ),
         &["spec.rules[0].wen", "unknown field"],
     );
+}
+
+#[test]
+fn request_principals_and_jwt_conditions_are_read() {
+    use strait_model::ConditionKey;
+    let ok = security(
+        "AuthorizationPolicy",
+        "  rules:\n  - from: [{source: {requestPrincipals: ['https://issuer.example/*'], notRequestPrincipals: ['*/banned']}}]\n    when:\n    - {key: request.auth.principal, values: ['https://issuer.example/alice']}\n    - {key: request.auth.audiences, values: [web]}\n    - {key: request.auth.presenter, notValues: [evil]}\n    - {key: 'request.auth.claims[groups]', values: [admin]}\n    - {key: 'request.auth.claims[realm][role]', values: ['ops*']}\n",
+    );
+    let m = build(&ok).unwrap();
+    let rule = &m.authorization_policies[0].rules[0];
+    assert_eq!(
+        rule.from[0].request_principals,
+        ["https://issuer.example/*"]
+    );
+    assert_eq!(rule.from[0].not_request_principals, ["*/banned"]);
+    let keys: Vec<&ConditionKey> = rule.when.iter().map(|c| &c.key).collect();
+    assert_eq!(
+        keys,
+        [
+            &ConditionKey::RequestPrincipal,
+            &ConditionKey::RequestAudiences,
+            &ConditionKey::RequestPresenter,
+            &ConditionKey::RequestClaim(vec!["groups".into()]),
+            &ConditionKey::RequestClaim(vec!["realm".into(), "role".into()]),
+        ]
+    );
+    rejects(
+        &security(
+            "AuthorizationPolicy",
+            "  rules: [{from: [{source: {requestPrincipals: ['a*b']}}]}]\n",
+        ),
+        &[
+            "spec.rules[0].from[0].source.requestPrincipals[0]",
+            "prefix or a suffix",
+        ],
+    );
+}
+
+const JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0","kid":"k1"}]}"#;
+
+fn request_authn(spec: &str) -> String {
+    security("RequestAuthentication", spec)
+}
+
+#[test]
+fn request_authentications_are_checked() {
+    let ok = request_authn(&format!(
+        "  selector: {{matchLabels: {{app: ratings}}}}\n  jwtRules:\n  - issuer: https://issuer.example\n    audiences: [web]\n    jwks: '{JWKS}'\n    fromHeaders: [{{name: X-Jwt, prefix: 'Bearer '}}]\n    fromParams: [token]\n    fromCookies: [session]\n    outputPayloadToHeader: X-Jwt-Payload\n    forwardOriginalToken: true\n    outputClaimToHeaders: [{{header: x-sub, claim: sub}}]\n  - issuer: other\n    jwksUri: https://keys.example/jwks.json\n"
+    ));
+    let m = build(&ok).unwrap();
+    let labels = std::iter::once(("app".to_string(), "ratings".to_string())).collect();
+    let applied = m.request_authentication_for("default", &labels);
+    assert_eq!(applied.len(), 1);
+    let rule = &applied[0].rules[0];
+    assert_eq!(
+        rule.from_headers[0].name, "x-jwt",
+        "header names are lowercased"
+    );
+    assert_eq!(rule.from_headers[0].prefix, "Bearer ");
+    assert_eq!(
+        rule.output_payload_to_header.as_deref(),
+        Some("x-jwt-payload")
+    );
+    assert_eq!(m.jwks_of(rule), Some(JWKS));
+    assert!(
+        m.request_authentication_for("default", &Default::default())
+            .is_empty()
+    );
+    assert_eq!(
+        m.jwks_uris().into_iter().collect::<Vec<_>>(),
+        ["https://keys.example/jwks.json"]
+    );
+    // Nothing fetched yet: no keys for the URI, no warning.
+    assert_eq!(m.jwks_of(&applied[0].rules[1]), None);
+    assert!(jwt_warnings(&m).is_empty(), "{:?}", m.warnings);
+
+    // v1beta1 is read the same.
+    assert!(build(&ok.replace("security.istio.io/v1", "security.istio.io/v1beta1")).is_ok());
+
+    let rule = |body: &str| request_authn(&format!("  jwtRules:\n  - {body}\n"));
+    rejects(
+        &rule("{jwks: 'x'}"),
+        &[
+            "RequestAuthentication default/p",
+            "spec.jwtRules[0].issuer",
+            "required",
+        ],
+    );
+    rejects(
+        &rule("{issuer: a, jwks: '{\"keys\": []}'}"),
+        &["spec.jwtRules[0].jwks", "no keys"],
+    );
+    rejects(
+        &rule("{issuer: a, jwks: 'nope'}"),
+        &["spec.jwtRules[0].jwks", "not JSON"],
+    );
+    rejects(
+        &rule("{issuer: a, jwks: '{\"keys\": [{\"n\": 1}]}'}"),
+        &["spec.jwtRules[0].jwks", "keys[0]", "kty"],
+    );
+    rejects(
+        &rule("{issuer: a, jwksUri: 'ftp://x/keys'}"),
+        &["spec.jwtRules[0].jwksUri", "http:// or https://"],
+    );
+    rejects(
+        &rule("{issuer: a, jwksUri: 'https://k/j', jwks: 'x'}"),
+        &["spec.jwtRules[0].jwks", "not both"],
+    );
+    rejects(
+        &rule("{issuer: a}"),
+        &["spec.jwtRules[0]", "jwks or jwksUri is required"],
+    );
+    rejects(
+        &rule("{issuer: a, jwksUri: 'https://k/j', timeout: 5s}"),
+        &["spec.jwtRules[0].timeout", "not supported"],
+    );
+    rejects(
+        &rule("{issuer: a, jwksUri: 'https://k/j', fromHeaders: [{prefix: x}]}"),
+        &[
+            "spec.jwtRules[0].fromHeaders[0].name",
+            "header name is required",
+        ],
+    );
+    rejects(
+        &rule("{issuer: a, jwksUri: 'https://k/j', outputPayloadToHeader: 'bad header'}"),
+        &[
+            "spec.jwtRules[0].outputPayloadToHeader",
+            "not an HTTP header name",
+        ],
+    );
+    rejects(
+        &rule("{issuer: a, jwksUri: 'https://k/j', outputClaimToHeaders: [{header: x-a}]}"),
+        &["spec.jwtRules[0].outputClaimToHeaders[0].claim", "required"],
+    );
+    rejects(
+        &rule("{issuer: a, jwksUri: 'https://k/j', fromParams: ['']}"),
+        &["spec.jwtRules[0].fromParams[0]", "must not be empty"],
+    );
+    rejects(
+        &rule("{issuer: a, jwksUri: 'https://k/j', jwksURI: x}"),
+        &["spec.jwtRules[0].jwksURI", "unknown field"],
+    );
+    rejects(
+        &request_authn("  targetRef: {kind: Gateway, name: g}\n"),
+        &["spec.targetRef", "not supported"],
+    );
+    rejects(
+        &request_authn(
+            "  jwtRules:\n  - {issuer: a, jwksUri: 'https://k/j'}\n  - {issuer: a, jwksUri: 'https://k/i'}\n",
+        ),
+        &["spec.jwtRules[1].issuer", "already in spec.jwtRules[0]"],
+    );
+}
+
+fn jwt_warnings(m: &Model) -> Vec<String> {
+    m.warnings
+        .iter()
+        .filter(|w| {
+            w.object
+                .as_ref()
+                .is_some_and(|o| o.kind == strait_model::Kind::RequestAuthentication)
+        })
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn a_failed_jwks_fetch_is_a_warning_naming_the_rule() {
+    let mut m = build(&request_authn(
+        "  jwtRules:\n  - {issuer: a, jwksUri: 'https://keys.example/j'}\n",
+    ))
+    .unwrap();
+    let uri = "https://keys.example/j".to_string();
+    let failed = |keys: Option<&str>| {
+        std::iter::once((
+            uri.clone(),
+            strait_model::FetchedJwks {
+                keys: keys.map(Into::into),
+                error: Some("connection refused".into()),
+            },
+        ))
+        .collect::<strait_model::JwksFetches>()
+    };
+    let others = m.warnings.len();
+    m.set_jwks(&failed(None));
+    assert_eq!(m.warnings.len(), others + 1);
+    let w = jwt_warnings(&m).remove(0);
+    for f in [
+        "RequestAuthentication default/p",
+        "spec.jwtRules[0].jwksUri",
+        "fetching https://keys.example/j: connection refused",
+        "refused until a fetch succeeds",
+    ] {
+        assert!(w.contains(f), "{w}");
+    }
+    // Again, with last good keys: one warning (replaced, not added), the keys kept.
+    m.set_jwks(&failed(Some(JWKS)));
+    let w = jwt_warnings(&m);
+    assert_eq!(w.len(), 1);
+    assert!(w[0].contains("last keys fetched stay in force"), "{w:?}");
+    let rule = m.request_authentications[0].rules[0].clone();
+    assert_eq!(m.jwks_of(&rule), Some(JWKS));
+    // A fetch that worked clears the warning.
+    let ok = std::iter::once((
+        uri,
+        strait_model::FetchedJwks {
+            keys: Some(JWKS.into()),
+            error: None,
+        },
+    ))
+    .collect();
+    m.set_jwks(&ok);
+    assert!(jwt_warnings(&m).is_empty());
+    assert_eq!(m.warnings.len(), others);
 }
 
 #[test]

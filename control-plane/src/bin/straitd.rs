@@ -138,6 +138,10 @@ struct Args {
     /// into `status.loadBalancer` of the Ingresses Strait serves; not written when not given.
     #[arg(long, env = "STRAIT_INGRESS_SERVICE")]
     ingress_service: Option<strait_control_plane::kube::ingress_status::IngressService>,
+    /// How often the JWKS documents RequestAuthentications name by `jwksUri` are fetched
+    /// again (Istio's PILOT_JWT_PUB_KEY_REFRESH_INTERVAL).
+    #[arg(long, env = "STRAIT_JWKS_REFRESH", default_value = "20m", value_parser = parse_duration)]
+    jwks_refresh: std::time::Duration,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -296,6 +300,10 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
     tokio::spawn(controller.run(store.subscribe(), events_rx));
+    tokio::spawn(strait_control_plane::jwks::run(
+        store.clone(),
+        args.jwks_refresh,
+    ));
 
     let xds_listener = tokio::net::TcpListener::bind(args.xds_addr)
         .await

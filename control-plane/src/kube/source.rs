@@ -29,7 +29,7 @@ use crate::store::kube::{CredentialChange, KubeChange};
 const BATCH_WINDOW: Duration = Duration::from_millis(20);
 
 /// Istio's kinds, as the API server serves them: (kind, group, version, plural).
-pub const ISTIO_KINDS: [(Kind, &str, &str, &str); 8] = [
+pub const ISTIO_KINDS: [(Kind, &str, &str, &str); 9] = [
     (
         Kind::VirtualService,
         "networking.istio.io",
@@ -66,6 +66,12 @@ pub const ISTIO_KINDS: [(Kind, &str, &str, &str); 8] = [
         "security.istio.io",
         "v1",
         "authorizationpolicies",
+    ),
+    (
+        Kind::RequestAuthentication,
+        "security.istio.io",
+        "v1",
+        "requestauthentications",
     ),
     (Kind::Sidecar, "networking.istio.io", "v1", "sidecars"),
 ];

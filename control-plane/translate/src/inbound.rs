@@ -34,6 +34,7 @@ use strait_model::{AuthorizationPolicy, CapturedProtocol, Model, MtlsMode, Proto
 use crate::cluster::{
     BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, inbound_original_dst, socket,
 };
+use crate::jwt::jwt_filter;
 use crate::outbound::listen_addresses;
 use crate::proto::{any, duration};
 use crate::security::{self, PortView, network_rbac_filters, rbac_filters};
@@ -84,9 +85,14 @@ pub fn explicit(
         ..Default::default()
     };
     let policies = model.authorization_for(&node.namespace, &node.labels);
+    let jwt = jwt_filter(
+        model,
+        &model.request_authentication_for(&node.namespace, &node.labels),
+    );
     let hcm = inbound_hcm(
         &format!("inbound_{inbound_port}"),
         &cluster_name,
+        jwt,
         &policies,
         settings,
         PortView::Explicit {
@@ -139,11 +145,14 @@ pub fn explicit(
 fn inbound_hcm(
     stat_prefix: &str,
     cluster: &str,
+    jwt: Option<HttpFilter>,
     policies: &[&AuthorizationPolicy],
     settings: &MeshSettings,
     ports: PortView,
 ) -> Filter {
-    let mut http_filters = rbac_filters(policies, settings, ports);
+    // The JWT is verified before RBAC reads its claims, as in Istio's chain.
+    let mut http_filters: Vec<HttpFilter> = jwt.into_iter().collect();
+    http_filters.extend(rbac_filters(policies, settings, ports));
     http_filters.push(HttpFilter {
         name: "envoy.filters.http.router".to_string(),
         config_type: Some(http_filter::ConfigType::TypedConfig(
@@ -257,6 +266,10 @@ pub fn captured(
 ) -> (Listener, Vec<Cluster>) {
     let dual_stack = node.instance_ips.iter().any(IpAddr::is_ipv6);
     let policies = model.authorization_for(&node.namespace, &node.labels);
+    let jwt = jwt_filter(
+        model,
+        &model.request_authentication_for(&node.namespace, &node.labels),
+    );
     let mut chains = vec![FilterChain {
         // A connection to the capture port itself would loop.
         name: format!("{VIRTUAL_INBOUND}-blackhole"),
@@ -280,6 +293,7 @@ pub fn captured(
             CapturedProtocol::Http => vec![inbound_hcm(
                 &format!("inbound_0.0.0.0_{port}"),
                 &cluster,
+                jwt.clone(),
                 &policies,
                 settings,
                 PortView::Captured,

@@ -6,6 +6,7 @@
 mod cluster;
 mod credential;
 mod inbound;
+mod jwt;
 mod listener;
 mod origin;
 mod outbound;

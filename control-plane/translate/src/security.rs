@@ -18,7 +18,8 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     subject_alt_name_matcher::SanType,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{
-    PathMatcher, RegexMatcher, StringMatcher, path_matcher, string_matcher,
+    ListMatcher, MetadataMatcher, OrMatcher, PathMatcher, RegexMatcher, StringMatcher,
+    ValueMatcher, list_matcher, metadata_matcher, path_matcher, string_matcher, value_matcher,
 };
 use envoy_types::pb::google::protobuf::Any;
 use strait_model::{
@@ -249,9 +250,10 @@ fn tcp_rule(rule: &AuthzRule, action: AuthzAction) -> Option<AuthzRule> {
             && op.hosts.is_empty()
             && op.not_hosts.is_empty())
     }) || rule
-        .when
+        .from
         .iter()
-        .any(|c| matches!(c.key, ConditionKey::RequestHeader(_)));
+        .any(|s| !(s.request_principals.is_empty() && s.not_request_principals.is_empty()))
+        || rule.when.iter().any(http_condition);
     if !http_only {
         return Some(rule.clone());
     }
@@ -267,9 +269,17 @@ fn tcp_rule(rule: &AuthzRule, action: AuthzAction) -> Option<AuthzRule> {
         op.hosts.clear();
         op.not_hosts.clear();
     }
-    rule.when
-        .retain(|c| !matches!(c.key, ConditionKey::RequestHeader(_)));
+    for s in &mut rule.from {
+        s.request_principals.clear();
+        s.not_request_principals.clear();
+    }
+    rule.when.retain(|c| !http_condition(c));
     Some(rule)
+}
+
+/// A condition only an HTTP request can meet: a header, or the request's JWT.
+fn http_condition(c: &ConditionMatch) -> bool {
+    matches!(c.key, ConditionKey::RequestHeader(_)) || c.key.is_request_auth()
 }
 
 /// The HTTP RBAC filters for a workload's policies.
@@ -601,6 +611,9 @@ fn source(s: &SourceMatch, _settings: &MeshSettings) -> Principal {
             principal_in_namespace(n)
         }),
         field_ids(&s.ip_blocks, &s.not_ip_blocks, |b| remote_ip(b)),
+        field_ids(&s.request_principals, &s.not_request_principals, |p| {
+            request_principal(p)
+        }),
     ]
     .into_iter()
     .flatten()
@@ -644,5 +657,115 @@ fn condition(c: &ConditionMatch, _settings: &MeshSettings, ports: PortView) -> C
         ConditionKey::SourceIp => Condition::Principal(
             field_ids(&c.values, &c.not_values, |v| remote_ip(v)).unwrap_or(and_ids(Vec::new())),
         ),
+        ConditionKey::RequestPrincipal => Condition::Principal(
+            field_ids(&c.values, &c.not_values, |v| request_principal(v))
+                .unwrap_or(and_ids(Vec::new())),
+        ),
+        ConditionKey::RequestAudiences => Condition::Principal(claim_condition(&["aud"], c)),
+        ConditionKey::RequestPresenter => Condition::Principal(claim_condition(&["azp"], c)),
+        ConditionKey::RequestClaim(path) => Condition::Principal(claim_condition(path, c)),
     }
+}
+
+// === The request's JWT (RequestAuthentication) ===
+
+/// A principal on the verified payload jwt_authn put in the dynamic metadata.
+// `metadata` principals are deprecated in the proto; Istio's authz builder writes them.
+#[allow(deprecated)]
+fn payload_matcher<S: AsRef<str>>(claims: &[S], value: ValueMatcher) -> Principal {
+    let path = std::iter::once(crate::jwt::PAYLOAD_KEY)
+        .chain(claims.iter().map(AsRef::as_ref))
+        .map(|key| metadata_matcher::PathSegment {
+            segment: Some(metadata_matcher::path_segment::Segment::Key(
+                key.to_string(),
+            )),
+        })
+        .collect();
+    Principal {
+        identifier: Some(principal::Identifier::Metadata(MetadataMatcher {
+            filter: crate::jwt::JWT_FILTER.to_string(),
+            path,
+            value: Some(value),
+            invert: false,
+        })),
+    }
+}
+
+fn string_value(m: StringMatcher) -> ValueMatcher {
+    ValueMatcher {
+        match_pattern: Some(value_matcher::MatchPattern::StringMatch(m)),
+    }
+}
+
+fn or_values(mut values: Vec<ValueMatcher>) -> ValueMatcher {
+    if values.len() == 1 {
+        return values.remove(0);
+    }
+    ValueMatcher {
+        match_pattern: Some(value_matcher::MatchPattern::OrMatch(OrMatcher {
+            value_matchers: values,
+        })),
+    }
+}
+
+/// `<iss>/<sub>` (split at the last `/`, as an issuer may be a URL) against the payload's
+/// `iss` and `sub`, wildcards as Istio reads them.
+fn request_principal(value: &str) -> Principal {
+    let any = || wildcard("*", false);
+    let (iss, sub) = match value.rfind('/') {
+        Some(i) => (&value[..i], Some(&value[i + 1..])),
+        None => (value, None),
+    };
+    let (iss, sub) = if value == "*" {
+        (any(), any())
+    } else if value.starts_with('*') {
+        match sub {
+            Some(sub) if iss == "*" => (any(), wildcard(sub, false)),
+            Some(sub) => (wildcard(iss, false), wildcard(sub, false)),
+            None => (any(), wildcard(value, false)),
+        }
+    } else if value.ends_with('*') {
+        match sub {
+            Some(sub) => (wildcard(iss, false), wildcard(sub, false)),
+            None => (wildcard(value, false), any()),
+        }
+    } else {
+        (
+            wildcard(iss, false),
+            wildcard(sub.unwrap_or_default(), false),
+        )
+    };
+    and_ids(vec![
+        payload_matcher(&["iss"], string_value(iss)),
+        payload_matcher(&["sub"], string_value(sub)),
+    ])
+}
+
+/// A claim (by its path in the payload) equal to one of the values, or holding one of them
+/// when it is a list; `notValues` negated.
+fn claim_condition<S: AsRef<str>>(path: &[S], c: &ConditionMatch) -> Principal {
+    let matcher = |values: &[String]| {
+        let value = or_values(
+            values
+                .iter()
+                .map(|v| string_value(wildcard(v, false)))
+                .collect(),
+        );
+        let list = ValueMatcher {
+            match_pattern: Some(value_matcher::MatchPattern::ListMatch(Box::new(
+                ListMatcher {
+                    match_pattern: Some(list_matcher::MatchPattern::OneOf(Box::new(value.clone()))),
+                },
+            ))),
+        };
+        payload_matcher(path, or_values(vec![list, value]))
+    };
+    let mut parts = Vec::new();
+    if !c.values.is_empty() {
+        parts.push(matcher(&c.values));
+    }
+    if !c.not_values.is_empty() {
+        parts.push(not_id(matcher(&c.not_values)));
+    }
+    and_ids(parts)
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{Cidr, DownstreamTls, Rbac, RouteConfig};
+use super::{Cidr, DownstreamTls, JwtAuthn, Rbac, RouteConfig};
 
 /// A listener: its addresses and the filter chains its connections are matched to.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -114,6 +114,8 @@ pub struct HttpManager {
     pub websocket: bool,
     /// What happens to `x-forwarded-client-cert`.
     pub client_cert_details: ClientCertDetails,
+    /// The jwt_authn filter, before RBAC (which reads the claims it verified).
+    pub jwt: Option<Arc<JwtAuthn>>,
     /// RBAC filters in order (Istio's: DENY, AUDIT, ALLOW), before routing.
     pub rbac: Arc<[Rbac]>,
     /// The CORS filter is in the chain: routes' CORS policies apply.

@@ -76,6 +76,31 @@ pub enum Principal {
     Authenticated(Option<StringMatch>),
     /// The TCP peer's address.
     DirectRemoteIp(Cidr),
+    /// A value in the request's dynamic metadata (the claims jwt_authn verified).
+    Metadata(MetadataMatcher),
+}
+
+/// Envoy's metadata matcher: the value at `path` under the `filter` namespace.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MetadataMatcher {
+    pub filter: Arc<str>,
+    pub path: Arc<[Arc<str>]>,
+    pub value: ValueMatch,
+    pub invert: bool,
+}
+
+/// Envoy's `ValueMatcher`, as far as straitd uses it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueMatch {
+    /// A string equal to (prefix of, ...) this.
+    String(StringMatch),
+    Bool(bool),
+    /// The value is there (`true`) or not.
+    Present(bool),
+    /// A list with an element that matches.
+    ListOneOf(Box<ValueMatch>),
+    Or(Arc<[ValueMatch]>),
 }
 
 /// An address range; the network address is stored with its host bits cleared, as Envoy does.

@@ -1,6 +1,7 @@
 //! xDS protobufs -> runtime config; anything the proxy would not honour as Envoy does is rejected.
 
 mod clusters;
+mod jwt;
 mod listeners;
 mod rbac;
 mod routes;

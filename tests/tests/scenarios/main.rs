@@ -8,6 +8,7 @@ mod config_changes;
 mod cors;
 mod discovery;
 mod gateway;
+mod jwt;
 mod kube_ingress;
 mod kube_tokens;
 mod kubernetes;

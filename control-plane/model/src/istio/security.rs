@@ -99,3 +99,45 @@ pub struct Condition {
     pub values: Vec<String>,
     pub not_values: Vec<String>,
 }
+
+// === RequestAuthentication ===
+
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RequestAuthenticationSpec {
+    pub selector: Option<WorkloadSelector>,
+    pub target_ref: Raw,
+    pub target_refs: Raw,
+    pub jwt_rules: Vec<JwtRule>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct JwtRule {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub jwks_uri: Option<String>,
+    pub jwks: Option<String>,
+    pub from_headers: Vec<JwtHeader>,
+    pub from_params: Vec<String>,
+    pub from_cookies: Vec<String>,
+    pub output_payload_to_header: Option<String>,
+    pub forward_original_token: bool,
+    pub output_claim_to_headers: Vec<ClaimToHeader>,
+    pub space_delimited_claims: Vec<String>,
+    pub timeout: Raw,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct JwtHeader {
+    pub name: String,
+    pub prefix: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ClaimToHeader {
+    pub header: String,
+    pub claim: String,
+}

@@ -422,6 +422,8 @@ impl Model {
             gateways: self.gateways.clone(),
             peer_authentications: self.peer_authentications.clone(),
             authorization_policies: self.authorization_policies.clone(),
+            request_authentications: self.request_authentications.clone(),
+            jwks: self.jwks.clone(),
             sidecars: self.sidecars.clone(),
             credentials: self.credentials.clone(),
             warnings: Vec::new(),

@@ -1,4 +1,5 @@
-//! PeerAuthentication and AuthorizationPolicy: who must use mTLS, and who may do what.
+//! PeerAuthentication, RequestAuthentication and AuthorizationPolicy: who must use mTLS, which
+//! JWTs a workload verifies, and who may do what.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -59,6 +60,9 @@ pub struct AuthzRule {
 pub struct SourceMatch {
     pub principals: Vec<String>,
     pub not_principals: Vec<String>,
+    /// `<iss>/<sub>` of a verified JWT (RequestAuthentication); wildcards as for principals.
+    pub request_principals: Vec<String>,
+    pub not_request_principals: Vec<String>,
     pub namespaces: Vec<String>,
     pub not_namespaces: Vec<String>,
     pub ip_blocks: Vec<String>,
@@ -84,6 +88,27 @@ pub enum ConditionKey {
     SourceNamespace,
     SourceIp,
     DestinationPort,
+    /// `request.auth.principal`: `<iss>/<sub>` of the verified JWT.
+    RequestPrincipal,
+    /// `request.auth.audiences`: the JWT's `aud`.
+    RequestAudiences,
+    /// `request.auth.presenter`: the JWT's `azp`.
+    RequestPresenter,
+    /// `request.auth.claims[a][b]`: a claim, by its path in the payload.
+    RequestClaim(Vec<String>),
+}
+
+impl ConditionKey {
+    /// Whether the key reads a request's JWT (HTTP only).
+    pub fn is_request_auth(&self) -> bool {
+        matches!(
+            self,
+            ConditionKey::RequestPrincipal
+                | ConditionKey::RequestAudiences
+                | ConditionKey::RequestPresenter
+                | ConditionKey::RequestClaim(_)
+        )
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -308,8 +333,6 @@ fn authz_rule(rule: &wire::Rule, path: &str, r: &mut Report<'_>) -> AuthzRule {
             continue;
         };
         for (field, values) in [
-            ("requestPrincipals", &s.request_principals),
-            ("notRequestPrincipals", &s.not_request_principals),
             ("remoteIpBlocks", &s.remote_ip_blocks),
             ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
         ] {
@@ -341,6 +364,8 @@ fn authz_rule(rule: &wire::Rule, path: &str, r: &mut Report<'_>) -> AuthzRule {
                 "notServiceAccounts",
                 r,
             ),
+            request_principals: s.request_principals.clone(),
+            not_request_principals: s.not_request_principals.clone(),
             namespaces: s.namespaces.clone(),
             not_namespaces: s.not_namespaces.clone(),
             ip_blocks: s.ip_blocks.clone(),
@@ -362,6 +387,8 @@ fn authz_rule(rule: &wire::Rule, path: &str, r: &mut Report<'_>) -> AuthzRule {
         for (field, values) in [
             ("principals", &source.principals),
             ("notPrincipals", &source.not_principals),
+            ("requestPrincipals", &source.request_principals),
+            ("notRequestPrincipals", &source.not_request_principals),
             ("namespaces", &source.namespaces),
             ("notNamespaces", &source.not_namespaces),
         ] {
@@ -435,8 +462,25 @@ fn authz_rule(rule: &wire::Rule, path: &str, r: &mut Report<'_>) -> AuthzRule {
                 );
             }
             Some(ConditionKey::RequestHeader(name.to_ascii_lowercase()))
+        } else if let Some(path) = c.key.strip_prefix("request.auth.claims") {
+            match claim_path(path) {
+                Some(claims) => Some(ConditionKey::RequestClaim(claims)),
+                None => {
+                    r.error(
+                        format!("{p}.key"),
+                        format!(
+                            "expected request.auth.claims[NAME] or nested request.auth.claims[A][B], got {:?}",
+                            c.key
+                        ),
+                    );
+                    None
+                }
+            }
         } else {
             match c.key.as_str() {
+                "request.auth.principal" => Some(ConditionKey::RequestPrincipal),
+                "request.auth.audiences" => Some(ConditionKey::RequestAudiences),
+                "request.auth.presenter" => Some(ConditionKey::RequestPresenter),
                 "source.principal" => Some(ConditionKey::SourcePrincipal),
                 "source.namespace" => Some(ConditionKey::SourceNamespace),
                 "source.ip" => Some(ConditionKey::SourceIp),
@@ -477,6 +521,23 @@ fn authz_rule(rule: &wire::Rule, path: &str, r: &mut Report<'_>) -> AuthzRule {
         }
     }
     out
+}
+
+/// `[a][b]` -> `["a", "b"]`: names in brackets, none empty, nothing between them.
+fn claim_path(s: &str) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while !rest.is_empty() {
+        let inner = rest.strip_prefix('[')?;
+        let end = inner.find(']')?;
+        let name = &inner[..end];
+        if name.is_empty() || name.contains('[') {
+            return None;
+        }
+        out.push(name.to_string());
+        rest = &inner[end + 1..];
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 fn is_cidr(v: &str) -> bool {

@@ -325,6 +325,7 @@ pub(super) fn http_manager(
         None => return Err(at.at("route_specifier").invalid("missing")),
     };
     let mut rbac_filters = Vec::new();
+    let mut jwt = None;
     let mut cors = false;
     for (i, f) in hcm.http_filters.iter().enumerate() {
         let at = at.at(format!("http_filters[{i}]"));
@@ -365,6 +366,26 @@ pub(super) fn http_manager(
                 }
                 let _: PbCors = at.at("typed_config").decode(any, CORS)?;
                 cors = true;
+            }
+            jwt::TYPE_URL => {
+                if jwt.is_some() {
+                    return Err(at.unsupported("a second jwt_authn filter"));
+                }
+                if !rbac_filters.is_empty() || cors {
+                    return Err(at.unsupported(
+                        "a jwt_authn filter after RBAC or CORS (it runs first, as in Istio's chain)",
+                    ));
+                }
+                if f.disabled {
+                    return Err(at
+                        .at("disabled")
+                        .unsupported("a jwt_authn filter disabled until a route enables it"));
+                }
+                let at = at.at("typed_config");
+                jwt = Some(Arc::new(jwt::jwt_authn(
+                    &at,
+                    &at.decode(any, jwt::TYPE_URL)?,
+                )?));
             }
             rbac::TYPE_URL => {
                 if cors {
@@ -434,6 +455,7 @@ pub(super) fn http_manager(
         ),
         websocket,
         client_cert_details,
+        jwt,
         rbac: rbac_filters.into(),
         cors,
     })

@@ -11,10 +11,15 @@ use envoy_types::pb::envoy::config::rbac::v3::{
 };
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as PbRbac;
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as PbNetworkRbac;
-use envoy_types::pb::envoy::r#type::matcher::v3::path_matcher;
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    MetadataMatcher as PbMetadataMatcher, ValueMatcher as PbValueMatcher, list_matcher,
+    metadata_matcher, path_matcher, value_matcher,
+};
 
 use super::{At, ConvertError, header_matcher, string_match};
-use crate::config::{Cidr, Permission, Policy, Principal, Rbac, RbacAction};
+use crate::config::{
+    Cidr, MetadataMatcher, Permission, Policy, Principal, Rbac, RbacAction, ValueMatch,
+};
 
 /// The type of an RBAC HTTP filter's `typed_config`.
 pub(super) const TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
@@ -268,9 +273,7 @@ fn principal(at: &At<'_>, p: &PbPrincipal) -> Result<Principal, ConvertError> {
         Some(Identifier::UrlPath(_)) => {
             return Err(at.at("url_path").unsupported("URL path principals"));
         }
-        Some(Identifier::Metadata(_)) => {
-            return Err(at.at("metadata").unsupported("metadata principals"));
-        }
+        Some(Identifier::Metadata(m)) => Principal::Metadata(metadata(&at.at("metadata"), m)?),
         Some(Identifier::FilterState(_)) => {
             return Err(at.at("filter_state").unsupported("filter state principals"));
         }
@@ -282,6 +285,78 @@ fn principal(at: &At<'_>, p: &PbPrincipal) -> Result<Principal, ConvertError> {
                 .at("custom")
                 .unsupported(format!("principal extension {:?}", c.name)));
         }
+    })
+}
+
+/// The metadata a request carries here is jwt_authn's; a matcher on another filter's would
+/// never match, so it is refused rather than silently false.
+fn metadata(at: &At<'_>, m: &PbMetadataMatcher) -> Result<MetadataMatcher, ConvertError> {
+    if m.filter != super::jwt::FILTER_NAME {
+        return Err(at.at("filter").unsupported(format!(
+            "metadata of filter {:?} (only {:?})",
+            m.filter,
+            super::jwt::FILTER_NAME
+        )));
+    }
+    if m.path.is_empty() {
+        return Err(at.at("path").invalid("must not be empty"));
+    }
+    let path = m
+        .path
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match &s.segment {
+            Some(metadata_matcher::path_segment::Segment::Key(k)) => Ok(Arc::from(k.as_str())),
+            None => Err(at.at(format!("path[{i}]")).invalid("missing key")),
+        })
+        .collect::<Result<_, _>>()?;
+    let value = m
+        .value
+        .as_ref()
+        .ok_or_else(|| at.at("value").invalid("missing"))?;
+    Ok(MetadataMatcher {
+        filter: m.filter.as_str().into(),
+        path,
+        value: value_match(&at.at("value"), value)?,
+        invert: m.invert,
+    })
+}
+
+fn value_match(at: &At<'_>, v: &PbValueMatcher) -> Result<ValueMatch, ConvertError> {
+    use value_matcher::MatchPattern;
+    Ok(match &v.match_pattern {
+        Some(MatchPattern::StringMatch(sm)) => {
+            ValueMatch::String(string_match(&at.at("string_match"), sm)?)
+        }
+        Some(MatchPattern::BoolMatch(b)) => ValueMatch::Bool(*b),
+        Some(MatchPattern::PresentMatch(p)) => ValueMatch::Present(*p),
+        Some(MatchPattern::ListMatch(l)) => match &l.match_pattern {
+            Some(list_matcher::MatchPattern::OneOf(one)) => {
+                ValueMatch::ListOneOf(Box::new(value_match(&at.at("list_match.one_of"), one)?))
+            }
+            None => return Err(at.at("list_match").invalid("missing one_of")),
+        },
+        Some(MatchPattern::OrMatch(or)) => {
+            if or.value_matchers.is_empty() {
+                return Err(at
+                    .at("or_match.value_matchers")
+                    .invalid("must not be empty"));
+            }
+            ValueMatch::Or(
+                or.value_matchers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| value_match(&at.at(format!("or_match.value_matchers[{i}]")), v))
+                    .collect::<Result<_, _>>()?,
+            )
+        }
+        Some(MatchPattern::NullMatch(_)) => {
+            return Err(at.at("null_match").unsupported("null matches"));
+        }
+        Some(MatchPattern::DoubleMatch(_)) => {
+            return Err(at.at("double_match").unsupported("number matches"));
+        }
+        None => return Err(at.invalid("missing match_pattern")),
     })
 }
 
