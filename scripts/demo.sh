@@ -7,6 +7,26 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
+for arg in "$@"; do
+  case "$arg" in
+    -h | --help)
+      cat <<'EOF'
+usage: scripts/demo.sh
+
+Installs stock Envoy into .tools/ (scripts/install-tools.sh), builds the workspace's binaries
+(cargo build --workspace --bins; CARGO_TARGET_DIR is honoured), then runs strait-demo: Istio's
+bookinfo routing through straitd and an Envoy sidecar on 127.0.0.1, each step said as it runs.
+Takes no options; exits non-zero if a step fails.
+EOF
+      exit 0
+      ;;
+    *)
+      echo "demo: unknown argument $arg (see scripts/demo.sh --help)" >&2
+      exit 2
+      ;;
+  esac
+done
+
 echo "==> scripts/install-tools.sh"
 STRAIT_ENVOY="$(scripts/install-tools.sh)"
 export STRAIT_ENVOY
