@@ -16,8 +16,8 @@ pub use cluster::{
     Cluster, Discovery, Endpoint, LbPolicy, Limits, OutlierDetection, TransportMatch, UpstreamBind,
 };
 pub use listener::{
-    ChainMatch, ClientCertDetails, ConnectionInfo, FilterChain, HttpManager, Inspect, Listener,
-    RouteSource, Serve, TcpProxy, Transport,
+    ChainMatch, ClientCertDetails, ConnectionInfo, FilterChain, HeaderLimits, HttpManager, Inspect,
+    Listener, RouteSource, Serve, TcpProxy, Transport,
 };
 /// Envoy's defaults for listener settings left unset.
 pub mod listener_defaults {

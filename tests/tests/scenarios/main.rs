@@ -11,6 +11,7 @@ mod gateway;
 mod kube_ingress;
 mod kube_tokens;
 mod kubernetes;
+mod limits;
 mod mtls;
 mod resilience;
 mod samples;
