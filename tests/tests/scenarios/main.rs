@@ -5,6 +5,7 @@
 mod capture;
 mod common;
 mod config_changes;
+mod continuity;
 mod cors;
 mod discovery;
 mod gateway;
