@@ -10,6 +10,49 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
+usage() {
+  cat <<'EOF'
+usage: scripts/bench.sh [strait-bench options]
+
+strait-proxy against stock Envoy (and nginx as a reference), same config from straitd, side by
+side. Installs Envoy and oha into .tools/ and wrk and nginx from apt if missing, builds release
+straitd, straitctl, strait-bench and a static strait-proxy, then runs target/release/strait-bench
+pinned to core 0 (the proxies under test on core 1). Needs 2 cores; takes minutes.
+
+Options (all of them: `target/release/strait-bench --help` once built):
+  --rounds N               rounds per data plane (default 3)
+  --section S              plaintext, mtls or all (default all)
+  --data-planes LIST       envoy,strait-proxy,nginx (default all three, in that order)
+  --duration S             seconds of closed-loop load (wrk) per measurement (default 10)
+  --warmup S               seconds of load before measuring (default 2)
+  --connections N          closed-loop connections (default 32)
+  --rate R                 open-loop rate for the latency measurement, req/s (default 1000)
+  --latency-duration S     seconds of open-loop load per latency measurement (default 10)
+  --latency-connections N  open-loop connections (default 8)
+  --no-awake-latency       skip the second open loop (proxy core kept out of idle)
+  --proxy-core N           core for the proxies under test (default 1)
+  --driver-core N          core for everything else (default 0)
+  --out DIR                where latest.md and latest.json go (default bench/results)
+
+Environment: CARGO_TARGET_DIR (default target/).
+EOF
+}
+
+target="${CARGO_TARGET_DIR:-$root/target}"
+for arg in "$@"; do
+  case "$arg" in
+    -h | --help)
+      usage
+      # Every option, from a binary built earlier; nothing is installed or built for --help.
+      if [[ -x "$target/release/strait-bench" ]]; then
+        printf '\n%s --help:\n' "$target/release/strait-bench"
+        "$target/release/strait-bench" --help
+      fi
+      exit 0
+      ;;
+  esac
+done
+
 step() { printf '\n==> %s\n' "$*" >&2; }
 
 step "scripts/install-tools.sh"
@@ -84,4 +127,4 @@ cargo rustc --release -p strait-proxy --bin strait-proxy -- -C target-feature=+c
 step "strait-bench $*"
 # One worker, as Envoy runs with --concurrency 1.
 export STRAIT_CONCURRENCY=1
-exec taskset -c 0 "$root/target/release/strait-bench" "$@"
+exec taskset -c 0 "$target/release/strait-bench" "$@"

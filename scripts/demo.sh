@@ -1,11 +1,33 @@
 #!/usr/bin/env bash
 # The demo: installs stock Envoy into .tools/, builds Strait, then runs Istio's bookinfo routing
-# through straitd and an Envoy sidecar on 127.0.0.1 (tests/src/bin/strait-demo.rs) and says what
-# happened. Exits non-zero if any step fails.
+# through straitd to stock Envoy and strait-proxy side by side, and mTLS between sidecars, on
+# 127.0.0.1 (tests/src/bin/strait-demo.rs), and says what happened. Exits non-zero if any step
+# fails.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+
+for arg in "$@"; do
+  case "$arg" in
+    -h | --help)
+      cat <<'EOF'
+usage: scripts/demo.sh
+
+Installs stock Envoy into .tools/ (scripts/install-tools.sh), builds the workspace's binaries
+(cargo build --workspace --bins; CARGO_TARGET_DIR is honoured), then runs strait-demo on
+127.0.0.1: Istio's bookinfo routing through straitd to two sidecars side by side, stock Envoy
+and strait-proxy, then mTLS between sidecars with their identities shown; each step said as it
+runs. Takes no options; exits non-zero if a step fails.
+EOF
+      exit 0
+      ;;
+    *)
+      echo "demo: unknown argument $arg (see scripts/demo.sh --help)" >&2
+      exit 2
+      ;;
+  esac
+done
 
 echo "==> scripts/install-tools.sh"
 STRAIT_ENVOY="$(scripts/install-tools.sh)"

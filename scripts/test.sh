@@ -41,3 +41,8 @@ cargo test --workspace
 # features differently and rebuild much of the dependency tree.
 step "scenarios against strait-proxy (STRAIT_DATA_PLANE=strait-proxy)"
 STRAIT_DATA_PLANE=strait-proxy cargo test --workspace --test scenarios
+
+# Each fuzz target (xDS conversion, the HTTP request path, the YAML loader and validator) for a
+# short, bounded time; a crash fails the run (scripts/fuzz.sh installs cargo-fuzz, cached).
+step "scripts/fuzz.sh (${STRAIT_FUZZ_SECONDS:-20}s per target)"
+scripts/fuzz.sh

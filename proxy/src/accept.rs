@@ -6,10 +6,10 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls::server::Acceptor;
@@ -19,8 +19,8 @@ use tokio::task::JoinHandle;
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::body::BoxError;
-use crate::config::{Config, ConnectionInfo, Listener, Serve, Transport};
-use crate::http::{Conn, serve_http};
+use crate::config::{Config, ConnectionInfo, HeaderLimits, Listener, Serve, Transport};
+use crate::http::{Conn, ConnLimits, serve_http};
 use crate::runtime::{Runtime, Shared};
 use crate::tls::PeerTls;
 
@@ -155,7 +155,8 @@ async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let builder = Arc::new(crate::http::limits::builder(&HeaderLimits::default()));
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
         tokio::select! {
             accepted = socket.accept() => {
@@ -167,6 +168,17 @@ async fn serve(
                         continue;
                     }
                 };
+                // Envoy's listener connection limit: over it, closed at once and counted.
+                if shared
+                    .max_connections_per_listener
+                    .is_some_and(|max| open.load(Ordering::Relaxed) >= max)
+                {
+                    shared.stats.connection_overflow(&name);
+                    tracing::debug!(listener = %name, %peer, "listener at its connection limit; closing");
+                    drop(stream);
+                    continue;
+                }
+                let counted = Open::new(&open);
                 let _ = stream.set_nodelay(true);
                 let connection = connection(
                     shared.clone(),
@@ -177,6 +189,7 @@ async fn serve(
                     graceful.watcher(),
                 );
                 tokio::spawn(async move {
+                    let _counted = counted;
                     if let Err(error) = connection.await {
                         tracing::debug!(%peer, %error, "connection ended with an error");
                     }
@@ -191,6 +204,22 @@ async fn serve(
         .is_err()
     {
         tracing::warn!(listener = %name, "drain timed out; closing remaining connections");
+    }
+}
+
+/// A connection counted against its listener's limit until it ends.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(open: &Arc<AtomicUsize>) -> Open {
+        open.fetch_add(1, Ordering::Relaxed);
+        Open(open.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -255,13 +284,29 @@ async fn connection(
     };
     let tls = l.chains[chain].tls.is_some();
     let is_tcp = matches!(l.chains[chain].serve, Serve::Tcp(_));
+    let (limits, builder) = match &l.chains[chain].serve {
+        Serve::Http(http) => {
+            let limits = ConnLimits {
+                request_headers: http.request_headers,
+                request_headers_timeout: http.request_headers_timeout,
+            };
+            // Rare: headers limits other than Envoy's defaults get a server of their own.
+            let builder = if http.request_headers == HeaderLimits::default() {
+                builder
+            } else {
+                Arc::new(crate::http::limits::builder(&http.request_headers))
+            };
+            (limits, builder)
+        }
+        Serve::Tcp(_) => (ConnLimits::default(), builder),
+    };
     if !tls {
         let conn = Conn::new(name, chain, peer, local, None);
         drop(runtime);
         if is_tcp {
             return crate::tcp::serve(shared, conn, stream).await;
         }
-        return serve_http(shared, conn, TokioIo::new(stream), &builder, watcher).await;
+        return serve_http(shared, conn, stream, limits, &builder, watcher).await;
     }
     let Some(config) = runtime.chain_tls.get(&(name.clone(), chain)).cloned() else {
         tracing::debug!(listener = %name, chain, %peer, "TLS for this filter chain is not available; closing");
@@ -279,7 +324,7 @@ async fn connection(
     if is_tcp {
         return crate::tcp::serve(shared, conn, stream).await;
     }
-    serve_http(shared, conn, TokioIo::new(stream), &builder, watcher).await
+    serve_http(shared, conn, stream, limits, &builder, watcher).await
 }
 
 /// The workload's SPIFFE ID, for XFCC's `By`, when the chain serves the workload certificate.

@@ -21,7 +21,14 @@ pub struct Settings {
     pub app_probers: AppProbers,
     /// The app containers under `run-app`: the proxy stops once each has reported its end.
     pub run_apps: Arc<RunApps>,
+    /// Connections each listener holds at most (Envoy's listener connection limit); 0: no
+    /// limit. [`DEFAULT_MAX_CONNECTIONS_PER_LISTENER`] unless told otherwise.
+    pub max_connections_per_listener: usize,
 }
+
+/// The connection limit per listener when none is given: the overload manager's limit in
+/// Envoy's edge-proxy guidance; about 1 GiB of idle connections.
+pub const DEFAULT_MAX_CONNECTIONS_PER_LISTENER: usize = 50_000;
 
 /// A running proxy: stop it with [`Running::shutdown`].
 pub struct Running {
@@ -55,6 +62,8 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let shared = Arc::new(Shared {
         tracing,
         run_apps: settings.run_apps.clone(),
+        max_connections_per_listener: Some(settings.max_connections_per_listener)
+            .filter(|n| *n > 0),
         ..Shared::new(identity.clone())
     });
     let admin_error = |source| StartError::Admin {

@@ -18,8 +18,8 @@ pub use cluster::{
 };
 pub use jwt::{ClaimToHeader, Jwks, JwtAuthn, JwtProvider, Key, Requirement, TokenHeader};
 pub use listener::{
-    ChainMatch, ClientCertDetails, ConnectionInfo, FilterChain, HttpManager, Inspect, Listener,
-    RouteSource, Serve, TcpProxy, Transport,
+    ChainMatch, ClientCertDetails, ConnectionInfo, FilterChain, HeaderLimits, HttpManager, Inspect,
+    Listener, RouteSource, Serve, TcpProxy, Transport,
 };
 /// Envoy's defaults for listener settings left unset.
 pub mod listener_defaults {

@@ -13,7 +13,7 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Bytes, Frame, Incoming};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
 
@@ -32,6 +32,7 @@ mod forward;
 pub mod jwt;
 pub use forward::RETRY_BUFFER_LIMIT;
 mod headers;
+pub mod limits;
 pub mod routing;
 
 /// What the data path knows of a downstream connection.
@@ -70,21 +71,44 @@ impl Conn {
     }
 }
 
-pub(crate) async fn serve_http<I>(
+/// What a chain's HTTP connection manager limits on each connection.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnLimits {
+    pub request_headers: crate::config::HeaderLimits,
+    pub request_headers_timeout: Option<std::time::Duration>,
+}
+
+/// Serves HTTP (1.1 or 2, by what the client speaks) on an accepted connection until it ends.
+pub async fn serve_http<I>(
     shared: Arc<Shared>,
     conn: Conn,
     io: I,
+    limits: ConnLimits,
     builder: &auto::Builder<TokioExecutor>,
     watcher: Watcher,
 ) -> Result<(), BoxError>
 where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let clock = limits::HeadClock::new(
+        limits.request_headers_timeout,
+        shared.stats.clone(),
+        conn.listener.clone(),
+    );
+    let io = TokioIo::new(limits::Timed::new(io, clock.clone()));
     let conn = Arc::new(conn);
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(handle(&shared, &conn, req).await) }
+        let in_flight = clock.request(req.version() == http::Version::HTTP_2);
+        async move {
+            let resp = if limits::too_large(req.headers(), &limits.request_headers) {
+                limits::too_large_response()
+            } else {
+                handle(&shared, &conn, req).await
+            };
+            Ok::<_, Infallible>(in_flight.track(resp))
+        }
     });
     let connection = builder.serve_connection_with_upgrades(io, service);
     watcher.watch(connection.into_owned()).await

@@ -97,6 +97,10 @@ struct Args {
     /// Worker threads serving traffic [default: the available parallelism].
     #[arg(long, env = "STRAIT_CONCURRENCY")]
     concurrency: Option<std::num::NonZeroUsize>,
+    /// Connections each listener holds at most; more are closed as they are accepted and
+    /// counted (`strait_proxy_downstream_cx_overflow_total`). 0: no limit.
+    #[arg(long, env = "STRAIT_MAX_CONNECTIONS_PER_LISTENER", default_value_t = app::DEFAULT_MAX_CONNECTIONS_PER_LISTENER)]
+    max_connections_per_listener: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -337,6 +341,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         otlp_endpoint: args.otlp_endpoint.clone(),
         app_probers: app_probers()?,
         run_apps: Arc::new(RunApps::new(&args.run_app_containers)?),
+        max_connections_per_listener: args.max_connections_per_listener,
     };
     if !settings.run_apps.is_empty() {
         tracing::info!(containers = %settings.run_apps.names().join(","), "stopping once these run-app containers have ended");

@@ -324,6 +324,9 @@ pub struct Shared {
     pub quit: tokio::sync::Notify,
     /// The containers under `run-app` whose ends `/quitquitquit?container=` counts.
     pub run_apps: Arc<RunApps>,
+    /// Connections a listener holds at most (per bound address); more are closed at accept.
+    /// `None`: no limit.
+    pub max_connections_per_listener: Option<usize>,
 }
 
 impl Shared {

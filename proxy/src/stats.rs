@@ -19,6 +19,36 @@ pub struct Stats {
     connected: AtomicBool,
     /// Connections closed because no filter chain of their listener matched, by listener.
     no_filter_chain: DashMap<Arc<str>, AtomicU64, foldhash::fast::RandomState>,
+    /// Connections closed at accept because their listener had as many as it may hold, by
+    /// listener (Envoy's `downstream_cx_overflow`).
+    cx_overflow: DashMap<Arc<str>, AtomicU64, foldhash::fast::RandomState>,
+    /// Connections closed because a request's headers took too long, by listener (Envoy's
+    /// `downstream_rq_header_timeout`).
+    header_timeout: DashMap<Arc<str>, AtomicU64, foldhash::fast::RandomState>,
+}
+
+type ByListener = DashMap<Arc<str>, AtomicU64, foldhash::fast::RandomState>;
+
+fn count(map: &ByListener, listener: &Arc<str>) {
+    if let Some(n) = map.get(listener) {
+        n.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    map.entry(listener.clone())
+        .or_default()
+        .fetch_add(1, Ordering::Relaxed);
+}
+
+fn render_by_listener(out: &mut String, metric: &str, map: &ByListener) {
+    let _ = writeln!(out, "# TYPE {metric} counter");
+    let mut counts: Vec<(Arc<str>, u64)> = map
+        .iter()
+        .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
+        .collect();
+    counts.sort();
+    for (listener, n) in counts {
+        let _ = writeln!(out, "{metric}{{listener=\"{}\"}} {n}", escape(&listener));
+    }
 }
 
 /// What a finished request is counted by; empty names where there was none (404, direct
@@ -65,10 +95,17 @@ impl Stats {
 
     /// A connection that no filter chain of `listener` takes (Envoy's `no_filter_chain_match`).
     pub fn no_filter_chain(&self, listener: &Arc<str>) {
-        self.no_filter_chain
-            .entry(listener.clone())
-            .or_default()
-            .fetch_add(1, Ordering::Relaxed);
+        count(&self.no_filter_chain, listener);
+    }
+
+    /// A connection refused at accept: `listener` holds as many as it may.
+    pub fn connection_overflow(&self, listener: &Arc<str>) {
+        count(&self.cx_overflow, listener);
+    }
+
+    /// A connection closed because a request's headers took too long.
+    pub fn header_timeout(&self, listener: &Arc<str>) {
+        count(&self.header_timeout, listener);
     }
 
     pub fn xds_accepted(&self, type_url: &'static str, version: &str) {
@@ -115,23 +152,21 @@ impl Stats {
                 escape(&k.route),
             );
         }
-        let _ = writeln!(
-            out,
-            "# TYPE strait_proxy_downstream_no_filter_chain_total counter"
+        render_by_listener(
+            &mut out,
+            "strait_proxy_downstream_no_filter_chain_total",
+            &self.no_filter_chain,
         );
-        let mut unmatched: Vec<(Arc<str>, u64)> = self
-            .no_filter_chain
-            .iter()
-            .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
-            .collect();
-        unmatched.sort();
-        for (listener, n) in unmatched {
-            let _ = writeln!(
-                out,
-                "strait_proxy_downstream_no_filter_chain_total{{listener=\"{}\"}} {n}",
-                escape(&listener)
-            );
-        }
+        render_by_listener(
+            &mut out,
+            "strait_proxy_downstream_cx_overflow_total",
+            &self.cx_overflow,
+        );
+        render_by_listener(
+            &mut out,
+            "strait_proxy_downstream_rq_header_timeout_total",
+            &self.header_timeout,
+        );
         let xds = self.xds();
         let _ = writeln!(out, "# TYPE strait_proxy_xds_updates_total counter");
         for (type_url, t) in &xds {
@@ -215,6 +250,9 @@ pub struct ClusterStats {
     pub connections_opened: AtomicU64,
     pub connections_active: AtomicU64,
     pub retries: AtomicU64,
+    /// Requests whose bodies outgrew the retry buffer: sent once, without retries or mirrors
+    /// (Envoy's `retry_or_shadow_abandoned`).
+    pub retry_or_shadow_abandoned: AtomicU64,
     pub overflow_max_connections: AtomicU64,
     pub overflow_max_pending_requests: AtomicU64,
     pub overflow_max_requests: AtomicU64,
@@ -271,7 +309,7 @@ pub fn render_clusters(
         );
     }
     type Counter = fn(&ClusterStats, &ClusterGauges) -> u64;
-    let families: [(&str, &str, Counter); 10] = [
+    let families: [(&str, &str, Counter); 11] = [
         (
             "strait_proxy_upstream_connections_total",
             "counter",
@@ -291,6 +329,11 @@ pub fn render_clusters(
         ("strait_proxy_upstream_retries_total", "counter", |s, _| {
             s.retries.load(Ordering::Relaxed)
         }),
+        (
+            "strait_proxy_upstream_retry_or_shadow_abandoned_total",
+            "counter",
+            |s, _| s.retry_or_shadow_abandoned.load(Ordering::Relaxed),
+        ),
         ("strait_proxy_outlier_ejections_total", "counter", |s, _| {
             s.ejections.load(Ordering::Relaxed)
         }),

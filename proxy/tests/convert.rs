@@ -974,4 +974,149 @@ fn jwt_authn_settings_strait_proxy_does_not_run_are_refused() {
         .and_then(|h| h.jwt.clone())
         .expect("jwt");
     assert!(jwt.providers[1].1.keys.keys.is_empty());
+
+/// The xds_convert fuzz target's seeds (`fuzz/seeds/xds_convert/`): each resource some goldens
+/// translate to, encoded, after a byte naming its type as the target reads it. Kept equal to
+/// the goldens; `UPDATE_GOLDEN=1` rewrites them.
+#[test]
+fn fuzz_seeds_are_the_goldens_encoded() {
+    use prost::Message;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/xds_convert");
+    let mut seeds = std::collections::BTreeMap::new();
+    for case in [
+        "sidecar-bookinfo",
+        "sidecar-mtls",
+        "sidecar-policies",
+        "sidecar-cors",
+        "gateway-credential",
+    ] {
+        let out = golden(case);
+        let mut add = |kind: u8, name: &str, bytes: Vec<u8>| {
+            let file = format!("{case}-{kind}-{}", name.replace(['|', '/', ':', '.'], "_"));
+            let mut seed = vec![kind];
+            seed.extend(bytes);
+            seeds.insert(file, seed);
+        };
+        for l in &out.listeners {
+            add(0, &l.name, l.encode_to_vec());
+        }
+        for r in &out.routes {
+            add(1, &r.name, r.encode_to_vec());
+        }
+        for c in &out.clusters {
+            add(2, &c.name, c.encode_to_vec());
+        }
+        for e in &out.endpoints {
+            add(3, &e.cluster_name, e.encode_to_vec());
+        }
+        for s in &out.secrets {
+            add(4, &s.name, s.encode_to_vec());
+        }
+    }
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("seed dir");
+        for (file, seed) in &seeds {
+            std::fs::write(dir.join(file), seed).expect("write seed");
+        }
+    }
+    let mut committed = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).expect("fuzz/seeds/xds_convert (UPDATE_GOLDEN=1 makes it)")
+    {
+        let entry = entry.expect("entry");
+        let name = entry.file_name().to_string_lossy().into_owned();
+        committed.insert(name, std::fs::read(entry.path()).expect("read seed"));
+    }
+    assert!(
+        committed == seeds,
+        "fuzz/seeds/xds_convert differs from the goldens; UPDATE_GOLDEN=1 rewrites it"
+    );
+}
+
+/// The HCM's header limits and header timeout are converted (Envoy's defaults where unset);
+/// other common HTTP protocol options, and limits out of Envoy's bounds, are refused by name.
+#[test]
+fn hcm_header_limits_and_timeout_convert() {
+    use envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions;
+    use envoy_types::pb::envoy::config::listener::v3::filter;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
+    use prost::Message;
+    use strait_proxy::config::HeaderLimits;
+
+    let out = golden("sidecar-bookinfo");
+    let base = out
+        .listeners
+        .iter()
+        .find(|l| l.name.starts_with("outbound_"))
+        .expect("outbound listener")
+        .clone();
+    let with = |edit: &dyn Fn(&mut HttpConnectionManager)| {
+        let mut l = base.clone();
+        let f = &mut l.filter_chains[0].filters[0];
+        let Some(filter::ConfigType::TypedConfig(any)) = &mut f.config_type else {
+            panic!("typed HCM");
+        };
+        let mut hcm = HttpConnectionManager::decode(any.value.as_slice()).expect("hcm");
+        edit(&mut hcm);
+        *any = Any {
+            type_url: any.type_url.clone(),
+            value: hcm.encode_to_vec(),
+        };
+        Listener::try_from(&l)
+    };
+    let http = |l: &Listener| l.chains[0].http().expect("http").clone();
+
+    let straitd = http(&with(&|_| {}).expect("converts"));
+    assert_eq!(straitd.request_headers, HeaderLimits::default());
+    assert_eq!(
+        straitd.request_headers_timeout,
+        Some(std::time::Duration::from_secs(10)),
+        "straitd sets request_headers_timeout"
+    );
+    let set = with(&|hcm| {
+        hcm.max_request_headers_kb = Some(UInt32Value { value: 96 });
+        hcm.common_http_protocol_options = Some(HttpProtocolOptions {
+            max_headers_count: Some(UInt32Value { value: 200 }),
+            ..Default::default()
+        });
+        hcm.request_headers_timeout = Some(PbDuration {
+            seconds: 0,
+            nanos: 0,
+        });
+    })
+    .expect("converts");
+    let set = http(&set);
+    assert_eq!(
+        set.request_headers,
+        HeaderLimits {
+            max_bytes: 96 * 1024,
+            max_count: 200
+        }
+    );
+    assert_eq!(
+        set.request_headers_timeout, None,
+        "0s: no timeout, as in Envoy"
+    );
+
+    let refused = with(&|hcm| {
+        hcm.common_http_protocol_options = Some(HttpProtocolOptions {
+            idle_timeout: Some(PbDuration {
+                seconds: 5,
+                nanos: 0,
+            }),
+            ..Default::default()
+        });
+    })
+    .expect_err("idle_timeout is not honoured");
+    assert!(
+        refused.to_string().contains("common_http_protocol_options"),
+        "{refused}"
+    );
+    let refused = with(&|hcm| hcm.max_request_headers_kb = Some(UInt32Value { value: 0 }))
+        .expect_err("0 KiB");
+    assert!(
+        refused.to_string().contains("max_request_headers_kb"),
+        "{refused}"
+    );
 }

@@ -271,6 +271,7 @@ impl World {
             otlp_endpoint: otlp,
             app_probers: Default::default(),
             run_apps: Default::default(),
+            max_connections_per_listener: app::DEFAULT_MAX_CONNECTIONS_PER_LISTENER,
         })
         .await
         .expect("proxy starts");
@@ -1311,6 +1312,15 @@ async fn bodies_are_replayed_on_retries_and_sent_to_mirrors() {
         .collect();
     assert_eq!(fails.len(), 1, "sent once");
     assert_eq!(fails[0].body.len(), big.len());
+    let metrics = scrape(&proxy).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "strait_proxy_upstream_retry_or_shadow_abandoned_total{cluster=\"outbound|9080||bodies.default.svc.cluster.local\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
 
     // A mirrored POST reaches the mirror with its body.
     let (status, _, _) = send(

@@ -194,6 +194,7 @@ fn inbound_hcm(
             uri: true,
             ..Default::default()
         }),
+        request_headers_timeout: Some(duration(crate::listener::REQUEST_HEADERS_TIMEOUT)),
         ..Default::default()
     };
     Filter {

@@ -28,8 +28,13 @@ use strait_model::{Gateway, GatewayServer, Model, Protocol, ProxyNode, ServerTls
 use crate::credential::{credential_socket, credential_usable};
 
 use crate::cluster::socket;
-use crate::proto::{ads, any};
+use crate::proto::{ads, any, duration};
 use crate::route::{CORS_FILTER, FAULT_FILTER, gateway_virtual_hosts};
+
+/// How long a request's headers may take to arrive once they have begun (Envoy's
+/// `request_headers_timeout`, off by default there): a client trickling its headers is answered
+/// 408 and cut off. Every HTTP connection manager gets it, so both data planes agree.
+pub const REQUEST_HEADERS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The route config the sidecar's outbound listener serves.
 pub const OUTBOUND_ROUTE_NAME: &str = "outbound";
@@ -85,6 +90,7 @@ pub(crate) fn hcm(stat_prefix: &str, route_config: &str, strip_port: bool) -> Fi
             ..Default::default()
         }],
         strip_port_mode: strip_port.then_some(StripPortMode::StripAnyHostPort(true)),
+        request_headers_timeout: Some(duration(REQUEST_HEADERS_TIMEOUT)),
         ..Default::default()
     };
     Filter {

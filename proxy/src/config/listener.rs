@@ -120,6 +120,30 @@ pub struct HttpManager {
     pub rbac: Arc<[Rbac]>,
     /// The CORS filter is in the chain: routes' CORS policies apply.
     pub cors: bool,
+    /// How big a request's headers may be; a request over a limit is answered 431.
+    pub request_headers: HeaderLimits,
+    /// How long a request's headers may take to arrive once its first byte has (Envoy's
+    /// `request_headers_timeout`); `None`: no limit, Envoy's default.
+    pub request_headers_timeout: Option<Duration>,
+}
+
+/// Envoy's limits on request headers: `max_request_headers_kb` and
+/// `common_http_protocol_options.max_headers_count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct HeaderLimits {
+    /// Bytes of header names and values together.
+    pub max_bytes: usize,
+    pub max_count: usize,
+}
+
+/// Envoy's defaults: 60 KiB, 100 headers.
+impl Default for HeaderLimits {
+    fn default() -> Self {
+        HeaderLimits {
+            max_bytes: 60 * 1024,
+            max_count: 100,
+        }
+    }
 }
 
 /// Envoy's `forward_client_cert_details` with `set_current_client_cert_details`.

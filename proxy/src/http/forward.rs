@@ -279,6 +279,11 @@ pub(super) async fn forward(
     // As Envoy's, the route timeout starts once the request has been read (here: buffered).
     let deadline = fwd.timeout.map(|t| tokio::time::Instant::now() + t);
     let replayable = matches!(body, RequestBody::Replay(_));
+    if copies_wanted && !replayable {
+        stats
+            .retry_or_shadow_abandoned
+            .fetch_add(1, Ordering::Relaxed);
+    }
     let retry = fwd.retry.as_ref().filter(|_| replayable && !upgrade);
     let Some(path_and_query) = rewrite_path(route, fwd, &parts.uri) else {
         tracing::warn!("cannot build upstream uri: invalid path");

@@ -59,10 +59,10 @@ use crate::config::listener_defaults::{DEFAULT_INSPECT_TIMEOUT, DEFAULT_TCP_IDLE
 use crate::config::{
     Action, ChainMatch, ClientCertDetails, Cluster, ClusterChoice, Cors, Discovery, Endpoint,
     Fault, FaultAbort, FaultDelay, FilterChain, Forward, HashKey, HashPolicy, HeaderAdd,
-    HeaderChanges, HeaderMatch, HeaderMatcher, HttpManager, Inspect, LbPolicy, Limits, Listener,
-    Mirror, OutlierDetection, PathMatch, Pattern, QueryMatcher, Redirect, RegexRewrite, RetryOn,
-    RetryPolicy, Route, RouteConfig, RouteMatch, RouteSource, Serve, StringMatch, TcpProxy,
-    Transport, UpstreamBind, VirtualHost, WeightedCluster,
+    HeaderChanges, HeaderLimits, HeaderMatch, HeaderMatcher, HttpManager, Inspect, LbPolicy,
+    Limits, Listener, Mirror, OutlierDetection, PathMatch, Pattern, QueryMatcher, Redirect,
+    RegexRewrite, RetryOn, RetryPolicy, Route, RouteConfig, RouteMatch, RouteSource, Serve,
+    StringMatch, TcpProxy, Transport, UpstreamBind, VirtualHost, WeightedCluster,
 };
 
 const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";

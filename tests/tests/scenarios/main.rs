@@ -5,6 +5,7 @@
 mod capture;
 mod common;
 mod config_changes;
+mod continuity;
 mod cors;
 mod discovery;
 mod gateway;
@@ -12,6 +13,7 @@ mod jwt;
 mod kube_ingress;
 mod kube_tokens;
 mod kubernetes;
+mod limits;
 mod mtls;
 mod resilience;
 mod samples;

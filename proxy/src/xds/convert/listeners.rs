@@ -447,6 +447,7 @@ pub(super) fn http_manager(
                 .unsupported(format!("upgrade {:?}", u.upgrade_type)));
         }
     }
+    let (request_headers, request_headers_timeout) = request_limits(at, hcm)?;
     Ok(HttpManager {
         routes,
         strip_any_host_port: matches!(
@@ -458,5 +459,46 @@ pub(super) fn http_manager(
         jwt,
         rbac: rbac_filters.into(),
         cors,
+        request_headers,
+        request_headers_timeout,
     })
+}
+
+/// The HCM's limits on request headers, with Envoy's defaults; other common HTTP protocol
+/// options are refused by name.
+fn request_limits(
+    at: &At<'_>,
+    hcm: &HttpConnectionManager,
+) -> Result<(HeaderLimits, Option<Duration>), ConvertError> {
+    let mut limits = HeaderLimits::default();
+    if let Some(kb) = &hcm.max_request_headers_kb {
+        // Envoy's bounds: more than 0, at most 8 MiB.
+        if kb.value == 0 || kb.value > 8192 {
+            return Err(at
+                .at("max_request_headers_kb")
+                .invalid(format!("{} is not in 1..=8192", kb.value)));
+        }
+        limits.max_bytes = kb.value as usize * 1024;
+    }
+    if let Some(options) = &hcm.common_http_protocol_options {
+        let at = at.at("common_http_protocol_options");
+        let mut rest = *options;
+        rest.max_headers_count = None;
+        if rest != Default::default() {
+            return Err(at.unsupported("common HTTP protocol options other than max_headers_count"));
+        }
+        if let Some(count) = &options.max_headers_count {
+            if count.value == 0 {
+                return Err(at.at("max_headers_count").invalid("must be at least 1"));
+            }
+            limits.max_count = count.value as usize;
+        }
+    }
+    let timeout = hcm
+        .request_headers_timeout
+        .as_ref()
+        .map(|d| duration(&at.at("request_headers_timeout"), d))
+        .transpose()?
+        .filter(|d| !d.is_zero());
+    Ok((limits, timeout))
 }
