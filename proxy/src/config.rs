@@ -17,7 +17,7 @@ pub use cluster::{
 };
 pub use listener::{
     ChainMatch, ClientCertDetails, ConnectionInfo, FilterChain, HttpManager, Inspect, Listener,
-    RouteSource, Serve, TcpProxy, Transport,
+    RouteSource, Serve, TcpCluster, TcpProxy, Transport,
 };
 /// Envoy's defaults for listener settings left unset.
 pub mod listener_defaults {

@@ -60,8 +60,8 @@ use crate::config::{
     Fault, FaultAbort, FaultDelay, FilterChain, Forward, HashKey, HashPolicy, HeaderAdd,
     HeaderChanges, HeaderMatch, HeaderMatcher, HttpManager, Inspect, LbPolicy, Limits, Listener,
     Mirror, OutlierDetection, PathMatch, Pattern, QueryMatcher, Redirect, RegexRewrite, RetryOn,
-    RetryPolicy, Route, RouteConfig, RouteMatch, RouteSource, Serve, StringMatch, TcpProxy,
-    Transport, UpstreamBind, VirtualHost, WeightedCluster,
+    RetryPolicy, Route, RouteConfig, RouteMatch, RouteSource, Serve, StringMatch, TcpCluster,
+    TcpProxy, Transport, UpstreamBind, VirtualHost, WeightedCluster,
 };
 
 const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
