@@ -603,10 +603,9 @@ mod tests {
             at(&spec, "http.[].match.[].headers.*.exact")["type"],
             "string"
         );
-        assert_eq!(
-            at(&spec, "tls"),
-            &json!({"x-kubernetes-preserve-unknown-fields": true})
-        );
+        assert_eq!(at(&spec, "tls.[].match.[].sniHosts.[]")["type"], "string");
+        assert_eq!(at(&spec, "tcp.[].match.[].port")["type"], "integer");
+        assert_eq!(at(&spec, "http.[].delegate.name")["type"], "string");
         assert_eq!(
             at(&spec, "http.[].fault.delay.percent")["description"],
             "Deprecated integer percentage, still used by Istio's own samples."

@@ -19,7 +19,7 @@ pub use cluster::{
 pub use jwt::{ClaimToHeader, Jwks, JwtAuthn, JwtProvider, Key, Requirement, TokenHeader};
 pub use listener::{
     ChainMatch, ClientCertDetails, ConnectionInfo, FilterChain, HeaderLimits, HttpManager, Inspect,
-    Listener, RouteSource, Serve, TcpProxy, Transport,
+    Listener, RouteSource, Serve, TcpCluster, TcpProxy, Transport,
 };
 /// Envoy's defaults for listener settings left unset.
 pub mod listener_defaults {

@@ -60,7 +60,8 @@ pub async fn serve<S: Io>(shared: Arc<Shared>, conn: Conn, downstream: S) -> Res
             return Ok(());
         }
     }
-    let Some(upstream) = runtime.upstreams.get(&proxy.cluster).cloned() else {
+    let cluster = proxy.pick().clone();
+    let Some(upstream) = runtime.upstreams.get(&cluster).cloned() else {
         // Assembly guarantees a TCP chain's cluster exists; keep failing closed anyway.
         return Ok(());
     };
@@ -73,11 +74,11 @@ pub async fn serve<S: Io>(shared: Arc<Shared>, conn: Conn, downstream: S) -> Res
     drop(connected.held);
     match ended {
         Ok(Ended::Idle) => {
-            tracing::debug!(cluster = %proxy.cluster, peer = %conn.peer, "idle TCP connection closed")
+            tracing::debug!(cluster = %cluster, peer = %conn.peer, "idle TCP connection closed")
         }
         Ok(Ended::Closed { .. }) => {}
         Err(error) => {
-            tracing::debug!(cluster = %proxy.cluster, peer = %conn.peer, %error, "TCP connection ended with an error")
+            tracing::debug!(cluster = %cluster, peer = %conn.peer, %error, "TCP connection ended with an error")
         }
     }
     Ok(())

@@ -665,7 +665,7 @@ fn a_captured_sidecar_converts_as_istios_listener_model() {
     };
     let tcp_cluster = |l: &Listener, i: Option<usize>| -> Option<String> {
         match &l.chains[i?].serve {
-            Serve::Tcp(t) => Some(t.cluster.to_string()),
+            Serve::Tcp(t) => Some(t.pick().to_string()),
             Serve::Http(_) => None,
         }
     };
@@ -698,7 +698,7 @@ fn a_captured_sidecar_converts_as_istios_listener_model() {
         panic!("TCP")
     };
     assert_eq!(
-        &*proxy.cluster,
+        &**proxy.pick(),
         "outbound|7000||echo.default.svc.cluster.local"
     );
     assert!(proxy.hash_source_ip);
@@ -755,7 +755,7 @@ fn a_captured_sidecar_converts_as_istios_listener_model() {
         .is_none(),
         "DISABLE"
     );
-    assert_eq!(&*stats.cluster, "inbound|9000||");
+    assert_eq!(&**stats.pick(), "inbound|9000||");
     assert_eq!(stats.rbac.len(), 2, "DENY and ALLOW on the connection");
     // The inbound clusters go to the original destination from 127.0.0.6.
     let app = out
@@ -800,8 +800,11 @@ fn registry_only_and_dual_stack_capture_convert() {
         })
         .expect("a chain");
     assert_eq!(
-        outbound.chains[chain].tcp_cluster().map(|c| &**c),
-        Some("BlackHoleCluster")
+        outbound.chains[chain]
+            .tcp_clusters()
+            .map(|c| &**c)
+            .collect::<Vec<_>>(),
+        ["BlackHoleCluster"]
     );
     let rc = RouteConfig::try_from(&out.routes[0]).expect("converts");
     let Some(block) = rc.virtual_hosts.iter().find(|vh| &*vh.name == "block_all") else {
@@ -1118,5 +1121,121 @@ fn hcm_header_limits_and_timeout_convert() {
     assert!(
         refused.to_string().contains("max_request_headers_kb"),
         "{refused}"
+
+#[test]
+fn tcp_routes_convert_to_weighted_clusters_and_sni_chains() {
+    use std::net::SocketAddr;
+    use strait_proxy::config::{ConnectionInfo, Serve, Transport};
+    let info = |local: &str, transport, sni| ConnectionInfo {
+        local: local.parse::<SocketAddr>().expect("address"),
+        transport,
+        sni,
+        alpn: &[],
+    };
+    let weights = |l: &Listener, i: Option<usize>| -> Vec<(String, u32)> {
+        match &l.chains[i.expect("a chain")].serve {
+            Serve::Tcp(t) => t
+                .clusters
+                .iter()
+                .map(|c| (c.name.to_string(), c.weight))
+                .collect(),
+            Serve::Http(_) => panic!("a TCP chain"),
+        }
+    };
+    let out = golden("sidecar-tcp-routes");
+    let by_name: std::collections::BTreeMap<String, Listener> = out
+        .listeners
+        .iter()
+        .map(|l| {
+            let c = Listener::try_from(l).unwrap_or_else(|e| panic!("{}: {e}", l.name));
+            (l.name.clone(), c)
+        })
+        .collect();
+    // The VIP: split 80/20; a destinationSubnets range: v2; elsewhere: passed through.
+    let echo = &by_name["0.0.0.0_9000"];
+    let v = |s: &str| format!("outbound|9000|{s}|tcp-echo.default.svc.cluster.local");
+    assert_eq!(
+        weights(
+            echo,
+            echo.select(&info("10.96.0.30:9000", Transport::Raw, None))
+        ),
+        [(v("v1"), 80), (v("v2"), 20)]
+    );
+    assert_eq!(
+        weights(
+            echo,
+            echo.select(&info("10.99.3.4:9000", Transport::Raw, None))
+        ),
+        [(v("v2"), 1)]
+    );
+    assert_eq!(
+        weights(
+            echo,
+            echo.select(&info("192.0.2.1:9000", Transport::Raw, None))
+        ),
+        [("PassthroughCluster".to_string(), 1)]
+    );
+    // App-originated TLS by SNI, passed through unterminated.
+    let tls = &by_name["0.0.0.0_443"];
+    assert!(tls.inspect.tls);
+    let i = tls.select(&info(
+        "192.0.2.9:443",
+        Transport::Tls,
+        Some("a.example.org"),
+    ));
+    assert!(tls.chains[i.expect("a chain")].tls.is_none());
+    assert_eq!(
+        weights(tls, i),
+        [
+            ("outbound|443||a.example.org".to_string(), 50),
+            ("outbound|443||b.example.org".to_string(), 50)
+        ]
+    );
+
+    // The gateway: the TCP server's split, and the passthrough chain beside the HTTPS one.
+    let out = golden("gateway-passthrough");
+    let tcp = out
+        .listeners
+        .iter()
+        .find(|l| l.name == "127.0.0.1_31400")
+        .expect("the TCP listener");
+    let tcp = Listener::try_from(tcp).expect("converts");
+    let v = |s: &str| format!("outbound|9000|{s}|tcp-echo.default.svc.cluster.local");
+    assert_eq!(
+        weights(
+            &tcp,
+            tcp.select(&info("127.0.0.1:31400", Transport::Raw, None))
+        ),
+        [(v("v1"), 80), (v("v2"), 20)]
+    );
+    let mut sni = out
+        .listeners
+        .iter()
+        .find(|l| l.name == "127.0.0.1_18443")
+        .expect("the TLS listener")
+        .clone();
+    // The HTTPS server's certificate files are not here; its chain is the gateway case's.
+    sni.filter_chains.retain(|c| c.transport_socket.is_none());
+    let sni = Listener::try_from(&sni).expect("converts");
+    let i = sni.select(&info(
+        "127.0.0.1:18443",
+        Transport::Tls,
+        Some("nginx.example.com"),
+    ));
+    assert!(sni.chains[i.expect("a chain")].tls.is_none(), "passthrough");
+    assert_eq!(
+        weights(&sni, i),
+        [(
+            "outbound|443||my-nginx.default.svc.cluster.local".to_string(),
+            1
+        )]
+    );
+    assert_eq!(
+        sni.select(&info(
+            "127.0.0.1:18443",
+            Transport::Tls,
+            Some("other.example.com")
+        )),
+        None
     );
 }

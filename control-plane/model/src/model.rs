@@ -346,7 +346,67 @@ pub struct VirtualService {
     /// Where the routes apply; `[Mesh]` when the spec names none.
     pub gateways: Vec<GatewayRef>,
     pub http: Vec<HttpRoute>,
+    /// Opaque TCP: the first route whose match applies takes a connection.
+    pub tcp: Vec<TcpRoute>,
+    /// TLS passed through, routed by SNI.
+    pub tls: Vec<TlsRoute>,
     pub export_to: ExportTo,
+}
+
+/// A `tcp` route: matches OR'ed (none: every connection), weighted destinations.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TcpRoute {
+    pub matches: Vec<L4Match>,
+    pub route: Vec<WeightedDestination>,
+}
+
+/// A `tls` route: at least one match, each naming SNI hosts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TlsRoute {
+    pub matches: Vec<TlsMatch>,
+    pub route: Vec<WeightedDestination>,
+}
+
+/// What a TCP or TLS connection is matched on. The port, source labels, source namespace and
+/// gateways are known when the config is made (static); destination subnets are the proxy's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct L4Match {
+    pub port: Option<u16>,
+    pub destination_subnets: Vec<ipnet::IpNet>,
+    pub source_labels: BTreeMap<String, String>,
+    /// Empty: every gateway the VirtualService is bound to.
+    pub gateways: Vec<GatewayRef>,
+    pub source_namespace: Option<String>,
+}
+
+impl L4Match {
+    /// Whether this match can apply at `context` on `port` for a proxy with these labels
+    /// and namespace (Istio's `matchTCP`/`matchTLS`).
+    pub fn applies(
+        &self,
+        context: &GatewayRef,
+        port: u16,
+        labels: &BTreeMap<String, String>,
+        namespace: &str,
+    ) -> bool {
+        (self.gateways.is_empty() || self.gateways.contains(context))
+            && self.port.is_none_or(|p| p == port)
+            && self
+                .source_labels
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
+            && self
+                .source_namespace
+                .as_ref()
+                .is_none_or(|ns| ns == namespace)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsMatch {
+    /// SNI names, exact or `*.suffix`; never empty.
+    pub sni_hosts: Vec<String>,
+    pub l4: L4Match,
 }
 
 impl VirtualService {
@@ -383,6 +443,8 @@ pub struct HttpRoute {
     pub headers: HeaderOps,
     /// Cross-origin requests: preflights answered by the proxy, CORS headers on responses.
     pub cors: Option<CorsPolicy>,
+    /// The delegate VirtualService this route was merged from (`spec.http[].delegate`).
+    pub delegate: Option<ObjectId>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -573,6 +635,21 @@ pub enum ServerTls {
     /// `name` in the gateway workload's namespace (Istio's `credentialName`). A gateway whose
     /// namespace does not hold it does not serve the server.
     Credential { name: String, mutual: bool },
+    /// `mode: PASSTHROUGH`: TLS is not terminated; connections go by SNI to the destinations
+    /// of the bound VirtualServices' `tls` routes.
+    Passthrough,
+}
+
+impl GatewayServer {
+    /// Connections are told apart by SNI (an HTTPS server terminating TLS, or passthrough).
+    pub fn is_sni(&self) -> bool {
+        self.protocol == Protocol::Https || matches!(self.tls, Some(ServerTls::Passthrough))
+    }
+
+    /// TLS passed through by SNI (`tls.mode: PASSTHROUGH`).
+    pub fn is_passthrough(&self) -> bool {
+        matches!(self.tls, Some(ServerTls::Passthrough))
+    }
 }
 
 // === Building ===

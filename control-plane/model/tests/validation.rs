@@ -170,16 +170,377 @@ fn a_route_to_an_unknown_host_subset_or_port_is_an_error() {
     );
 }
 
+const TCP_REGISTRY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: tcp-echo}
+spec:
+  hosts: [tcp-echo.default.svc.cluster.local]
+  addresses: [10.96.0.30]
+  ports: [{number: 9000, name: tcp, protocol: TCP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 127.0.0.1, labels: {app: tcp-echo, version: v1}}
+  - {address: 127.0.0.2, labels: {app: tcp-echo, version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: tcp-echo}
+spec:
+  host: tcp-echo
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 31400, name: tcp, protocol: TCP}
+    hosts: ["*"]
+---
+"#;
+
 #[test]
-fn tcp_and_tls_routes_are_rejected_not_ignored() {
+fn tcp_and_tls_routes_are_validated_as_istio_does() {
+    let m = build(&format!(
+        "{TCP_REGISTRY}{}",
+        vs("  hosts: [tcp-echo]\n  tcp:\n  - match: [{port: 9000, destinationSubnets: [10.1.0.0/16, 10.2.0.1], sourceLabels: {app: a}}]\n    route:\n    - {destination: {host: tcp-echo, subset: v1}, weight: 80}\n    - {destination: {host: tcp-echo, subset: v2}, weight: 20}\n  tls:\n  - match: [{sniHosts: [tcp-echo]}]\n    route: [{destination: {host: tcp-echo}}]\n")
+    ))
+    .unwrap();
+    let v = &m.virtual_services[0];
+    assert_eq!(v.tcp[0].matches[0].port, Some(9000));
+    assert_eq!(v.tcp[0].matches[0].destination_subnets.len(), 2);
+    assert_eq!(
+        v.tcp[0].route.iter().map(|d| d.weight).collect::<Vec<_>>(),
+        [80, 20]
+    );
+    // SNI names are literal, as in Istio: a short name is not resolved.
+    assert_eq!(v.tls[0].matches[0].sni_hosts, ["tcp-echo"]);
+
+    let tcp = |spec: &str| format!("{TCP_REGISTRY}{}", vs(spec));
     rejects(
-        &vs("  hosts: [reviews]\n  tcp:\n  - route: [{destination: {host: reviews}}]\n"),
-        &["spec.tcp", "not supported"],
+        &tcp("  hosts: [tcp-echo]\n  tcp:\n  - match: [{port: 9000}]\n"),
+        &[
+            "VirtualService default/reviews",
+            "spec.tcp[0].route",
+            "at least one destination",
+        ],
     );
     rejects(
-        &vs("  hosts: [reviews]\n  tls:\n  - route: [{destination: {host: reviews}}]\n"),
-        &["spec.tls", "not supported"],
+        &tcp(
+            "  hosts: [tcp-echo]\n  tcp:\n  - match: [{destinationSubnets: [10.1.0.1/16]}]\n    route: [{destination: {host: tcp-echo}}]\n",
+        ),
+        &["spec.tcp[0].match[0].destinationSubnets[0]", "host bits"],
     );
+    rejects(
+        &tcp(
+            "  hosts: [tcp-echo]\n  tcp:\n  - match: [{sourceSubnet: 10.0.0.0/8}]\n    route: [{destination: {host: tcp-echo}}]\n",
+        ),
+        &["spec.tcp[0].match[0].sourceSubnet", "not supported"],
+    );
+    rejects(
+        &tcp(
+            "  hosts: [tcp-echo]\n  tcp:\n  - match: [{port: 70000}]\n    route: [{destination: {host: tcp-echo}}]\n",
+        ),
+        &["spec.tcp[0].match[0].port"],
+    );
+    rejects(
+        &tcp(
+            "  hosts: [tcp-echo]\n  tcp:\n  - match: [{gateways: [gw]}]\n    route: [{destination: {host: tcp-echo}}]\n",
+        ),
+        &[
+            "spec.tcp[0].match[0].gateways[0]",
+            "not one of the VirtualService's gateways",
+        ],
+    );
+    rejects(
+        &tcp(
+            "  hosts: [tcp-echo]\n  tcp:\n  - route:\n    - {destination: {host: tcp-echo, subset: v3}}\n",
+        ),
+        &["spec.tcp[0].route[0].destination.subset", "not defined"],
+    );
+    rejects(
+        &tcp(
+            "  hosts: [tcp-echo]\n  tcp:\n  - route:\n    - {destination: {host: tcp-echo}, weight: 0}\n    - {destination: {host: tcp-echo, subset: v1}, weight: 0}\n",
+        ),
+        &["spec.tcp[0].route", "add up to 0"],
+    );
+    // A tcp destination has no headers to change (Istio's RouteDestination has none).
+    rejects(
+        &tcp(
+            "  hosts: [tcp-echo]\n  tcp:\n  - route: [{destination: {host: tcp-echo}, headers: {}}]\n",
+        ),
+        &["spec.tcp[0].route[0]", "headers"],
+    );
+    rejects(
+        &tcp("  hosts: [tcp-echo]\n  tls:\n  - route: [{destination: {host: tcp-echo}}]\n"),
+        &["spec.tls[0].match", "at least one match"],
+    );
+    rejects(
+        &tcp(
+            "  hosts: [tcp-echo]\n  tls:\n  - match: [{port: 443}]\n    route: [{destination: {host: tcp-echo}}]\n",
+        ),
+        &["spec.tls[0].match[0].sniHosts", "at least one SNI host"],
+    );
+    rejects(
+        &tcp(
+            "  hosts: [tcp-echo]\n  tls:\n  - match: [{sniHosts: [other.example.com]}]\n    route: [{destination: {host: tcp-echo}}]\n",
+        ),
+        &[
+            "spec.tls[0].match[0].sniHosts[0]",
+            "not covered by any of the VirtualService's hosts",
+        ],
+    );
+    rejects(
+        &tcp(
+            "  hosts: [tcp-echo]\n  tls:\n  - match: [{sniHosts: [\"bad_name\"]}]\n    route: [{destination: {host: tcp-echo}}]\n",
+        ),
+        &["spec.tls[0].match[0].sniHosts[0]", "invalid host"],
+    );
+    rejects(
+        &tcp("  hosts: [tcp-echo]\n  tls:\n  - match: [{sniHosts: [tcp-echo]}]\n"),
+        &["spec.tls[0].route", "at least one destination"],
+    );
+}
+
+#[test]
+fn gateway_tcp_and_passthrough_servers_are_checked() {
+    let gw = |servers: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: g}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n{servers}"
+        )
+    };
+    let m = build(&gw(
+        "  - port: {number: 31400, name: tcp, protocol: TCP}\n    hosts: ['*']\n  - port: {number: 443, name: tls, protocol: TLS}\n    tls: {mode: PASSTHROUGH}\n    hosts: [a.example.com]\n  - port: {number: 443, name: https, protocol: HTTPS}\n    tls: {mode: PASSTHROUGH}\n    hosts: [b.example.com]\n",
+    ))
+    .unwrap();
+    let g = m.gateways.values().next().unwrap();
+    assert!(g.servers[1].is_passthrough() && g.servers[2].is_passthrough());
+    assert_eq!(g.servers[0].protocol, strait_model::Protocol::Tcp);
+    rejects(
+        &gw("  - port: {number: 443, name: tls, protocol: TLS}\n    hosts: [a.example.com]\n"),
+        &[
+            "Gateway default/g",
+            "spec.servers[0].tls",
+            "needs tls (mode PASSTHROUGH)",
+        ],
+    );
+    rejects(
+        &gw(
+            "  - port: {number: 443, name: tls, protocol: TLS}\n    tls: {mode: AUTO_PASSTHROUGH}\n    hosts: ['*.local']\n",
+        ),
+        &[
+            "spec.servers[0].tls.mode",
+            "AUTO_PASSTHROUGH",
+            "not supported",
+        ],
+    );
+    rejects(
+        &gw(
+            "  - port: {number: 443, name: tls, protocol: TLS}\n    tls: {mode: SIMPLE, serverCertificate: /c, privateKey: /k}\n    hosts: [a.example.com]\n",
+        ),
+        &[
+            "spec.servers[0].tls.mode",
+            "TLS mode SIMPLE on a TLS server",
+            "not supported",
+        ],
+    );
+    rejects(
+        &gw(
+            "  - port: {number: 443, name: tls, protocol: TLS}\n    tls: {mode: PASSTHROUGH, credentialName: c}\n    hosts: [a.example.com]\n",
+        ),
+        &[
+            "spec.servers[0].tls.credentialName",
+            "does not terminate TLS",
+        ],
+    );
+    rejects(
+        &gw(
+            "  - port: {number: 31400, name: tcp, protocol: TCP}\n    tls: {mode: PASSTHROUGH}\n    hosts: ['*']\n",
+        ),
+        &["spec.servers[0].tls", "takes no tls"],
+    );
+    rejects(
+        &gw(
+            "  - port: {number: 31400, name: tcp, protocol: TCP}\n    hosts: ['*']\n  - port: {number: 31400, name: tcp2, protocol: TCP}\n    hosts: ['*']\n",
+        ),
+        &["spec.servers[1].port", "another TCP server"],
+    );
+    rejects(
+        &gw(
+            "  - port: {number: 80, name: tcp, protocol: TCP}\n    hosts: ['*']\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: ['*']\n",
+        ),
+        &["spec.servers[1].port", "mixes plain HTTP and TCP servers"],
+    );
+    rejects(
+        &gw(
+            "  - port: {number: 443, name: tls, protocol: TLS}\n    tls: {mode: PASSTHROUGH}\n    hosts: [a.example.com]\n  - port: {number: 443, name: https, protocol: HTTPS}\n    tls: {mode: SIMPLE, serverCertificate: /c, privateKey: /k}\n    hosts: [a.example.com]\n",
+        ),
+        &["spec.servers[1].hosts", "SNI cannot tell them apart"],
+    );
+    rejects(
+        &gw("  - port: {number: 6379, name: redis, protocol: REDIS}\n    hosts: ['*']\n"),
+        &["spec.servers[0].port.protocol", "not supported"],
+    );
+}
+
+const DELEGATE_ROOT: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: root}
+spec:
+  hosts: [reviews]
+  http:
+  - name: api
+    match: [{uri: {prefix: /api}}, {uri: {prefix: /v2}}]
+    timeout: 3s
+    delegate: {name: leaf, namespace: team}
+  - route: [{destination: {host: ratings}}]
+---
+"#;
+
+fn leaf(spec: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: leaf, namespace: team}}\nspec:\n{spec}"
+    )
+}
+
+#[test]
+fn delegates_merge_into_their_root_as_in_istio() {
+    let m = build(&format!(
+        "{DELEGATE_ROOT}{}",
+        leaf("  http:\n  - name: one\n    match: [{uri: {prefix: /api/one}}]\n    route: [{destination: {host: reviews.default.svc.cluster.local, subset: v2}}]\n  - match: [{uri: {exact: /elsewhere}}]\n    route: [{destination: {host: details.default.svc.cluster.local}}]\n  - timeout: 1s\n    route: [{destination: {host: reviews.default.svc.cluster.local}}]\n")
+    ))
+    .unwrap();
+    // The delegate is not a VirtualService of its own.
+    assert_eq!(m.virtual_services.len(), 1);
+    let http = &m.virtual_services[0].http;
+    assert_eq!(http.len(), 3, "{http:#?}");
+    // Its first route, narrowed to the root's first match only; named root-leaf.
+    assert_eq!(http[0].name.as_deref(), Some("api-one"));
+    assert_eq!(http[0].matches.len(), 1);
+    assert_eq!(
+        http[0].matches[0].uri,
+        Some(StringMatch::Prefix("/api/one".into()))
+    );
+    assert_eq!(http[0].timeout, Some(std::time::Duration::from_secs(3)));
+    assert_eq!(
+        http[0].delegate.as_ref().map(|d| d.name.as_str()),
+        Some("leaf")
+    );
+    // /elsewhere is under neither /api nor /v2: left out, with a warning.
+    assert!(
+        m.warnings.iter().any(|w| w.path == "spec.http[0].delegate"
+            && w.message
+                .contains("route spec.http[1] of VirtualService team/leaf conflicts")),
+        "{:?}",
+        m.warnings
+    );
+    // The last one takes both root matches, its own timeout.
+    assert_eq!(http[1].matches.len(), 2);
+    assert_eq!(http[1].timeout, Some(std::time::Duration::from_secs(1)));
+    assert_eq!(http[2].delegate, None);
+
+    rejects(
+        DELEGATE_ROOT,
+        &[
+            "VirtualService default/root",
+            "spec.http[0].delegate",
+            "VirtualService team/leaf does not exist",
+        ],
+    );
+    // A delegate's own error stays on it; the root names it as rejected.
+    let err = build(&format!(
+        "{DELEGATE_ROOT}{}",
+        leaf("  http:\n  - route: [{destination: {host: nowhere.example.com}}]\n")
+    ))
+    .unwrap_err();
+    assert!(
+        err.contains("VirtualService team/leaf: spec.http[0].route[0].destination.host"),
+        "{err}"
+    );
+    assert!(err.contains("VirtualService default/root: spec.http[0].delegate: VirtualService team/leaf was rejected"), "{err}");
+    rejects(
+        &format!(
+            "{DELEGATE_ROOT}{}",
+            leaf(
+                "  exportTo: [.]\n  http:\n  - route: [{destination: {host: ratings.default.svc.cluster.local}}]\n"
+            )
+        ),
+        &[
+            "spec.http[0].delegate",
+            "not exported to namespace \"default\"",
+        ],
+    );
+    rejects(
+        &format!(
+            "{DELEGATE_ROOT}{}",
+            leaf(
+                "  gateways: [mesh]\n  tcp:\n  - route: [{destination: {host: ratings.default.svc.cluster.local}}]\n  http:\n  - delegate: {name: x}\n"
+            )
+        ),
+        &[
+            "VirtualService team/leaf: spec.gateways",
+            "VirtualService team/leaf: spec.tcp",
+            "VirtualService team/leaf: spec.http[0].delegate: a delegate's route cannot delegate again",
+        ],
+    );
+    rejects(
+        &vs(
+            "  hosts: [reviews]\n  http:\n  - delegate: {name: leaf}\n    route: [{destination: {host: reviews}}]\n",
+        ),
+        &["spec.http[0].route", "takes its action from the delegate"],
+    );
+    rejects(
+        &format!(
+            "{}{}",
+            vs("  hosts: [reviews]\n  http:\n  - delegate: {name: ratings}\n"),
+            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: ratings}\nspec:\n  hosts: [ratings]\n  http:\n  - route: [{destination: {host: ratings}}]\n"
+        ),
+        &[
+            "spec.http[0].delegate",
+            "has hosts; a delegate is a VirtualService without hosts",
+        ],
+    );
+}
+
+/// Istio's tcp-echo samples (a TCP gateway server, tcp routes split between subsets) load
+/// as they are over a registry with the tcp-echo service.
+#[test]
+fn istio_tcp_echo_samples_load_as_they_are() {
+    let dir = samples_dir().join("tcp-echo");
+    let registry = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: tcp-echo}
+spec:
+  hosts: [tcp-echo.default.svc.cluster.local]
+  ports: [{number: 9000, name: tcp, protocol: TCP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 127.0.0.1, labels: {app: tcp-echo, version: v1}}
+  - {address: 127.0.0.2, labels: {app: tcp-echo, version: v2}}
+"#;
+    let all = std::fs::read_to_string(dir.join("tcp-echo-all-v1.yaml")).unwrap();
+    let split = std::fs::read_to_string(dir.join("tcp-echo-20-v2.yaml")).unwrap();
+    let mut objects = loader::parse(registry, "registry.yaml").unwrap();
+    objects.extend(loader::parse(&all, "tcp-echo-all-v1.yaml").unwrap());
+    let m = Model::build(&objects).unwrap_or_else(|e| panic!("tcp-echo-all-v1.yaml: {e}"));
+    assert_eq!(m.virtual_services[0].tcp[0].route.len(), 1);
+    // The 80/20 split replaces the all-v1 VirtualService.
+    let split = loader::parse(&split, "tcp-echo-20-v2.yaml").unwrap();
+    objects.retain(|o| !split.iter().any(|s| s.id == o.id));
+    objects.extend(split);
+    let m = Model::build(&objects).unwrap_or_else(|e| panic!("tcp-echo-20-v2.yaml: {e}"));
+    let weights: Vec<u32> = m.virtual_services[0].tcp[0]
+        .route
+        .iter()
+        .map(|d| d.weight)
+        .collect();
+    assert_eq!(weights, [80, 20]);
 }
 
 #[test]
@@ -681,14 +1042,13 @@ fn gateways_are_checked() {
         ],
     );
     rejects(
-        &gw("  servers:\n  - port: {number: 31400, name: tcp, protocol: TCP}\n    hosts: ['*']\n"),
-        &["spec.servers[0].port.protocol", "not supported"],
-    );
-    rejects(
         &gw(
             "  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: ['*']\n  - port: {number: 80, name: https, protocol: HTTPS}\n    hosts: ['*']\n    tls: {mode: SIMPLE, serverCertificate: /c, privateKey: /k}\n",
         ),
-        &["spec.servers[1].port", "mixes plain and HTTPS"],
+        &[
+            "spec.servers[1].port",
+            "mixes TLS (HTTPS or PASSTHROUGH) and plain HTTP",
+        ],
     );
 }
 

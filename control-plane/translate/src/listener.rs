@@ -23,13 +23,17 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CommonTlsContext, DownstreamTlsContext, TlsCertificate,
 };
-use strait_model::{Gateway, GatewayServer, Model, Protocol, ProxyNode, ServerTls};
+use strait_model::{
+    Gateway, GatewayRef, GatewayServer, L4Match, Model, Protocol, ProxyNode, ServerTls,
+    VirtualService, host,
+};
 
 use crate::credential::{credential_socket, credential_usable};
 
 use crate::cluster::socket;
 use crate::proto::{ads, any, duration};
 use crate::route::{CORS_FILTER, FAULT_FILTER, gateway_virtual_hosts};
+use crate::tcp;
 
 /// How long a request's headers may take to arrive once they have begun (Envoy's
 /// `request_headers_timeout`, off by default there): a client trickling its headers is answered
@@ -118,7 +122,8 @@ pub fn gateway(model: &Model, node: &ProxyNode) -> (Vec<Listener>, Vec<RouteConf
     for (port, servers) in by_port {
         let bind = node.gateway_bind_port(port);
         let address = node.listen_address.to_string();
-        let tls = servers.iter().any(|(_, s)| s.protocol == Protocol::Https);
+        let sni = servers.iter().any(|(_, s)| s.is_sni());
+        let tcp = servers.iter().any(|(_, s)| s.protocol == Protocol::Tcp);
         let mut listener = Listener {
             name: format!("{address}_{bind}"),
             address: Some(socket(&address, bind)),
@@ -126,19 +131,8 @@ pub fn gateway(model: &Model, node: &ProxyNode) -> (Vec<Listener>, Vec<RouteConf
             metadata: crate::origin::metadata(servers.iter().map(|(gw, _)| &gw.id)),
             ..Default::default()
         };
-        if !tls {
-            let name = format!("http.{port}");
-            routes.push(RouteConfiguration {
-                name: name.clone(),
-                virtual_hosts: gateway_virtual_hosts(model, node, &servers, port),
-                ..Default::default()
-            });
-            listener.filter_chains.push(FilterChain {
-                filters: vec![hcm(&name, &name, true)],
-                ..Default::default()
-            });
-        } else {
-            // One filter chain per HTTPS server, chosen by SNI.
+        if sni {
+            // One filter chain per HTTPS server and per passthrough tls match, chosen by SNI.
             listener.listener_filters.push(ListenerFilter {
                 name: "envoy.filters.listener.tls_inspector".to_string(),
                 config_type: Some(listener_filter::ConfigType::TypedConfig(any(
@@ -146,7 +140,14 @@ pub fn gateway(model: &Model, node: &ProxyNode) -> (Vec<Listener>, Vec<RouteConf
                 ))),
                 ..Default::default()
             });
+            let mut used: Vec<Vec<String>> = Vec::new();
             for (i, (gw, server)) in servers.iter().enumerate() {
+                if server.is_passthrough() {
+                    for chain in passthrough_chains(model, gw, server, &mut used) {
+                        listener.filter_chains.push(chain);
+                    }
+                    continue;
+                }
                 let label = server.name.clone().unwrap_or_else(|| i.to_string());
                 let name = format!("https.{port}.{label}.{}.{}", gw.id.name, gw.id.namespace);
                 routes.push(RouteConfiguration {
@@ -160,6 +161,7 @@ pub fn gateway(model: &Model, node: &ProxyNode) -> (Vec<Listener>, Vec<RouteConf
                     .map(|h| h.host.clone())
                     .filter(|h| h != "*")
                     .collect();
+                used.push(server_names.clone());
                 listener.filter_chains.push(FilterChain {
                     filter_chain_match: Some(FilterChainMatch {
                         server_names,
@@ -170,10 +172,111 @@ pub fn gateway(model: &Model, node: &ProxyNode) -> (Vec<Listener>, Vec<RouteConf
                     ..Default::default()
                 });
             }
+        } else if tcp {
+            if let Some(chain) = servers
+                .iter()
+                .find_map(|(gw, server)| tcp_server_chain(model, gw, server))
+            {
+                listener.filter_chains.push(chain);
+            }
+        } else {
+            let name = format!("http.{port}");
+            routes.push(RouteConfiguration {
+                name: name.clone(),
+                virtual_hosts: gateway_virtual_hosts(model, node, &servers, port),
+                ..Default::default()
+            });
+            listener.filter_chains.push(FilterChain {
+                filters: vec![hcm(&name, &name, true)],
+                ..Default::default()
+            });
         }
-        listeners.push(listener);
+        // A TCP or passthrough server no VirtualService routes takes no connection (Istio
+        // leaves its chain out; Envoy refuses a listener without one).
+        if !listener.filter_chains.is_empty() {
+            listeners.push(listener);
+        }
     }
     (listeners, routes)
+}
+
+/// The VirtualServices bound to `gw` with a host its server may serve (the server's
+/// `namespace/host` rules), in model order.
+fn bound<'m>(
+    model: &'m Model,
+    gw: &'m Gateway,
+    server: &'m GatewayServer,
+) -> impl Iterator<Item = &'m VirtualService> {
+    model
+        .virtual_services
+        .iter()
+        .filter(|v| v.applies_to_gateway(&gw.id))
+        .filter(move |vs| {
+            vs.hosts.iter().any(|vh| {
+                server.hosts.iter().any(|gh| {
+                    gh.namespace
+                        .as_ref()
+                        .is_none_or(|ns| ns == &vs.id.namespace)
+                        && host::intersect(&gh.host, vh)
+                })
+            })
+        })
+}
+
+/// A TCP server's one chain: the first `tcp` route of a bound VirtualService whose matches
+/// apply on this port and gateway (Istio's `buildGatewayNetworkFiltersFromTCPRoutes`).
+fn tcp_server_chain(model: &Model, gw: &Gateway, server: &GatewayServer) -> Option<FilterChain> {
+    let context = GatewayRef::Gateway(gw.id.clone());
+    let applies = |m: &L4Match| {
+        (m.gateways.is_empty() || m.gateways.contains(&context))
+            && m.port.is_none_or(|p| p == server.port)
+    };
+    bound(model, gw, server).find_map(|vs| {
+        vs.tcp
+            .iter()
+            .find(|t| t.matches.is_empty() || t.matches.iter().any(applies))
+            .map(|t| FilterChain {
+                filters: vec![tcp::to_route(model, &vs.id, &t.route)],
+                metadata: crate::origin::metadata([&vs.id]),
+                ..Default::default()
+            })
+    })
+}
+
+/// A passthrough server's chains: one per applicable `tls` match of a bound VirtualService,
+/// on its SNI hosts, unterminated (Istio's `buildGatewayNetworkFiltersFromTLSRoutes`). A
+/// match naming an SNI host another chain of the port has is left out, as Istio leaves it.
+fn passthrough_chains(
+    model: &Model,
+    gw: &Gateway,
+    server: &GatewayServer,
+    used: &mut Vec<Vec<String>>,
+) -> Vec<FilterChain> {
+    let context = GatewayRef::Gateway(gw.id.clone());
+    let mut out = Vec::new();
+    for vs in bound(model, gw, server) {
+        for tls in &vs.tls {
+            for m in &tls.matches {
+                let applies = (m.l4.gateways.is_empty() || m.l4.gateways.contains(&context))
+                    && m.l4.port.is_none_or(|p| p == server.port);
+                let taken = used.iter().flatten().any(|h| m.sni_hosts.contains(h));
+                if !applies || taken {
+                    continue;
+                }
+                used.push(m.sni_hosts.clone());
+                out.push(FilterChain {
+                    filter_chain_match: Some(FilterChainMatch {
+                        server_names: m.sni_hosts.clone(),
+                        ..Default::default()
+                    }),
+                    filters: vec![tcp::to_route(model, &vs.id, &tls.route)],
+                    metadata: crate::origin::metadata([&vs.id]),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    out
 }
 
 fn tls_socket(tls: &ServerTls) -> Option<TransportSocket> {
@@ -183,7 +286,7 @@ fn tls_socket(tls: &ServerTls) -> Option<TransportSocket> {
             private_key,
         } => (certificate, private_key),
         ServerTls::Credential { name, mutual } => return Some(credential_socket(name, *mutual)),
-        ServerTls::HttpsRedirect => return None,
+        ServerTls::HttpsRedirect | ServerTls::Passthrough => return None,
     };
     let file = |f: &str| DataSource {
         specifier: Some(Specifier::Filename(f.to_string())),

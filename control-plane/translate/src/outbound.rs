@@ -6,13 +6,17 @@ use std::net::IpAddr;
 
 use envoy_types::pb::envoy::config::core::v3::{Address, CidrRange, TrafficDirection};
 use envoy_types::pb::envoy::config::listener::v3::{
-    AdditionalAddress, FilterChain, FilterChainMatch, Listener,
+    AdditionalAddress, Filter, FilterChain, FilterChainMatch, Listener,
 };
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
+use ipnet::IpNet;
+use strait_model::error::ObjectId;
 use strait_model::mesh::OutboundTrafficPolicy;
 use strait_model::outbound::{Claim, PortPlan};
-use strait_model::{Model, ProxyNode, cluster_name};
+use strait_model::{
+    CapturedProtocol, GatewayRef, Model, ProxyNode, VirtualService, cluster_name, host,
+};
 
 use crate::cluster::{BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER, socket};
 use crate::inbound::tls_inspector;
@@ -105,83 +109,259 @@ fn port_listener(
     unknown: Unknown,
     fallback: &str,
 ) -> Option<(Listener, Option<RouteConfiguration>)> {
-    let mut chains = Vec::new();
+    let mut chains = Chains::default();
     for claim in &plan.by_address {
-        chains.push(FilterChain {
-            name: claim_cluster(claim),
-            filter_chain_match: Some(FilterChainMatch {
-                prefix_ranges: claim
-                    .service
-                    .addresses
-                    .iter()
-                    .map(|net| CidrRange {
-                        address_prefix: net.addr().to_string(),
-                        prefix_len: Some(UInt32Value {
-                            value: u32::from(net.prefix_len()),
-                        }),
-                    })
-                    .collect(),
-                ..Default::default()
-            }),
-            filters: vec![tcp::to_service(model, &claim.service.hostname, port)],
-            ..Default::default()
-        });
+        let cidrs = &claim.service.addresses;
+        if claim.port.protocol.captured() == CapturedProtocol::Tls {
+            tls_chains(model, node, claim, cidrs, &mut chains);
+        } else {
+            tcp_chains(model, node, claim, cidrs, &mut chains);
+        }
     }
     for claim in &plan.by_sni {
-        chains.push(FilterChain {
-            name: claim_cluster(claim),
-            filter_chain_match: Some(FilterChainMatch {
-                server_names: vec![claim.service.hostname.clone()],
-                transport_protocol: "tls".to_string(),
-                ..Default::default()
-            }),
-            filters: vec![tcp::to_service(model, &claim.service.hostname, port)],
-            ..Default::default()
-        });
+        tls_chains(model, node, claim, &[], &mut chains);
     }
     let mut route = None;
-    let default = if plan.is_http() {
+    if plan.is_http() {
         let name = port.to_string();
         let services: Vec<_> = plan.http.iter().map(|c| (c.service, c.port)).collect();
         route = Some(port_routes(model, node, port, &services, unknown));
-        FilterChain {
-            name: format!("{port}-http"),
-            filters: vec![hcm(&format!("outbound_0.0.0.0_{port}"), &name, false)],
-            ..Default::default()
-        }
+        chains.push(
+            format!("{port}-http"),
+            FilterChainMatch::default(),
+            hcm(&format!("outbound_0.0.0.0_{port}"), &name, false),
+            None,
+        );
     } else if let Some(claim) = &plan.default_tcp {
-        FilterChain {
-            name: claim_cluster(claim),
-            filters: vec![tcp::to_service(model, &claim.service.hostname, port)],
-            ..Default::default()
-        }
-    } else if chains.is_empty() {
+        // Its last chain matches anything: the port's default.
+        tcp_chains(model, node, claim, &[], &mut chains);
+    } else if chains.0.is_empty() {
         // The virtual listener's own fallback does the same.
         return None;
     } else {
-        FilterChain {
-            name: format!("{port}-fallthrough"),
-            filters: vec![tcp::to(fallback)],
-            ..Default::default()
-        }
-    };
-    chains.push(default);
+        chains.push(
+            format!("{port}-fallthrough"),
+            FilterChainMatch::default(),
+            tcp::to(fallback),
+            None,
+        );
+    }
+    let chains = chains.0;
+    let inspect = chains.iter().any(|c| {
+        c.filter_chain_match
+            .as_ref()
+            .is_some_and(|m| !m.server_names.is_empty() || !m.transport_protocol.is_empty())
+    });
     let (address, additional_addresses) = listen_addresses(node, port);
     let listener = Listener {
         name: format!("0.0.0.0_{port}"),
         address: Some(address),
         additional_addresses,
         bind_to_port: Some(BoolValue { value: false }),
-        listener_filters: if plan.by_sni.is_empty() {
-            Vec::new()
-        } else {
+        listener_filters: if inspect {
             vec![tls_inspector()]
+        } else {
+            Vec::new()
         },
         filter_chains: chains,
         traffic_direction: TrafficDirection::Outbound as i32,
         ..Default::default()
     };
     Some((listener, route))
+}
+
+/// A port listener's filter chains, each match taken by the first chain that claims it (Envoy
+/// refuses two chains with the same match, as Istio avoids them).
+#[derive(Default)]
+struct Chains(Vec<FilterChain>);
+
+impl Chains {
+    fn push(
+        &mut self,
+        name: String,
+        matches: FilterChainMatch,
+        filter: Filter,
+        origin: Option<&ObjectId>,
+    ) {
+        let matches = (matches != FilterChainMatch::default()).then_some(matches);
+        if self.0.iter().any(|c| c.filter_chain_match == matches) {
+            return;
+        }
+        // Names are unique in a listener.
+        let name = if self.0.iter().any(|c| c.name == name) {
+            format!("{name}-{}", self.0.len())
+        } else {
+            name
+        };
+        self.0.push(FilterChain {
+            name,
+            filter_chain_match: matches,
+            filters: vec![filter],
+            metadata: origin.and_then(|id| crate::origin::metadata([id])),
+            ..Default::default()
+        });
+    }
+}
+
+fn cidr_match(cidrs: &[IpNet]) -> Vec<CidrRange> {
+    cidrs
+        .iter()
+        .map(|net| CidrRange {
+            address_prefix: net.addr().to_string(),
+            prefix_len: Some(UInt32Value {
+                value: u32::from(net.prefix_len()),
+            }),
+        })
+        .collect()
+}
+
+/// The mesh VirtualService with `tcp` (or `tls`) routes for a service host: an exact host
+/// first, else the narrowest wildcard.
+fn l4_virtual_service<'m>(
+    model: &'m Model,
+    hostname: &str,
+    tls: bool,
+) -> Option<&'m VirtualService> {
+    model
+        .virtual_services
+        .iter()
+        .filter(|vs| vs.applies_to_mesh())
+        .filter(|vs| {
+            if tls {
+                !vs.tls.is_empty()
+            } else {
+                !vs.tcp.is_empty()
+            }
+        })
+        .filter_map(|vs| {
+            vs.hosts
+                .iter()
+                .filter(|h| host::covers(h, hostname))
+                .map(|h| (h.len(), vs))
+                .max_by_key(|(l, _)| *l)
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, vs)| vs)
+}
+
+/// A TCP service port's chains, as Istio's `buildSidecarOutboundTCPFilterChainOpts`: the first
+/// `tcp` route whose match applies to this proxy takes the service's addresses (`cidrs`; none:
+/// any); a match with only `destinationSubnets` takes those subnets and the search goes on;
+/// without such a route the service's own cluster takes them.
+fn tcp_chains(
+    model: &Model,
+    node: &ProxyNode,
+    claim: &Claim<'_>,
+    cidrs: &[IpNet],
+    chains: &mut Chains,
+) {
+    let port = claim.port.number;
+    let by_cidrs = |c: &[IpNet]| FilterChainMatch {
+        prefix_ranges: cidr_match(c),
+        ..Default::default()
+    };
+    let name = claim_cluster(claim);
+    let mut default_added = false;
+    if let Some(vs) = l4_virtual_service(model, &claim.service.hostname, false) {
+        'routes: for tcp in &vs.tcp {
+            let filter = || tcp::to_route(model, &vs.id, &tcp.route);
+            if tcp.matches.is_empty() {
+                chains.push(name.clone(), by_cidrs(cidrs), filter(), Some(&vs.id));
+                default_added = true;
+                break;
+            }
+            let mut subnets: Vec<IpNet> = Vec::new();
+            for m in &tcp.matches {
+                if !m.applies(&GatewayRef::Mesh, port, &node.labels, &node.namespace) {
+                    continue;
+                }
+                if m.destination_subnets.is_empty() {
+                    chains.push(name.clone(), by_cidrs(cidrs), filter(), Some(&vs.id));
+                    default_added = true;
+                    break 'routes;
+                }
+                subnets.extend(m.destination_subnets.iter().copied());
+            }
+            if !subnets.is_empty() {
+                chains.push(name.clone(), by_cidrs(&subnets), filter(), Some(&vs.id));
+                let (mut a, mut b) = (subnets.clone(), cidrs.to_vec());
+                a.sort();
+                b.sort();
+                default_added |= a == b;
+            }
+        }
+    }
+    if !default_added {
+        chains.push(
+            name,
+            by_cidrs(cidrs),
+            tcp::to_service(model, &claim.service.hostname, port),
+            None,
+        );
+    }
+}
+
+/// A TLS service port's chains, as Istio's `buildSidecarOutboundTLSFilterChainOpts`: a chain
+/// per applicable `tls` match (its SNI hosts, its `destinationSubnets` or the service's
+/// addresses); without one, the service's own cluster for its addresses or, where it has
+/// none, for its host name as SNI.
+fn tls_chains(
+    model: &Model,
+    node: &ProxyNode,
+    claim: &Claim<'_>,
+    cidrs: &[IpNet],
+    chains: &mut Chains,
+) {
+    let port = claim.port.number;
+    let name = claim_cluster(claim);
+    let by = |sni: &[String], c: &[IpNet]| FilterChainMatch {
+        prefix_ranges: cidr_match(c),
+        server_names: sni.to_vec(),
+        transport_protocol: if sni.is_empty() {
+            String::new()
+        } else {
+            "tls".to_string()
+        },
+        ..Default::default()
+    };
+    let mut matched = false;
+    if let Some(vs) = l4_virtual_service(model, &claim.service.hostname, true) {
+        for tls in &vs.tls {
+            for m in &tls.matches {
+                if !m
+                    .l4
+                    .applies(&GatewayRef::Mesh, port, &node.labels, &node.namespace)
+                {
+                    continue;
+                }
+                let subnets = if m.l4.destination_subnets.is_empty() {
+                    cidrs
+                } else {
+                    &m.l4.destination_subnets
+                };
+                chains.push(
+                    name.clone(),
+                    by(&m.sni_hosts, subnets),
+                    tcp::to_route(model, &vs.id, &tls.route),
+                    Some(&vs.id),
+                );
+                matched = true;
+            }
+        }
+    }
+    if !matched {
+        let sni = if cidrs.is_empty() {
+            vec![claim.service.hostname.clone()]
+        } else {
+            Vec::new()
+        };
+        chains.push(
+            name,
+            by(&sni, cidrs),
+            tcp::to_service(model, &claim.service.hostname, port),
+            None,
+        );
+    }
 }
 
 fn claim_cluster(claim: &Claim<'_>) -> String {

@@ -311,7 +311,8 @@ pub fn virtual_service_routes(model: &Model, vs: &VirtualService, cx: &Context<'
         };
         for m in matches {
             let mut r = route(model, http, m, &name);
-            r.metadata = crate::origin::metadata([&vs.id]);
+            // A route merged from a delegate comes from both objects.
+            r.metadata = crate::origin::metadata(std::iter::once(&vs.id).chain(&http.delegate));
             out.push(r);
         }
     }
@@ -332,7 +333,7 @@ fn applies(m: &RouteMatch, cx: &Context<'_>) -> bool {
 /// The cluster a destination names; the BlackHoleCluster where the proxy's scope (its Sidecar,
 /// `exportTo`) leaves the service or subset out, so that share of requests gets a 503 as in
 /// Istio, where Envoy finds no such cluster.
-fn cluster_for(model: &Model, destination: &Destination) -> String {
+pub(crate) fn cluster_for(model: &Model, destination: &Destination) -> String {
     if model.holds(destination) {
         destination.cluster_name()
     } else {

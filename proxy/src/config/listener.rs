@@ -64,11 +64,55 @@ pub enum Serve {
 pub struct TcpProxy {
     /// Network RBAC filters in order (Istio's: DENY, AUDIT, ALLOW).
     pub rbac: Arc<[Rbac]>,
-    pub cluster: Arc<str>,
+    /// Where connections go: one cluster, or a weighted choice per connection (never empty;
+    /// every weight is at least 1).
+    pub clusters: Arc<[TcpCluster]>,
     /// Close a connection idle this long; `None`: never (Envoy's default is an hour).
     pub idle_timeout: Option<Duration>,
     /// Hash on the client's address for consistent-hash clusters.
     pub hash_source_ip: bool,
+}
+
+/// A TCP proxy's cluster and its weight among the proxy's clusters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TcpCluster {
+    pub name: Arc<str>,
+    pub weight: u32,
+}
+
+impl TcpProxy {
+    /// A proxy to one cluster.
+    pub fn to(cluster: impl Into<Arc<str>>) -> TcpProxy {
+        TcpProxy {
+            rbac: Arc::from([]),
+            clusters: Arc::from([TcpCluster {
+                name: cluster.into(),
+                weight: 1,
+            }]),
+            idle_timeout: None,
+            hash_source_ip: false,
+        }
+    }
+
+    /// The cluster for a new connection, by weight (Envoy's weighted_clusters).
+    pub fn pick(&self) -> &Arc<str> {
+        if let [only] = &*self.clusters {
+            return &only.name;
+        }
+        let total: u64 = self.clusters.iter().map(|c| u64::from(c.weight)).sum();
+        let mut n = fastrand::u64(..total.max(1));
+        for c in self.clusters.iter() {
+            if n < u64::from(c.weight) {
+                return &c.name;
+            }
+            n -= u64::from(c.weight);
+        }
+        &self
+            .clusters
+            .last()
+            .expect("a TCP proxy has a cluster")
+            .name
+    }
 }
 
 /// Envoy's TCP proxy idle timeout when none is set.
@@ -187,12 +231,13 @@ impl FilterChain {
         }
     }
 
-    /// The cluster a TCP chain proxies to.
-    pub fn tcp_cluster(&self) -> Option<&Arc<str>> {
-        match &self.serve {
-            Serve::Tcp(t) => Some(&t.cluster),
-            Serve::Http(_) => None,
-        }
+    /// The clusters a TCP chain proxies to.
+    pub fn tcp_clusters(&self) -> impl Iterator<Item = &Arc<str>> {
+        let clusters = match &self.serve {
+            Serve::Tcp(t) => &t.clusters[..],
+            Serve::Http(_) => &[],
+        };
+        clusters.iter().map(|c| &c.name)
     }
 }
 
@@ -208,7 +253,7 @@ impl Listener {
 
     /// The clusters its TCP chains proxy to.
     pub fn tcp_clusters(&self) -> impl Iterator<Item = &Arc<str>> {
-        self.chains.iter().filter_map(FilterChain::tcp_cluster)
+        self.chains.iter().flat_map(FilterChain::tcp_clusters)
     }
 
     /// The chain for a connection, as Envoy chooses it: the criteria are taken in order
@@ -312,12 +357,7 @@ mod tests {
             name: "c".into(),
             matches: m,
             tls: None,
-            serve: Serve::Tcp(TcpProxy {
-                rbac: Arc::from([]),
-                cluster: "x".into(),
-                idle_timeout: None,
-                hash_source_ip: false,
-            }),
+            serve: Serve::Tcp(TcpProxy::to("x")),
         }
     }
 

@@ -62,7 +62,7 @@ use crate::config::{
     HeaderChanges, HeaderLimits, HeaderMatch, HeaderMatcher, HttpManager, Inspect, LbPolicy,
     Limits, Listener, Mirror, OutlierDetection, PathMatch, Pattern, QueryMatcher, Redirect,
     RegexRewrite, RetryOn, RetryPolicy, Route, RouteConfig, RouteMatch, RouteSource, Serve,
-    StringMatch, TcpProxy, Transport, UpstreamBind, VirtualHost, WeightedCluster,
+    StringMatch, TcpCluster, TcpProxy, Transport, UpstreamBind, VirtualHost, WeightedCluster,
 };
 
 const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";

@@ -18,3 +18,4 @@ mod mtls;
 mod resilience;
 mod samples;
 mod scoping;
+mod tcp_routes;

@@ -18,9 +18,63 @@ pub struct VirtualServiceSpec {
     pub hosts: Vec<String>,
     pub gateways: Vec<String>,
     pub http: Vec<HttpRoute>,
-    pub tls: Raw,
-    pub tcp: Raw,
+    pub tls: Vec<TlsRoute>,
+    pub tcp: Vec<TcpRoute>,
     pub export_to: Vec<String>,
+}
+
+/// Opaque TCP traffic: the first route whose match applies takes the connection.
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TcpRoute {
+    pub r#match: Vec<L4MatchAttributes>,
+    pub route: Vec<RouteDestination>,
+}
+
+/// TLS passed through unterminated, routed by its SNI.
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TlsRoute {
+    pub r#match: Vec<TlsMatchAttributes>,
+    pub route: Vec<RouteDestination>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct L4MatchAttributes {
+    pub destination_subnets: Vec<String>,
+    pub port: Option<u32>,
+    pub source_subnet: Option<String>,
+    pub source_labels: BTreeMap<String, String>,
+    pub gateways: Vec<String>,
+    pub source_namespace: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TlsMatchAttributes {
+    pub sni_hosts: Vec<String>,
+    pub destination_subnets: Vec<String>,
+    pub port: Option<u32>,
+    pub source_labels: BTreeMap<String, String>,
+    pub gateways: Vec<String>,
+    pub source_namespace: Option<String>,
+}
+
+/// A TCP or TLS route's destination (no header changes: there are no headers).
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RouteDestination {
+    pub destination: Option<Destination>,
+    pub weight: Option<i64>,
+}
+
+/// The VirtualService (one without hosts) whose http routes replace a root's route.
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Delegate {
+    pub name: String,
+    pub namespace: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
@@ -31,7 +85,7 @@ pub struct HttpRoute {
     pub route: Vec<HttpRouteDestination>,
     pub redirect: Option<HttpRedirect>,
     pub direct_response: Option<HttpDirectResponse>,
-    pub delegate: Raw,
+    pub delegate: Option<Delegate>,
     pub rewrite: Option<HttpRewrite>,
     pub timeout: Option<String>,
     pub retries: Option<HttpRetry>,

@@ -134,14 +134,19 @@ fn server(
         None => {
             r.error(
                 format!("{path}.port.protocol"),
-                "a protocol is required (HTTP or HTTPS)",
+                "a protocol is required (HTTP, HTTPS, TCP or TLS)",
             );
             None
         }
         Some(p) => match super::registry::protocol(Some(p), "") {
-            Ok(pr @ (Protocol::Http | Protocol::Http2 | Protocol::Grpc | Protocol::Https)) => {
-                Some(pr)
-            }
+            Ok(
+                pr @ (Protocol::Http
+                | Protocol::Http2
+                | Protocol::Grpc
+                | Protocol::Https
+                | Protocol::Tcp
+                | Protocol::Tls),
+            ) => Some(pr),
             Ok(_) => {
                 r.unsupported(
                     format!("{path}.port.protocol"),
@@ -195,6 +200,9 @@ fn server(
             host: name.to_ascii_lowercase(),
         });
     }
+    let passthrough = |t: &crate::istio::networking::ServerTlsSettings| {
+        matches!(t.mode.as_deref(), Some("PASSTHROUGH" | "AUTO_PASSTHROUGH"))
+    };
     let tls = match (&s.tls, protocol) {
         (None, Some(Protocol::Https)) => {
             r.error(
@@ -203,8 +211,35 @@ fn server(
             );
             None
         }
+        (None, Some(Protocol::Tls)) => {
+            r.error(
+                format!("{path}.tls"),
+                "a TLS server needs tls (mode PASSTHROUGH)",
+            );
+            None
+        }
         (None, _) => None,
+        (Some(t), Some(Protocol::Https | Protocol::Tls)) if passthrough(t) => {
+            passthrough_tls(t, &format!("{path}.tls"), r)
+        }
         (Some(t), Some(Protocol::Https)) => server_tls(t, &format!("{path}.tls"), kubernetes, r),
+        (Some(t), Some(Protocol::Tls)) => {
+            r.unsupported(
+                format!("{path}.tls.mode"),
+                &format!(
+                    "TLS mode {} on a TLS server (terminating TLS before tcp routes); use PASSTHROUGH, or protocol HTTPS",
+                    t.mode.as_deref().unwrap_or("(none)")
+                ),
+            );
+            None
+        }
+        (Some(_), Some(Protocol::Tcp)) => {
+            r.error(
+                format!("{path}.tls"),
+                "a TCP server carries opaque bytes and takes no tls; use protocol TLS for TLS passthrough",
+            );
+            None
+        }
         (Some(t), _) => {
             if t.mode.is_some() || t.server_certificate.is_some() || t.private_key.is_some() {
                 r.error(format!("{path}.tls"), "only httpsRedirect is allowed on a plain HTTP server; use protocol HTTPS to terminate TLS");
@@ -232,6 +267,36 @@ fn server(
         tls,
         name: s.name.clone(),
     })
+}
+
+/// `mode: PASSTHROUGH`: nothing of the server's own TLS applies, since it terminates none.
+fn passthrough_tls(
+    t: &crate::istio::networking::ServerTlsSettings,
+    tp: &str,
+    r: &mut Report<'_>,
+) -> Option<ServerTls> {
+    if t.mode.as_deref() == Some("AUTO_PASSTHROUGH") {
+        r.unsupported(
+            format!("{tp}.mode"),
+            "AUTO_PASSTHROUGH (SNI-DNAT to mesh clusters, for multi-network gateways)",
+        );
+        return None;
+    }
+    for (field, present) in [
+        ("serverCertificate", t.server_certificate.is_some()),
+        ("privateKey", t.private_key.is_some()),
+        ("caCertificates", t.ca_certificates.is_some()),
+        ("credentialName", t.credential_name.is_some()),
+        ("credentialNames", !t.credential_names.is_empty()),
+    ] {
+        if present {
+            r.error(
+                format!("{tp}.{field}"),
+                "mode PASSTHROUGH does not terminate TLS, so the server has no certificate of its own",
+            );
+        }
+    }
+    Some(ServerTls::Passthrough)
 }
 
 /// An HTTPS server's TLS: a credential (Kubernetes Secret) or certificate files.
@@ -343,13 +408,31 @@ fn conflicts(a: &GatewayServer, b: &GatewayServer, path: &str, other: usize, r: 
     if a.port != b.port {
         return;
     }
-    let a_tls = a.protocol == Protocol::Https;
-    let b_tls = b.protocol == Protocol::Https;
-    if a_tls != b_tls {
+    let kind = |s: &GatewayServer| {
+        if s.is_sni() {
+            "TLS (HTTPS or PASSTHROUGH)"
+        } else if s.protocol == Protocol::Tcp {
+            "TCP"
+        } else {
+            "plain HTTP"
+        }
+    };
+    let a_tls = a.is_sni();
+    if kind(a) != kind(b) {
         r.error(
             format!("{path}.port"),
             format!(
-                "port {} mixes plain and HTTPS servers (servers[{other}]); use separate ports",
+                "port {} mixes {} and {} servers (servers[{other}]); use separate ports",
+                a.port,
+                kind(a),
+                kind(b)
+            ),
+        );
+    } else if a.protocol == Protocol::Tcp {
+        r.error(
+            format!("{path}.port"),
+            format!(
+                "port {} has another TCP server (servers[{other}]): a TCP server takes every connection to its port",
                 a.port
             ),
         );
@@ -358,7 +441,7 @@ fn conflicts(a: &GatewayServer, b: &GatewayServer, path: &str, other: usize, r: 
             if b.hosts.iter().any(|o| host::intersect(&h.host, &o.host)) {
                 r.error(
                     format!("{path}.hosts"),
-                    format!("host {:?} on HTTPS port {} overlaps servers[{other}]: SNI cannot tell them apart", h.host, a.port),
+                    format!("host {:?} on TLS port {} overlaps servers[{other}]: SNI cannot tell them apart", h.host, a.port),
                 );
             }
         }

@@ -317,7 +317,7 @@ fn service_entry(
 }
 
 /// A service address: an IP (a /32 or /128) or a CIDR range with no host bits set.
-fn address(a: &str) -> Result<ipnet::IpNet, String> {
+pub(super) fn address(a: &str) -> Result<ipnet::IpNet, String> {
     if let Ok(ip) = a.parse::<IpAddr>() {
         return Ok(ipnet::IpNet::from(ip));
     }

@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::{
-    Destination, DestinationRule, Fault, FaultAbort, FaultDelay, FaultStatus, Gateway, GatewayRef,
-    HeaderMatch, HeaderOp, HeaderOps, HttpRoute, Mirror, Redirect, RetryPolicy, Rewrite,
-    RouteAction, RouteMatch, Service, StringMatch, VirtualService, WeightedDestination, spec_of,
+    Destination, DestinationRule, ExportTo, Fault, FaultAbort, FaultDelay, FaultStatus, Gateway,
+    GatewayRef, HeaderMatch, HeaderOp, HeaderOps, HttpRoute, L4Match, Mirror, Redirect,
+    RetryPolicy, Rewrite, RouteAction, RouteMatch, Service, StringMatch, TcpRoute, TlsMatch,
+    TlsRoute, VirtualService, WeightedDestination, spec_of,
 };
 use crate::error::{ObjectId, Report, ValidationError};
 use crate::istio::networking as wire;
@@ -62,11 +63,13 @@ pub(super) fn build(
     let mut out = Vec::new();
     // (context, host) -> the VirtualService that routes it.
     let mut claims: BTreeMap<(GatewayRef, String), ObjectId> = BTreeMap::new();
-    for o in objects {
-        let spec = spec_of(o, |s| match s {
-            Spec::VirtualService(v) => Some(v),
-            _ => None,
-        });
+    // Delegates (no hosts) first: a root's routes are merged from them.
+    let (delegate_objects, roots): (Vec<&Object>, Vec<&Object>) = objects
+        .iter()
+        .copied()
+        .partition(|o| spec(o).hosts.is_empty());
+    let mut delegates: BTreeMap<ObjectId, Delegated> = BTreeMap::new();
+    for o in delegate_objects {
         let refs = Refs {
             services,
             rules,
@@ -79,7 +82,30 @@ pub(super) fn build(
             errors,
         };
         let mut w = Vec::new();
-        let Some(vs) = virtual_service(spec, o, &refs, &mut r, &mut w) else {
+        if let Some(d) = delegate(spec(o), o, &refs, &mut r, &mut w) {
+            warnings.extend(w);
+            delegates.insert(o.id.clone(), d);
+        }
+    }
+    let known: BTreeMap<&ObjectId, bool> = objects
+        .iter()
+        .map(|o| (&o.id, spec(o).hosts.is_empty()))
+        .collect();
+    for o in roots {
+        let spec = spec(o);
+        let refs = Refs {
+            services,
+            rules,
+            gateways,
+            namespace: &o.id.namespace,
+        };
+        let mut r = Report {
+            origin: &o.origin,
+            object: Some(&o.id),
+            errors,
+        };
+        let mut w = Vec::new();
+        let Some(vs) = virtual_service(spec, o, &refs, (&delegates, &known), &mut r, &mut w) else {
             continue;
         };
         let before = r.count();
@@ -111,10 +137,90 @@ pub(super) fn build(
     out
 }
 
+fn spec(o: &Object) -> &wire::VirtualServiceSpec {
+    spec_of(o, |s| match s {
+        Spec::VirtualService(v) => Some(v),
+        _ => None,
+    })
+}
+
+/// A delegate VirtualService, validated on its own: its http routes and whom it is exported to.
+struct Delegated {
+    http: Vec<HttpRoute>,
+    export_to: ExportTo,
+}
+
+/// The delegates by id, and every VirtualService id with whether it is a delegate (no hosts).
+type Delegates<'a> = (
+    &'a BTreeMap<ObjectId, Delegated>,
+    &'a BTreeMap<&'a ObjectId, bool>,
+);
+
+/// A VirtualService without hosts: only http routes, merged into the roots that delegate to
+/// it (Istio's rules: no gateways, tcp or tls, and no delegating again).
+fn delegate(
+    spec: &wire::VirtualServiceSpec,
+    o: &Object,
+    refs: &Refs<'_>,
+    r: &mut Report<'_>,
+    warnings: &mut Vec<ValidationError>,
+) -> Option<Delegated> {
+    let before = r.count();
+    let mut warn = |path: String, message: String| {
+        warnings.push(ValidationError {
+            origin: o.origin.clone(),
+            object: Some(o.id.clone()),
+            path,
+            message,
+        });
+    };
+    let export_to = super::scope::export_to(&spec.export_to, &o.id.namespace, "spec.exportTo", r);
+    if !spec.gateways.is_empty() {
+        r.error(
+            "spec.gateways",
+            "a delegate VirtualService (one without hosts) takes its gateways from the root; remove them",
+        );
+    }
+    if !spec.tcp.is_empty() {
+        r.error(
+            "spec.tcp",
+            "a delegate VirtualService (one without hosts) has http routes only",
+        );
+    }
+    if !spec.tls.is_empty() {
+        r.error(
+            "spec.tls",
+            "a delegate VirtualService (one without hosts) has http routes only",
+        );
+    }
+    if spec.http.is_empty() {
+        r.error(
+            "spec.hosts",
+            "at least one host is required (a VirtualService without hosts is a delegate, which needs http routes)",
+        );
+    }
+    let mut http = Vec::new();
+    for (i, route) in spec.http.iter().enumerate() {
+        let path = format!("spec.http[{i}]");
+        if route.delegate.is_some() {
+            r.error(
+                format!("{path}.delegate"),
+                "a delegate's route cannot delegate again",
+            );
+            continue;
+        }
+        if let Some((hr, _)) = http_route(route, &path, refs, None, r, &mut warn) {
+            http.push(hr);
+        }
+    }
+    (r.count() == before).then_some(Delegated { http, export_to })
+}
+
 fn virtual_service(
     spec: &wire::VirtualServiceSpec,
     o: &Object,
     refs: &Refs<'_>,
+    delegates: Delegates<'_>,
     r: &mut Report<'_>,
     warnings: &mut Vec<ValidationError>,
 ) -> Option<VirtualService> {
@@ -127,15 +233,12 @@ fn virtual_service(
             message,
         });
     };
-    if spec.tcp.is_some() {
-        r.unsupported("spec.tcp", "tcp routing");
-    }
-    if spec.tls.is_some() {
-        r.unsupported("spec.tls", "tls routing");
-    }
     let export_to = super::scope::export_to(&spec.export_to, &o.id.namespace, "spec.exportTo", r);
-    if spec.http.is_empty() && spec.tcp.is_none() && spec.tls.is_none() {
-        r.error("spec.http", "at least one http route is required");
+    if spec.http.is_empty() && spec.tcp.is_empty() && spec.tls.is_empty() {
+        r.error(
+            "spec.http",
+            "at least one http, tcp or tls route is required",
+        );
     }
 
     let gateways: Vec<GatewayRef> = if spec.gateways.is_empty() {
@@ -201,17 +304,73 @@ fn virtual_service(
 
     let mut http = Vec::new();
     for (i, route) in spec.http.iter().enumerate() {
-        if let Some(hr) = http_route(
-            route,
-            &format!("spec.http[{i}]"),
-            refs,
-            &gateways,
-            r,
-            &mut warn,
-        ) {
+        let path = format!("spec.http[{i}]");
+        let Some((hr, delegate)) = http_route(route, &path, refs, Some(&gateways), r, &mut warn)
+        else {
+            continue;
+        };
+        let Some(d) = delegate else {
             http.push(hr);
+            continue;
+        };
+        let dp = format!("{path}.delegate");
+        let (found, known) = delegates;
+        let Some(delegated) = found.get(&d) else {
+            let why = match known.get(&d) {
+                Some(false) => "has hosts; a delegate is a VirtualService without hosts",
+                Some(true) => "was rejected (see its own errors)",
+                None => "does not exist",
+            };
+            r.error(
+                &dp,
+                format!("VirtualService {}/{} {why}", d.namespace, d.name),
+            );
+            continue;
+        };
+        if !delegated.export_to.includes(&o.id.namespace) {
+            r.error(
+                &dp,
+                format!(
+                    "VirtualService {}/{} is not exported to namespace {:?} (its exportTo)",
+                    d.namespace, d.name, o.id.namespace
+                ),
+            );
+            continue;
+        }
+        for (j, leaf) in delegated.http.iter().enumerate() {
+            match merge_route(&hr, leaf, &d) {
+                Some(merged) => http.push(merged),
+                None => warn(
+                    dp.clone(),
+                    format!(
+                        "route spec.http[{j}] of VirtualService {}/{} conflicts with this route's match (it is not narrower); it is left out, as Istio leaves it",
+                        d.namespace, d.name
+                    ),
+                ),
+            }
         }
     }
+    let tcp = spec
+        .tcp
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| tcp_route(t, &format!("spec.tcp[{i}]"), refs, &gateways, r))
+        .collect();
+    let tls = spec
+        .tls
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| {
+            tls_route(
+                t,
+                &format!("spec.tls[{i}]"),
+                refs,
+                &gateways,
+                &spec.hosts,
+                r,
+            )
+        })
+        .collect();
     if r.count() > before {
         return None;
     }
@@ -220,8 +379,376 @@ fn virtual_service(
         hosts,
         gateways,
         http,
+        tcp,
+        tls,
         export_to,
     })
+}
+
+fn tcp_route(
+    t: &wire::TcpRoute,
+    path: &str,
+    refs: &Refs<'_>,
+    vs_gateways: &[GatewayRef],
+    r: &mut Report<'_>,
+) -> Option<TcpRoute> {
+    let before = r.count();
+    let matches = t
+        .r#match
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let mp = format!("{path}.match[{i}]");
+            if m.source_subnet.is_some() {
+                r.unsupported(format!("{mp}.sourceSubnet"), "sourceSubnet");
+            }
+            l4_match(
+                L4Wire {
+                    port: m.port,
+                    destination_subnets: &m.destination_subnets,
+                    source_labels: &m.source_labels,
+                    gateways: &m.gateways,
+                    source_namespace: &m.source_namespace,
+                },
+                &mp,
+                refs,
+                vs_gateways,
+                r,
+            )
+        })
+        .collect();
+    let route = l4_destinations(&t.route, &format!("{path}.route"), refs, r);
+    (r.count() == before).then_some(TcpRoute {
+        matches,
+        route: route?,
+    })
+}
+
+fn tls_route(
+    t: &wire::TlsRoute,
+    path: &str,
+    refs: &Refs<'_>,
+    vs_gateways: &[GatewayRef],
+    vs_hosts: &[String],
+    r: &mut Report<'_>,
+) -> Option<TlsRoute> {
+    let before = r.count();
+    if t.r#match.is_empty() {
+        r.error(
+            format!("{path}.match"),
+            "a tls route needs at least one match (with sniHosts)",
+        );
+    }
+    let mut matches = Vec::new();
+    for (i, m) in t.r#match.iter().enumerate() {
+        let mp = format!("{path}.match[{i}]");
+        if m.sni_hosts.is_empty() {
+            r.error(
+                format!("{mp}.sniHosts"),
+                "at least one SNI host is required",
+            );
+        }
+        let mut sni_hosts = Vec::new();
+        for (j, h) in m.sni_hosts.iter().enumerate() {
+            let hp = format!("{mp}.sniHosts[{j}]");
+            if let Err(e) = host::check(h) {
+                r.error(&hp, e);
+                continue;
+            }
+            // As Istio: SNI names are taken literally (never short names to resolve), within
+            // the hosts as written.
+            let sni = h.trim().to_ascii_lowercase();
+            if !vs_hosts
+                .iter()
+                .any(|vh| host::covers(&vh.trim().to_ascii_lowercase(), &sni))
+            {
+                r.error(
+                    &hp,
+                    format!(
+                        "SNI host {sni:?} is not covered by any of the VirtualService's hosts {vs_hosts:?}"
+                    ),
+                );
+                continue;
+            }
+            if sni != "*" && !sni_hosts.contains(&sni) {
+                sni_hosts.push(sni);
+            }
+        }
+        let l4 = l4_match(
+            L4Wire {
+                port: m.port,
+                destination_subnets: &m.destination_subnets,
+                source_labels: &m.source_labels,
+                gateways: &m.gateways,
+                source_namespace: &m.source_namespace,
+            },
+            &mp,
+            refs,
+            vs_gateways,
+            r,
+        );
+        matches.push(TlsMatch { sni_hosts, l4 });
+    }
+    let route = l4_destinations(&t.route, &format!("{path}.route"), refs, r);
+    (r.count() == before).then_some(TlsRoute {
+        matches,
+        route: route?,
+    })
+}
+
+/// The fields `tcp` and `tls` matches share.
+struct L4Wire<'a> {
+    port: Option<u32>,
+    destination_subnets: &'a [String],
+    source_labels: &'a BTreeMap<String, String>,
+    gateways: &'a [String],
+    source_namespace: &'a Option<String>,
+}
+
+fn l4_match(
+    m: L4Wire<'_>,
+    path: &str,
+    refs: &Refs<'_>,
+    vs_gateways: &[GatewayRef],
+    r: &mut Report<'_>,
+) -> L4Match {
+    let port = m
+        .port
+        .and_then(|p| super::registry::port_number(Some(p), &format!("{path}.port"), r));
+    let mut destination_subnets = Vec::new();
+    for (i, s) in m.destination_subnets.iter().enumerate() {
+        match super::registry::address(s) {
+            Ok(net) => destination_subnets.push(net),
+            Err(e) => r.error(format!("{path}.destinationSubnets[{i}]"), e),
+        }
+    }
+    let mut gateways = Vec::new();
+    for (i, g) in m.gateways.iter().enumerate() {
+        let gp = format!("{path}.gateways[{i}]");
+        if let Some(gr) = gateway_ref(g, &gp, refs, r) {
+            if !vs_gateways.contains(&gr) {
+                r.error(
+                    &gp,
+                    format!("{g:?} is not one of the VirtualService's gateways"),
+                );
+            }
+            gateways.push(gr);
+        }
+    }
+    if let Some(ns) = m.source_namespace
+        && let Err(e) = crate::loader::check_dns_name(ns)
+    {
+        r.error(format!("{path}.sourceNamespace"), e);
+    }
+    L4Match {
+        port,
+        destination_subnets,
+        source_labels: m.source_labels.clone(),
+        gateways,
+        source_namespace: m.source_namespace.clone(),
+    }
+}
+
+/// A tcp or tls route's weighted destinations (required, as Istio validates).
+fn l4_destinations(
+    dests: &[wire::RouteDestination],
+    path: &str,
+    refs: &Refs<'_>,
+    r: &mut Report<'_>,
+) -> Option<Vec<WeightedDestination>> {
+    if dests.is_empty() {
+        r.error(path, "at least one destination is required");
+        return None;
+    }
+    let as_http: Vec<wire::HttpRouteDestination> = dests
+        .iter()
+        .map(|d| wire::HttpRouteDestination {
+            destination: d.destination.clone(),
+            weight: d.weight,
+            headers: None,
+        })
+        .collect();
+    weighted(&as_http, path, refs, r)
+}
+
+// === Delegation ===
+
+/// A delegate's route under a root's: the delegate's matches narrowed by the root's (each
+/// must be within one of them, else `None`, as in Istio's `mergeHTTPRoute`), and what the
+/// delegate leaves unset taken from the root.
+fn merge_route(root: &HttpRoute, leaf: &HttpRoute, delegate: &ObjectId) -> Option<HttpRoute> {
+    let matches = if root.matches.is_empty() {
+        leaf.matches.clone()
+    } else if leaf.matches.is_empty() {
+        root.matches.clone()
+    } else {
+        let mut out = Vec::new();
+        for sub in &leaf.matches {
+            let before = out.len();
+            for rm in &root.matches {
+                if !match_conflict(rm, sub) {
+                    out.push(merge_match(rm, sub));
+                }
+            }
+            if out.len() == before {
+                return None;
+            }
+        }
+        out
+    };
+    let name = match (&root.name, &leaf.name) {
+        (r, None) => r.clone(),
+        (Some(r), Some(l)) => Some(format!("{r}-{l}")),
+        (None, l) => l.clone(),
+    };
+    let headers = if leaf.headers == HeaderOps::default() {
+        root.headers.clone()
+    } else {
+        leaf.headers.clone()
+    };
+    Some(HttpRoute {
+        name,
+        matches,
+        action: leaf.action.clone(),
+        rewrite: leaf.rewrite.clone().or_else(|| root.rewrite.clone()),
+        timeout: leaf.timeout.or(root.timeout),
+        retries: leaf.retries.clone().or_else(|| root.retries.clone()),
+        fault: leaf.fault.clone().or_else(|| root.fault.clone()),
+        mirrors: if leaf.mirrors.is_empty() {
+            root.mirrors.clone()
+        } else {
+            leaf.mirrors.clone()
+        },
+        headers,
+        cors: leaf.cors.clone().or_else(|| root.cors.clone()),
+        delegate: Some(delegate.clone()),
+    })
+}
+
+fn merge_match(root: &RouteMatch, leaf: &RouteMatch) -> RouteMatch {
+    let name = match (&root.name, &leaf.name) {
+        (r, None) => r.clone(),
+        (Some(r), Some(l)) => Some(format!("{r}-{l}")),
+        (None, l) => l.clone(),
+    };
+    fn union<T: Clone>(root: &[(String, T)], leaf: &[(String, T)]) -> Vec<(String, T)> {
+        let mut out: Vec<(String, T)> = root
+            .iter()
+            .filter(|(k, _)| !leaf.iter().any(|(l, _)| l == k))
+            .cloned()
+            .collect();
+        out.extend(leaf.iter().cloned());
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+    let mut source_labels = root.source_labels.clone();
+    source_labels.extend(leaf.source_labels.clone());
+    RouteMatch {
+        name,
+        uri: leaf.uri.clone().or_else(|| root.uri.clone()),
+        ignore_uri_case: leaf.ignore_uri_case,
+        scheme: leaf.scheme.clone().or_else(|| root.scheme.clone()),
+        method: leaf.method.clone().or_else(|| root.method.clone()),
+        authority: leaf.authority.clone().or_else(|| root.authority.clone()),
+        headers: union(&root.headers, &leaf.headers),
+        without_headers: union(&root.without_headers, &leaf.without_headers),
+        query_params: union(&root.query_params, &leaf.query_params),
+        port: leaf.port.or(root.port),
+        gateways: if leaf.gateways.is_empty() {
+            root.gateways.clone()
+        } else {
+            leaf.gateways.clone()
+        },
+        source_labels,
+        source_namespace: leaf
+            .source_namespace
+            .clone()
+            .or_else(|| root.source_namespace.clone()),
+    }
+}
+
+/// Whether a delegate's match falls outside a root's (Istio's `hasConflict`).
+fn match_conflict(root: &RouteMatch, leaf: &RouteMatch) -> bool {
+    let string = |r: Option<&StringMatch>, l: Option<&StringMatch>| match (r, l) {
+        (Some(r), Some(l)) => string_conflict(Some(r), Some(l)),
+        _ => false,
+    };
+    // A presence match is Istio's empty StringMatch: under anything but an exact value.
+    let header = |r: Option<&HeaderMatch>, l: &HeaderMatch| match (r, l) {
+        (None | Some(HeaderMatch::Present), _) => false,
+        (Some(HeaderMatch::Value(r)), HeaderMatch::Value(l)) => string_conflict(Some(r), Some(l)),
+        (Some(HeaderMatch::Value(r)), HeaderMatch::Present) => matches!(r, StringMatch::Exact(_)),
+    };
+    let lookup = |v: &[(String, HeaderMatch)], k: &str| {
+        v.iter().find(|(n, _)| n == k).map(|(_, m)| m).cloned()
+    };
+    if string(root.uri.as_ref(), leaf.uri.as_ref())
+        || string(root.scheme.as_ref(), leaf.scheme.as_ref())
+        || string(root.method.as_ref(), leaf.method.as_ref())
+        || string(root.authority.as_ref(), leaf.authority.as_ref())
+    {
+        return true;
+    }
+    for (k, l) in &leaf.headers {
+        if header(lookup(&root.headers, k).as_ref(), l) {
+            return true;
+        }
+    }
+    for (k, l) in &leaf.without_headers {
+        if header(lookup(&root.without_headers, k).as_ref(), l) {
+            return true;
+        }
+    }
+    for (k, l) in &leaf.query_params {
+        let r = root
+            .query_params
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, m)| m);
+        if string(r, Some(l)) {
+            return true;
+        }
+    }
+    if root.ignore_uri_case != leaf.ignore_uri_case {
+        return true;
+    }
+    if let (Some(a), Some(b)) = (root.port, leaf.port)
+        && a != b
+    {
+        return true;
+    }
+    if let Some(ns) = &root.source_namespace
+        && leaf.source_namespace.as_ref() != Some(ns)
+    {
+        return true;
+    }
+    if leaf
+        .source_labels
+        .iter()
+        .any(|(k, v)| root.source_labels.get(k).is_some_and(|rv| rv != v))
+    {
+        return true;
+    }
+    !root.gateways.is_empty()
+        && !leaf.gateways.is_empty()
+        && leaf.gateways.iter().any(|g| !root.gateways.contains(g))
+}
+
+/// Istio's `stringMatchConflict`: the leaf must be within the root (an exact value equal to
+/// or under the root's exact or prefix, a prefix under the root's prefix); regexes match
+/// only where the other side sets nothing.
+fn string_conflict(root: Option<&StringMatch>, leaf: Option<&StringMatch>) -> bool {
+    let (Some(root), Some(leaf)) = (root, leaf) else {
+        return false;
+    };
+    match (root, leaf) {
+        (StringMatch::Regex(_), _) | (_, StringMatch::Regex(_)) => true,
+        (StringMatch::Exact(r), StringMatch::Exact(l)) => r != l,
+        (StringMatch::Exact(_), StringMatch::Prefix(_)) => true,
+        (StringMatch::Prefix(r), StringMatch::Prefix(l) | StringMatch::Exact(l)) => {
+            !l.starts_with(r.as_str())
+        }
+    }
 }
 
 fn gateway_ref(name: &str, path: &str, refs: &Refs<'_>, r: &mut Report<'_>) -> Option<GatewayRef> {
@@ -254,18 +781,50 @@ fn gateway_ref(name: &str, path: &str, refs: &Refs<'_>, r: &mut Report<'_>) -> O
     Some(GatewayRef::Gateway(id))
 }
 
+/// An http route, and the delegate it names (its action then comes from the delegate's routes).
+/// `vs_gateways`: `None` in a delegate, whose gateways are its roots'.
 fn http_route(
     route: &wire::HttpRoute,
     path: &str,
     refs: &Refs<'_>,
-    vs_gateways: &[GatewayRef],
+    vs_gateways: Option<&[GatewayRef]>,
     r: &mut Report<'_>,
     warn: &mut impl FnMut(String, String),
-) -> Option<HttpRoute> {
+) -> Option<(HttpRoute, Option<ObjectId>)> {
     let before = r.count();
-    if route.delegate.is_some() {
-        r.unsupported(format!("{path}.delegate"), "delegate");
-    }
+    let delegate = route.delegate.as_ref().map(|d| {
+        let dp = format!("{path}.delegate");
+        if d.name.is_empty() {
+            r.error(format!("{dp}.name"), "a name is required");
+        } else if let Err(e) = crate::loader::check_dns_name(&d.name) {
+            r.error(format!("{dp}.name"), e);
+        }
+        if let Some(ns) = &d.namespace
+            && let Err(e) = crate::loader::check_dns_name(ns)
+        {
+            r.error(format!("{dp}.namespace"), e);
+        }
+        for (field, set) in [
+            ("route", !route.route.is_empty()),
+            ("redirect", route.redirect.is_some()),
+            ("directResponse", route.direct_response.is_some()),
+        ] {
+            if set {
+                r.error(
+                    format!("{path}.{field}"),
+                    "a route that delegates takes its action from the delegate's routes; remove it",
+                );
+            }
+        }
+        ObjectId {
+            kind: Kind::VirtualService,
+            namespace: d
+                .namespace
+                .clone()
+                .unwrap_or_else(|| refs.namespace.to_string()),
+            name: d.name.clone(),
+        }
+    });
 
     let mut matches = Vec::new();
     for (i, m) in route.r#match.iter().enumerate() {
@@ -281,6 +840,8 @@ fn http_route(
         route.direct_response.is_some(),
     ];
     let action = match actions.iter().filter(|a| **a).count() {
+        // Replaced by the delegate's routes' actions when merged.
+        _ if delegate.is_some() => Some(RouteAction::Route(Vec::new())),
         0 => {
             r.error(path, "one of route, redirect or directResponse is required");
             None
@@ -401,7 +962,7 @@ fn http_route(
         .cors_policy
         .as_ref()
         .map(|c| cors_policy(c, &format!("{path}.corsPolicy"), r));
-    if cors.is_some() && route.route.is_empty() {
+    if cors.is_some() && route.route.is_empty() && delegate.is_none() {
         warn(
             format!("{path}.corsPolicy"),
             "has no effect on a redirect or directResponse route (Envoy's CORS filter skips them)"
@@ -411,25 +972,29 @@ fn http_route(
     if r.count() > before {
         return None;
     }
-    Some(HttpRoute {
-        name: route.name.clone(),
-        matches,
-        action: action?,
-        rewrite,
-        timeout,
-        retries,
-        fault,
-        mirrors,
-        headers,
-        cors,
-    })
+    Some((
+        HttpRoute {
+            name: route.name.clone(),
+            matches,
+            action: action?,
+            rewrite,
+            timeout,
+            retries,
+            fault,
+            mirrors,
+            headers,
+            cors,
+            delegate: None,
+        },
+        delegate,
+    ))
 }
 
 fn route_match(
     m: &wire::HttpMatchRequest,
     path: &str,
     refs: &Refs<'_>,
-    vs_gateways: &[GatewayRef],
+    vs_gateways: Option<&[GatewayRef]>,
     r: &mut Report<'_>,
     warn: &mut impl FnMut(String, String),
 ) -> Option<RouteMatch> {
@@ -489,7 +1054,7 @@ fn route_match(
     for (i, g) in m.gateways.iter().enumerate() {
         let gp = format!("{path}.gateways[{i}]");
         if let Some(gr) = gateway_ref(g, &gp, refs, r) {
-            if !vs_gateways.contains(&gr) {
+            if vs_gateways.is_some_and(|vg| !vg.contains(&gr)) {
                 r.error(
                     &gp,
                     format!("{g:?} is not one of the VirtualService's gateways"),

@@ -140,15 +140,39 @@ fn tcp_proxy(
     rest.hash_policy.clear();
     if rest != Default::default() {
         return Err(at.unsupported(
-            "TCP proxy settings other than the cluster, idle_timeout and a source_ip hash policy",
+            "TCP proxy settings other than the cluster (or weighted clusters), idle_timeout and a source_ip hash policy",
         ));
     }
-    let cluster = match &p.cluster_specifier {
-        Some(ClusterSpecifier::Cluster(c)) if !c.is_empty() => Arc::from(c.as_str()),
-        Some(ClusterSpecifier::WeightedClusters(_)) => {
-            return Err(at
-                .at("weighted_clusters")
-                .unsupported("weighted TCP routes"));
+    let clusters: Arc<[TcpCluster]> = match &p.cluster_specifier {
+        Some(ClusterSpecifier::Cluster(c)) if !c.is_empty() => Arc::from([TcpCluster {
+            name: c.as_str().into(),
+            weight: 1,
+        }]),
+        Some(ClusterSpecifier::WeightedClusters(w)) => {
+            let at = at.at("weighted_clusters");
+            if w.clusters.is_empty() {
+                return Err(at.at("clusters").invalid("no cluster"));
+            }
+            w.clusters
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let at = at.at(format!("clusters[{i}]"));
+                    if c.name.is_empty() {
+                        return Err(at.at("name").invalid("must name a cluster"));
+                    }
+                    if c.weight == 0 {
+                        return Err(at.at("weight").invalid("must be at least 1"));
+                    }
+                    if c.metadata_match.is_some() {
+                        return Err(at.at("metadata_match").unsupported("metadata_match"));
+                    }
+                    Ok(TcpCluster {
+                        name: c.name.as_str().into(),
+                        weight: c.weight,
+                    })
+                })
+                .collect::<Result<_, _>>()?
         }
         _ => return Err(at.at("cluster").invalid("missing")),
     };
@@ -170,7 +194,7 @@ fn tcp_proxy(
     }
     Ok(TcpProxy {
         rbac: rbac.into(),
-        cluster,
+        clusters,
         idle_timeout,
         hash_source_ip,
     })
