@@ -12,6 +12,7 @@ mod kube_ingress;
 mod kube_tokens;
 mod kubernetes;
 mod mtls;
+mod proxy_config;
 mod resilience;
 mod samples;
 mod scoping;
