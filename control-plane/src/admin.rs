@@ -29,6 +29,8 @@ pub struct AdminState {
     pub registry: Arc<Registry>,
     /// The xDS server's per-stream status, as served at `/debug/proxies`.
     pub proxies: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
+    /// What each open stream of a node id has acknowledged (`AdsServer::held`).
+    pub held: Arc<dyn Fn(&str) -> Vec<strait_xds::HeldConfig> + Send + Sync>,
     /// Set once the xDS server is serving.
     pub ready: Arc<AtomicBool>,
     /// Configuration comes from elsewhere (the Kubernetes API server, through its RBAC):
@@ -60,11 +62,12 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/config/status", get(config_status))
         .route("/debug/proxies", get(debug_proxies))
+        .route("/debug/proxies/{node}/config", get(debug_proxy_config))
         .route("/metrics", get(metrics))
         .fallback(|| async {
             error_response(
                 StatusCode::NOT_FOUND,
-                "no such endpoint; see /healthz, /readyz, /apply, /delete, /objects, /config/status, /debug/proxies, /metrics".into(),
+                "no such endpoint; see /healthz, /readyz, /apply, /delete, /objects, /config/status, /debug/proxies, /debug/proxies/NODE/config, /metrics".into(),
                 Vec::new(),
             )
         })
@@ -340,6 +343,58 @@ async fn debug_proxies(State(state): State<AdminState>) -> Response {
     Json((state.proxies)()).into_response()
 }
 
+#[derive(Deserialize)]
+struct ConfigQuery {
+    /// One of clusters, endpoints, secrets, listeners, routes (default: all of them).
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+/// What a proxy has acknowledged (its latest stream, when it has several), each resource in
+/// Envoy's JSON form, secrets redacted: the ACKed configuration, not what straitd would send
+/// now.
+async fn debug_proxy_config(
+    State(state): State<AdminState>,
+    Path(node): Path<String>,
+    Query(query): Query<ConfigQuery>,
+) -> Response {
+    let type_url = match query.kind.as_deref() {
+        None => None,
+        Some(kind) => match crate::proxy_config::type_url(kind) {
+            Some(url) => Some(url),
+            None => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "unknown type {kind:?}; expected one of {}",
+                        crate::proxy_config::TYPES.map(|(name, _)| name).join(", ")
+                    ),
+                    Vec::new(),
+                );
+            }
+        },
+    };
+    let streams = (state.held)(&node);
+    let count = streams.len();
+    let Some(latest) = streams.into_iter().max_by_key(|s| s.status.stream_id) else {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            format!("no proxy with node id {node:?} is connected; see /debug/proxies"),
+            Vec::new(),
+        );
+    };
+    // Decoding Envoy's descriptors and the resources is CPU work, off the async threads.
+    match blocking(move || crate::proxy_config::held_json(&latest, count, type_url)).await {
+        Ok(Ok(body)) => Json(body).into_response(),
+        Ok(Err(error)) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            error.to_string(),
+            Vec::new(),
+        ),
+        Err(response) => response,
+    }
+}
+
 async fn metrics(State(state): State<AdminState>) -> Response {
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
@@ -379,6 +434,7 @@ mod tests {
             store: store.clone(),
             registry: Arc::new(registry),
             proxies: Arc::new(|| json!([{"node_id": "web-1"}])),
+            held: Arc::new(|_| Vec::new()),
             ready: ready.clone(),
             read_only: false,
         });
@@ -628,6 +684,20 @@ mod tests {
         assert!(text.contains("strait_config_generation 1"), "{text}");
         assert!(text.contains("strait_config_errors_total 0"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+
+        let (status, body) = admin
+            .json(Method::GET, "/debug/proxies/web-2/config", "")
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body["error"].as_str().unwrap().contains("web-2"), "{body}");
+        let (status, body) = admin
+            .json(Method::GET, "/debug/proxies/web-1/config?type=pods", "")
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            body["error"].as_str().unwrap().contains("clusters"),
+            "{body}"
+        );
 
         let (status, body) = admin.json(Method::GET, "/nope", "").await;
         assert_eq!(status, StatusCode::NOT_FOUND);

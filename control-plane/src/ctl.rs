@@ -1,7 +1,15 @@
-//! straitctl subcommands: apply, delete, get, analyze, proxy-status, kube-inject, crds.
+//! straitctl subcommands: apply, delete, get, analyze, proxy-status, proxy-config, explain,
+//! kube-inject, crds.
 //!
 //! Each `run_*` returns the process exit code: 0 on success, 1 when the configuration (or the
 //! server) said no. Transport failures are errors, for the binary to print.
+
+mod inspect;
+
+pub use inspect::{
+    ConfigOutput, ConfigType, ExplainArgs, ExplainOutput, ProxyArg, ProxyConfigArgs, run_explain,
+    run_proxy_config,
+};
 
 use std::fmt::Write as _;
 use std::io::Read as _;
@@ -1210,6 +1218,7 @@ ratings (ServiceEntry default/ratings) created
             store: store.clone(),
             registry: Arc::new(registry),
             proxies: Arc::new(|| json!([])),
+            held: Arc::new(|_| Vec::new()),
             ready: Arc::new(AtomicBool::new(true)),
             read_only: false,
         });

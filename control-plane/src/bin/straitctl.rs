@@ -36,6 +36,12 @@ enum Command {
     Analyze(ctl::AnalyzeArgs),
     /// Each connected proxy's xDS sync state, with NACK reasons.
     ProxyStatus(ctl::ProxyStatusArgs),
+    /// What a connected proxy has acknowledged: clusters, listeners, routes, endpoints or
+    /// secrets (istioctl's columns, or `-o json|yaml` for the resources).
+    ProxyConfig(ctl::ProxyConfigArgs),
+    /// Walk one request through what a proxy has acknowledged: listener, authorization,
+    /// route, split, clusters, endpoints, and the objects each step comes from.
+    Explain(ctl::ExplainArgs),
     /// Add the Strait sidecar to workload YAML offline (Pods, Deployments, StatefulSets,
     /// DaemonSets, ReplicaSets, Jobs, CronJobs, Lists); other documents pass through.
     KubeInject(ctl::KubeInjectArgs),
@@ -227,6 +233,8 @@ fn main() -> ExitCode {
         Command::Get(a) => ctl::run_get(&a),
         Command::Analyze(a) => ctl::run_analyze(&a),
         Command::ProxyStatus(a) => ctl::run_proxy_status(&a),
+        Command::ProxyConfig(a) => ctl::run_proxy_config(&a),
+        Command::Explain(a) => ctl::run_explain(&a),
         Command::KubeInject(a) => ctl::run_kube_inject(&a),
         Command::Bootstrap(args) => bootstrap(args).map(|()| 0),
         Command::Crds(a) => ctl::run_crds(&a),

@@ -384,10 +384,15 @@ async fn main() -> anyhow::Result<()> {
         let ads = ads.clone();
         Arc::new(move || serde_json::to_value(ads.proxies()).unwrap_or_default())
     };
+    let held = {
+        let ads = ads.clone();
+        Arc::new(move |node: &str| ads.held(node))
+    };
     let app = admin::router(AdminState {
         store: store.clone(),
         registry: Arc::new(registry),
         proxies,
+        held,
         ready: ready.clone(),
         read_only: args.kubernetes,
     });

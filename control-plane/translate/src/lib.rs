@@ -30,7 +30,9 @@ pub use cluster::{BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, PASSTHROUGH_CL
 pub use credential::{CREDENTIAL_PREFIX, credential_ca_secret_name, credential_secret_name};
 pub use inbound::VIRTUAL_INBOUND;
 pub use listener::OUTBOUND_ROUTE_NAME;
-pub use origin::{Encoded, METADATA_KEY, config_path, origins, parse_config_path};
+pub use origin::{
+    Encoded, METADATA_KEY, config_path, of as origins_of, origins, parse_config_path,
+};
 pub use outbound::VIRTUAL_OUTBOUND;
 pub use security::{ROOT_SECRET, WORKLOAD_SECRET, spiffe};
 

@@ -127,6 +127,14 @@ fn read(metadata: Option<&Metadata>, out: &mut Vec<ObjectId>) {
     }
 }
 
+/// The objects one metadata block names (a resource's, a filter chain's, a virtual host's or
+/// a route's), in order.
+pub fn of(metadata: Option<&Metadata>) -> Vec<ObjectId> {
+    let mut out = Vec::new();
+    read(metadata, &mut out);
+    out
+}
+
 /// The resource types whose encodings carry origins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Encoded {

@@ -11,4 +11,4 @@ pub use cache::{NodeState, SnapshotCache};
 pub use metrics::XdsMetrics;
 pub use server::{AdsServer, NodeEvent};
 pub use snapshot::{InconsistentSnapshot, Resources, Snapshot};
-pub use status::{NackStatus, ProxyStatus, TypeStatus, struct_to_json};
+pub use status::{HeldConfig, HeldResource, NackStatus, ProxyStatus, TypeStatus, struct_to_json};

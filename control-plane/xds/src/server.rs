@@ -23,7 +23,7 @@ use tonic::{Request, Status};
 use crate::cache::{NodeState, SnapshotCache};
 use crate::metrics::XdsMetrics;
 use crate::snapshot::{CLUSTER_TYPE, LISTENER_TYPE, PUSH_ORDER, ROUTE_TYPE, Snapshot};
-use crate::status::ProxyStatus;
+use crate::status::{HeldConfig, HeldResource, ProxyStatus};
 use ledger::{Ledger, lock};
 
 /// Responses (framed for the wire) queued per stream before the stream task waits for the
@@ -96,6 +96,20 @@ pub trait Authenticator: Send + Sync + 'static {
     ) -> Result<String, Status>;
 }
 
+/// One open stream, as the status pages see it: its ledger and its protocol state (which the
+/// stream task owns and locks for each request and response; a reader locks it briefly).
+struct StreamEntry {
+    status: Arc<Mutex<ProxyStatus>>,
+    held: Option<Arc<Mutex<dyn HeldView>>>,
+}
+
+/// What a stream's client holds of a type, by reference to the encodings it was sent.
+trait HeldView: Send {
+    /// The resources it accepted, sorted by name within each part; `None` for a type it has
+    /// not accepted a response of.
+    fn held(&self, type_url: &str) -> Option<Vec<HeldResource>>;
+}
+
 /// The ADS server. Clones share streams and status.
 #[derive(Clone)]
 pub struct AdsServer {
@@ -110,7 +124,7 @@ struct Inner {
     metrics: XdsMetrics,
     next_stream: AtomicU64,
     next_nonce: AtomicU64,
-    streams: Mutex<BTreeMap<u64, Arc<Mutex<ProxyStatus>>>>,
+    streams: Mutex<BTreeMap<u64, StreamEntry>>,
     /// Open streams per node id.
     nodes: Mutex<HashMap<String, usize>>,
     /// Slots for streams in their initial sync.
@@ -163,7 +177,34 @@ impl AdsServer {
     pub fn proxies(&self) -> Vec<ProxyStatus> {
         lock(&self.inner.streams)
             .values()
-            .map(|status| lock(status).clone())
+            .map(|entry| lock(&entry.status).clone())
+            .collect()
+    }
+
+    /// What each open stream of `node_id` has acknowledged, by stream id: the resources its
+    /// client holds, shared with the snapshots they were sent from (nothing is copied but the
+    /// list).
+    pub fn held(&self, node_id: &str) -> Vec<HeldConfig> {
+        let entries: Vec<(Arc<Mutex<ProxyStatus>>, Option<Arc<Mutex<dyn HeldView>>>)> =
+            lock(&self.inner.streams)
+                .values()
+                .map(|e| (e.status.clone(), e.held.clone()))
+                .filter(|(status, _)| lock(status).node_id == node_id)
+                .collect();
+        entries
+            .into_iter()
+            .map(|(status, held)| {
+                let status = lock(&status).clone();
+                let types = status
+                    .types
+                    .keys()
+                    .map(|type_url| {
+                        let resources = held.as_ref().and_then(|h| lock(h).held(type_url));
+                        (type_url.clone(), resources)
+                    })
+                    .collect();
+                HeldConfig { status, types }
+            })
             .collect()
     }
 
@@ -208,7 +249,7 @@ struct Outgoing<R> {
 }
 
 /// The protocol-specific half of a stream: requests in, responses out, no I/O.
-trait Protocol: Send + Sized + 'static {
+trait Protocol: HeldView + Send + Sized + 'static {
     type Request: Send + 'static;
     type Response: prost::Message + Send + 'static;
     const NAME: &'static str;
@@ -218,10 +259,11 @@ trait Protocol: Send + Sized + 'static {
     /// `snapshot` is the node's current one, if any: streams keep its copies of names.
     fn on_request(&mut self, request: Self::Request, now: Instant, snapshot: Option<&Snapshot>);
     /// The next response due for `snapshot`, in push order, respecting warming and at most
-    /// one un-ACKed response per type; `None` when nothing more is due.
+    /// one un-ACKed response per type; `None` when nothing more is due. A response may keep
+    /// `snapshot` (a reference) to tell later what its client accepted.
     fn next_response(
         &mut self,
-        snapshot: &Snapshot,
+        snapshot: &Arc<Snapshot>,
         nonce: &mut dyn FnMut() -> String,
     ) -> Option<Outgoing<Self::Response>>;
     /// The client has answered everything sent to it and nothing is due: its initial sync
@@ -288,7 +330,13 @@ impl Registration {
             protocol,
             identity.clone(),
         )));
-        lock(&inner.streams).insert(stream_id, status.clone());
+        lock(&inner.streams).insert(
+            stream_id,
+            StreamEntry {
+                status: status.clone(),
+                held: None,
+            },
+        );
         {
             // Events are sent under the lock so Connected and Disconnected of one node id
             // reach the controller in the order the streams opened and closed.
@@ -320,6 +368,15 @@ impl Registration {
             registration,
             Ledger::new(status, inner.metrics.clone(), inner.events.clone()),
         )
+    }
+}
+
+impl Registration {
+    /// Lets the status pages read what the stream's client holds.
+    fn expose(&self, held: Arc<Mutex<dyn HeldView>>) {
+        if let Some(entry) = lock(&self.inner.streams).get_mut(&self.stream_id) {
+            entry.held = Some(held);
+        }
     }
 }
 
@@ -392,13 +449,14 @@ async fn serve_stream<P: Protocol>(
 
     let (registration, ledger) = Registration::new(&inner, &node, P::NAME, identity.clone());
     let mut state = inner.cache.subscribe(&node.id);
-    let mut protocol = P::new(ledger);
+    let protocol = Arc::new(Mutex::new(P::new(ledger)));
+    registration.expose(protocol.clone());
     let current_snapshot = |state: &tokio::sync::watch::Receiver<NodeState>| match &*state.borrow()
     {
         NodeState::Ready(snapshot) => Some(snapshot.clone()),
         _ => None,
     };
-    protocol.on_request(first, Instant::now(), current_snapshot(&state).as_deref());
+    lock(&protocol).on_request(first, Instant::now(), current_snapshot(&state).as_deref());
     let mut next_nonce = || format!("{:x}", inner.next_nonce.fetch_add(1, Ordering::Relaxed));
 
     loop {
@@ -413,7 +471,10 @@ async fn serve_stream<P: Protocol>(
             NodeState::Ready(snapshot) => {
                 // Private keys only ever go to a stream authenticated as their owner.
                 let snapshot = snapshot.for_identity(identity.as_deref());
-                while let Some(out) = protocol.next_response(&snapshot, &mut next_nonce) {
+                loop {
+                    // Not held across the send: a status reader may want the lock meanwhile.
+                    let next = lock(&protocol).next_response(&snapshot, &mut next_nonce);
+                    let Some(out) = next else { break };
                     let framed = service::frame(&out.response);
                     let bytes = framed.len();
                     if tx.send(Ok(framed)).await.is_err() {
@@ -426,7 +487,7 @@ async fn serve_stream<P: Protocol>(
             }
         }
 
-        if admission.is_some() && protocol.settled() {
+        if admission.is_some() && lock(&protocol).settled() {
             admission = None;
         }
         tokio::select! {
@@ -436,7 +497,8 @@ async fn serve_stream<P: Protocol>(
             }
             request = requests.next() => match request {
                 Some(Ok(request)) => {
-                    protocol.on_request(request, Instant::now(), current_snapshot(&state).as_deref());
+                    let snapshot = current_snapshot(&state);
+                    lock(&protocol).on_request(request, Instant::now(), snapshot.as_deref());
                 }
                 Some(Err(status)) => {
                     tracing::debug!(node = %node.id, stream = registration.stream_id, %status, "stream ended with error");

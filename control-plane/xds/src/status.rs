@@ -1,12 +1,34 @@
 //! What each connected stream was sent and what it acknowledged, for `/debug/proxies`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+use prost::bytes::Bytes;
 use serde::Serialize;
+
+/// One resource a stream's client holds, as it last acknowledged it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldResource {
+    pub name: Arc<str>,
+    /// The resource's version, as sent on the wire.
+    pub version: String,
+    /// Its encoding, shared with the snapshot it came from; `None` when the client holds a
+    /// version this server no longer keeps (one it rejected a successor of, or reported on
+    /// reconnecting).
+    pub bytes: Option<Bytes>,
+}
+
+/// What one stream's client has acknowledged: its status and, per type it asked for, the
+/// resources it holds (`None` until it accepted a response of the type).
+#[derive(Clone, Debug)]
+pub struct HeldConfig {
+    pub status: ProxyStatus,
+    pub types: BTreeMap<String, Option<Vec<HeldResource>>>,
+}
 
 /// One ADS stream. A node with several streams (Envoy hot restart) has one entry per stream.
 #[derive(Clone, Debug, Serialize)]

@@ -15,6 +15,7 @@ mod kube_tokens;
 mod kubernetes;
 mod limits;
 mod mtls;
+mod proxy_config;
 mod resilience;
 mod samples;
 mod scoping;

@@ -13,11 +13,12 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
 use super::ledger::Ledger;
-use super::{Outgoing, Protocol, WILDCARD, Warming, is_wildcard_type};
+use super::{HeldView, Outgoing, Protocol, WILDCARD, Warming, is_wildcard_type};
 use crate::snapshot::{
     CLUSTER_TYPE, ENDPOINT_TYPE, Encoded, PUSH_ORDER, Part, Snapshot, parse_version, type_index,
     version_string,
 };
+use crate::status::HeldResource;
 use crate::wire::{Any, DeltaDiscoveryResponse, Resource};
 
 /// What a client holds of one type.
@@ -28,6 +29,9 @@ struct Held {
     base: Vec<Arc<Part>>,
     /// ...except these: held at another version (`Some`) or not held (`None`).
     exceptions: HashMap<Arc<str>, Option<u64>>,
+    /// The encodings of exceptions held at a version `base` does not have (the client
+    /// rejected their successors), so the status pages can show what it holds.
+    kept: HashMap<Arc<str>, Encoded>,
 }
 
 impl Held {
@@ -39,6 +43,20 @@ impl Held {
                 .iter()
                 .find_map(|p| p.table(index).get(name).map(|e| e.version)),
         }
+    }
+
+    /// The encoding of what the client holds of `name`, if this stream still has it.
+    fn encoded(&self, index: usize, name: &str) -> Option<&Encoded> {
+        let version = self.version(index, name)?;
+        self.kept
+            .get(name)
+            .filter(|e| e.version == version)
+            .or_else(|| {
+                self.base
+                    .iter()
+                    .find_map(|p| p.table(index).get(name))
+                    .filter(|e| e.version == version)
+            })
     }
 
     /// The client holds exactly the snapshot's resources of the type (a pointer comparison
@@ -118,9 +136,14 @@ impl TypeState {
         let held = self
             .held
             .materialize(self.index, |n| subscribed.contains(n));
+        let kept = held
+            .keys()
+            .filter_map(|n| Some((n.clone(), self.held.encoded(self.index, n)?.clone())))
+            .collect();
         self.held = Held {
             base: Vec::new(),
             exceptions: held,
+            kept,
         };
     }
 
@@ -297,7 +320,7 @@ impl Protocol for Delta {
 
     fn next_response(
         &mut self,
-        snapshot: &Snapshot,
+        snapshot: &Arc<Snapshot>,
         nonce: &mut dyn FnMut() -> String,
     ) -> Option<Outgoing<DeltaDiscoveryResponse>> {
         for type_url in PUSH_ORDER {
@@ -421,10 +444,14 @@ fn held_count(state: &TypeState, snapshot: Option<&Snapshot>) -> usize {
 /// everything in scope, except the names skipped because the client rejected that version.
 fn rebase(state: &mut TypeState, snapshot: &Snapshot, skipped: Vec<Arc<str>>) {
     let index = state.index;
+    let mut kept = HashMap::new();
     let exceptions = skipped
         .into_iter()
         .map(|name| {
             let held = state.held.version(index, &name);
+            if let Some(e) = state.held.encoded(index, &name) {
+                kept.insert(name.clone(), e.clone());
+            }
             (name, held)
         })
         .collect();
@@ -436,6 +463,7 @@ fn rebase(state: &mut TypeState, snapshot: &Snapshot, skipped: Vec<Arc<str>>) {
             .cloned()
             .collect(),
         exceptions,
+        kept,
     };
 }
 
@@ -537,6 +565,38 @@ fn diff(state: &TypeState, snapshot: &Snapshot) -> Diff {
         gone(&mut out, name);
     }
     out
+}
+
+impl HeldView for Delta {
+    /// What the client accepted: what it holds now, or before the response still in flight.
+    fn held(&self, type_url: &str) -> Option<Vec<HeldResource>> {
+        let state = self.types.get(type_url)?;
+        let held = state
+            .in_flight
+            .as_ref()
+            .map_or(&state.held, |f| &f.previous);
+        let mut names: Vec<(Arc<str>, u64)> = held
+            .materialize(state.index, |name| state.in_scope(name))
+            .into_iter()
+            .filter_map(|(name, version)| Some((name, version?)))
+            .collect();
+        names.sort();
+        Some(
+            names
+                .into_iter()
+                .map(|(name, version)| {
+                    // A version a reconnecting client reported may be one this server never
+                    // had.
+                    let bytes = held.encoded(state.index, &name).map(|e| e.bytes.clone());
+                    HeldResource {
+                        name,
+                        version: version_string(version),
+                        bytes,
+                    }
+                })
+                .collect(),
+        )
+    }
 }
 
 impl Delta {

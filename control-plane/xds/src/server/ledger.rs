@@ -135,7 +135,7 @@ impl Ledger {
     }
 }
 
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T: ?Sized>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Status entries are plain data; one left half-updated by a panic is still worth showing.
     mutex
         .lock()

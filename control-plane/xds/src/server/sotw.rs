@@ -1,18 +1,30 @@
 //! State-of-the-world ADS: per-type subscriptions, ACK/NACK bookkeeping and what to send next.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
 use super::ledger::Ledger;
-use super::{Outgoing, Protocol, Warming, is_known_type, subscription};
-use crate::snapshot::{CLUSTER_TYPE, ENDPOINT_TYPE, PUSH_ORDER, Snapshot};
+use super::{HeldView, Outgoing, Protocol, Warming, is_known_type, subscription};
+use crate::snapshot::{CLUSTER_TYPE, ENDPOINT_TYPE, PUSH_ORDER, Snapshot, version_string};
+use crate::status::HeldResource;
 use crate::wire::{Any, DiscoveryResponse};
 
-struct Sent {
+/// What one response carried, by reference: the snapshot it was cut from and the
+/// subscription it answered (both shared, never copied).
+#[derive(Clone)]
+struct Delivered {
     version: String,
+    snapshot: Arc<Snapshot>,
+    wildcard: bool,
+    names: Arc<BTreeSet<String>>,
+}
+
+struct Sent {
+    delivered: Delivered,
     nonce: String,
     /// When the change it carries was made (for the convergence histogram).
     since: Instant,
@@ -20,13 +32,15 @@ struct Sent {
 
 struct TypeState {
     wildcard: bool,
-    names: BTreeSet<String>,
+    /// Shared with the responses that answered it, so remembering them copies nothing.
+    names: Arc<BTreeSet<String>>,
     /// Set when a request calls for an answer whatever the versions (first request, new
     /// subscription); the instant it did so.
     due: Option<Instant>,
     sent: Option<Sent>,
     awaiting_ack: bool,
-    acked_version: Option<String>,
+    /// The last response the client accepted: what it holds (for `/debug/proxies`).
+    acked: Option<Delivered>,
     /// A version the client rejected: not sent again unless the subscription changes.
     rejected_version: Option<String>,
 }
@@ -77,11 +91,11 @@ impl Protocol for Sotw {
                 type_url.to_string(),
                 TypeState {
                     wildcard,
-                    names,
+                    names: Arc::new(names),
                     due: Some(now),
                     sent: None,
                     awaiting_ack: false,
-                    acked_version: None,
+                    acked: None,
                     rejected_version: None,
                 },
             );
@@ -118,13 +132,17 @@ impl Protocol for Sotw {
                             } else {
                                 state.names.iter().map(|n| n.to_string()).collect()
                             };
-                            self.ledger.nacked(type_url, &sent.version, error, names);
-                            state.rejected_version = Some(sent.version.clone());
+                            let version = &sent.delivered.version;
+                            self.ledger.nacked(type_url, version, error, names);
+                            state.rejected_version = Some(version.clone());
                         }
                         None => {
-                            self.ledger
-                                .acked(type_url, &sent.version, sent.since.elapsed());
-                            state.acked_version = Some(sent.version.clone());
+                            self.ledger.acked(
+                                type_url,
+                                &sent.delivered.version,
+                                sent.since.elapsed(),
+                            );
+                            state.acked = Some(sent.delivered.clone());
                             state.rejected_version = None;
                         }
                     }
@@ -132,16 +150,16 @@ impl Protocol for Sotw {
             }
         }
 
-        if state.wildcard != wildcard || state.names != names {
+        if state.wildcard != wildcard || *state.names != names {
             state.wildcard = wildcard;
-            state.names = names;
+            state.names = Arc::new(names);
             state.due.get_or_insert(now);
         }
     }
 
     fn next_response(
         &mut self,
-        snapshot: &Snapshot,
+        snapshot: &Arc<Snapshot>,
         nonce: &mut dyn FnMut() -> String,
     ) -> Option<Outgoing<DiscoveryResponse>> {
         let published_at = snapshot.origin();
@@ -156,7 +174,10 @@ impl Protocol for Sotw {
                 continue;
             }
             let version = snapshot.version(type_url).unwrap_or_default();
-            let new_version = state.sent.as_ref().is_none_or(|s| s.version != version)
+            let new_version = state
+                .sent
+                .as_ref()
+                .is_none_or(|s| s.delivered.version != version)
                 && state.rejected_version.as_deref() != Some(version);
             if state.due.is_none() && !new_version {
                 continue;
@@ -168,7 +189,10 @@ impl Protocol for Sotw {
             // Envoy re-warms every cluster whose definition changed and finishes only on an
             // EDS response, even one identical to what it has: follow a CDS change with EDS.
             let clusters_changed = type_url == CLUSTER_TYPE
-                && state.sent.as_ref().is_some_and(|s| s.version != version);
+                && state
+                    .sent
+                    .as_ref()
+                    .is_some_and(|s| s.delivered.version != version);
             if clusters_changed
                 && let Some(eds) = self.types.get_mut(ENDPOINT_TYPE)
                 && eds.sent.is_some()
@@ -200,7 +224,12 @@ impl Protocol for Sotw {
                 .take()
                 .map_or(published_at, |due| due.max(published_at));
             state.sent = Some(Sent {
-                version: version.to_string(),
+                delivered: Delivered {
+                    version: version.to_string(),
+                    snapshot: snapshot.clone(),
+                    wildcard: state.wildcard,
+                    names: state.names.clone(),
+                },
                 nonce: nonce.clone(),
                 since: start,
             });
@@ -233,7 +262,8 @@ impl Sotw {
         let cds = self.types.get(CLUSTER_TYPE);
         let eds = self.types.get(ENDPOINT_TYPE);
         let cds_current = cds.is_some_and(|c| {
-            c.acked_version.as_deref() == snapshot.version(CLUSTER_TYPE) && !c.awaiting_ack
+            c.acked.as_ref().map(|a| a.version.as_str()) == snapshot.version(CLUSTER_TYPE)
+                && !c.awaiting_ack
         });
         Warming {
             cds_unacked: cds.is_some_and(|c| c.awaiting_ack),
@@ -248,5 +278,32 @@ impl Sotw {
                             .any(|name| !e.names.contains(&**name))
                 }),
         }
+    }
+}
+
+impl HeldView for Sotw {
+    fn held(&self, type_url: &str) -> Option<Vec<HeldResource>> {
+        let acked = self.types.get(type_url)?.acked.as_ref()?;
+        let resource = |name: &std::sync::Arc<str>, e: &crate::snapshot::Encoded| HeldResource {
+            name: name.clone(),
+            version: version_string(e.version),
+            bytes: Some(e.bytes.clone()),
+        };
+        let snapshot = &acked.snapshot;
+        Some(if acked.wildcard {
+            snapshot
+                .resources(type_url)
+                .map(|(name, e)| resource(name, e))
+                .collect()
+        } else {
+            acked
+                .names
+                .iter()
+                .filter_map(|name| {
+                    let shared = snapshot.name(type_url, name)?;
+                    Some(resource(shared, snapshot.get(type_url, name)?))
+                })
+                .collect()
+        })
     }
 }

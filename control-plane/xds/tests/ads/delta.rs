@@ -196,6 +196,8 @@ async fn nack_is_recorded_and_the_rejected_version_not_resent() {
     h.set("n1", bad);
     let cds2 = c.recv().await;
     assert_eq!(delta_names(&cds2).len(), 1);
+    // Sent, not answered: the client holds what it acknowledged, not the latest snapshot.
+    assert_eq!(h.held_clusters("n1"), fixtures::basic().clusters);
     let eds2 = c.recv().await;
     assert_eq!(
         eds2.type_url, ENDPOINT_TYPE,
@@ -204,6 +206,11 @@ async fn nack_is_recorded_and_the_rejected_version_not_resent() {
     c.send(delta_ack(&eds2)).await;
     c.send(delta_nack(&cds2, "bad cluster")).await;
     c.quiet().await;
+    assert_eq!(
+        h.held_clusters("n1"),
+        fixtures::basic().clusters,
+        "a rejected version is not held"
+    );
 
     let status = h.status("n1").types[CLUSTER_TYPE].clone();
     let nack = status.nack.expect("nack recorded");
@@ -241,6 +248,7 @@ async fn nack_is_recorded_and_the_rejected_version_not_resent() {
     let eds3 = c.recv().await;
     c.send(delta_ack(&eds3)).await;
     c.quiet().await;
+    assert_eq!(h.held_clusters("n1"), [fixtures::cluster(CLUSTER, 3)]);
     assert_eq!(
         h.status("n1").types[CLUSTER_TYPE].acked_version.as_deref(),
         Some(cds3.system_version_info.as_str())

@@ -137,6 +137,22 @@ impl Harness {
         matching.remove(0)
     }
 
+    /// The clusters the only stream of `node_id` has acknowledged, as `AdsServer::held`
+    /// tells them (decoded from the encodings it keeps).
+    pub fn held_clusters(&self, node_id: &str) -> Vec<Cluster> {
+        let mut held = self.server.held(node_id);
+        assert_eq!(held.len(), 1, "one stream for {node_id}");
+        let held = held.remove(0);
+        held.types
+            .get(CLUSTER_TYPE)
+            .cloned()
+            .flatten()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| Cluster::decode(r.bytes.expect("a version the server keeps")).unwrap())
+            .collect()
+    }
+
     /// Polls until `proxies()` reaches `count` entries (streams clean up asynchronously).
     pub async fn wait_for_proxies(&self, count: usize) {
         tokio::time::timeout(WAIT, async {

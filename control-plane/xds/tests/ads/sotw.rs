@@ -181,6 +181,8 @@ async fn nack_is_recorded_and_not_resent_until_a_new_version() {
     h.set("n1", bad);
     let cds2 = c.recv().await;
     assert_eq!(cds2.type_url, CLUSTER_TYPE);
+    // Sent, not answered: the client holds what it acknowledged, not the latest snapshot.
+    assert_eq!(h.held_clusters("n1"), fixtures::basic().clusters);
     let eds2 = c.recv().await;
     assert_eq!(
         eds2.type_url, ENDPOINT_TYPE,
@@ -195,6 +197,11 @@ async fn nack_is_recorded_and_not_resent_until_a_new_version() {
     ))
     .await;
     c.quiet().await;
+    assert_eq!(
+        h.held_clusters("n1"),
+        fixtures::basic().clusters,
+        "a rejected version is not held"
+    );
 
     let status = h.status("n1").types[CLUSTER_TYPE].clone();
     let nack_status = status.nack.expect("nack recorded");
@@ -247,6 +254,7 @@ async fn nack_is_recorded_and_not_resent_until_a_new_version() {
     let eds3 = c.recv().await;
     c.send(ack(&eds3, &[CLUSTER])).await;
     c.quiet().await;
+    assert_eq!(h.held_clusters("n1"), [fixtures::cluster(CLUSTER, 3)]);
     let status = h.status("n1").types[CLUSTER_TYPE].clone();
     assert_eq!(
         status.acked_version.as_deref(),
