@@ -21,6 +21,9 @@ pub const API_ORIGIN: &str = "admin API";
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// What each open stream of a node id has acknowledged, looked up by node id.
+pub type HeldByNode = Arc<dyn Fn(&str) -> Vec<strait_xds::HeldConfig> + Send + Sync>;
+
 /// Everything the handlers need.
 #[derive(Clone)]
 pub struct AdminState {
@@ -30,7 +33,7 @@ pub struct AdminState {
     /// The xDS server's per-stream status, as served at `/debug/proxies`.
     pub proxies: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
     /// What each open stream of a node id has acknowledged (`AdsServer::held`).
-    pub held: Arc<dyn Fn(&str) -> Vec<strait_xds::HeldConfig> + Send + Sync>,
+    pub held: HeldByNode,
     /// Set once the xDS server is serving.
     pub ready: Arc<AtomicBool>,
     /// Configuration comes from elsewhere (the Kubernetes API server, through its RBAC):

@@ -977,6 +977,7 @@ fn jwt_authn_settings_strait_proxy_does_not_run_are_refused() {
         .and_then(|h| h.jwt.clone())
         .expect("jwt");
     assert!(jwt.providers[1].1.keys.keys.is_empty());
+}
 
 /// The xds_convert fuzz target's seeds (`fuzz/seeds/xds_convert/`): each resource some goldens
 /// translate to, encoded, after a byte naming its type as the target reads it. Kept equal to
@@ -1121,6 +1122,8 @@ fn hcm_header_limits_and_timeout_convert() {
     assert!(
         refused.to_string().contains("max_request_headers_kb"),
         "{refused}"
+    );
+}
 
 #[test]
 fn tcp_routes_convert_to_weighted_clusters_and_sni_chains() {

@@ -100,10 +100,13 @@ pub trait Authenticator: Send + Sync + 'static {
 /// stream task owns and locks for each request and response; a reader locks it briefly).
 struct StreamEntry {
     status: Arc<Mutex<ProxyStatus>>,
-    held: Option<Arc<Mutex<dyn HeldView>>>,
+    held: Option<SharedHeld>,
 }
 
 /// What a stream's client holds of a type, by reference to the encodings it was sent.
+/// A stream's acknowledged resources, readable from outside the stream.
+type SharedHeld = Arc<Mutex<dyn HeldView>>;
+
 trait HeldView: Send {
     /// The resources it accepted, sorted by name within each part; `None` for a type it has
     /// not accepted a response of.
@@ -185,12 +188,11 @@ impl AdsServer {
     /// client holds, shared with the snapshots they were sent from (nothing is copied but the
     /// list).
     pub fn held(&self, node_id: &str) -> Vec<HeldConfig> {
-        let entries: Vec<(Arc<Mutex<ProxyStatus>>, Option<Arc<Mutex<dyn HeldView>>>)> =
-            lock(&self.inner.streams)
-                .values()
-                .map(|e| (e.status.clone(), e.held.clone()))
-                .filter(|(status, _)| lock(status).node_id == node_id)
-                .collect();
+        let entries: Vec<(Arc<Mutex<ProxyStatus>>, Option<SharedHeld>)> = lock(&self.inner.streams)
+            .values()
+            .map(|e| (e.status.clone(), e.held.clone()))
+            .filter(|(status, _)| lock(status).node_id == node_id)
+            .collect();
         entries
             .into_iter()
             .map(|(status, held)| {
@@ -373,7 +375,7 @@ impl Registration {
 
 impl Registration {
     /// Lets the status pages read what the stream's client holds.
-    fn expose(&self, held: Arc<Mutex<dyn HeldView>>) {
+    fn expose(&self, held: SharedHeld) {
         if let Some(entry) = lock(&self.inner.streams).get_mut(&self.stream_id) {
             entry.held = Some(held);
         }
