@@ -1,4 +1,5 @@
-//! CustomResourceDefinitions for the Istio kinds Strait reads (`straitctl crds`), generated from
+//! CustomResourceDefinitions for the kinds Strait reads (Istio's and its own RateLimitPolicy;
+//! `straitctl crds`), generated from
 //! the model's own serde types so that what Kubernetes stores and what straitd parses have one
 //! source.
 //!
@@ -19,9 +20,13 @@ use strait_model::istio::networking::{
 use strait_model::istio::security::{
     AuthorizationPolicySpec, PeerAuthenticationSpec, RequestAuthenticationSpec,
 };
+use strait_model::policy::RateLimitPolicySpec;
 
-/// The version every kind is stored in; the others are served with the same schema.
-pub const STORAGE_VERSION: &str = "v1";
+/// The version a kind is stored in (its first: `v1` for Istio's kinds); the others are served
+/// with the same schema.
+pub fn storage_version(kind: Kind) -> &'static str {
+    kind.versions()[0]
+}
 
 /// A schema construct that has no structural form, with the JSON path where it was found.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -174,6 +179,17 @@ pub fn names(kind: Kind) -> Names {
                           (namespace/host) whose configuration they receive, and their \
                           outbound traffic policy.",
         },
+        Kind::RateLimitPolicy => Names {
+            plural: "ratelimitpolicies",
+            singular: "ratelimitpolicy",
+            short_names: &["rlp"],
+            columns: &[],
+            age_first: false,
+            description: "Local rate limits for the selected workloads or gateways: token \
+                          buckets per limit (requests per interval, burst), counting the \
+                          requests a match selects, optionally one bucket per header value \
+                          or client address.",
+        },
     }
 }
 
@@ -189,6 +205,7 @@ pub fn spec_json_schema(kind: Kind) -> Value {
         Kind::AuthorizationPolicy => schemars::schema_for!(AuthorizationPolicySpec),
         Kind::RequestAuthentication => schemars::schema_for!(RequestAuthenticationSpec),
         Kind::Sidecar => schemars::schema_for!(SidecarSpec),
+        Kind::RateLimitPolicy => schemars::schema_for!(RateLimitPolicySpec),
     };
     schema.to_value()
 }
@@ -246,7 +263,7 @@ pub fn crd(kind: Kind) -> Result<Value, CrdError> {
             json!({
                 "name": version,
                 "served": true,
-                "storage": *version == STORAGE_VERSION,
+                "storage": *version == storage_version(kind),
                 "schema": schema,
                 "subresources": {"status": {}},
                 "additionalPrinterColumns": columns,
@@ -271,7 +288,7 @@ pub fn crd(kind: Kind) -> Result<Value, CrdError> {
                 "plural": n.plural,
                 "singular": n.singular,
                 "shortNames": n.short_names,
-                "categories": ["istio-io", category],
+                "categories": [if group.ends_with(".istio.io") { "istio-io" } else { "strait-io" }, category],
             },
             "versions": versions,
         },

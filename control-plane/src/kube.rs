@@ -12,4 +12,4 @@ pub mod source;
 pub mod status;
 pub mod tokens;
 
-pub use source::{ISTIO_KINDS, KubeSourceOptions, run};
+pub use source::{CONFIG_KINDS, KubeSourceOptions, run};

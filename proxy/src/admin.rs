@@ -240,6 +240,7 @@ pub fn respond(shared: &Shared, req: &Request<Incoming>, peer: IpAddr) -> Respon
             let mut body = shared.stats.prometheus();
             if let Some(runtime) = shared.runtime.load_full() {
                 crate::stats::render_clusters(&mut body, &runtime.cluster_stats());
+                crate::stats::render_rate_limits(&mut body, &runtime.rate_limit_counters());
             }
             text(StatusCode::OK, "text/plain; version=0.0.4", body)
         }

@@ -4,6 +4,7 @@ mod cluster;
 mod jwt;
 mod listener;
 mod matchers;
+mod rate_limit;
 mod rbac;
 mod route;
 mod tls;
@@ -26,6 +27,7 @@ pub mod listener_defaults {
     pub use super::listener::{DEFAULT_INSPECT_TIMEOUT, DEFAULT_TCP_IDLE_TIMEOUT};
 }
 pub use matchers::{HeaderMatch, HeaderMatcher, Pattern, QueryMatcher, StringMatch};
+pub use rate_limit::{Descriptor, LocalRateLimit, RateLimitAction, TokenBucket};
 pub use rbac::{
     Cidr, MetadataMatcher, Permission, Policy, Principal, Rbac, RbacAction, ValueMatch,
 };

@@ -33,9 +33,61 @@ pub mod jwt;
 pub use forward::RETRY_BUFFER_LIMIT;
 mod headers;
 pub mod limits;
+pub mod rate_limit;
 pub mod routing;
 
 /// What the data path knows of a downstream connection.
+/// What a route match and the rate limit's actions read of a request.
+fn view_of<'a, B>(req: &'a Request<B>, authority: &'a str) -> RequestView<'a> {
+    RequestView {
+        method: req.method().as_str(),
+        authority,
+        scheme: "http",
+        path: req.uri().path(),
+        query: req.uri().query(),
+        headers: req.headers(),
+    }
+}
+
+/// The local rate limit's verdict: what the bucket that counted the request said (for the
+/// response's headers), or the answer to a refused request.
+fn rate_limit(
+    limiter: Option<&Arc<rate_limit::Limiter>>,
+    view: &RequestView<'_>,
+    peer: SocketAddr,
+) -> Result<Option<rate_limit::Outcome>, Response<ProxyBody>> {
+    let Some(limiter) = limiter else {
+        return Ok(None);
+    };
+    let remote = rate_limit::remote_address(view.headers, peer.ip());
+    let decision = limiter.check(view, remote);
+    if decision.allowed {
+        Ok(decision.outcome)
+    } else {
+        tracing::debug!(%peer, "the local rate limit refused the request");
+        Err(limiter.refusal(decision.outcome))
+    }
+}
+
+/// `resp` (the router's own answer: no route, a TLS redirect) once the rate limit allows the
+/// request, marked with what its bucket said.
+fn limit_then(
+    limiter: Option<&Arc<rate_limit::Limiter>>,
+    view: &RequestView<'_>,
+    peer: SocketAddr,
+    mut resp: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    match rate_limit(limiter, view, peer) {
+        Err(refused) => refused,
+        Ok(counted) => {
+            if let Some(limiter) = limiter {
+                limiter.mark(resp.headers_mut(), counted);
+            }
+            resp
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Conn {
     pub listener: Arc<str>,
@@ -255,8 +307,17 @@ async fn route_and_forward(
     } else {
         authority
     };
+    // The local rate limit runs before the router, so it counts what no route takes too.
+    let limiter = http
+        .rate_limit
+        .as_ref()
+        .and_then(|_| runtime.limiter(&conn.listener, conn.chain));
     let Some(vh) = routing::virtual_host(rc, host) else {
-        return (local(StatusCode::NOT_FOUND, ""), none());
+        let resp = local(StatusCode::NOT_FOUND, "");
+        return (
+            limit_then(limiter, &view_of(&req, authority), peer, resp),
+            none(),
+        );
     };
     let mut served = Served {
         virtual_host: Some(vh.name.clone()),
@@ -304,21 +365,16 @@ async fn route_and_forward(
             "https://{authority}{}",
             req.uri().path_and_query().map_or("/", |p| p.as_str())
         );
+        let resp = redirect_response(StatusCode::MOVED_PERMANENTLY, &location);
         return (
-            redirect_response(StatusCode::MOVED_PERMANENTLY, &location),
+            limit_then(limiter, &view_of(&req, authority), peer, resp),
             served,
         );
     }
-    let view = RequestView {
-        method: req.method().as_str(),
-        authority,
-        scheme: "http",
-        path: req.uri().path(),
-        query: req.uri().query(),
-        headers: req.headers(),
-    };
+    let view = view_of(&req, authority);
     let Some(route) = routing::route(vh, &view) else {
-        return (local(StatusCode::NOT_FOUND, ""), served);
+        let resp = local(StatusCode::NOT_FOUND, "");
+        return (limit_then(limiter, &view, peer, resp), served);
     };
     served.route = Some(route.name.clone());
     if let Some(fault) = &route.fault {
@@ -347,6 +403,16 @@ async fn route_and_forward(
         Some(cors::Decision::Answer(resp)) => return (resp, served),
         Some(cors::Decision::Allow(allowed)) => Some(allowed),
         None => None,
+    };
+    // Last before the router, as straitd orders the filters (after authorization and CORS).
+    let counted = match rate_limit(limiter, &view, peer) {
+        Ok(counted) => counted,
+        Err(mut resp) => {
+            if let Some(allowed) = &allowed {
+                allowed.mark(resp.headers_mut());
+            }
+            return (resp, served);
+        }
     };
     let mut resp = match &route.action {
         Action::Direct { status, body } => {
@@ -389,6 +455,9 @@ async fn route_and_forward(
     // encode path), after the route's header changes.
     if let Some(allowed) = &allowed {
         allowed.mark(resp.headers_mut());
+    }
+    if let Some(limiter) = limiter {
+        limiter.mark(resp.headers_mut(), counted);
     }
     (resp, served)
 }

@@ -1,7 +1,7 @@
 //! The runtime snapshot: a config with the balancers, pools and TLS server configs built beside
 //! it, swapped whole; and what every listener and the admin API share.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,6 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use rustls::server::ServerConfig;
 
 use crate::config::{Cluster, Config, Listener};
+use crate::http::rate_limit::{Counters, Limiter};
 use crate::identity::Identity;
 use crate::run_apps::RunApps;
 use crate::stats::{ClusterGauges, ClusterStats, Stats};
@@ -32,6 +33,8 @@ pub struct Runtime {
     pub(crate) chain_tls: HashMap<(Arc<str>, usize), Arc<ServerConfig>>,
     /// Listener names by each of their addresses, for original-destination hand-offs.
     by_address: HashMap<SocketAddr, Arc<str>, foldhash::fast::RandomState>,
+    /// The local rate limit filters' buckets, by (listener, chain index).
+    limiters: HashMap<(Arc<str>, usize), Arc<Limiter>>,
 }
 
 /// A cluster's balancer, connection pools, circuit breakers and stats.
@@ -189,6 +192,7 @@ impl Runtime {
                 }
             }
         }
+        let limiters = limiters(&config, previous);
         let by_address = config
             .listeners
             .iter()
@@ -199,7 +203,21 @@ impl Runtime {
             upstreams,
             chain_tls,
             by_address,
+            limiters,
         }
+    }
+
+    /// The local rate limit state of a filter chain that has the filter.
+    pub(crate) fn limiter(&self, listener: &Arc<str>, chain: usize) -> Option<&Arc<Limiter>> {
+        self.limiters.get(&(listener.clone(), chain))
+    }
+
+    /// The local rate limit counters by stat prefix.
+    pub fn rate_limit_counters(&self) -> BTreeMap<Arc<str>, Arc<Counters>> {
+        self.limiters
+            .values()
+            .map(|l| (l.config.stat_prefix.clone(), l.counters.clone()))
+            .collect()
     }
 
     /// The listener a connection to `destination` is handed to by a listener that uses
@@ -342,4 +360,39 @@ impl Shared {
         self.ready.load(Ordering::Relaxed)
             && self.identity.as_ref().is_none_or(|i| i.current().is_some())
     }
+}
+
+/// A limiter per filter chain with the local rate limit filter: the previous runtime's where
+/// the chain's filter config is unchanged (its buckets go on), else new buckets, keeping the
+/// counters of the stat prefix.
+fn limiters(
+    config: &Config,
+    previous: Option<&Runtime>,
+) -> HashMap<(Arc<str>, usize), Arc<Limiter>> {
+    let mut out = HashMap::new();
+    for (name, l) in &config.listeners {
+        for (i, chain) in l.chains.iter().enumerate() {
+            let Some(rl) = chain.http().and_then(|h| h.rate_limit.as_ref()) else {
+                continue;
+            };
+            let key = (name.clone(), i);
+            let old = previous.and_then(|p| p.limiters.get(&key));
+            let limiter = match old {
+                Some(old) if *old.config == **rl => old.clone(),
+                _ => {
+                    let counters = previous
+                        .and_then(|p| {
+                            p.limiters
+                                .values()
+                                .find(|o| o.config.stat_prefix == rl.stat_prefix)
+                        })
+                        .map(|o| o.counters.clone())
+                        .unwrap_or_default();
+                    Arc::new(Limiter::new(rl.clone(), counters))
+                }
+            };
+            out.insert(key, limiter);
+        }
+    }
+    out
 }

@@ -387,6 +387,25 @@ fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
+/// The local rate limit filters' decisions by stat prefix.
+pub fn render_rate_limits(
+    out: &mut String,
+    counters: &BTreeMap<Arc<str>, Arc<crate::http::rate_limit::Counters>>,
+) {
+    let metric = "strait_proxy_local_rate_limit_total";
+    let _ = writeln!(out, "# TYPE {metric} counter");
+    for (prefix, c) in counters {
+        for (decision, n) in [("ok", &c.ok), ("rate_limited", &c.rate_limited)] {
+            let _ = writeln!(
+                out,
+                "{metric}{{stat_prefix=\"{}\",decision=\"{decision}\"}} {}",
+                escape(prefix),
+                n.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

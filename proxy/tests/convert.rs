@@ -1242,3 +1242,152 @@ fn tcp_routes_convert_to_weighted_clusters_and_sni_chains() {
         None
     );
 }
+
+/// A listener of a rate-limit golden case, with its first chain's local rate limit config
+/// changed by `f` (`None` leaves it as straitd made it).
+fn rate_limit_listener_with(
+    case: &str,
+    f: impl FnOnce(
+        &mut envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit,
+    ),
+) -> Result<Listener, String> {
+    use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+    use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        HttpConnectionManager, http_filter,
+    };
+    use prost::Message;
+    let out = golden(case);
+    let mut listener = out
+        .listeners
+        .into_iter()
+        .find(|l| l.name != "outbound_15001")
+        .expect("an inbound or gateway listener");
+    let filter = &mut listener.filter_chains[0].filters[0];
+    let Some(ConfigType::TypedConfig(any)) = &mut filter.config_type else {
+        panic!("a typed HCM")
+    };
+    let mut hcm = HttpConnectionManager::decode(any.value.as_slice()).expect("an HCM");
+    let rl = hcm
+        .http_filters
+        .iter_mut()
+        .find(|f| f.name == "envoy.filters.http.local_ratelimit")
+        .expect("the local rate limit filter");
+    let Some(http_filter::ConfigType::TypedConfig(rl_any)) = &mut rl.config_type else {
+        panic!("typed")
+    };
+    let mut config = LocalRateLimit::decode(rl_any.value.as_slice()).expect("a LocalRateLimit");
+    f(&mut config);
+    rl_any.value = config.encode_to_vec();
+    any.value = hcm.encode_to_vec();
+    Listener::try_from(&listener).map_err(|e| e.to_string())
+}
+
+#[test]
+fn rate_limits_convert_with_their_descriptors_and_actions() {
+    use strait_proxy::config::RateLimitAction;
+    let listener = rate_limit_listener_with("sidecar-rate-limit", |_| {}).expect("accepted");
+    let http = listener.chains[0].http().expect("an HTTP chain");
+    let rl = http.rate_limit.as_ref().expect("the filter");
+    assert_eq!(&*rl.stat_prefix, "inbound_15108");
+    assert_eq!((rl.status, rl.default_bucket), (429, None));
+    assert!(rl.x_ratelimit_headers && rl.retry_after && !rl.always_consume_default);
+    assert_eq!(rl.max_dynamic_descriptors, 1024);
+    assert_eq!(
+        rl.descriptors
+            .iter()
+            .map(|d| (
+                d.is_wildcard(),
+                d.bucket.max_tokens,
+                d.bucket.tokens_per_fill
+            ))
+            .collect::<Vec<_>>(),
+        [
+            (false, 20, 10),
+            (true, 100, 100),
+            (false, 1000, 1000),
+            (true, 1000, 1000)
+        ]
+    );
+    assert!(matches!(
+        rl.rate_limits[0].as_slice(),
+        [RateLimitAction::HeaderValueMatch { headers, expect_match: true, .. }] if headers.len() == 3
+    ));
+    assert!(matches!(
+        rl.rate_limits[1].as_slice(),
+        [
+            RateLimitAction::HeaderValueMatch { .. },
+            RateLimitAction::RemoteAddress
+        ]
+    ));
+    assert!(matches!(
+        rl.rate_limits[2].as_slice(),
+        [
+            RateLimitAction::GenericKey { .. },
+            RateLimitAction::RequestHeaders {
+                skip_if_absent: true,
+                ..
+            }
+        ]
+    ));
+    let gateway = rate_limit_listener_with("gateway-rate-limit", |_| {}).expect("accepted");
+    let http = gateway.chains[0].http().expect("an HTTP chain");
+    assert!(http.cors && http.rate_limit.is_some());
+}
+
+#[test]
+fn rate_limit_settings_strait_proxy_cannot_honour_are_refused_by_name() {
+    use envoy_types::pb::envoy::config::route::v3::rate_limit::{Action, action};
+    let refused = |f: &dyn Fn(
+        &mut envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit,
+    )| {
+        rate_limit_listener_with("sidecar-rate-limit", f).expect_err("refused")
+    };
+    for (err, fragment) in [
+        (
+            refused(&|c| c.filter_enforced = None),
+            "filter_enforced: not supported by strait-proxy: rate limiting (or enforcing it on) only a share",
+        ),
+        (
+            refused(&|c| c.local_rate_limit_per_downstream_connection = true),
+            "local rate limit settings other than",
+        ),
+        (
+            refused(&|c| c.descriptors[0].shadow_mode = true),
+            "descriptors[0].shadow_mode",
+        ),
+        (
+            refused(&|c| {
+                c.descriptors[0]
+                    .token_bucket
+                    .as_mut()
+                    .unwrap()
+                    .fill_interval = Some(envoy_types::pb::google::protobuf::Duration {
+                    seconds: 0,
+                    nanos: 10_000_000,
+                })
+            }),
+            "descriptors[0].token_bucket.fill_interval",
+        ),
+        (
+            refused(&|c| c.rate_limits.clear()),
+            "the route's or virtual host's rate_limits",
+        ),
+        (
+            refused(&|c| {
+                c.rate_limits[0].actions.push(Action {
+                    action_specifier: Some(action::ActionSpecifier::SourceCluster(
+                        action::SourceCluster {},
+                    )),
+                })
+            }),
+            "rate_limits[0].actions[1]",
+        ),
+        (
+            refused(&|c| c.rate_limits[0].disable_key = "off".into()),
+            "rate_limits[0]: not supported by strait-proxy: rate limit settings other than actions",
+        ),
+    ] {
+        assert!(err.contains(fragment), "{fragment:?} not in {err}");
+    }
+}

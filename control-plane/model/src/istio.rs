@@ -22,10 +22,12 @@ pub enum Kind {
     AuthorizationPolicy,
     RequestAuthentication,
     Sidecar,
+    /// Strait's own (`policy.strait.io`).
+    RateLimitPolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Gateway,
@@ -35,6 +37,7 @@ impl Kind {
         Kind::AuthorizationPolicy,
         Kind::RequestAuthentication,
         Kind::Sidecar,
+        Kind::RateLimitPolicy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +51,7 @@ impl Kind {
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::RequestAuthentication => "RequestAuthentication",
             Kind::Sidecar => "Sidecar",
+            Kind::RateLimitPolicy => "RateLimitPolicy",
         }
     }
 
@@ -57,6 +61,7 @@ impl Kind {
             Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
                 "security.istio.io"
             }
+            Kind::RateLimitPolicy => "policy.strait.io",
             _ => "networking.istio.io",
         }
     }
@@ -67,11 +72,12 @@ impl Kind {
             Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
                 &SECURITY_VERSIONS
             }
+            Kind::RateLimitPolicy => &crate::policy::POLICY_VERSIONS,
             _ => &NETWORKING_VERSIONS,
         }
     }
 
-    /// Accepts the kind name in any case, plural and short forms (`vs`, `dr`, `gw`, `se`, `we`, `pa`, `ap`, `ra`, `sc`).
+    /// Accepts the kind name in any case, plural and short forms (`vs`, `dr`, `gw`, `se`, `we`, `pa`, `ap`, `ra`, `sc`, `rlp`).
     pub fn parse_loose(s: &str) -> Option<Kind> {
         let lower = s.to_ascii_lowercase();
         let k = match lower.trim_end_matches('s') {
@@ -84,6 +90,7 @@ impl Kind {
             "authorizationpolicy" | "authorizationpolicie" | "ap" => Kind::AuthorizationPolicy,
             "requestauthentication" | "ra" => Kind::RequestAuthentication,
             "sidecar" | "sc" => Kind::Sidecar,
+            "ratelimitpolicy" | "ratelimitpolicie" | "rlp" => Kind::RateLimitPolicy,
             _ => return None,
         };
         Some(k)

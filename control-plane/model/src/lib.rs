@@ -9,6 +9,7 @@ pub mod loader;
 pub mod mesh;
 pub mod model;
 pub mod node;
+pub mod policy;
 pub mod re2;
 
 pub use credential::{Credential, CredentialError, CredentialId, Credentials};

@@ -14,6 +14,7 @@ use crate::istio::security::{
     AuthorizationPolicySpec, PeerAuthenticationSpec, RequestAuthenticationSpec,
 };
 use crate::istio::{Kind, ObjectMeta};
+use crate::policy::RateLimitPolicySpec;
 
 /// The spec of one object, by kind.
 #[derive(Clone, Debug, PartialEq)]
@@ -27,6 +28,7 @@ pub enum Spec {
     AuthorizationPolicy(AuthorizationPolicySpec),
     RequestAuthentication(RequestAuthenticationSpec),
     Sidecar(SidecarSpec),
+    RateLimitPolicy(RateLimitPolicySpec),
 }
 
 /// One object as read, with where it came from.
@@ -143,7 +145,7 @@ pub fn parse_value(
                 None,
                 "kind",
                 format!(
-                    "unsupported kind {kind_name:?}; expected one of VirtualService, DestinationRule, Gateway, ServiceEntry, WorkloadEntry, PeerAuthentication, AuthorizationPolicy, RequestAuthentication, Sidecar"
+                    "unsupported kind {kind_name:?}; expected one of VirtualService, DestinationRule, Gateway, ServiceEntry, WorkloadEntry, PeerAuthentication, AuthorizationPolicy, RequestAuthentication, Sidecar, RateLimitPolicy"
                 ),
             )
         })?;
@@ -248,6 +250,7 @@ fn deserialize_spec(kind: Kind, value: serde_json::Value) -> Result<Spec, (Strin
         Kind::AuthorizationPolicy => Spec::AuthorizationPolicy(de(value)?),
         Kind::RequestAuthentication => Spec::RequestAuthentication(de(value)?),
         Kind::Sidecar => Spec::Sidecar(de(value)?),
+        Kind::RateLimitPolicy => Spec::RateLimitPolicy(de(value)?),
     })
 }
 

@@ -5,6 +5,7 @@ mod destination_rule;
 mod gateway;
 mod incremental;
 pub mod outbound;
+mod rate_limit;
 mod registry;
 mod request_authentication;
 mod scope;
@@ -20,6 +21,7 @@ use crate::loader::{Object, Spec};
 
 pub use destination_rule::ResolvedPolicy;
 pub use incremental::Change;
+pub use rate_limit::{RateLimit, RateLimitKey, RateLimitMatch, RateLimitPolicy};
 pub use request_authentication::{
     FetchedJwks, JwksFetches, JwksSource, JwtHeader, JwtRule, RequestAuthentication, check_jwks,
 };
@@ -46,6 +48,8 @@ pub struct Model {
     pub peer_authentications: Vec<PeerAuthentication>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
     pub request_authentications: Vec<RequestAuthentication>,
+    /// RateLimitPolicies in id order.
+    pub rate_limit_policies: Vec<RateLimitPolicy>,
     /// What straitd fetched for the `jwksUri`s in use (set after validation, by
     /// [`Model::set_jwks`]); empty where nothing fetches them (`straitctl analyze`).
     pub jwks: std::sync::Arc<JwksFetches>,
@@ -728,6 +732,8 @@ impl Model {
             &mut errors,
         );
         let sidecars = scope::build_sidecars(&by_kind(crate::Kind::Sidecar), &mut errors);
+        let rate_limit_policies =
+            rate_limit::build(&by_kind(crate::Kind::RateLimitPolicy), &mut errors);
         let virtual_services = virtual_service::build(
             &by_kind(crate::Kind::VirtualService),
             &services,
@@ -747,6 +753,7 @@ impl Model {
                 peer_authentications,
                 authorization_policies,
                 request_authentications,
+                rate_limit_policies,
                 jwks: Default::default(),
                 sidecars,
                 credentials: credentials.cloned().unwrap_or_default(),
@@ -779,6 +786,7 @@ impl Model {
             peer_authentications,
             authorization_policies,
             request_authentications,
+            rate_limit_policies,
             jwks,
             sidecars,
             credentials,
@@ -795,6 +803,7 @@ impl Model {
             && *peer_authentications == other.peer_authentications
             && *authorization_policies == other.authorization_policies
             && *request_authentications == other.request_authentications
+            && *rate_limit_policies == other.rate_limit_policies
             && *jwks == other.jwks
             && *sidecars == other.sidecars
             && *credentials == other.credentials
@@ -859,6 +868,15 @@ impl Model {
         labels: &BTreeMap<String, String>,
     ) -> Vec<&RequestAuthentication> {
         request_authentication::for_workload(&self.request_authentications, namespace, labels)
+    }
+
+    /// The RateLimitPolicies that apply to a workload (or gateway), in id order.
+    pub fn rate_limits_for(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<&RateLimitPolicy> {
+        rate_limit::for_workload(&self.rate_limit_policies, namespace, labels)
     }
 
     /// The `jwksUri`s that RequestAuthentications name, for straitd to fetch.

@@ -1756,3 +1756,149 @@ fn credential_name_is_checked() {
         }
     }
 }
+
+// === RateLimitPolicy ===
+
+fn rate_limit_policy(limits: &str) -> String {
+    format!(
+        "apiVersion: policy.strait.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {{name: limits, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: reviews}}}}
+  limits:
+{limits}"
+    )
+}
+
+#[test]
+fn rate_limit_policies_are_validated_with_field_paths() {
+    let model = build(&rate_limit_policy(
+        "  - name: writes
+    match: {uri: {exact: /reviews}, method: {exact: POST}, headers: {x-tier: {exact: free}}}
+    requests: 10
+    interval: 1s
+    burst: 20
+  - name: per-client
+    requests: 100
+    interval: 1m
+    by: {sourceAddress: true}
+  - name: per-key
+    requests: 5
+    interval: 500ms
+    by: {header: x-api-key}
+",
+    ))
+    .expect("a valid policy");
+    let labels = [("app".to_string(), "reviews".to_string())].into();
+    let policies = model.rate_limits_for("default", &labels);
+    assert_eq!(policies.len(), 1);
+    let limits = &policies[0].limits;
+    assert_eq!(
+        limits
+            .iter()
+            .map(|l| (l.name.as_str(), l.requests, l.burst, l.interval))
+            .collect::<Vec<_>>(),
+        [
+            ("writes", 10, 20, std::time::Duration::from_secs(1)),
+            ("per-client", 100, 100, std::time::Duration::from_secs(60)),
+            ("per-key", 5, 5, std::time::Duration::from_millis(500)),
+        ]
+    );
+    assert_eq!(policies[0].limit_id(&limits[0]), "default/limits/writes");
+    assert_eq!(
+        limits[2].by,
+        Some(strait_model::RateLimitKey::Header("x-api-key".into()))
+    );
+    let other = [("app".to_string(), "ratings".to_string())].into();
+    assert!(model.rate_limits_for("default", &other).is_empty());
+    assert!(model.rate_limits_for("other", &labels).is_empty());
+
+    for (limits, fragments) in [
+        (
+            "  - {name: a, requests: 1, interval: 10ms}\n",
+            &["spec.limits[0].interval", "shorter than 50ms"][..],
+        ),
+        (
+            "  - {name: a, interval: 1s}\n",
+            &["spec.limits[0].requests", "required"],
+        ),
+        (
+            "  - {name: a, requests: 0, interval: 1s}\n",
+            &["spec.limits[0].requests", "at least 1"],
+        ),
+        (
+            "  - {name: a, requests: 1, interval: soon}\n",
+            &["spec.limits[0].interval"],
+        ),
+        (
+            "  - {name: a, requests: 1, interval: 1s, burst: 0}\n",
+            &["spec.limits[0].burst", "at least 1"],
+        ),
+        (
+            "  - {name: a, requests: 1, interval: 1s}\n  - {name: a, requests: 2, interval: 1s}\n",
+            &["spec.limits[1].name", "names another limit"],
+        ),
+        (
+            "  - {name: A_b, requests: 1, interval: 1s}\n",
+            &["spec.limits[0].name", "not a valid name"],
+        ),
+        (
+            "  - {name: a, requests: 1, interval: 1s, by: {header: X-Key}}\n",
+            &["spec.limits[0].by.header", "lowercase"],
+        ),
+        (
+            "  - {name: a, requests: 1, interval: 1s, by: {header: x, sourceAddress: true}}\n",
+            &["spec.limits[0].by", "only one"],
+        ),
+        (
+            "  - {name: a, requests: 1, interval: 1s, by: {}}\n",
+            &["spec.limits[0].by", "header or sourceAddress"],
+        ),
+        (
+            "  - {name: a, requests: 1, interval: 1s, match: {uri: {regex: '(('}}}\n",
+            &[
+                "spec.limits[0].match.uri.regex",
+                "invalid regular expression",
+            ],
+        ),
+        (
+            "  - {name: a, requests: 1, interval: 1s, match: {headers: {':path': {exact: /}}}}\n",
+            &["spec.limits[0].match.headers.:path", "uri and method"],
+        ),
+    ] {
+        rejects(&rate_limit_policy(limits), fragments);
+    }
+    rejects(
+        "apiVersion: policy.strait.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: empty}
+spec: {limits: []}
+",
+        &["spec.limits", "at least one limit"],
+    );
+}
+
+#[test]
+fn rate_limit_policies_are_read_in_their_own_group_only() {
+    for (text, fragments) in [
+        (
+            "apiVersion: policy.strait.io/v1\nkind: RateLimitPolicy\nmetadata: {name: a}\nspec: {}\n",
+            &["apiVersion", "policy.strait.io/v1alpha1"][..],
+        ),
+        (
+            "apiVersion: networking.istio.io/v1\nkind: RateLimitPolicy\nmetadata: {name: a}\nspec: {}\n",
+            &["apiVersion", "policy.strait.io/v1alpha1"],
+        ),
+        (
+            "apiVersion: policy.strait.io/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: a}\nspec: {limits: [{name: a, requests: 1, interval: 1s, per: 1s}]}\n",
+            &["spec.limits[0].per", "unknown field"],
+        ),
+    ] {
+        let err = loader::parse(text, "test.yaml").expect_err("refused while reading");
+        let err = err.iter().map(ToString::to_string).collect::<String>();
+        for f in fragments {
+            assert!(err.contains(f), "{f:?} not in {err}");
+        }
+    }
+}

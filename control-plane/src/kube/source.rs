@@ -28,8 +28,9 @@ use crate::store::kube::{CredentialChange, KubeChange};
 /// How long events are gathered into one batch for the store.
 const BATCH_WINDOW: Duration = Duration::from_millis(20);
 
-/// Istio's kinds, as the API server serves them: (kind, group, version, plural).
-pub const ISTIO_KINDS: [(Kind, &str, &str, &str); 9] = [
+/// The configuration kinds (Istio's and Strait's RateLimitPolicy), as the API server serves
+/// them: (kind, group, version, plural).
+pub const CONFIG_KINDS: [(Kind, &str, &str, &str); 10] = [
     (
         Kind::VirtualService,
         "networking.istio.io",
@@ -74,6 +75,12 @@ pub const ISTIO_KINDS: [(Kind, &str, &str, &str); 9] = [
         "requestauthentications",
     ),
     (Kind::Sidecar, "networking.istio.io", "v1", "sidecars"),
+    (
+        Kind::RateLimitPolicy,
+        "policy.strait.io",
+        "v1alpha1",
+        "ratelimitpolicies",
+    ),
 ];
 
 #[derive(Clone, Debug)]
@@ -251,7 +258,7 @@ pub async fn run(
 
 /// The API resources of Istio's kinds, by kind, as the server serves them.
 pub fn istio_resources() -> Vec<(Kind, ApiResource)> {
-    ISTIO_KINDS
+    CONFIG_KINDS
         .iter()
         .map(|(kind, group, version, plural)| {
             let gvk = GroupVersionKind::gvk(group, version, &kind.to_string());

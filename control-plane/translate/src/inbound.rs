@@ -38,7 +38,7 @@ use crate::jwt::jwt_filter;
 use crate::outbound::listen_addresses;
 use crate::proto::{any, duration};
 use crate::security::{self, PortView, network_rbac_filters, rbac_filters};
-use crate::{MeshSettings, tcp};
+use crate::{MeshSettings, rate_limit, tcp};
 
 const HCM: &str = "envoy.filters.network.http_connection_manager";
 /// The captured inbound listener's name, as Istio's.
@@ -89,10 +89,13 @@ pub fn explicit(
         model,
         &model.request_authentication_for(&node.namespace, &node.labels),
     );
+    let rate_limits = model.rate_limits_for(&node.namespace, &node.labels);
+    let prefix = format!("inbound_{inbound_port}");
     let hcm = inbound_hcm(
-        &format!("inbound_{inbound_port}"),
+        &prefix,
         &cluster_name,
         jwt,
+        rate_limit::filter(&rate_limits, &prefix),
         &policies,
         settings,
         PortView::Explicit {
@@ -146,13 +149,16 @@ fn inbound_hcm(
     stat_prefix: &str,
     cluster: &str,
     jwt: Option<HttpFilter>,
+    rate_limit: Option<HttpFilter>,
     policies: &[&AuthorizationPolicy],
     settings: &MeshSettings,
     ports: PortView,
 ) -> Filter {
-    // The JWT is verified before RBAC reads its claims, as in Istio's chain.
+    // The JWT is verified before RBAC reads its claims, as in Istio's chain; a request is
+    // counted against rate limits only once it is allowed.
     let mut http_filters: Vec<HttpFilter> = jwt.into_iter().collect();
     http_filters.extend(rbac_filters(policies, settings, ports));
+    http_filters.extend(rate_limit);
     http_filters.push(HttpFilter {
         name: "envoy.filters.http.router".to_string(),
         config_type: Some(http_filter::ConfigType::TypedConfig(
@@ -271,6 +277,7 @@ pub fn captured(
         model,
         &model.request_authentication_for(&node.namespace, &node.labels),
     );
+    let rate_limits = model.rate_limits_for(&node.namespace, &node.labels);
     let mut chains = vec![FilterChain {
         // A connection to the capture port itself would loop.
         name: format!("{VIRTUAL_INBOUND}-blackhole"),
@@ -295,6 +302,7 @@ pub fn captured(
                 &format!("inbound_0.0.0.0_{port}"),
                 &cluster,
                 jwt.clone(),
+                rate_limit::filter(&rate_limits, &format!("inbound_0.0.0.0_{port}")),
                 &policies,
                 settings,
                 PortView::Captured,

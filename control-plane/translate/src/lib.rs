@@ -11,6 +11,7 @@ mod listener;
 mod origin;
 mod outbound;
 mod proto;
+mod rate_limit;
 mod route;
 mod security;
 mod tcp;

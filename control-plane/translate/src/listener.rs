@@ -33,7 +33,7 @@ use crate::credential::{credential_socket, credential_usable};
 use crate::cluster::socket;
 use crate::proto::{ads, any, duration};
 use crate::route::{CORS_FILTER, FAULT_FILTER, gateway_virtual_hosts};
-use crate::tcp;
+use crate::{rate_limit, tcp};
 
 /// How long a request's headers may take to arrive once they have begun (Envoy's
 /// `request_headers_timeout`, off by default there): a client trickling its headers is answered
@@ -49,7 +49,7 @@ pub fn sidecar_outbound(node: &ProxyNode) -> Listener {
         name: format!("outbound_{}", node.outbound_port),
         address: Some(socket(&node.listen_address.to_string(), node.outbound_port)),
         filter_chains: vec![FilterChain {
-            filters: vec![hcm("outbound", OUTBOUND_ROUTE_NAME, false)],
+            filters: vec![hcm("outbound", OUTBOUND_ROUTE_NAME, false, None)],
             ..Default::default()
         }],
         traffic_direction: TrafficDirection::Outbound as i32,
@@ -58,9 +58,14 @@ pub fn sidecar_outbound(node: &ProxyNode) -> Listener {
 }
 
 /// An HTTP connection manager that takes its routes over RDS, with the filters routes configure
-/// (faults, then CORS, as Istio orders them). Gateways ignore the Host header's port, as
-/// clients reach them on mapped or defaulted ports.
-pub(crate) fn hcm(stat_prefix: &str, route_config: &str, strip_port: bool) -> Filter {
+/// (faults, then CORS, as Istio orders them), then a gateway's rate limits. Gateways ignore
+/// the Host header's port, as clients reach them on mapped or defaulted ports.
+pub(crate) fn hcm(
+    stat_prefix: &str,
+    route_config: &str,
+    strip_port: bool,
+    rate_limit: Option<HttpFilter>,
+) -> Filter {
     let manager = HttpConnectionManager {
         stat_prefix: stat_prefix.to_string(),
         codec_type: CodecType::Auto as i32,
@@ -81,14 +86,17 @@ pub(crate) fn hcm(stat_prefix: &str, route_config: &str, strip_port: bool) -> Fi
                 config_type: Some(http_filter::ConfigType::TypedConfig(any(&Cors::default()))),
                 ..Default::default()
             },
-            HttpFilter {
-                name: "envoy.filters.http.router".to_string(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(
-                    any(&Router::default()),
-                )),
-                ..Default::default()
-            },
-        ],
+        ]
+        .into_iter()
+        .chain(rate_limit)
+        .chain([HttpFilter {
+            name: "envoy.filters.http.router".to_string(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(
+                any(&Router::default()),
+            )),
+            ..Default::default()
+        }])
+        .collect(),
         upgrade_configs: vec![UpgradeConfig {
             upgrade_type: "websocket".to_string(),
             ..Default::default()
@@ -119,6 +127,7 @@ pub fn gateway(model: &Model, node: &ProxyNode) -> (Vec<Listener>, Vec<RouteConf
     }
     let mut listeners = Vec::new();
     let mut routes = Vec::new();
+    let rate_limits = model.rate_limits_for(&node.namespace, &node.labels);
     for (port, servers) in by_port {
         let bind = node.gateway_bind_port(port);
         let address = node.listen_address.to_string();
@@ -167,7 +176,12 @@ pub fn gateway(model: &Model, node: &ProxyNode) -> (Vec<Listener>, Vec<RouteConf
                         server_names,
                         ..Default::default()
                     }),
-                    filters: vec![hcm(&name, &name, true)],
+                    filters: vec![hcm(
+                        &name,
+                        &name,
+                        true,
+                        rate_limit::filter(&rate_limits, &name),
+                    )],
                     transport_socket: server.tls.as_ref().and_then(tls_socket),
                     ..Default::default()
                 });
@@ -187,7 +201,12 @@ pub fn gateway(model: &Model, node: &ProxyNode) -> (Vec<Listener>, Vec<RouteConf
                 ..Default::default()
             });
             listener.filter_chains.push(FilterChain {
-                filters: vec![hcm(&name, &name, true)],
+                filters: vec![hcm(
+                    &name,
+                    &name,
+                    true,
+                    rate_limit::filter(&rate_limits, &name),
+                )],
                 ..Default::default()
             });
         }

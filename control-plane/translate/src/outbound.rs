@@ -129,7 +129,7 @@ fn port_listener(
         chains.push(
             format!("{port}-http"),
             FilterChainMatch::default(),
-            hcm(&format!("outbound_0.0.0.0_{port}"), &name, false),
+            hcm(&format!("outbound_0.0.0.0_{port}"), &name, false, None),
             None,
         );
     } else if let Some(claim) = &plan.default_tcp {

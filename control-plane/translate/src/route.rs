@@ -552,7 +552,7 @@ fn route_match_for(m: Option<&RouteMatch>) -> PbRouteMatch {
     }
 }
 
-fn header_matcher(name: &str, hm: &HeaderMatch, invert: bool) -> HeaderMatcher {
+pub(crate) fn header_matcher(name: &str, hm: &HeaderMatch, invert: bool) -> HeaderMatcher {
     HeaderMatcher {
         name: name.to_string(),
         invert_match: invert,
@@ -564,7 +564,7 @@ fn header_matcher(name: &str, hm: &HeaderMatch, invert: bool) -> HeaderMatcher {
     }
 }
 
-fn string_matcher(sm: &StringMatch) -> StringMatcher {
+pub(crate) fn string_matcher(sm: &StringMatch) -> StringMatcher {
     StringMatcher {
         match_pattern: Some(match sm {
             StringMatch::Exact(s) => string_matcher::MatchPattern::Exact(s.clone()),

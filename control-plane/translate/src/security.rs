@@ -575,7 +575,7 @@ fn principal_in_namespace(namespace: &str) -> Principal {
     })
 }
 
-fn regex_escape(s: &str) -> String {
+pub(crate) fn regex_escape(s: &str) -> String {
     s.chars()
         .flat_map(|c| {
             if "\\.+*?()|[]{}^$".contains(c) {

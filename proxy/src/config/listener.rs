@@ -164,6 +164,8 @@ pub struct HttpManager {
     pub rbac: Arc<[Rbac]>,
     /// The CORS filter is in the chain: routes' CORS policies apply.
     pub cors: bool,
+    /// The local rate limit filter, after every other filter but the router.
+    pub rate_limit: Option<Arc<super::LocalRateLimit>>,
     /// How big a request's headers may be; a request over a limit is answered 431.
     pub request_headers: HeaderLimits,
     /// How long a request's headers may take to arrive once its first byte has (Envoy's

@@ -85,7 +85,7 @@ pub fn matches(m: &RouteMatch, req: &RequestView<'_>) -> bool {
         && m.query.iter().all(|q| query_matches(q, req.query))
 }
 
-fn header_matches(h: &HeaderMatcher, req: &RequestView<'_>) -> bool {
+pub(crate) fn header_matches(h: &HeaderMatcher, req: &RequestView<'_>) -> bool {
     let value: Option<String> = match &*h.name {
         ":method" => Some(req.method.to_string()),
         ":authority" | "host" => Some(req.authority.to_string()),

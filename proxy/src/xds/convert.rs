@@ -3,6 +3,7 @@
 mod clusters;
 mod jwt;
 mod listeners;
+mod rate_limit;
 mod rbac;
 mod routes;
 mod tls;

@@ -16,6 +16,7 @@ mod kubernetes;
 mod limits;
 mod mtls;
 mod proxy_config;
+mod rate_limits;
 mod resilience;
 mod samples;
 mod scoping;

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::security::ROOT_NAMESPACE;
+use super::security::{ROOT_NAMESPACE, selects};
 use super::spec_of;
 use crate::error::{ObjectId, Report, ValidationError};
 use crate::istio::security as wire;
@@ -67,12 +67,6 @@ pub struct FetchedJwks {
 
 /// Fetched JWKS documents by URI.
 pub type JwksFetches = BTreeMap<String, FetchedJwks>;
-
-fn selects(selector: &Option<BTreeMap<String, String>>, labels: &BTreeMap<String, String>) -> bool {
-    selector
-        .as_ref()
-        .is_none_or(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v)))
-}
 
 /// The RequestAuthentications that apply to a workload: the root namespace's and its own
 /// namespace's whose selector (if any) matches its labels.

@@ -423,6 +423,7 @@ impl Model {
             peer_authentications: self.peer_authentications.clone(),
             authorization_policies: self.authorization_policies.clone(),
             request_authentications: self.request_authentications.clone(),
+            rate_limit_policies: self.rate_limit_policies.clone(),
             jwks: self.jwks.clone(),
             sidecars: self.sidecars.clone(),
             credentials: self.credentials.clone(),

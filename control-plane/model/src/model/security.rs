@@ -118,7 +118,10 @@ pub struct ConditionMatch {
     pub not_values: Vec<String>,
 }
 
-fn selects(selector: &Option<BTreeMap<String, String>>, labels: &BTreeMap<String, String>) -> bool {
+pub(super) fn selects(
+    selector: &Option<BTreeMap<String, String>>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     selector
         .as_ref()
         .is_none_or(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v)))

@@ -1100,7 +1100,7 @@ fn route_match(
     })
 }
 
-fn string_match(
+pub(super) fn string_match(
     s: &wire::StringMatch,
     path: &str,
     allow_empty: bool,
@@ -1141,7 +1141,7 @@ fn string_match(
     }
 }
 
-fn header_match(
+pub(super) fn header_match(
     name: &str,
     sm: &wire::StringMatch,
     path: &str,
@@ -1154,7 +1154,7 @@ fn header_match(
     string_match(sm, path, false, r).map(HeaderMatch::Value)
 }
 
-fn check_header_name(name: &str, path: &str, matching: bool, r: &mut Report<'_>) {
+pub(super) fn check_header_name(name: &str, path: &str, matching: bool, r: &mut Report<'_>) {
     let valid = !name.is_empty()
         && name.chars().all(|c| {
             c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c) || (matching && c == ':')

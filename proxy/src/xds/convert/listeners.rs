@@ -351,6 +351,7 @@ pub(super) fn http_manager(
     let mut rbac_filters = Vec::new();
     let mut jwt = None;
     let mut cors = false;
+    let mut rate_limit = None;
     for (i, f) in hcm.http_filters.iter().enumerate() {
         let at = at.at(format!("http_filters[{i}]"));
         let any = match &f.config_type {
@@ -358,6 +359,11 @@ pub(super) fn http_manager(
             _ => return Err(at.unsupported(format!("filter {:?} without typed_config", f.name))),
         };
         let last = i + 1 == hcm.http_filters.len();
+        if rate_limit.is_some() && any.type_url != ROUTER {
+            return Err(at.unsupported(
+                "a filter after the local rate limit filter (it runs last, before the router)",
+            ));
+        }
         match any.type_url.as_str() {
             ROUTER if last => {}
             ROUTER => return Err(at.unsupported("a router that is not the last filter")),
@@ -423,6 +429,18 @@ pub(super) fn http_manager(
                 let at = at.at("typed_config");
                 rbac_filters.push(rbac::rbac(&at, &at.decode(any, rbac::TYPE_URL)?)?);
             }
+            rate_limit::TYPE_URL => {
+                if f.disabled {
+                    return Err(at.at("disabled").unsupported(
+                        "a local rate limit filter disabled until a route enables it",
+                    ));
+                }
+                let at = at.at("typed_config");
+                rate_limit = Some(Arc::new(rate_limit::local_rate_limit(
+                    &at,
+                    &at.decode(any, rate_limit::TYPE_URL)?,
+                )?));
+            }
             other => return Err(at.unsupported(format!("http filter {:?} ({other})", f.name))),
         }
     }
@@ -483,6 +501,7 @@ pub(super) fn http_manager(
         jwt,
         rbac: rbac_filters.into(),
         cors,
+        rate_limit,
         request_headers,
         request_headers_timeout,
     })
