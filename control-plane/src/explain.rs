@@ -14,6 +14,8 @@ use envoy_types::pb::envoy::config::rbac::v3::rbac::Action as RbacAction;
 use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action;
+use envoy_types::pb::envoy::config::route::v3::rate_limit::{Action as RateLimitAction, action as rate_limit_action};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::LocalRateLimitDescriptor;
 use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
 use envoy_types::pb::envoy::config::route::v3::{FilterConfig, Route, RouteConfiguration, VirtualHost};
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy;
@@ -29,7 +31,7 @@ use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::{
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::StripPortMode;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier as TcpCluster;
-use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent};
+use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, TokenBucket, fractional_percent};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter;
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
@@ -872,8 +874,9 @@ impl Walk<'_> {
         }
     }
 
-    /// Envoy's local rate limit: the bucket that applies (the route's, else the filter's) and
-    /// how much of the traffic it is enabled and enforced for.
+    /// Envoy's local rate limit: the descriptors the filter's actions make of this request,
+    /// the buckets they fall in (a RateLimitPolicy's limits), the default bucket (the route's,
+    /// else the filter's), and how much of the traffic it is enabled and enforced for.
     fn local_rate_limit(
         &mut self,
         filter_name: &str,
@@ -886,29 +889,88 @@ impl Walk<'_> {
         };
         let enabled = percent(limit.filter_enabled.as_ref());
         let enforced = percent(limit.filter_enforced.as_ref());
-        let bucket = limit.token_bucket.as_ref().map(|b| {
+        let bucket_json = |b: &TokenBucket| {
             json!({
                 "max_tokens": b.max_tokens,
                 "tokens_per_fill": b.tokens_per_fill.as_ref().map_or(1, |t| t.value),
                 "fill_interval": seconds(b.fill_interval.as_ref()),
             })
-        });
+        };
+        let bucket = limit.token_bucket.as_ref().map(bucket_json);
         let status = limit.status.as_ref().map_or(429, |s| s.code);
-        let from_route = route.is_some_and(|(vh, r)| per_filter(vh, r, filter_name).is_some());
-        let mut why = vec![if from_route {
-            "the route's (or virtual host's) limit".to_string()
-        } else {
-            "the filter's limit".to_string()
-        }];
-        why.push(match (&bucket, enabled > 0.0) {
-            (None, _) | (_, false) => "not enabled for this request: no limit applies".into(),
-            (Some(b), true) => format!(
+        let describe = |b: &Value| {
+            format!(
                 "{} requests at most, {} more every {}; past that the proxy answers {status} ({enabled}% enabled, {enforced}% enforced)",
                 b["max_tokens"],
                 b["tokens_per_fill"],
                 b["fill_interval"].as_str().unwrap_or("?")
-            ),
-        });
+            )
+        };
+        let mut why = Vec::new();
+        let mut counted = Vec::new();
+        let mut from = Vec::new();
+        for (i, rl) in limit.rate_limits.iter().enumerate() {
+            let entries = match self.descriptor(&rl.actions) {
+                Ok(entries) => entries,
+                Err(reason) => {
+                    why.push(format!("rate_limits[{i}] makes no descriptor: {reason}"));
+                    continue;
+                }
+            };
+            let shown = entries
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let Some(d) = find_descriptor(&limit.descriptors, &entries) else {
+                why.push(format!("descriptor [{shown}] matches no configured bucket"));
+                continue;
+            };
+            let Some(b) = d.token_bucket.as_ref().map(bucket_json) else {
+                continue;
+            };
+            let policy = entries
+                .iter()
+                .find(|(k, _)| k == RATE_LIMIT_KEY)
+                .and_then(|(_, v)| rate_limit_object(v));
+            if let Some(id) = &policy {
+                from.push(format!("{} {}/{}", id.kind, id.namespace, id.name));
+            }
+            let per_value = d.entries.iter().any(|e| e.value.is_empty());
+            why.push(format!(
+                "counted as [{shown}]{}: {}",
+                if per_value {
+                    " (a bucket of its own per value)"
+                } else {
+                    ""
+                },
+                describe(&b)
+            ));
+            counted.push(json!({"descriptor": shown, "token_bucket": b, "per_value": per_value}));
+        }
+        let default_consumed = counted.is_empty()
+            || limit
+                .always_consume_default_token_bucket
+                .as_ref()
+                .is_none_or(|b| b.value);
+        if default_consumed && let Some(b) = &bucket {
+            let from_route = route.is_some_and(|(vh, r)| per_filter(vh, r, filter_name).is_some());
+            why.push(format!(
+                "{}: {}",
+                if from_route {
+                    "the route's (or virtual host's) limit"
+                } else {
+                    "the filter's limit"
+                },
+                describe(b)
+            ));
+        }
+        if enabled <= 0.0 {
+            why.push("not enabled for this request: no limit applies".into());
+        } else if counted.is_empty() && !(default_consumed && bucket.is_some()) {
+            why.push("no limit counts this request".into());
+        }
+        from.dedup();
         self.step(
             "rate_limit",
             filter_name.to_string(),
@@ -916,13 +978,60 @@ impl Walk<'_> {
             json!({
                 "kind": "local",
                 "token_bucket": bucket,
+                "limits": counted,
                 "enabled_percent": enabled,
                 "enforced_percent": enforced,
                 "status": status,
                 "descriptors": limit.descriptors.len(),
             }),
-            Vec::new(),
+            from,
         );
+    }
+
+    /// The descriptor a local rate limit's `actions` make of the request, or why none.
+    fn descriptor(&self, actions: &[RateLimitAction]) -> Result<Vec<(String, String)>, String> {
+        use rate_limit_action::ActionSpecifier;
+        let key = |k: &str, default: &str| if k.is_empty() { default } else { k }.to_string();
+        let mut entries = Vec::new();
+        for a in actions {
+            match &a.action_specifier {
+                Some(ActionSpecifier::GenericKey(g)) => {
+                    entries.push((
+                        key(&g.descriptor_key, "generic_key"),
+                        g.descriptor_value.clone(),
+                    ));
+                }
+                Some(ActionSpecifier::HeaderValueMatch(h)) => {
+                    let failed = h
+                        .headers
+                        .iter()
+                        .find_map(|m| matching::header_matches(m, &self.view).err());
+                    let expect = h.expect_match.as_ref().is_none_or(|b| b.value);
+                    if failed.is_none() != expect {
+                        return Err(failed.unwrap_or_else(|| "the headers match".into()));
+                    }
+                    entries.push((
+                        key(&h.descriptor_key, "header_match"),
+                        h.descriptor_value.clone(),
+                    ));
+                }
+                Some(ActionSpecifier::RequestHeaders(h)) => {
+                    match self.view.header(&h.header_name) {
+                        Some(v) => entries.push((h.descriptor_key.clone(), v)),
+                        None if h.skip_if_absent => {}
+                        None => return Err(format!("header {} is missing", h.header_name)),
+                    }
+                }
+                Some(ActionSpecifier::RemoteAddress(_)) => match self.view.source_ip {
+                    Some(ip) => entries.push(("remote_address".into(), ip.to_string())),
+                    None => {
+                        return Err("the caller's address is not known (give --source-ip)".into());
+                    }
+                },
+                _ => return Err("an action explain does not evaluate".into()),
+            }
+        }
+        Ok(entries)
     }
 
     /// Envoy's global rate limit filter: the service it asks and the route's descriptors.
@@ -1361,6 +1470,38 @@ fn describe_requirement(r: &JwtRequirement) -> String {
     }
 }
 
+/// The descriptor entry naming a RateLimitPolicy's limit (`namespace/policy/limit`).
+const RATE_LIMIT_KEY: &str = "strait_limit";
+
+fn rate_limit_object(value: &str) -> Option<ObjectId> {
+    let mut parts = value.splitn(3, '/');
+    let (namespace, name) = (parts.next()?, parts.next()?);
+    parts.next()?;
+    Some(ObjectId {
+        kind: Kind::RateLimitPolicy,
+        namespace: namespace.into(),
+        name: name.into(),
+    })
+}
+
+/// The configured descriptor a request's falls in, as Envoy finds it: an exact one, else one
+/// whose empty values match any value.
+fn find_descriptor<'d>(
+    descriptors: &'d [LocalRateLimitDescriptor],
+    entries: &[(String, String)],
+) -> Option<&'d LocalRateLimitDescriptor> {
+    let fits = |d: &LocalRateLimitDescriptor, wildcard: bool| {
+        d.entries.len() == entries.len()
+            && d.entries.iter().zip(entries).all(|(e, (k, v))| {
+                e.key == *k && (e.value == *v || (wildcard && e.value.is_empty()))
+            })
+    };
+    descriptors
+        .iter()
+        .find(|d| fits(d, false))
+        .or_else(|| descriptors.iter().find(|d| fits(d, true)))
+}
+
 fn fractional_percent(p: &FractionalPercent) -> f64 {
     let denominator = match fractional_percent::DenominatorType::try_from(p.denominator) {
         Ok(fractional_percent::DenominatorType::TenThousand) => 10_000.0,
@@ -1648,6 +1789,83 @@ mod tests {
     }
 
     #[test]
+    fn rate_limit_policies_show_the_limits_that_count_a_request() {
+        let config = translated("sidecar-rate-limit");
+        let inbound = |method: &str, path: &str, headers: &[(&str, &str)], ip: Option<&str>| {
+            let mut r = get("ratings:9080", path, headers);
+            r.method = method.into();
+            r.port = Some(15108);
+            r.source_ip = ip.map(|ip| ip.parse().unwrap());
+            explain(&config, &r)
+        };
+        let write = inbound(
+            "POST",
+            "/ratings/1?x=1",
+            &[("x-tier", "free-plus"), ("x-api-key", "k1")],
+            None,
+        );
+        assert_eq!(write.outcome.kind, "routed", "{}", render(&write));
+        let rate = step(&write, "rate_limit");
+        let limits: Vec<&str> = rate.details["limits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["descriptor"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            limits,
+            [
+                "strait_limit=default/ratings/writes",
+                "strait_limit=istio-system/mesh/per-key, strait_key=k1"
+            ],
+            "{}",
+            render(&write)
+        );
+        assert_eq!(
+            rate.from,
+            [
+                "RateLimitPolicy default/ratings",
+                "RateLimitPolicy istio-system/mesh"
+            ]
+        );
+        assert!(
+            rate.why
+                .iter()
+                .any(|w| w.contains("rate_limits[1] makes no descriptor: header :path")),
+            "{:?}",
+            rate.why
+        );
+        let blind = inbound("GET", "/search/abc", &[], None);
+        assert!(
+            step(&blind, "rate_limit")
+                .why
+                .iter()
+                .any(|w| w.contains("caller's address is not known")),
+            "{}",
+            render(&blind)
+        );
+        // A GET is no write; with an address the search limit counts it per client.
+        let search = inbound("GET", "/search/abc", &[], Some("10.1.2.3"));
+        let rate = step(&search, "rate_limit");
+        let limits: Vec<&str> = rate.details["limits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["descriptor"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            limits,
+            [
+                "strait_limit=default/ratings/search, remote_address=10.1.2.3",
+                "strait_limit=istio-system/mesh/per-key"
+            ],
+            "{}",
+            render(&search)
+        );
+        assert!(rate.details["limits"][0]["per_value"].as_bool().unwrap());
+    }
+
+    #[test]
     fn inbound_authorization_verdicts_and_mtls() {
         let config = translated("sidecar-mtls");
         let inbound = |path: &str, method: &str, principal: Option<&str>| {
@@ -1854,7 +2072,13 @@ mod tests {
         let rate = step(&with_token, "rate_limit");
         assert_eq!(rate.details["token_bucket"]["max_tokens"], 10);
         assert_eq!(rate.details["enabled_percent"], 100.0);
-        assert!(rate.why[1].contains("answers 429"), "{:?}", rate.why);
+        assert!(
+            rate.why
+                .iter()
+                .any(|w| w.contains("the filter's limit") && w.contains("answers 429")),
+            "{:?}",
+            rate.why
+        );
         // Outside the rule's prefix no token is needed.
         let open = explain(&config, &get("reviews:9080", "/", &[]));
         assert_eq!(open.outcome.kind, "routed", "{}", render(&open));
