@@ -376,6 +376,19 @@ spec:
   - {name: v2, labels: {version: v2}}
 ";
 
+fn rate_limit_policy(interval: &str) -> String {
+    format!(
+        "apiVersion: policy.strait.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {{name: web, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: web}}}}
+  limits:
+  - {{name: all, requests: 100, interval: {interval}}}
+"
+    )
+}
+
 /// The `Reconciled` condition straitd wrote into an object's status: (status, message).
 fn reconciled(cluster: &Cluster, kind: &str, name: &str) -> anyhow::Result<(String, String)> {
     let json: serde_json::Value = serde_json::from_str(
@@ -410,7 +423,7 @@ webhooks:
   failurePolicy: Fail
   clientConfig: {{url: 'https://127.0.0.1:{port}/validate', caBundle: {ca_bundle}}}
   rules:
-  - {{operations: [CREATE, UPDATE], apiGroups: [networking.istio.io, security.istio.io], apiVersions: ['*'], resources: ['*']}}
+  - {{operations: [CREATE, UPDATE], apiGroups: [networking.istio.io, security.istio.io, policy.strait.io], apiVersions: ['*'], resources: ['*']}}
 "
     )
 }
@@ -467,6 +480,16 @@ fn istio_objects_are_validated_refused_alone_and_get_a_status() -> anyhow::Resul
         message.contains("weigth") && message.contains("VirtualService shop/web"),
         "{message}"
     );
+    // Strait's own kind goes through the same validator.
+    let refused = cluster
+        .kube
+        .apply_yaml(&rate_limit_policy("1s, per: 1s"))
+        .expect_err("the webhook refuses an unknown field");
+    let message = format!("{refused:#}");
+    anyhow::ensure!(
+        message.contains("RateLimitPolicy shop/web") && message.contains("spec.limits[0].per"),
+        "{message}"
+    );
 
     // Without the webhook the API server stores it; straitd refuses it alone.
     cluster.kube.kubectl(&[
@@ -490,6 +513,22 @@ fn istio_objects_are_validated_refused_alone_and_get_a_status() -> anyhow::Resul
         tally.get("web-v1") == Some(&10),
         "the last good version routes: {tally:?}"
     );
+    // A RateLimitPolicy too: refused alone with its field in its status, then in force.
+    cluster.kube.apply_yaml(&rate_limit_policy("10ms"))?;
+    eventually_blocking(Duration::from_secs(10), || {
+        let (status, message) = reconciled(&cluster, "ratelimitpolicy", "web")?;
+        anyhow::ensure!(
+            status == "False" && message.contains("spec.limits[0].interval"),
+            "{status}: {message}"
+        );
+        Ok(())
+    })?;
+    cluster.kube.apply_yaml(&rate_limit_policy("1s"))?;
+    eventually_blocking(Duration::from_secs(10), || {
+        let (status, message) = reconciled(&cluster, "ratelimitpolicy", "web")?;
+        anyhow::ensure!(status == "True", "{status}: {message}");
+        Ok(())
+    })?;
     // A good change after it still reaches the proxy: a new Service answers on its VIP.
     cluster.kube.apply_yaml(&format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: api, namespace: shop}}\nspec: {{clusterIP: 10.96.0.51, ports: [{{name: http, port: 80}}]}}\n---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: api, namespace: shop}}\nsubsets: [{{addresses: [{{ip: {HUB_V4}}}], ports: [{{name: http, port: {}}}]}}]\n",
