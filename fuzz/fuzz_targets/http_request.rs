@@ -24,6 +24,7 @@ const GOLDENS: &[&str] = &[
     "sidecar-policies",
     "sidecar-cors",
     "gateway",
+    "gateway-rate-limit",
 ];
 
 struct World {

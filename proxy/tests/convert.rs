@@ -992,6 +992,7 @@ fn fuzz_seeds_are_the_goldens_encoded() {
         "sidecar-mtls",
         "sidecar-policies",
         "sidecar-cors",
+        "sidecar-rate-limit",
         "gateway-credential",
     ] {
         let out = golden(case);
