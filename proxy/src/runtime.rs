@@ -363,12 +363,21 @@ impl Shared {
 }
 
 /// A limiter per filter chain with the local rate limit filter: the previous runtime's where
-/// the chain's filter config is unchanged (its buckets go on), else new buckets, keeping the
-/// counters of the stat prefix.
+/// the chain's filter config is unchanged (its buckets go on), else new buckets. Chains with
+/// one stat prefix share their counters, as Envoy's stats of one name are one counter, and
+/// keep them across updates.
 fn limiters(
     config: &Config,
     previous: Option<&Runtime>,
 ) -> HashMap<(Arc<str>, usize), Arc<Limiter>> {
+    let mut counters: HashMap<Arc<str>, Arc<Counters>> = previous
+        .map(|p| {
+            p.limiters
+                .values()
+                .map(|l| (l.config.stat_prefix.clone(), l.counters.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
     let mut out = HashMap::new();
     for (name, l) in &config.listeners {
         for (i, chain) in l.chains.iter().enumerate() {
@@ -376,19 +385,11 @@ fn limiters(
                 continue;
             };
             let key = (name.clone(), i);
-            let old = previous.and_then(|p| p.limiters.get(&key));
-            let limiter = match old {
+            let limiter = match previous.and_then(|p| p.limiters.get(&key)) {
                 Some(old) if *old.config == **rl => old.clone(),
                 _ => {
-                    let counters = previous
-                        .and_then(|p| {
-                            p.limiters
-                                .values()
-                                .find(|o| o.config.stat_prefix == rl.stat_prefix)
-                        })
-                        .map(|o| o.counters.clone())
-                        .unwrap_or_default();
-                    Arc::new(Limiter::new(rl.clone(), counters))
+                    let shared = counters.entry(rl.stat_prefix.clone()).or_default().clone();
+                    Arc::new(Limiter::new(rl.clone(), shared))
                 }
             };
             out.insert(key, limiter);

@@ -157,7 +157,7 @@ pub fn outbound(model: &Model, node: &ProxyNode, settings: &MeshSettings) -> Out
         }
         (ProxyMode::Gateway, _) => {
             secrets = credential::gateway_secrets(model, node);
-            listener::gateway(model, node)
+            listener::gateway(model, node, settings)
         }
     };
     // A route to what the proxy's scope leaves out goes to the BlackHoleCluster, which

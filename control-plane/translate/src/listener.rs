@@ -31,9 +31,11 @@ use strait_model::{
 use crate::credential::{credential_socket, credential_usable};
 
 use crate::cluster::socket;
+use crate::jwt::jwt_filter;
 use crate::proto::{ads, any, duration};
 use crate::route::{CORS_FILTER, FAULT_FILTER, gateway_virtual_hosts};
-use crate::{rate_limit, tcp};
+use crate::security::{PortView, network_rbac_filters, rbac_filters};
+use crate::{MeshSettings, rate_limit, tcp};
 
 /// How long a request's headers may take to arrive once they have begun (Envoy's
 /// `request_headers_timeout`, off by default there): a client trickling its headers is answered
@@ -49,7 +51,13 @@ pub fn sidecar_outbound(node: &ProxyNode) -> Listener {
         name: format!("outbound_{}", node.outbound_port),
         address: Some(socket(&node.listen_address.to_string(), node.outbound_port)),
         filter_chains: vec![FilterChain {
-            filters: vec![hcm("outbound", OUTBOUND_ROUTE_NAME, false, None)],
+            filters: vec![hcm(
+                "outbound",
+                OUTBOUND_ROUTE_NAME,
+                false,
+                Vec::new(),
+                None,
+            )],
             ..Default::default()
         }],
         traffic_direction: TrafficDirection::Outbound as i32,
@@ -57,13 +65,15 @@ pub fn sidecar_outbound(node: &ProxyNode) -> Listener {
     }
 }
 
-/// An HTTP connection manager that takes its routes over RDS, with the filters routes configure
-/// (faults, then CORS, as Istio orders them), then a gateway's rate limits. Gateways ignore
-/// the Host header's port, as clients reach them on mapped or defaulted ports.
+/// An HTTP connection manager that takes its routes over RDS: a gateway's JWT and
+/// authorization filters (`auth`), the filters routes configure (faults, then CORS, as Istio
+/// orders them), then a gateway's rate limits. Gateways ignore the Host header's port, as
+/// clients reach them on mapped or defaulted ports.
 pub(crate) fn hcm(
     stat_prefix: &str,
     route_config: &str,
     strip_port: bool,
+    auth: Vec<HttpFilter>,
     rate_limit: Option<HttpFilter>,
 ) -> Filter {
     let manager = HttpConnectionManager {
@@ -73,30 +83,31 @@ pub(crate) fn hcm(
             config_source: Some(ads()),
             route_config_name: route_config.to_string(),
         })),
-        http_filters: vec![
-            HttpFilter {
-                name: FAULT_FILTER.to_string(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(any(
-                    &HttpFault::default(),
-                ))),
+        http_filters: auth
+            .into_iter()
+            .chain([
+                HttpFilter {
+                    name: FAULT_FILTER.to_string(),
+                    config_type: Some(http_filter::ConfigType::TypedConfig(any(
+                        &HttpFault::default(),
+                    ))),
+                    ..Default::default()
+                },
+                HttpFilter {
+                    name: CORS_FILTER.to_string(),
+                    config_type: Some(http_filter::ConfigType::TypedConfig(any(&Cors::default()))),
+                    ..Default::default()
+                },
+            ])
+            .chain(rate_limit)
+            .chain([HttpFilter {
+                name: "envoy.filters.http.router".to_string(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(
+                    any(&Router::default()),
+                )),
                 ..Default::default()
-            },
-            HttpFilter {
-                name: CORS_FILTER.to_string(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(any(&Cors::default()))),
-                ..Default::default()
-            },
-        ]
-        .into_iter()
-        .chain(rate_limit)
-        .chain([HttpFilter {
-            name: "envoy.filters.http.router".to_string(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(
-                any(&Router::default()),
-            )),
-            ..Default::default()
-        }])
-        .collect(),
+            }])
+            .collect(),
         upgrade_configs: vec![UpgradeConfig {
             upgrade_type: "websocket".to_string(),
             ..Default::default()
@@ -112,7 +123,14 @@ pub(crate) fn hcm(
 }
 
 /// A gateway's listeners (one per server port of the Gateways that select it) and their routes.
-pub fn gateway(model: &Model, node: &ProxyNode) -> (Vec<Listener>, Vec<RouteConfiguration>) {
+/// The RequestAuthentications, AuthorizationPolicies and RateLimitPolicies that select the
+/// gateway apply to what it serves: JWTs and RBAC on HTTP (a policy's ports are the servers'),
+/// RBAC on the connection for TCP and passthrough servers.
+pub fn gateway(
+    model: &Model,
+    node: &ProxyNode,
+    settings: &MeshSettings,
+) -> (Vec<Listener>, Vec<RouteConfiguration>) {
     let mut by_port: BTreeMap<u16, Vec<(&Gateway, &GatewayServer)>> = BTreeMap::new();
     for gw in model.gateways.values().filter(|g| g.selects(&node.labels)) {
         // A server whose credential is not in the gateway's namespace is not served: Envoy
@@ -128,8 +146,24 @@ pub fn gateway(model: &Model, node: &ProxyNode) -> (Vec<Listener>, Vec<RouteConf
     let mut listeners = Vec::new();
     let mut routes = Vec::new();
     let rate_limits = model.rate_limits_for(&node.namespace, &node.labels);
+    let policies = model.authorization_for(&node.namespace, &node.labels);
+    let jwt = jwt_filter(
+        model,
+        &model.request_authentication_for(&node.namespace, &node.labels),
+    );
     for (port, servers) in by_port {
         let bind = node.gateway_bind_port(port);
+        // A policy naming the server's port is written with the port the listener binds.
+        let ports = PortView::Explicit {
+            listener: bind,
+            app: port,
+        };
+        let auth = || -> Vec<HttpFilter> {
+            jwt.clone()
+                .into_iter()
+                .chain(rbac_filters(&policies, settings, ports))
+                .collect()
+        };
         let address = node.listen_address.to_string();
         let sni = servers.iter().any(|(_, s)| s.is_sni());
         let tcp = servers.iter().any(|(_, s)| s.protocol == Protocol::Tcp);
@@ -180,6 +214,7 @@ pub fn gateway(model: &Model, node: &ProxyNode) -> (Vec<Listener>, Vec<RouteConf
                         &name,
                         &name,
                         true,
+                        auth(),
                         rate_limit::filter(&rate_limits, &name),
                     )],
                     transport_socket: server.tls.as_ref().and_then(tls_socket),
@@ -205,10 +240,20 @@ pub fn gateway(model: &Model, node: &ProxyNode) -> (Vec<Listener>, Vec<RouteConf
                     &name,
                     &name,
                     true,
+                    auth(),
                     rate_limit::filter(&rate_limits, &name),
                 )],
                 ..Default::default()
             });
+        }
+        // TCP and passthrough chains: authorization on the connection, before the TCP proxy.
+        for chain in &mut listener.filter_chains {
+            if chain.filters.first().is_some_and(|f| f.name != HCM) {
+                let prefix = format!("gateway_{bind}");
+                let mut filters = network_rbac_filters(&policies, settings, ports, &prefix);
+                filters.append(&mut chain.filters);
+                chain.filters = filters;
+            }
         }
         // A TCP or passthrough server no VirtualService routes takes no connection (Istio
         // leaves its chain out; Envoy refuses a listener without one).

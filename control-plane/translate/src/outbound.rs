@@ -129,7 +129,13 @@ fn port_listener(
         chains.push(
             format!("{port}-http"),
             FilterChainMatch::default(),
-            hcm(&format!("outbound_0.0.0.0_{port}"), &name, false, None),
+            hcm(
+                &format!("outbound_0.0.0.0_{port}"),
+                &name,
+                false,
+                Vec::new(),
+                None,
+            ),
             None,
         );
     } else if let Some(claim) = &plan.default_tcp {

@@ -171,7 +171,8 @@ pub fn file_tls(tls: &ClientTls, default_sni: &str) -> TransportSocket {
 pub enum PortView {
     /// Explicit inbound: connections arrive on the listener port, which stands for the app's
     /// port, so a policy naming the app's port is written with the listener's (as the app port
-    /// would be seen behind Istio's iptables redirect).
+    /// would be seen behind Istio's iptables redirect). A gateway's listener stands for its
+    /// server's port the same way.
     Explicit { listener: u16, app: u16 },
     /// Captured: connections keep their original destination port.
     Captured,

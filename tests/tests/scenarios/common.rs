@@ -143,3 +143,29 @@ impl Plain {
         })
     }
 }
+
+/// A plain HTTP/1.1 GET from `source` (a loopback address of the test's choice), as a client
+/// elsewhere would send it; the response's status.
+pub async fn get_from(
+    source: std::net::IpAddr,
+    to: std::net::SocketAddr,
+    host: &str,
+    path: &str,
+) -> anyhow::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::new(source, 0))?;
+    let mut stream = socket.connect(to).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer)).await??;
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("not an HTTP answer: {answer:?}"))
+}

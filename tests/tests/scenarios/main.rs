@@ -9,6 +9,7 @@ mod continuity;
 mod cors;
 mod discovery;
 mod gateway;
+mod gateway_security;
 mod jwt;
 mod kube_ingress;
 mod kube_tokens;

@@ -13,9 +13,8 @@ use strait_tests::client::{HttpClient, Req, Resp};
 use strait_tests::{
     Backend, ConfigDir, Proxy, ProxySpec, Straitd, StraitdOptions, data_plane, eventually,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{CONVERGE, assert_no_nacks};
+use crate::common::{CONVERGE, assert_no_nacks, get_from};
 
 const HOST: &str = "ratings:9080";
 /// The filter's config type, as Envoy's `/config_dump` names it.
@@ -338,27 +337,6 @@ spec:
     )
 }
 
-/// A plain HTTP/1.1 GET from `source` (a loopback address of the test's choice), as a client
-/// elsewhere would send it; the response's status.
-async fn get_from(source: IpAddr, to: SocketAddr, path: &str) -> anyhow::Result<u16> {
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(source, 0))?;
-    let mut stream = socket.connect(to).await?;
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {GATEWAY_HOST}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-    let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer)).await??;
-    answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("not an HTTP answer: {answer:?}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_limits_per_client_address_across_route_changes() -> anyhow::Result<()> {
     let backend = Backend::start("shop");
@@ -378,14 +356,14 @@ async fn a_gateway_limits_per_client_address_across_route_changes() -> anyhow::R
     let third: IpAddr = [127, 0, 0, 3].into();
     // The first client's first request is the one that finds the config in place.
     eventually(CONVERGE, || async {
-        anyhow::ensure!(get_from(first, addr, "/cart").await? == 200);
+        anyhow::ensure!(get_from(first, addr, GATEWAY_HOST, "/cart").await? == 200);
         Ok(())
     })
     .await?;
     let statuses = |source: IpAddr, n: usize| async move {
         let mut out = Vec::new();
         for _ in 0..n {
-            out.push(get_from(source, addr, "/cart").await?);
+            out.push(get_from(source, addr, GATEWAY_HOST, "/cart").await?);
         }
         anyhow::Ok(out)
     };
@@ -402,7 +380,7 @@ async fn a_gateway_limits_per_client_address_across_route_changes() -> anyhow::R
     let look = std::sync::atomic::AtomicU8::new(10);
     eventually(CONVERGE, || async {
         let source = IpAddr::from([127, 0, 0, look.fetch_add(1, Ordering::Relaxed)]);
-        anyhow::ensure!(get_from(source, addr, "/other").await? == 404);
+        anyhow::ensure!(get_from(source, addr, GATEWAY_HOST, "/other").await? == 404);
         Ok(())
     })
     .await?;
