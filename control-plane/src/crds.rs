@@ -20,6 +20,7 @@ use strait_model::istio::networking::{
 use strait_model::istio::security::{
     AuthorizationPolicySpec, PeerAuthenticationSpec, RequestAuthenticationSpec,
 };
+use strait_model::istio::telemetry::TelemetrySpec;
 use strait_model::policy::RateLimitPolicySpec;
 
 /// The version a kind is stored in (its first: `v1` for Istio's kinds); the others are served
@@ -179,6 +180,15 @@ pub fn names(kind: Kind) -> Names {
                           (namespace/host) whose configuration they receive, and their \
                           outbound traffic policy.",
         },
+        Kind::Telemetry => Names {
+            plural: "telemetries",
+            singular: "telemetry",
+            short_names: &["telemetry"],
+            columns: &[],
+            age_first: false,
+            description: "Telemetry configuration for workloads: access logging (on, off, \
+                          per client or server side), tracing and metrics.",
+        },
         Kind::RateLimitPolicy => Names {
             plural: "ratelimitpolicies",
             singular: "ratelimitpolicy",
@@ -206,6 +216,7 @@ pub fn spec_json_schema(kind: Kind) -> Value {
         Kind::RequestAuthentication => schemars::schema_for!(RequestAuthenticationSpec),
         Kind::Sidecar => schemars::schema_for!(SidecarSpec),
         Kind::RateLimitPolicy => schemars::schema_for!(RateLimitPolicySpec),
+        Kind::Telemetry => schemars::schema_for!(TelemetrySpec),
     };
     schema.to_value()
 }

@@ -27,6 +27,7 @@ use forward::*;
 use headers::*;
 use routing::RequestView;
 
+pub mod access_log;
 mod cors;
 mod forward;
 pub mod jwt;
@@ -197,6 +198,8 @@ struct Served {
     route: Option<Arc<str>>,
     cluster: Option<Arc<str>>,
     stats: Option<Arc<ClusterStats>>,
+    /// The endpoint the response came from.
+    upstream: Option<http::uri::Authority>,
 }
 
 /// The request's authority: from the URI (HTTP/2, absolute form) or the Host header; empty
@@ -235,8 +238,16 @@ pub async fn handle(
     let Some(runtime) = shared.runtime.load_full() else {
         return local(StatusCode::SERVICE_UNAVAILABLE, "no configuration");
     };
+    let mut log = logs(&runtime, conn).then(|| Box::new(access_log::Entry::new(&req)));
     let (resp, served) = route_and_forward(&runtime, conn, req).await;
     let status = resp.status().as_u16();
+    if let Some(log) = &mut log {
+        let upstream = served
+            .upstream
+            .as_ref()
+            .map(|a| access_log::UpstreamHost(a.to_string()));
+        log.responded(status, resp.headers(), upstream, served.route.is_some());
+    }
     let name = |n: &Option<Arc<str>>| n.clone().unwrap_or_else(|| NONE.clone());
     shared.stats.request(RequestKey {
         virtual_host: name(&served.virtual_host),
@@ -250,7 +261,7 @@ pub async fn handle(
         }
         span.responded(status);
     }
-    if span.is_none() && served.stats.is_none() {
+    if span.is_none() && served.stats.is_none() && log.is_none() {
         return resp;
     }
     let (parts, body) = resp.into_parts();
@@ -259,6 +270,8 @@ pub async fn handle(
         started,
         stats: served.stats,
         _span: span,
+        log,
+        sent: 0,
     };
     Response::from_parts(parts, body.boxed())
 }
@@ -431,11 +444,13 @@ async fn route_and_forward(
         Action::Forward(fwd) => {
             let (cluster, extra) = choose_cluster(fwd);
             if let Some(upstream) = runtime.upstreams.get(&cluster) {
+                let mut upstream_host = None;
                 let downstream = Downstream {
                     authority: &authority_value,
                     local: conn.local,
                     peer,
                     peer_ip: &conn.peer_ip,
+                    upstream_host: &mut upstream_host,
                 };
                 let resp = forward(
                     runtime, upstream, route, fwd, extra, downstream, upgrade, req,
@@ -443,6 +458,7 @@ async fn route_and_forward(
                 .await;
                 served.stats = Some(upstream.stats.clone());
                 served.cluster = Some(cluster);
+                served.upstream = upstream_host;
                 resp
             } else {
                 // Assembly guarantees every route's clusters exist; keep failing closed anyway.
@@ -494,6 +510,10 @@ struct Finished {
     started: Instant,
     stats: Option<Arc<ClusterStats>>,
     _span: Option<ServerSpan>,
+    /// The access log entry, written when the body is done.
+    log: Option<Box<access_log::Entry>>,
+    /// Body bytes sent so far.
+    sent: u64,
 }
 
 impl Drop for Finished {
@@ -501,7 +521,21 @@ impl Drop for Finished {
         if let Some(stats) = &self.stats {
             stats.duration.observe(self.started.elapsed());
         }
+        if let Some(log) = &self.log {
+            log.write(self.sent);
+        }
     }
+}
+
+/// Whether the chain a connection was matched to logs its requests.
+fn logs(runtime: &Runtime, conn: &Conn) -> bool {
+    runtime
+        .config
+        .listeners
+        .get(&conn.listener)
+        .and_then(|l| l.chains.get(conn.chain))
+        .and_then(|c| c.http())
+        .is_some_and(|h| h.access_log)
 }
 
 impl Body for Finished {
@@ -512,7 +546,13 @@ impl Body for Finished {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.sent += data.len() as u64;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -1392,3 +1392,51 @@ fn rate_limit_settings_strait_proxy_cannot_honour_are_refused_by_name() {
         assert!(err.contains(fragment), "{fragment:?} not in {err}");
     }
 }
+
+#[test]
+fn access_logs_convert_on_the_side_that_logs_and_other_loggers_are_refused() {
+    use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+    use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    use prost::Message;
+    let out = golden("sidecar-access-log");
+    let http_of = |l: &Listener| l.chains[0].http().expect("an HTTP chain").access_log;
+    for l in &out.listeners {
+        let converted = Listener::try_from(l).expect("accepted");
+        assert_eq!(
+            http_of(&converted),
+            l.name == "outbound_15001",
+            "{}",
+            l.name
+        );
+    }
+    let mut outbound = out
+        .listeners
+        .iter()
+        .find(|l| l.name == "outbound_15001")
+        .expect("outbound")
+        .clone();
+    let Some(ConfigType::TypedConfig(any)) = &mut outbound.filter_chains[0].filters[0].config_type
+    else {
+        panic!("a typed HCM")
+    };
+    let mut hcm = HttpConnectionManager::decode(any.value.as_slice()).expect("an HCM");
+    let log = &mut hcm.access_log[0];
+    let Some(envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType::TypedConfig(
+        file_any,
+    )) = &mut log.config_type
+    else {
+        panic!("typed")
+    };
+    let mut file = FileAccessLog::decode(file_any.value.as_slice()).expect("a FileAccessLog");
+    file.path = "/var/log/envoy.log".into();
+    file_any.value = file.encode_to_vec();
+    any.value = hcm.encode_to_vec();
+    let err = Listener::try_from(&outbound)
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("access_log[0].typed_config.path") && err.contains("only /dev/stdout"),
+        "{err}"
+    );
+}

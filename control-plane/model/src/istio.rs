@@ -5,6 +5,7 @@
 
 pub mod networking;
 pub mod security;
+pub mod telemetry;
 
 use std::collections::BTreeMap;
 
@@ -24,10 +25,11 @@ pub enum Kind {
     Sidecar,
     /// Strait's own (`policy.strait.io`).
     RateLimitPolicy,
+    Telemetry,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Gateway,
@@ -38,6 +40,7 @@ impl Kind {
         Kind::RequestAuthentication,
         Kind::Sidecar,
         Kind::RateLimitPolicy,
+        Kind::Telemetry,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +55,7 @@ impl Kind {
             Kind::RequestAuthentication => "RequestAuthentication",
             Kind::Sidecar => "Sidecar",
             Kind::RateLimitPolicy => "RateLimitPolicy",
+            Kind::Telemetry => "Telemetry",
         }
     }
 
@@ -62,6 +66,7 @@ impl Kind {
                 "security.istio.io"
             }
             Kind::RateLimitPolicy => "policy.strait.io",
+            Kind::Telemetry => "telemetry.istio.io",
             _ => "networking.istio.io",
         }
     }
@@ -73,6 +78,7 @@ impl Kind {
                 &SECURITY_VERSIONS
             }
             Kind::RateLimitPolicy => &crate::policy::POLICY_VERSIONS,
+            Kind::Telemetry => &TELEMETRY_VERSIONS,
             _ => &NETWORKING_VERSIONS,
         }
     }
@@ -91,6 +97,7 @@ impl Kind {
             "requestauthentication" | "ra" => Kind::RequestAuthentication,
             "sidecar" | "sc" => Kind::Sidecar,
             "ratelimitpolicy" | "ratelimitpolicie" | "rlp" => Kind::RateLimitPolicy,
+            "telemetry" | "telemetrie" => Kind::Telemetry,
             _ => return None,
         };
         Some(k)
@@ -105,6 +112,9 @@ impl std::fmt::Display for Kind {
 
 /// Istio API versions accepted for `networking.istio.io`.
 pub const NETWORKING_VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
+
+/// Istio API versions accepted for `telemetry.istio.io`.
+pub const TELEMETRY_VERSIONS: [&str; 2] = ["v1", "v1alpha1"];
 
 /// Istio API versions accepted for `security.istio.io`.
 pub const SECURITY_VERSIONS: [&str; 2] = ["v1", "v1beta1"];

@@ -13,6 +13,7 @@ use crate::istio::networking::{
 use crate::istio::security::{
     AuthorizationPolicySpec, PeerAuthenticationSpec, RequestAuthenticationSpec,
 };
+use crate::istio::telemetry::TelemetrySpec;
 use crate::istio::{Kind, ObjectMeta};
 use crate::policy::RateLimitPolicySpec;
 
@@ -29,6 +30,7 @@ pub enum Spec {
     RequestAuthentication(RequestAuthenticationSpec),
     Sidecar(SidecarSpec),
     RateLimitPolicy(RateLimitPolicySpec),
+    Telemetry(TelemetrySpec),
 }
 
 /// One object as read, with where it came from.
@@ -45,7 +47,7 @@ pub struct Object {
 }
 
 /// Istio kinds Strait does not implement yet; named so users get a precise answer.
-const UNSUPPORTED_KINDS: [&str; 4] = ["EnvoyFilter", "ProxyConfig", "Telemetry", "WasmPlugin"];
+const UNSUPPORTED_KINDS: [&str; 4] = ["EnvoyFilter", "ProxyConfig", "WasmPlugin", "WorkloadGroup"];
 
 /// Parses every document in `text`. `origin` names the source (usually a file path).
 /// All documents are checked; any error fails the whole text.
@@ -145,7 +147,7 @@ pub fn parse_value(
                 None,
                 "kind",
                 format!(
-                    "unsupported kind {kind_name:?}; expected one of VirtualService, DestinationRule, Gateway, ServiceEntry, WorkloadEntry, PeerAuthentication, AuthorizationPolicy, RequestAuthentication, Sidecar, RateLimitPolicy"
+                    "unsupported kind {kind_name:?}; expected one of VirtualService, DestinationRule, Gateway, ServiceEntry, WorkloadEntry, PeerAuthentication, AuthorizationPolicy, RequestAuthentication, Sidecar, Telemetry, RateLimitPolicy"
                 ),
             )
         })?;
@@ -251,6 +253,7 @@ fn deserialize_spec(kind: Kind, value: serde_json::Value) -> Result<Spec, (Strin
         Kind::RequestAuthentication => Spec::RequestAuthentication(de(value)?),
         Kind::Sidecar => Spec::Sidecar(de(value)?),
         Kind::RateLimitPolicy => Spec::RateLimitPolicy(de(value)?),
+        Kind::Telemetry => Spec::Telemetry(de(value)?),
     })
 }
 

@@ -22,6 +22,17 @@ pub enum OutboundTrafficPolicy {
 pub struct MeshConfig {
     pub trust_domain: Option<String>,
     pub outbound_traffic_policy: OutboundTrafficPolicy,
+    /// `accessLogFile` (only `/dev/stdout`): every proxy logs unless a Telemetry says not.
+    pub access_log_file: bool,
+    pub access_log_encoding: AccessLogEncoding,
+}
+
+/// How access log lines are written (`accessLogEncoding`; JSON is refused for now).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AccessLogEncoding {
+    /// Envoy's default format.
+    #[default]
+    Text,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -29,6 +40,8 @@ pub struct MeshConfig {
 struct MeshConfigSpec {
     trust_domain: Option<String>,
     outbound_traffic_policy: Option<OutboundTrafficPolicySpec>,
+    access_log_file: Option<String>,
+    access_log_encoding: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -77,9 +90,36 @@ impl MeshConfig {
                 format!("expected a trust domain such as \"cluster.local\", got {td:?}"),
             ));
         }
+        let access_log_file = match spec.access_log_file.as_deref() {
+            None | Some("") => false,
+            Some("/dev/stdout") => true,
+            Some(other) => {
+                return Err(error(
+                    "accessLogFile",
+                    format!("{other:?}: proxies log to /dev/stdout only"),
+                ));
+            }
+        };
+        let access_log_encoding = match spec.access_log_encoding.as_deref() {
+            None | Some("TEXT") => AccessLogEncoding::Text,
+            Some("JSON") => {
+                return Err(error(
+                    "accessLogEncoding",
+                    "JSON is not supported by Strait yet; remove the field (TEXT is Envoy's default format)".to_string(),
+                ));
+            }
+            Some(other) => {
+                return Err(error(
+                    "accessLogEncoding",
+                    format!("unknown encoding {other:?}; expected TEXT or JSON"),
+                ));
+            }
+        };
         Ok(MeshConfig {
             trust_domain: spec.trust_domain,
             outbound_traffic_policy,
+            access_log_file,
+            access_log_encoding,
         })
     }
 }
@@ -123,5 +163,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("outboundTrafficPolicy"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod access_log_tests {
+    use super::*;
+
+    #[test]
+    fn access_logs_go_to_stdout_in_text() {
+        let m = MeshConfig::parse("accessLogFile: /dev/stdout\naccessLogEncoding: TEXT\n", "m")
+            .unwrap();
+        assert!(m.access_log_file);
+        assert!(
+            !MeshConfig::parse("accessLogFile: ''\n", "m")
+                .unwrap()
+                .access_log_file
+        );
+        for (text, fragment) in [
+            ("accessLogFile: /var/log/envoy.log\n", "accessLogFile"),
+            ("accessLogEncoding: JSON\n", "JSON is not supported"),
+            ("accessLogEncoding: XML\n", "unknown encoding"),
+        ] {
+            let e = MeshConfig::parse(text, "m").unwrap_err().to_string();
+            assert!(e.contains(fragment), "{e}");
+        }
     }
 }

@@ -10,6 +10,7 @@ mod registry;
 mod request_authentication;
 mod scope;
 mod security;
+mod telemetry;
 mod virtual_service;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,6 +31,7 @@ pub use security::{
     AuthorizationPolicy, AuthzAction, AuthzRule, ConditionKey, ConditionMatch, MtlsMode,
     OperationMatch, PeerAuthentication, ROOT_NAMESPACE, SourceMatch,
 };
+pub use telemetry::{AccessLogRule, Direction, ENVOY_PROVIDER, LogMode, Telemetry};
 pub use virtual_service::CorsPolicy;
 
 // === The model ===
@@ -50,6 +52,8 @@ pub struct Model {
     pub request_authentications: Vec<RequestAuthentication>,
     /// RateLimitPolicies in id order.
     pub rate_limit_policies: Vec<RateLimitPolicy>,
+    /// Telemetries in id order.
+    pub telemetries: Vec<Telemetry>,
     /// What straitd fetched for the `jwksUri`s in use (set after validation, by
     /// [`Model::set_jwks`]); empty where nothing fetches them (`straitctl analyze`).
     pub jwks: std::sync::Arc<JwksFetches>,
@@ -734,6 +738,7 @@ impl Model {
         let sidecars = scope::build_sidecars(&by_kind(crate::Kind::Sidecar), &mut errors);
         let rate_limit_policies =
             rate_limit::build(&by_kind(crate::Kind::RateLimitPolicy), &mut errors);
+        let telemetries = telemetry::build(&by_kind(crate::Kind::Telemetry), &mut errors);
         let virtual_services = virtual_service::build(
             &by_kind(crate::Kind::VirtualService),
             &services,
@@ -754,6 +759,7 @@ impl Model {
                 authorization_policies,
                 request_authentications,
                 rate_limit_policies,
+                telemetries,
                 jwks: Default::default(),
                 sidecars,
                 credentials: credentials.cloned().unwrap_or_default(),
@@ -787,6 +793,7 @@ impl Model {
             authorization_policies,
             request_authentications,
             rate_limit_policies,
+            telemetries,
             jwks,
             sidecars,
             credentials,
@@ -804,6 +811,7 @@ impl Model {
             && *authorization_policies == other.authorization_policies
             && *request_authentications == other.request_authentications
             && *rate_limit_policies == other.rate_limit_policies
+            && *telemetries == other.telemetries
             && *jwks == other.jwks
             && *sidecars == other.sidecars
             && *credentials == other.credentials
@@ -877,6 +885,24 @@ impl Model {
         labels: &BTreeMap<String, String>,
     ) -> Vec<&RateLimitPolicy> {
         rate_limit::for_workload(&self.rate_limit_policies, namespace, labels)
+    }
+
+    /// Whether a workload's (or gateway's) `direction` is access-logged: the nearest
+    /// Telemetry that sets it, else `mesh_default` (MeshConfig's `accessLogFile`).
+    pub fn access_log_for(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        direction: Direction,
+        mesh_default: bool,
+    ) -> bool {
+        telemetry::access_log(
+            &self.telemetries,
+            namespace,
+            labels,
+            direction,
+            mesh_default,
+        )
     }
 
     /// The `jwksUri`s that RequestAuthentications name, for straitd to fetch.

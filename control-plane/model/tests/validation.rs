@@ -1902,3 +1902,86 @@ fn rate_limit_policies_are_read_in_their_own_group_only() {
         }
     }
 }
+
+// === Telemetry ===
+
+#[test]
+fn telemetry_access_logging_is_decided_by_the_nearest_object_that_sets_it() {
+    use strait_model::Direction::{Client, Server};
+    let telemetry = |name: &str, namespace: &str, spec: &str| {
+        format!(
+            "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n{spec}---\n"
+        )
+    };
+    let web: std::collections::BTreeMap<String, String> =
+        [("app".to_string(), "web".to_string())].into();
+    let db: std::collections::BTreeMap<String, String> =
+        [("app".to_string(), "db".to_string())].into();
+    let none = build("").expect("empty");
+    assert!(!none.access_log_for("default", &web, Client, false));
+    assert!(
+        none.access_log_for("default", &web, Server, true),
+        "MeshConfig's accessLogFile is the default"
+    );
+    let model = build(&format!(
+        "{}{}{}",
+        telemetry(
+            "mesh",
+            "istio-system",
+            "  accessLogging: [{providers: [{name: envoy}]}]\n"
+        ),
+        telemetry(
+            "quiet",
+            "shop",
+            "  accessLogging: [{disabled: true}]\n  selector: {matchLabels: {app: db}}\n"
+        ),
+        telemetry(
+            "servers",
+            "default",
+            "  accessLogging: [{match: {mode: SERVER}}, {match: {mode: CLIENT}, disabled: true}]\n"
+        ),
+    ))
+    .expect("valid telemetries");
+    assert!(
+        model.access_log_for("other", &web, Client, false),
+        "mesh-wide"
+    );
+    assert!(
+        model.access_log_for("shop", &web, Client, false),
+        "mesh-wide"
+    );
+    assert!(
+        !model.access_log_for("shop", &db, Server, true),
+        "the workload's own"
+    );
+    assert!(model.access_log_for("default", &web, Server, false));
+    assert!(!model.access_log_for("default", &web, Client, true));
+
+    for (spec, fragments) in [
+        (
+            "  accessLogging: [{providers: [{name: otel}]}]\n",
+            &[
+                "spec.accessLogging[0].providers[0].name",
+                "unknown provider \"otel\"",
+            ][..],
+        ),
+        (
+            "  accessLogging: [{filter: {expression: 'response.code >= 400'}}]\n",
+            &["spec.accessLogging[0].filter", "not supported"],
+        ),
+        (
+            "  accessLogging: [{match: {mode: BOTH}}]\n",
+            &["spec.accessLogging[0].match.mode", "unknown mode"],
+        ),
+        (
+            "  tracing: [{randomSamplingPercentage: 10}]\n",
+            &["spec.tracing", "not supported"],
+        ),
+        (
+            "  metrics: [{providers: [{name: prometheus}]}]\n",
+            &["spec.metrics", "not supported"],
+        ),
+    ] {
+        rejects(&telemetry("t", "default", spec), fragments);
+    }
+}

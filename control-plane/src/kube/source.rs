@@ -30,7 +30,7 @@ const BATCH_WINDOW: Duration = Duration::from_millis(20);
 
 /// The configuration kinds (Istio's and Strait's RateLimitPolicy), as the API server serves
 /// them: (kind, group, version, plural).
-pub const CONFIG_KINDS: [(Kind, &str, &str, &str); 10] = [
+pub const CONFIG_KINDS: [(Kind, &str, &str, &str); 11] = [
     (
         Kind::VirtualService,
         "networking.istio.io",
@@ -75,6 +75,7 @@ pub const CONFIG_KINDS: [(Kind, &str, &str, &str); 10] = [
         "requestauthentications",
     ),
     (Kind::Sidecar, "networking.istio.io", "v1", "sidecars"),
+    (Kind::Telemetry, "telemetry.istio.io", "v1", "telemetries"),
     (
         Kind::RateLimitPolicy,
         "policy.strait.io",

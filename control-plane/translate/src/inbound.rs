@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
 use envoy_types::pb::envoy::config::cluster::v3::{
     Cluster, cluster::ClusterDiscoveryType, cluster::DiscoveryType,
 };
@@ -29,8 +30,11 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     http_filter,
 };
 use envoy_types::pb::google::protobuf::UInt32Value;
-use strait_model::{AuthorizationPolicy, CapturedProtocol, Model, MtlsMode, Protocol, ProxyNode};
+use strait_model::{
+    AuthorizationPolicy, CapturedProtocol, Direction, Model, MtlsMode, Protocol, ProxyNode,
+};
 
+use crate::access_log::access_logs;
 use crate::cluster::{
     BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, inbound_original_dst, socket,
 };
@@ -94,8 +98,11 @@ pub fn explicit(
     let hcm = inbound_hcm(
         &prefix,
         &cluster_name,
-        jwt,
-        rate_limit::filter(&rate_limits, &prefix),
+        Extras {
+            jwt,
+            rate_limit: rate_limit::filter(&rate_limits, &prefix),
+            access_log: access_logs(model, node, settings, Direction::Server),
+        },
         &policies,
         settings,
         PortView::Explicit {
@@ -145,15 +152,27 @@ pub fn explicit(
     Some((listener, app))
 }
 
+/// What an inbound connection manager has beside authorization: the JWT filter, the rate
+/// limits and the access log, each where policy asks for it.
+struct Extras {
+    jwt: Option<HttpFilter>,
+    rate_limit: Option<HttpFilter>,
+    access_log: Vec<AccessLog>,
+}
+
 fn inbound_hcm(
     stat_prefix: &str,
     cluster: &str,
-    jwt: Option<HttpFilter>,
-    rate_limit: Option<HttpFilter>,
+    extras: Extras,
     policies: &[&AuthorizationPolicy],
     settings: &MeshSettings,
     ports: PortView,
 ) -> Filter {
+    let Extras {
+        jwt,
+        rate_limit,
+        access_log,
+    } = extras;
     // The JWT is verified before RBAC reads its claims, as in Istio's chain; a request is
     // counted against rate limits only once it is allowed.
     let mut http_filters: Vec<HttpFilter> = jwt.into_iter().collect();
@@ -201,6 +220,7 @@ fn inbound_hcm(
             ..Default::default()
         }),
         request_headers_timeout: Some(duration(crate::listener::REQUEST_HEADERS_TIMEOUT)),
+        access_log,
         ..Default::default()
     };
     Filter {
@@ -278,6 +298,7 @@ pub fn captured(
         &model.request_authentication_for(&node.namespace, &node.labels),
     );
     let rate_limits = model.rate_limits_for(&node.namespace, &node.labels);
+    let logs = access_logs(model, node, settings, Direction::Server);
     let mut chains = vec![FilterChain {
         // A connection to the capture port itself would loop.
         name: format!("{VIRTUAL_INBOUND}-blackhole"),
@@ -301,8 +322,14 @@ pub fn captured(
             CapturedProtocol::Http => vec![inbound_hcm(
                 &format!("inbound_0.0.0.0_{port}"),
                 &cluster,
-                jwt.clone(),
-                rate_limit::filter(&rate_limits, &format!("inbound_0.0.0.0_{port}")),
+                Extras {
+                    jwt: jwt.clone(),
+                    rate_limit: rate_limit::filter(
+                        &rate_limits,
+                        &format!("inbound_0.0.0.0_{port}"),
+                    ),
+                    access_log: logs.clone(),
+                },
                 &policies,
                 settings,
                 PortView::Captured,

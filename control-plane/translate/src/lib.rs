@@ -3,6 +3,7 @@
 //! No I/O, no errors: the model is already valid, so every function here is infallible and the
 //! same inputs always give the same output (which is what makes snapshots comparable).
 
+mod access_log;
 mod cluster;
 mod credential;
 mod inbound;
@@ -44,6 +45,8 @@ pub struct MeshSettings {
     pub trust_domain: String,
     /// What captured traffic to destinations the mesh does not know gets.
     pub outbound_traffic_policy: OutboundTrafficPolicy,
+    /// MeshConfig's `accessLogFile`: proxies log unless a Telemetry says not.
+    pub access_log_file: bool,
 }
 
 impl Default for MeshSettings {
@@ -51,6 +54,7 @@ impl Default for MeshSettings {
         MeshSettings {
             trust_domain: "cluster.local".to_string(),
             outbound_traffic_policy: OutboundTrafficPolicy::default(),
+            access_log_file: false,
         }
     }
 }
@@ -73,6 +77,7 @@ impl MeshSettings {
         MeshSettings {
             trust_domain: config.trust_domain.clone().unwrap_or(defaults.trust_domain),
             outbound_traffic_policy: config.outbound_traffic_policy,
+            access_log_file: config.access_log_file,
         }
     }
 }
@@ -153,7 +158,10 @@ pub fn outbound(model: &Model, node: &ProxyNode, settings: &MeshSettings) -> Out
         }
         (ProxyMode::Sidecar, Interception::None) => {
             let routes = vec![route::sidecar_routes(model, node)];
-            (vec![listener::sidecar_outbound(node)], routes)
+            (
+                vec![listener::sidecar_outbound(model, node, settings)],
+                routes,
+            )
         }
         (ProxyMode::Gateway, _) => {
             secrets = credential::gateway_secrets(model, node);

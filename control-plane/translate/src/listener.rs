@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
 use envoy_types::pb::envoy::config::core::v3::TransportSocket;
 use envoy_types::pb::envoy::config::core::v3::transport_socket;
 use envoy_types::pb::envoy::config::core::v3::{
@@ -24,12 +25,13 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CommonTlsContext, DownstreamTlsContext, TlsCertificate,
 };
 use strait_model::{
-    Gateway, GatewayRef, GatewayServer, L4Match, Model, Protocol, ProxyNode, ServerTls,
+    Direction, Gateway, GatewayRef, GatewayServer, L4Match, Model, Protocol, ProxyNode, ServerTls,
     VirtualService, host,
 };
 
 use crate::credential::{credential_socket, credential_usable};
 
+use crate::access_log::access_logs;
 use crate::cluster::socket;
 use crate::jwt::jwt_filter;
 use crate::proto::{ads, any, duration};
@@ -46,7 +48,7 @@ pub const REQUEST_HEADERS_TIMEOUT: std::time::Duration = std::time::Duration::fr
 pub const OUTBOUND_ROUTE_NAME: &str = "outbound";
 const HCM: &str = "envoy.filters.network.http_connection_manager";
 
-pub fn sidecar_outbound(node: &ProxyNode) -> Listener {
+pub fn sidecar_outbound(model: &Model, node: &ProxyNode, settings: &MeshSettings) -> Listener {
     Listener {
         name: format!("outbound_{}", node.outbound_port),
         address: Some(socket(&node.listen_address.to_string(), node.outbound_port)),
@@ -57,6 +59,7 @@ pub fn sidecar_outbound(node: &ProxyNode) -> Listener {
                 false,
                 Vec::new(),
                 None,
+                access_logs(model, node, settings, Direction::Client),
             )],
             ..Default::default()
         }],
@@ -75,6 +78,7 @@ pub(crate) fn hcm(
     strip_port: bool,
     auth: Vec<HttpFilter>,
     rate_limit: Option<HttpFilter>,
+    access_log: Vec<AccessLog>,
 ) -> Filter {
     let manager = HttpConnectionManager {
         stat_prefix: stat_prefix.to_string(),
@@ -114,6 +118,7 @@ pub(crate) fn hcm(
         }],
         strip_port_mode: strip_port.then_some(StripPortMode::StripAnyHostPort(true)),
         request_headers_timeout: Some(duration(REQUEST_HEADERS_TIMEOUT)),
+        access_log,
         ..Default::default()
     };
     Filter {
@@ -146,6 +151,8 @@ pub fn gateway(
     let mut listeners = Vec::new();
     let mut routes = Vec::new();
     let rate_limits = model.rate_limits_for(&node.namespace, &node.labels);
+    // A gateway is the client side of what it carries, as Istio's Telemetry reads it.
+    let logs = access_logs(model, node, settings, Direction::Client);
     let policies = model.authorization_for(&node.namespace, &node.labels);
     let jwt = jwt_filter(
         model,
@@ -216,6 +223,7 @@ pub fn gateway(
                         true,
                         auth(),
                         rate_limit::filter(&rate_limits, &name),
+                        logs.clone(),
                     )],
                     transport_socket: server.tls.as_ref().and_then(tls_socket),
                     ..Default::default()
@@ -242,6 +250,7 @@ pub fn gateway(
                     true,
                     auth(),
                     rate_limit::filter(&rate_limits, &name),
+                    logs.clone(),
                 )],
                 ..Default::default()
             });

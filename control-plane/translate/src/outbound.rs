@@ -55,6 +55,8 @@ pub fn captured(
         OutboundTrafficPolicy::AllowAny => (Unknown::Passthrough, PASSTHROUGH_CLUSTER),
         OutboundTrafficPolicy::RegistryOnly => (Unknown::Refuse, BLACKHOLE_CLUSTER),
     };
+    let logs =
+        crate::access_log::access_logs(model, node, settings, strait_model::Direction::Client);
     let capture = node.outbound_port;
     let (address, additional_addresses) = listen_addresses(node, capture);
     let mut listeners = vec![Listener {
@@ -90,7 +92,8 @@ pub fn captured(
         if port == capture || port == inbound_port {
             continue;
         }
-        if let Some((listener, route)) = port_listener(model, node, port, &plan, unknown, fallback)
+        if let Some((listener, route)) =
+            port_listener(model, node, port, &plan, unknown, fallback, &logs)
         {
             listeners.push(listener);
             routes.extend(route);
@@ -108,6 +111,7 @@ fn port_listener(
     plan: &PortPlan<'_>,
     unknown: Unknown,
     fallback: &str,
+    logs: &[envoy_types::pb::envoy::config::accesslog::v3::AccessLog],
 ) -> Option<(Listener, Option<RouteConfiguration>)> {
     let mut chains = Chains::default();
     for claim in &plan.by_address {
@@ -135,6 +139,7 @@ fn port_listener(
                 false,
                 Vec::new(),
                 None,
+                logs.to_vec(),
             ),
             None,
         );

@@ -166,6 +166,8 @@ pub struct HttpManager {
     pub cors: bool,
     /// The local rate limit filter, after every other filter but the router.
     pub rate_limit: Option<Arc<super::LocalRateLimit>>,
+    /// Each request is logged to stdout in Envoy's default access log format.
+    pub access_log: bool,
     /// How big a request's headers may be; a request over a limit is answered 431.
     pub request_headers: HeaderLimits,
     /// How long a request's headers may take to arrive once its first byte has (Envoy's

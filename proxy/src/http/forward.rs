@@ -226,6 +226,8 @@ pub(super) struct Downstream<'a> {
     pub(super) local: SocketAddr,
     pub(super) peer: SocketAddr,
     pub(super) peer_ip: &'a HeaderValue,
+    /// Set to the endpoint the last attempt went to (for the access log).
+    pub(super) upstream_host: &'a mut Option<http::uri::Authority>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -244,6 +246,7 @@ pub(super) async fn forward(
         local: local_addr,
         peer,
         peer_ip,
+        upstream_host,
     } = downstream;
     let original_dst = match &upstream.cluster.discovery {
         crate::config::Discovery::OriginalDst { use_http_header } => {
@@ -387,6 +390,7 @@ pub(super) async fn forward(
         let mut attempt_req = Request::new(body.take());
         *attempt_req.method_mut() = parts.method.clone();
         *attempt_req.uri_mut() = connections.uri(path_and_query.clone());
+        *upstream_host = connections.authority().cloned();
         // The last attempt takes the headers; earlier ones copy them.
         *attempt_req.headers_mut() = if n + 1 < attempts {
             parts.headers.clone()

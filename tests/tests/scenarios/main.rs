@@ -2,6 +2,7 @@
 //! `STRAIT_DATA_PLANE`), real HTTP backends, all on 127.0.0.1. Every scenario ends by checking
 //! that no proxy NACKed anything, except the one that provokes a NACK on purpose.
 
+mod access_logs;
 mod capture;
 mod common;
 mod config_changes;

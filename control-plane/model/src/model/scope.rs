@@ -424,6 +424,7 @@ impl Model {
             authorization_policies: self.authorization_policies.clone(),
             request_authentications: self.request_authentications.clone(),
             rate_limit_policies: self.rate_limit_policies.clone(),
+            telemetries: self.telemetries.clone(),
             jwks: self.jwks.clone(),
             sidecars: self.sidecars.clone(),
             credentials: self.credentials.clone(),

@@ -490,6 +490,7 @@ pub(super) fn http_manager(
         }
     }
     let (request_headers, request_headers_timeout) = request_limits(at, hcm)?;
+    let access_log = access_log(at, &hcm.access_log)?;
     Ok(HttpManager {
         routes,
         strip_any_host_port: matches!(
@@ -502,9 +503,47 @@ pub(super) fn http_manager(
         rbac: rbac_filters.into(),
         cors,
         rate_limit,
+        access_log,
         request_headers,
         request_headers_timeout,
     })
+}
+
+const FILE_ACCESS_LOG: &str =
+    "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog";
+
+/// The HCM's access logs: none, or one file logger on stdout in Envoy's default format.
+fn access_log(
+    at: &At<'_>,
+    logs: &[envoy_types::pb::envoy::config::accesslog::v3::AccessLog],
+) -> Result<bool, ConvertError> {
+    use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType;
+    use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
+    match logs {
+        [] => Ok(false),
+        [log] => {
+            let at = at.at("access_log[0]");
+            if log.filter.is_some() {
+                return Err(at.at("filter").unsupported("access log filters"));
+            }
+            let Some(ConfigType::TypedConfig(any)) = &log.config_type else {
+                return Err(at.invalid("no typed_config"));
+            };
+            let file: FileAccessLog = at.at("typed_config").decode(any, FILE_ACCESS_LOG)?;
+            if file.path != "/dev/stdout" {
+                return Err(at
+                    .at("typed_config.path")
+                    .unsupported(format!("logging to {:?} (only /dev/stdout)", file.path)));
+            }
+            if file.access_log_format.is_some() {
+                return Err(at
+                    .at("typed_config.access_log_format")
+                    .unsupported("access log formats other than Envoy's default"));
+            }
+            Ok(true)
+        }
+        _ => Err(at.at("access_log").unsupported("more than one access log")),
+    }
 }
 
 /// The HCM's limits on request headers, with Envoy's defaults; other common HTTP protocol
